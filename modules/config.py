@@ -1,0 +1,67 @@
+"""Settings from ``config.yaml`` under the data dir, as a frozen, typed value.
+
+The file is optional. It is read with ``yaml.safe_load`` (never arbitrary object construction);
+an unknown key or a value of the wrong type is a :class:`ConfigError` that names it, rather than
+being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modules.errors import ConfigError
+from modules.params import GenerationLimits
+
+
+@dataclass(frozen=True)
+class Settings:
+    """User settings with their defaults."""
+
+    save_grid: bool = True  # a grid image for jobs of more than one image (A1111 default)
+    queue_limit: int = 64  # jobs waiting behind the running one before new ones are refused
+    max_image_size: int = 2048  # largest width or height accepted
+    max_batch_size: int = 8
+    max_batch_count: int = 100
+
+    @property
+    def limits(self) -> GenerationLimits:
+        return GenerationLimits(max_size=self.max_image_size, max_batch_size=self.max_batch_size,
+                                max_batch_count=self.max_batch_count)
+
+
+_TYPES: dict[str, type] = {f.name: (bool if f.type == "bool" else int) for f in fields(Settings)}
+_MINIMUM: dict[str, int] = {"queue_limit": 1, "max_image_size": 64, "max_batch_size": 1, "max_batch_count": 1}
+
+
+def _check_value(path: Path, key: str, value: Any) -> None:
+    expected = _TYPES[key]
+    if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{path}: '{key}' must be a whole number, got {value!r}")
+    if expected is bool and not isinstance(value, bool):
+        raise ConfigError(f"{path}: '{key}' must be true or false, got {value!r}")
+    if key in _MINIMUM and value < _MINIMUM[key]:
+        raise ConfigError(f"{path}: '{key}' must be at least {_MINIMUM[key]}, got {value}")
+
+
+def load_settings(path: Path) -> Settings:
+    """Settings from ``path``; defaults when the file does not exist."""
+    if not path.exists():
+        return Settings()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read settings ({exc})") from exc
+    if data is None:
+        return Settings()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of setting names to values")
+    for key, value in data.items():
+        if key not in _TYPES:
+            raise ConfigError(f"{path}: unknown setting '{key}'; known settings: {', '.join(sorted(_TYPES))}")
+        _check_value(path, key, value)
+    return dataclasses.replace(Settings(), **data)

@@ -1,0 +1,74 @@
+"""The one error hierarchy of Atelier.
+
+Faces translate these into what their users see: ``gr.Error`` in the UI, JSON 4xx/5xx in the API.
+Everything below the faces raises these (or lets a genuine bug propagate) and never swallows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class AtelierError(Exception):
+    """Base class for every error Atelier raises on purpose."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One invalid field of a request, with the reason in words a user understands."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class ValidationError(AtelierError):
+    """A request or setting was rejected before any model work started."""
+
+    def __init__(self, errors: list[FieldError] | tuple[FieldError, ...]) -> None:
+        self.errors: tuple[FieldError, ...] = tuple(errors)
+        super().__init__("; ".join(str(e) for e in self.errors))
+
+
+class ConfigError(AtelierError):
+    """The configuration file or command-line flags are invalid."""
+
+
+class ModelNotFoundError(AtelierError):
+    """A named checkpoint does not exist among the discovered ones."""
+
+    def __init__(self, name: str, available: list[str] | tuple[str, ...] = ()) -> None:
+        self.name = name
+        hint = f" Available: {', '.join(available)}." if available else " No checkpoints were found."
+        super().__init__(f"Checkpoint not found: {name!r}.{hint}")
+
+
+class NoModelLoadedError(AtelierError):
+    """Generation was asked for while no checkpoint is available."""
+
+
+class ModelLoadError(AtelierError):
+    """A checkpoint file exists but cannot be used (corrupt, truncated, foreign, unsafe)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"Cannot load checkpoint {path}: {reason}")
+
+
+class UnsafeCheckpointError(ModelLoadError):
+    """A pickle checkpoint asked to run code or build objects beyond plain tensors."""
+
+
+class GenerationError(AtelierError):
+    """Sampling or decoding failed for a reason other than bad input."""
+
+
+class QueueFullError(AtelierError):
+    """The job queue is at its limit; try again later."""
+
+
+class DownloadError(AtelierError):
+    """Fetching a model from the hub failed (offline, not found, disk full)."""

@@ -1,0 +1,163 @@
+"""Requests and results of generation, and their validation. No torch here.
+
+A Gradio click and a REST call both become one frozen :class:`GenerationRequest`. It is fully
+described by plain values, so a job can be queued, logged, replayed or sent to another worker.
+Validation happens at the edge, before any model work, and reports every bad field at once.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from modules.errors import FieldError, ValidationError
+from modules.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, ScheduleType, resolve_sampler, sampler_names
+
+MAX_SEED = 2**32 - 1  # A1111 seeds are unsigned 32-bit
+
+
+@dataclass(frozen=True)
+class GenerationLimits:
+    """Bounds a request must respect; a shared instance can lower them for a small GPU."""
+
+    min_size: int = 64
+    max_size: int = 2048
+    max_steps: int = 150
+    max_batch_size: int = 8
+    max_batch_count: int = 100
+    max_cfg_scale: float = 30.0
+    max_clip_skip: int = 12
+    max_prompt_chars: int = 30_000
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything that decides the pixels of a txt2img job. Defaults follow A1111's UI."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    sampler: str = DEFAULT_SAMPLER
+    schedule: ScheduleType = DEFAULT_SCHEDULE
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1  # -1 = pick a random seed when the job starts
+    batch_count: int = 1
+    batch_size: int = 1
+    clip_skip: int = 1
+    checkpoint: str | None = None  # title, name or hash; None = the loaded one
+
+    @property
+    def images_per_job(self) -> int:
+        return self.batch_count * self.batch_size
+
+    def seed_for(self, index: int) -> int:
+        """Seed of image ``index`` of the job (A1111: seed + i). Needs a resolved seed."""
+        return self.seed + index
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_range(errors: list[FieldError], name: str, value: object, low: float, high: float) -> None:
+    number_ok = _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+    if not number_ok:
+        errors.append(FieldError(name, f"must be a finite number, got {value!r}"))
+    elif not low <= value <= high:  # type: ignore[operator]
+        errors.append(FieldError(name, f"must be between {low:g} and {high:g}, got {value}"))
+
+
+def _check_int(errors: list[FieldError], name: str, value: object, low: int, high: int) -> None:
+    if not _is_int(value):
+        errors.append(FieldError(name, f"must be a whole number, got {value!r}"))
+    else:
+        _check_range(errors, name, value, low, high)
+
+
+def _check_size(errors: list[FieldError], name: str, value: object, limits: GenerationLimits) -> None:
+    before = len(errors)
+    _check_int(errors, name, value, limits.min_size, limits.max_size)
+    if len(errors) == before and value % 8:  # type: ignore[operator]
+        errors.append(FieldError(name, f"must be a multiple of 8, got {value}"))
+
+
+def validate_request(request: GenerationRequest, limits: GenerationLimits = GenerationLimits()) -> None:
+    """Raise :class:`ValidationError` naming every invalid field; return quietly otherwise."""
+    errors: list[FieldError] = []
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(request, name)
+        if not isinstance(text, str):
+            errors.append(FieldError(name, "must be text"))
+        elif len(text) > limits.max_prompt_chars:
+            errors.append(FieldError(name, f"is {len(text)} characters; the limit is {limits.max_prompt_chars}"))
+    found = resolve_sampler(request.sampler) if isinstance(request.sampler, str) else None
+    if found is None:
+        errors.append(FieldError("sampler", f"unknown sampler {request.sampler!r}; valid: {', '.join(sampler_names())}"))
+    if not isinstance(request.schedule, ScheduleType):
+        errors.append(FieldError("schedule", f"unknown schedule type {request.schedule!r}"))
+    elif found is not None and request.schedule not in found[0].schedules:
+        valid = ", ".join(s.value for s in found[0].schedules)
+        errors.append(FieldError("schedule", f"{request.schedule.value} is not available for {found[0].name}; valid: {valid}"))
+    _check_int(errors, "steps", request.steps, 1, limits.max_steps)
+    _check_range(errors, "cfg_scale", request.cfg_scale, 1.0, limits.max_cfg_scale)
+    _check_size(errors, "width", request.width, limits)
+    _check_size(errors, "height", request.height, limits)
+    if not _is_int(request.seed) or not (request.seed == -1 or 0 <= request.seed <= MAX_SEED):
+        errors.append(FieldError("seed", f"must be -1 (random) or between 0 and {MAX_SEED}, got {request.seed!r}"))
+    _check_int(errors, "batch_count", request.batch_count, 1, limits.max_batch_count)
+    _check_int(errors, "batch_size", request.batch_size, 1, limits.max_batch_size)
+    _check_int(errors, "clip_skip", request.clip_skip, 1, limits.max_clip_skip)
+    if request.checkpoint is not None and not isinstance(request.checkpoint, str):
+        errors.append(FieldError("checkpoint", "must be a checkpoint name"))
+    if errors:
+        raise ValidationError(errors)
+
+
+def normalize_request(request: GenerationRequest, rng: random.Random | None = None) -> GenerationRequest:
+    """Canonical form of a valid request: sampler by its table name, combined names split, seed fixed.
+
+    ``"DPM++ 2M Karras"`` becomes sampler ``"DPM++ 2M"`` with schedule Karras (unless the request
+    already chose a schedule); seed -1 becomes a concrete random seed.
+    """
+    found = resolve_sampler(request.sampler)
+    if found is None:
+        raise ValidationError([FieldError("sampler", f"unknown sampler {request.sampler!r}")])
+    spec, implied = found
+    schedule = request.schedule
+    if implied is not None and schedule is ScheduleType.AUTOMATIC:
+        schedule = implied
+    seed = request.seed
+    if seed == -1:
+        seed = (rng or random.SystemRandom()).randint(0, MAX_SEED - request.images_per_job)
+    return replace(request, sampler=spec.name, schedule=schedule, seed=seed)
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One saved image of a job: where it is, its seed and its parameters text."""
+
+    path: Path
+    seed: int
+    infotext: str
+    index: int  # position in the job, 0-based
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What a finished (or interrupted) job produced."""
+
+    request: GenerationRequest  # normalised: concrete seed, canonical sampler
+    images: tuple[GeneratedImage, ...]
+    grid: GeneratedImage | None = None
+    interrupted: bool = False
+    model_title: str = ""
+    elapsed_seconds: float = 0.0
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(image.seed for image in self.images)

@@ -1,0 +1,1 @@
+"""Services: the one generation path, the job queue, models and images. Faces call these."""

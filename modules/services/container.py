@@ -1,0 +1,42 @@
+"""The :class:`Services` object: built once by the composition root and handed to the faces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modules.config import Settings
+from modules.engine.devices import DeviceInfo
+from modules.paths import AppPaths
+from modules.services.downloads import ModelDownloader
+from modules.services.generation import GenerationService
+from modules.services.hashing import HashCache
+from modules.services.images import ImageSaver
+from modules.services.jobs import JobQueue
+from modules.services.models import CheckpointRegistry, ModelManager
+
+
+@dataclass(frozen=True)
+class Services:
+    paths: AppPaths
+    settings: Settings
+    device: DeviceInfo
+    registry: CheckpointRegistry
+    models: ModelManager
+    generation: GenerationService
+    queue: JobQueue
+    downloads: ModelDownloader
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        self.queue.stop(timeout)
+
+
+def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo) -> Services:
+    """Wire the services together and start the worker. Nothing is loaded yet."""
+    registry = CheckpointRegistry(paths.checkpoint_dirs, HashCache(paths.hash_cache))
+    models = ModelManager(registry, device, paths.config_cache)
+    generation = GenerationService(models, ImageSaver(paths.outputs_dir), settings.limits, settings.save_grid)
+    job_queue = JobQueue(generation.execute, settings.queue_limit)
+    generation.attach(job_queue)
+    job_queue.start()
+    return Services(paths=paths, settings=settings, device=device, registry=registry, models=models,
+                    generation=generation, queue=job_queue, downloads=ModelDownloader(paths.default_checkpoint_dir))

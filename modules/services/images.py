@@ -1,0 +1,101 @@
+"""Saving generated images where A1111 users expect them, with their parameters inside.
+
+``outputs/txt2img-images/YYYY-MM-DD/NNNNN-SEED.png``: a 5-digit running number per folder, then the
+seed. Grids go to ``txt2img-grids/YYYY-MM-DD/grid-NNNN.png``. The infotext is the PNG text chunk
+``parameters``. Every file is written atomically, so a failure leaves no partial image.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import math
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from modules.services.atomic import write_atomic
+
+PARAMETERS_KEY = "parameters"
+_NUMBERED = re.compile(r"^(\d+)-")
+_GRID_NUMBERED = re.compile(r"^grid-(\d+)")
+
+
+class OutputKind(enum.Enum):
+    """Output folders, named as in A1111."""
+
+    TXT2IMG = "txt2img-images"
+    TXT2IMG_GRID = "txt2img-grids"
+
+
+@dataclass(frozen=True)
+class SavedImage:
+    path: Path
+    infotext: str
+
+
+def png_bytes(image: Image.Image, infotext: str) -> bytes:
+    """The image as PNG bytes with ``parameters`` set; what is saved and what the API returns."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMETERS_KEY, infotext)  # PIL switches to an iTXt chunk for non-Latin-1 text
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def read_infotext(path: Path) -> str | None:
+    """The ``parameters`` text of a saved PNG, or None."""
+    with Image.open(path) as image:
+        value = image.info.get(PARAMETERS_KEY)
+    return value if isinstance(value, str) else None
+
+
+def next_number(folder: Path, pattern: re.Pattern[str] = _NUMBERED) -> int:
+    """One more than the highest running number already in ``folder`` (A1111's numbering)."""
+    highest = -1
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            match = pattern.match(entry.name)
+            if match:
+                highest = max(highest, int(match.group(1)))
+    return highest + 1
+
+
+def make_grid(images: Sequence[Image.Image]) -> Image.Image:
+    """Images side by side in a near-square grid, row by row, as A1111 lays them out."""
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    width, height = images[0].size
+    grid = Image.new("RGB", (cols * width, rows * height), "black")
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % cols) * width, (i // cols) * height))
+    return grid
+
+
+class ImageSaver:
+    """Writes images under the outputs folder; one lock keeps running numbers unique."""
+
+    def __init__(self, outputs_dir: Path, today: Callable[[], date] = date.today) -> None:
+        self.outputs_dir = outputs_dir
+        self._today = today
+        self._lock = threading.Lock()
+
+    def folder(self, kind: OutputKind) -> Path:
+        return self.outputs_dir / kind.value / self._today().isoformat()
+
+    def save(self, image: Image.Image, infotext: str, kind: OutputKind, seed: int | None = None) -> SavedImage:
+        data = png_bytes(image, infotext)
+        folder = self.folder(kind)
+        with self._lock:
+            if kind is OutputKind.TXT2IMG_GRID:
+                name = f"grid-{next_number(folder, _GRID_NUMBERED):04d}.png"
+            else:
+                name = f"{next_number(folder):05d}-{seed}.png"
+            path = folder / name
+            write_atomic(path, lambda fh: fh.write(data))
+        return SavedImage(path=path, infotext=infotext)

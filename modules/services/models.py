@@ -1,0 +1,184 @@
+"""Checkpoints: discovering them, naming them as A1111 does, and keeping one loaded.
+
+Names follow A1111 so that API clients and saved infotexts keep working: ``name`` is the path
+relative to its checkpoint folder, ``title`` is ``name [shorthash]``, ``model_name`` is the stem.
+A failed load never replaces the model that is loaded: the new one is built first.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from modules.engine.checkpoint_files import CHECKPOINT_SUFFIXES
+from modules.engine.devices import DeviceInfo
+from modules.engine.loader import LoadedModel, load_model
+from modules.errors import ModelNotFoundError, NoModelLoadedError
+from modules.services.hashing import SHORT_HASH_LENGTH, HashCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint on disk, by A1111's naming."""
+
+    path: Path
+    name: str
+    model_name: str
+    sha256: str | None = None
+
+    @property
+    def shorthash(self) -> str | None:
+        return self.sha256[:SHORT_HASH_LENGTH] if self.sha256 else None
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.shorthash}]" if self.shorthash else self.name
+
+    def matches(self, query: str) -> bool:
+        q = query.strip()
+        if q in (self.title, self.name, self.model_name, str(self.path)):
+            return True
+        if q.split(" [")[0] == self.name:  # a title whose hash we have not computed yet
+            return True
+        return bool(self.sha256 and len(q) >= 8 and self.sha256.startswith(q.lower()))
+
+
+def _is_diffusers_folder(path: Path) -> bool:
+    return (path / "model_index.json").is_file() and (path / "unet").is_dir()
+
+
+def _scan_dir(root: Path) -> list[Path]:
+    found: list[Path] = []
+    if not root.is_dir():
+        return found
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                (found if _is_diffusers_folder(entry) else pending).append(entry)
+            elif entry.suffix.lower() in CHECKPOINT_SUFFIXES:
+                found.append(entry)
+    return found
+
+
+class CheckpointRegistry:
+    """The checkpoints found in the configured folders; rescanned on :meth:`refresh`."""
+
+    def __init__(self, folders: tuple[Path, ...], hashes: HashCache) -> None:
+        self._folders = folders
+        self._hashes = hashes
+        self._lock = threading.Lock()
+        self._items: tuple[CheckpointInfo, ...] | None = None
+
+    @property
+    def folders(self) -> tuple[Path, ...]:
+        return self._folders
+
+    def refresh(self) -> tuple[CheckpointInfo, ...]:
+        items = []
+        for root in self._folders:
+            for path in _scan_dir(root):
+                name = path.relative_to(root).as_posix()
+                stem = path.name if path.is_dir() else path.stem
+                items.append(CheckpointInfo(path=path, name=name, model_name=stem, sha256=self._hashes.cached(path)))
+        items.sort(key=lambda i: i.name.lower())
+        with self._lock:
+            self._items = tuple(items)
+        log.info("Found %d checkpoint(s) in %s", len(items), ", ".join(str(f) for f in self._folders))
+        return self._items
+
+    def all(self) -> tuple[CheckpointInfo, ...]:
+        with self._lock:
+            items = self._items
+        return items if items is not None else self.refresh()
+
+    def find(self, query: str) -> CheckpointInfo | None:
+        for info in self.all():
+            if info.matches(query):
+                return info
+        return None
+
+    def require(self, query: str) -> CheckpointInfo:
+        info = self.find(query)
+        if info is None:
+            raise ModelNotFoundError(query, [i.title for i in self.all()])
+        return info
+
+    def hashed(self, info: CheckpointInfo) -> CheckpointInfo:
+        """``info`` with its sha256, computing it once; the registry's entry is updated too."""
+        if info.sha256:
+            return info
+        full = replace(info, sha256=self._hashes.sha256(info.path))
+        with self._lock:
+            if self._items is not None:
+                self._items = tuple(full if i.path == info.path else i for i in self._items)
+        return full
+
+
+class ModelManager:
+    """Holds the loaded checkpoint. Loads run on the job worker, so they never race a generation."""
+
+    def __init__(self, registry: CheckpointRegistry, device: DeviceInfo, config_cache: Path) -> None:
+        self.registry = registry
+        self.device = device
+        self._config_cache = config_cache
+        self._lock = threading.Lock()
+        self._loaded: tuple[LoadedModel, CheckpointInfo] | None = None
+
+    def current(self) -> CheckpointInfo | None:
+        with self._lock:
+            return self._loaded[1] if self._loaded else None
+
+    def load(self, query: str) -> CheckpointInfo:
+        """Make ``query`` the loaded checkpoint. On any error the previous one stays loaded."""
+        info = self.registry.require(query)
+        with self._lock:
+            if self._loaded and self._loaded[1].path == info.path:
+                return self._loaded[1]
+        model = load_model(info.path, self.device, self._config_cache)  # raises; old model untouched
+        info = self.registry.hashed(info)
+        with self._lock:
+            previous, self._loaded = self._loaded, (model, info)
+        if previous is not None:
+            del previous
+            gc.collect()
+            self._empty_device_cache()
+        return info
+
+    def unload(self) -> None:
+        with self._lock:
+            self._loaded = None
+        gc.collect()
+        self._empty_device_cache()
+
+    def _empty_device_cache(self) -> None:
+        if self.device.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def acquire(self, query: str | None) -> tuple[LoadedModel, CheckpointInfo]:
+        """The model a job should use: the one asked for, else the loaded one, else the first found."""
+        if query:
+            self.load(query)
+        with self._lock:
+            loaded = self._loaded
+        if loaded is None:
+            available = self.registry.all()
+            if not available:
+                folders = ", ".join(str(f) for f in self.registry.folders)
+                raise NoModelLoadedError(f"No checkpoint found. Put a .safetensors file or a diffusers folder in {folders} "
+                                         "and press the refresh button next to the checkpoint list.")
+            self.load(available[0].name)
+            with self._lock:
+                loaded = self._loaded
+            assert loaded is not None
+        return loaded

@@ -1,0 +1,90 @@
+"""The checkpoint bar at the top of the page: choose, refresh, or (with none) get one."""
+
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+
+from modules.errors import AtelierError
+from modules.services.container import Services
+from modules.ui.common import ui_error
+
+log = logging.getLogger(__name__)
+
+
+def _titles(services: Services) -> list[str]:
+    return [info.title for info in services.registry.all()]
+
+
+def _current_title(services: Services) -> str | None:
+    current = services.models.current()
+    return current.title if current else None
+
+
+def _no_model_notice(services: Services) -> str:
+    folder = services.paths.default_checkpoint_dir
+    return (f"**No checkpoint found.** Copy a Stable Diffusion checkpoint (`.safetensors`, `.ckpt`, or a diffusers "
+            f"folder) into `{folder}` and press 🔄, or download Stable Diffusion 1.5 from the Hugging Face hub "
+            "with the button below (needs internet).")
+
+
+def build_bar(services: Services) -> gr.Dropdown:
+    """The dropdown ``setting_sd_model_checkpoint`` with its refresh button and the empty-state help."""
+    with gr.Row():
+        checkpoint = gr.Dropdown(choices=_titles(services), value=None,
+                                 label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint", scale=4)
+        refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", elem_classes="tool-button", scale=0)
+        status = gr.Markdown("", elem_id="sd_model_status")
+    with gr.Group(visible=not services.registry.all()) as empty:
+        gr.Markdown(_no_model_notice(services), elem_id="no_checkpoint_notice")
+        download = gr.Button("Download Stable Diffusion 1.5 (about 4 GB)", elem_id="download_default_checkpoint")
+
+    def on_refresh() -> tuple[dict, dict, str]:
+        services.registry.refresh()
+        titles = _titles(services)
+        return (gr.update(choices=titles, value=_current_title(services)), gr.update(visible=not titles),
+                _status_text(services))
+
+    def on_select(title: str | None) -> tuple[dict, str]:
+        if not title or title == _current_title(services):
+            return gr.skip(), _status_text(services)
+        try:
+            services.generation.switch_model(title).future.result()
+        except AtelierError as exc:
+            gr.Warning(f"{exc} The previous model stays loaded.")
+        return gr.update(choices=_titles(services), value=_current_title(services)), _status_text(services)
+
+    def on_download(progress: gr.Progress = gr.Progress()) -> tuple[dict, dict, str]:
+        def report(done: int, total: int) -> None:
+            progress((done, total or None), desc="Downloading", unit="bytes")
+
+        try:
+            path = services.downloads.download(on_progress=report)
+        except AtelierError as exc:
+            raise ui_error(exc) from exc
+        services.registry.refresh()
+        services.generation.switch_model(path.name).future.result()
+        return on_refresh()
+
+    def on_tick() -> tuple[dict, str, gr.Timer]:
+        # Polls until a model is loaded (startup loads in the background), then stops itself.
+        if services.models.current() is None:
+            return gr.skip(), _status_text(services), gr.Timer(active=True)
+        return gr.update(choices=_titles(services), value=_current_title(services)), _status_text(services), \
+            gr.Timer(active=False)
+
+    timer = gr.Timer(1.0, active=True)
+    timer.tick(on_tick, outputs=[checkpoint, status, timer], api_visibility="private", show_progress="hidden")
+    refresh.click(on_refresh, outputs=[checkpoint, empty, status], api_visibility="private")
+    checkpoint.input(on_select, inputs=[checkpoint], outputs=[checkpoint, status], api_visibility="private",
+                     concurrency_limit=None)
+    download.click(on_download, outputs=[checkpoint, empty, status], api_visibility="private")
+    return checkpoint
+
+
+def _status_text(services: Services) -> str:
+    current = services.models.current()
+    if current is None:
+        return "No model loaded yet" if services.registry.all() else ""
+    return f"Loaded: {current.title}"

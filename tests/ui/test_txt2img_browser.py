@@ -1,0 +1,69 @@
+"""The txt2img flow as a person does it, in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from modules.infotext import parse_infotext
+from modules.services.images import read_infotext
+
+pytestmark = pytest.mark.browser
+
+
+def set_number(page, elem_id: str, value: int | float) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_type_a_prompt_generate_and_see_the_image_and_its_parameters(page, server) -> None:
+    page.locator("#txt2img_prompt textarea").fill("a lighthouse at dusk")
+    page.locator("#txt2img_neg_prompt textarea").fill("fog")
+    set_number(page, "txt2img_width", 64)
+    set_number(page, "txt2img_height", 64)
+    set_number(page, "txt2img_steps", 6)
+    set_number(page, "txt2img_batch_size", 2)
+    page.locator("#txt2img_seed input").fill("4242")
+    page.locator("#txt2img_generate").click()
+
+    info = page.locator("#html_info_txt2img textarea")
+    page.wait_for_function("() => document.querySelector('#html_info_txt2img textarea').value.includes('Seed:')")
+    text = info.input_value()
+    parsed = parse_infotext(text)
+    assert parsed.prompt == "a lighthouse at dusk" and parsed.negative_prompt == "fog"
+    assert parsed.params["Steps"] == "6" and parsed.params["Size"] == "64x64"
+    assert parsed.params["Model"] == "tiny-sd15"
+    images = page.locator("#txt2img_gallery img")
+    images.first.wait_for()
+    assert images.count() >= 2  # the grid and the two images (thumbnails)
+
+    saved = sorted((server.data_dir / "outputs" / "txt2img-images").rglob("*.png"))
+    assert [p.name.split("-", 1)[1] for p in saved[-2:]] == ["4242.png", "4243.png"]
+    assert read_infotext(saved[-1]).endswith(text.split("\n")[-1].replace("4242", "4243"))
+    page.screenshot(path=str(server.data_dir / "txt2img.png"))
+
+    # Reuse seed after selecting the second image puts its seed back into the box.
+    page.locator("#txt2img_gallery button.thumbnail-item, #txt2img_gallery .thumbnail-item").nth(2).click()
+    page.wait_for_function("() => document.querySelector('#html_info_txt2img textarea').value.includes('Seed: 4243')")
+    page.locator("#txt2img_reuse_seed").click()
+    page.wait_for_function("() => document.querySelector('#txt2img_seed input').value === '4243'")
+    page.locator("#txt2img_random_seed").click()
+    page.wait_for_function("() => document.querySelector('#txt2img_seed input').value === '-1'")
+
+
+def test_invalid_seed_shows_an_error_naming_the_field(page) -> None:
+    set_number(page, "txt2img_width", 64)
+    set_number(page, "txt2img_height", 64)
+    page.locator("#txt2img_seed input").fill("99999999999")
+    page.locator("#txt2img_generate").click()
+    toast = page.get_by_text(re.compile(r"seed: must be"))
+    toast.first.wait_for()
+
+
+def test_checkpoint_dropdown_lists_models_with_hash(page) -> None:
+    page.wait_for_function("() => document.querySelector('#setting_sd_model_checkpoint input').value !== ''")
+    value = page.locator("#setting_sd_model_checkpoint input").input_value()
+    assert re.fullmatch(r"tiny-sd15\.safetensors \[[0-9a-f]{10}\]", value), value

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install (first run) and start Atelier.  Usage: ./webui.sh [flags]   (see: ./webui.sh --help)
+# Environment, as in A1111:
+#   COMMANDLINE_ARGS  extra flags, read before the ones given here
+#   TORCH_COMMAND     how torch is installed (default: pip install torch==2.13.0)
+#   PYTHON            the Python 3.11+ to create the venv with (default: python3)
+#   VENV_DIR          where the virtual environment lives (default: ./venv)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON="${PYTHON:-python3}"
+VENV_DIR="${VENV_DIR:-venv}"
+TORCH_COMMAND="${TORCH_COMMAND:-pip install torch==2.13.0}"
+
+all_args=" ${COMMANDLINE_ARGS:-} $* "
+
+if [ ! -x "$VENV_DIR/bin/python" ]; then
+    echo "Creating virtual environment in $VENV_DIR"
+    "$PYTHON" -m venv "$VENV_DIR"
+fi
+# shellcheck disable=SC1091
+source "$VENV_DIR/bin/activate"
+
+stamp="$VENV_DIR/.atelier-installed"
+wanted="$(cat requirements.txt; echo "$TORCH_COMMAND")"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
+    python -m pip install --quiet --upgrade pip
+    if ! python -c "import torch" 2>/dev/null; then
+        echo "Installing torch: $TORCH_COMMAND"
+        # shellcheck disable=SC2086
+        python -m $TORCH_COMMAND
+    fi
+    echo "Installing requirements"
+    python -m pip install --quiet -r requirements.txt
+    printf '%s' "$wanted" > "$stamp"
+fi
+
+case "$all_args" in
+    *" --exit "*) echo "Installed; --exit given, not starting."; exit 0 ;;
+esac
+
+exec python app.py "$@"
