@@ -59,8 +59,9 @@ class LoadedModel:
 
 
 def _dtype_kwargs(device: DeviceInfo) -> dict[str, torch.dtype]:
-    # Weights load as fp32 by default; asking for fp32 explicitly only makes diffusers warn.
-    return {} if device.dtype == torch.float32 else {"dtype": device.dtype}
+    # Always explicit: without it a component may take the dtype its config names (real SDXL
+    # text encoder configs say float16), even on the CPU.
+    return {"dtype": device.dtype}
 
 
 def _arch_of_folder(folder: Path) -> ModelArch:

@@ -16,7 +16,7 @@ from pathlib import Path
 from modules.engine.checkpoint_files import CHECKPOINT_SUFFIXES
 from modules.engine.devices import DeviceInfo
 from modules.engine.loader import LoadedModel, load_model
-from modules.errors import ModelNotFoundError, NoModelLoadedError
+from modules.errors import ModelLoadError, ModelNotFoundError, NoModelLoadedError
 from modules.services.hashing import SHORT_HASH_LENGTH, HashCache
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,13 @@ class ModelManager:
         self._config_cache = config_cache
         self._lock = threading.Lock()
         self._loaded: tuple[LoadedModel, CheckpointInfo] | None = None
+        self._last_error: str | None = None
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the most recent load failed, until a load succeeds; shown next to the model list."""
+        with self._lock:
+            return self._last_error
 
     def current(self) -> CheckpointInfo | None:
         with self._lock:
@@ -143,10 +150,15 @@ class ModelManager:
         with self._lock:
             if self._loaded and self._loaded[1].path == info.path:
                 return self._loaded[1]
-        model = load_model(info.path, self.device, self._config_cache)  # raises; old model untouched
+        try:
+            model = load_model(info.path, self.device, self._config_cache)  # the old model stays untouched
+        except ModelLoadError as exc:
+            with self._lock:
+                self._last_error = str(exc)
+            raise
         info = self.registry.hashed(info)
         with self._lock:
-            previous, self._loaded = self._loaded, (model, info)
+            previous, self._loaded, self._last_error = self._loaded, (model, info), None
         if previous is not None:
             del previous
             gc.collect()

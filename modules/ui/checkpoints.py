@@ -69,7 +69,7 @@ def build_bar(services: Services) -> gr.Dropdown:
 
     def on_tick() -> tuple[dict, str, gr.Timer]:
         # Polls until a model is loaded (startup loads in the background), then stops itself.
-        if services.models.current() is None:
+        if services.models.current() is None and services.registry.all() and not services.models.last_error:
             return gr.skip(), _status_text(services), gr.Timer(active=True)
         return gr.update(choices=_titles(services), value=_current_title(services)), _status_text(services), \
             gr.Timer(active=False)
@@ -84,7 +84,10 @@ def build_bar(services: Services) -> gr.Dropdown:
 
 
 def _status_text(services: Services) -> str:
-    current = services.models.current()
+    current, error = services.models.current(), services.models.last_error
+    if error:
+        kept = f" Still loaded: {current.title}." if current else ""
+        return f"⚠️ {error}.{kept}"
     if current is None:
-        return "No model loaded yet" if services.registry.all() else ""
+        return "Loading the model…" if services.registry.all() else ""
     return f"Loaded: {current.title}"

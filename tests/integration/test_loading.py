@@ -23,6 +23,7 @@ def assert_same_weights(a, b) -> None:
             assert right is None
             continue
         sa, sb = left.state_dict(), right.state_dict()
+        assert {t.dtype for t in sa.values() if t.is_floating_point()} == {CPU.dtype}, name
         assert sa.keys() == sb.keys(), name
         for key in sa:
             assert torch.equal(sa[key], sb[key]), f"{name}.{key}"

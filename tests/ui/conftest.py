@@ -35,6 +35,7 @@ class Server:
 
 def start_server(data_dir: Path, ckpt_dir: Path, *extra: str) -> tuple[subprocess.Popen, Server]:
     port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "COMMANDLINE_ARGS": ""}
     proc = subprocess.Popen(
