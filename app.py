@@ -11,9 +11,13 @@ import sys
 import threading
 import webbrowser
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from modules import __version__
 
 if TYPE_CHECKING:
+    from modules.api.auth import AuthConfig
+    from modules.cmd_args import Flags
     from modules.services.container import Services
 
 log = logging.getLogger("atelier")
@@ -45,6 +49,37 @@ def _load_startup_model(services: Services, wanted: str | None) -> None:
         lambda f: f.exception() and log.error("Startup model not loaded: %s", f.exception()))
 
 
+def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
+    """FastAPI app: API routes first (they must precede Gradio's catch-all mount), then the UI."""
+    import gradio as gr
+    from fastapi import FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
+
+    from modules.api import routes
+    from modules.api.auth import AuthMiddleware
+    from modules.ui.app_ui import build_ui, open_paths
+    from modules.ui.session import gradio_session_check
+    from modules.ui.common import CSS
+
+    docs = flags.serves_api
+    app = FastAPI(title="Atelier API", version=__version__, docs_url="/docs" if docs else None,
+                  redoc_url=None, openapi_url="/openapi.json" if docs else None)
+    if flags.serves_api:
+        routes.install(app, services, flags, auth.enabled)
+    if not flags.nowebui:
+        app = gr.mount_gradio_app(app, build_ui(services), path=flags.subpath or "/", css=CSS,
+                                  theme=gr.themes.Default(), auth=auth.ui.as_gradio() if auth.ui else None,
+                                  show_error=True)
+    if flags.cors_allow_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(flags.cors_allow_origins), allow_methods=["*"],
+                           allow_headers=["*"], allow_credentials=True)
+    api_paths = (routes.PREFIX, "/docs", "/openapi.json")
+    gradio_app = next((r.app for r in app.routes if hasattr(getattr(r, "app", None), "tokens")), None)
+    return AuthMiddleware(app, auth, is_gradio=lambda path: gradio_app is not None and not path.startswith(api_paths),
+                          allow=open_paths(flags.subpath) if gradio_app is not None else lambda path: False,
+                          has_session=gradio_session_check(gradio_app) if gradio_app is not None else lambda s: False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_network_environment()
     from modules.cmd_args import parse_flags
@@ -54,22 +89,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if flags.exit:
         log.info("--exit: installation checked, not starting the server")
         return 0
+    if flags.share:
+        log.error("--share is refused: Atelier does not open public tunnels. Use --listen with --gradio-auth "
+                  "on a network you trust, or a reverse proxy with TLS.")
+        return 2
 
-    import gradio as gr
     import uvicorn
-    from fastapi import FastAPI
 
+    from modules.api.auth import load_auth
     from modules.config import load_settings
     from modules.engine.devices import DevicePolicy, choose_device
     from modules.errors import ConfigError
     from modules.paths import resolve_paths
     from modules.services.container import build_services
-    from modules.ui.app_ui import build_ui
-    from modules.ui.common import CSS
 
     paths = resolve_paths(flags.data_dir, flags.models_dir, flags.ckpt_dir)
     try:
         settings = load_settings(paths.config_file)
+        auth = load_auth(flags.gradio_auth, flags.gradio_auth_path, flags.api_auth)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
@@ -77,18 +114,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         no_half=flags.no_half, precision=flags.precision))
     services = build_services(paths, settings, device)
     _load_startup_model(services, flags.ckpt)
+    app = _build_app(flags, services, auth)
 
-    app = FastAPI(title="Atelier", docs_url=None, redoc_url=None, openapi_url=None)
-    app = gr.mount_gradio_app(app, build_ui(services), path="/", css=CSS, theme=gr.themes.Default())
-    url = f"http://{'127.0.0.1' if not flags.listen else 'localhost'}:{flags.port}"
-    if flags.listen:
-        log.warning("--listen: serving on all interfaces at port %d; anyone on the network can use this UI",
-                    flags.port)
+    scheme = "https" if flags.tls_certfile else "http"
+    url = f"{scheme}://{'localhost' if flags.listen else '127.0.0.1'}:{flags.port}{flags.subpath}"
+    if flags.listen and not auth.enabled:
+        log.warning("--listen without --gradio-auth/--api-auth: anyone on the network can use Atelier. "
+                    "Settings changes from the network are refused; add a password to allow them.")
     if flags.autolaunch:
         threading.Timer(2.0, webbrowser.open, args=(url,)).start()
-    log.info("Running on local URL: %s", url)
+    log.info("Running on local URL: %s%s", url, "  (API: /sdapi/v1, docs: /docs)" if flags.serves_api else "")
     try:
-        uvicorn.run(app, host=flags.host, port=flags.port, log_level="warning")
+        uvicorn.run(app, host=flags.host, port=flags.port, log_level="warning",
+                    ssl_keyfile=str(flags.tls_keyfile) if flags.tls_keyfile else None,
+                    ssl_certfile=str(flags.tls_certfile) if flags.tls_certfile else None)
     finally:
         services.close()
     return 0

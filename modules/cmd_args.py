@@ -40,10 +40,43 @@ class Flags:
     loglevel: str = "INFO"
     autolaunch: bool = False
     exit: bool = False
+    api: bool = False
+    nowebui: bool = False
+    gradio_auth: str | None = None  # "user:pass[,user2:pass2]": a secret, never logged or echoed
+    gradio_auth_path: Path | None = None
+    api_auth: str | None = None  # a secret too
+    cors_allow_origins: tuple[str, ...] = ()
+    tls_keyfile: Path | None = None
+    tls_certfile: Path | None = None
+    subpath: str = ""
+    share: bool = False
+    enable_insecure_extension_access: bool = False
 
     @property
     def host(self) -> str:
         return "0.0.0.0" if self.listen else "127.0.0.1"
+
+    @property
+    def serves_api(self) -> bool:
+        return self.api or self.nowebui
+
+    def public_view(self) -> dict[str, object]:
+        """The flags as ``/sdapi/v1/cmd-flags`` shows them: every secret redacted."""
+        view: dict[str, object] = {}
+        for name, value in vars(self).items():
+            if name in SECRET_FLAGS and value:
+                value = "<redacted>"
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            elif isinstance(value, tuple):
+                value = list(value)
+            view[name] = value
+        return view
+
+
+SECRET_FLAGS = frozenset({"gradio_auth", "api_auth"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,18 +96,43 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"], help="logging level")
     p.add_argument("--autolaunch", action="store_true", help="open the UI in the default browser once it serves")
     p.add_argument("--exit", action="store_true", help="stop after installing (used by webui.sh)")
+    p.add_argument("--api", action="store_true", help="serve the A1111-compatible REST API at /sdapi/v1")
+    p.add_argument("--nowebui", action="store_true", help="serve the REST API only, without the UI")
+    p.add_argument("--gradio-auth", metavar="USER:PASS[,USER2:PASS2]",
+                   help="require a login for the UI (and, unless --api-auth is given, the API)")
+    p.add_argument("--gradio-auth-path", type=Path, metavar="FILE",
+                   help="file of USER:PASS entries (comma- or line-separated) for the login")
+    p.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]", help="separate credentials for the API")
+    p.add_argument("--cors-allow-origins", default="", metavar="ORIGINS",
+                   help="comma-separated origins allowed to call the API from a browser")
+    p.add_argument("--tls-keyfile", type=Path, help="TLS private key file (serve HTTPS)")
+    p.add_argument("--tls-certfile", type=Path, help="TLS certificate file (serve HTTPS)")
+    p.add_argument("--subpath", default="", help="serve the UI under this path, for a reverse proxy (e.g. /atelier)")
+    p.add_argument("--share", action="store_true", help="refused: Atelier does not open public tunnels")
+    p.add_argument("--enable-insecure-extension-access", action="store_true",
+                   help="allow installing extensions even when serving to the network")
     return p
 
 
 def parse_flags(argv: Sequence[str], environ: Mapping[str, str]) -> Flags:
     """Flags from ``argv`` preceded by ``COMMANDLINE_ARGS`` (explicit arguments win)."""
     args = [*shlex.split(environ.get("COMMANDLINE_ARGS", "")), *argv]
-    ns = build_parser().parse_args(args)
+    parser = build_parser()
+    ns = parser.parse_args(args)
     if not 1 <= ns.port <= 65535:
-        build_parser().error(f"--port must be between 1 and 65535, got {ns.port}")
+        parser.error(f"--port must be between 1 and 65535, got {ns.port}")
+    if bool(ns.tls_keyfile) != bool(ns.tls_certfile):
+        parser.error("--tls-keyfile and --tls-certfile go together")
+    subpath = ns.subpath.strip()
+    if subpath and (not subpath.startswith("/") or subpath.endswith("/") or ".." in subpath):
+        parser.error(f"--subpath must look like /name, got {ns.subpath!r}")
     return Flags(
         listen=ns.listen, port=ns.port, ckpt=ns.ckpt, ckpt_dir=ns.ckpt_dir, data_dir=ns.data_dir,
         models_dir=ns.models_dir, device_id=ns.device_id, use_cpu=tuple(m.lower() for m in ns.use_cpu),
         no_half=ns.no_half, precision=Precision(ns.precision), loglevel=ns.loglevel,
-        autolaunch=ns.autolaunch, exit=ns.exit,
+        autolaunch=ns.autolaunch, exit=ns.exit, api=ns.api, nowebui=ns.nowebui, gradio_auth=ns.gradio_auth,
+        gradio_auth_path=ns.gradio_auth_path, api_auth=ns.api_auth,
+        cors_allow_origins=tuple(o.strip() for o in ns.cors_allow_origins.split(",") if o.strip()),
+        tls_keyfile=ns.tls_keyfile, tls_certfile=ns.tls_certfile, subpath=subpath, share=ns.share,
+        enable_insecure_extension_access=ns.enable_insecure_extension_access,
     )

@@ -14,8 +14,10 @@ from typing import Any
 
 import yaml
 
+from modules.atomic import write_text_atomic
 from modules.errors import ConfigError
 from modules.params import GenerationLimits
+from modules.samplers import RngSource
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class Settings:
     max_image_size: int = 2048  # largest width or height accepted
     max_batch_size: int = 8
     max_batch_count: int = 100
+    # Defaults for every job (A1111's options CLIP_stop_at_last_layers, eta_noise_seed_delta, randn_source).
+    clip_skip: int = 1
+    eta_noise_seed_delta: int = 0
+    randn_source: str = RngSource.GPU.value
 
     @property
     def limits(self) -> GenerationLimits:
@@ -34,18 +40,28 @@ class Settings:
                                 max_batch_count=self.max_batch_count)
 
 
-_TYPES: dict[str, type] = {f.name: (bool if f.type == "bool" else int) for f in fields(Settings)}
-_MINIMUM: dict[str, int] = {"queue_limit": 1, "max_image_size": 64, "max_batch_size": 1, "max_batch_count": 1}
+_TYPES: dict[str, type] = {f.name: {"bool": bool, "str": str}.get(str(f.type), int) for f in fields(Settings)}
+_MINIMUM: dict[str, int] = {"queue_limit": 1, "max_image_size": 64, "max_batch_size": 1, "max_batch_count": 1,
+                            "clip_skip": 1, "eta_noise_seed_delta": 0}
+_MAXIMUM: dict[str, int] = {"clip_skip": 12}
+_CHOICES: dict[str, tuple[str, ...]] = {"randn_source": tuple(r.value for r in RngSource)}
 
 
-def _check_value(path: Path, key: str, value: Any) -> None:
+def check_setting(path: Path | str, key: str, value: Any) -> None:
+    """Raise ConfigError unless ``value`` is valid for setting ``key``."""
+    if key not in _TYPES:
+        raise ConfigError(f"{path}: unknown setting '{key}'; known settings: {', '.join(sorted(_TYPES))}")
     expected = _TYPES[key]
     if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{path}: '{key}' must be a whole number, got {value!r}")
     if expected is bool and not isinstance(value, bool):
         raise ConfigError(f"{path}: '{key}' must be true or false, got {value!r}")
+    if expected is str and value not in _CHOICES.get(key, (value,)):
+        raise ConfigError(f"{path}: '{key}' must be one of {', '.join(_CHOICES[key])}, got {value!r}")
     if key in _MINIMUM and value < _MINIMUM[key]:
         raise ConfigError(f"{path}: '{key}' must be at least {_MINIMUM[key]}, got {value}")
+    if key in _MAXIMUM and value > _MAXIMUM[key]:
+        raise ConfigError(f"{path}: '{key}' must be at most {_MAXIMUM[key]}, got {value}")
 
 
 def load_settings(path: Path) -> Settings:
@@ -61,7 +77,12 @@ def load_settings(path: Path) -> Settings:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of setting names to values")
     for key, value in data.items():
-        if key not in _TYPES:
-            raise ConfigError(f"{path}: unknown setting '{key}'; known settings: {', '.join(sorted(_TYPES))}")
-        _check_value(path, key, value)
+        check_setting(path, key, value)
     return dataclasses.replace(Settings(), **data)
+
+
+def save_settings(path: Path, settings: Settings) -> None:
+    """Write the settings that differ from the defaults, atomically (a crash keeps the old file)."""
+    changed = {f.name: getattr(settings, f.name) for f in fields(Settings)
+               if getattr(settings, f.name) != getattr(Settings(), f.name)}
+    write_text_atomic(path, yaml.safe_dump(changed, sort_keys=True) if changed else "")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from modules.params import GenerationRequest
-from modules.samplers import ScheduleType, find_schedule, resolve_sampler
+from modules.samplers import RngSource, ScheduleType, find_schedule, resolve_sampler
 
 # A1111's fixed order of the parameters line. Keys not listed here (extensions' own) follow them in
 # the order given, and "Version" always comes last.
@@ -37,9 +37,10 @@ VERSION_KEY = "Version"
 NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
 
 # Keys build_infotext derives from its own arguments; an `extra` naming one is a caller bug.
-_OWNED_KEYS = frozenset(
+REQUEST_KEYS = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-     "Clip skip", VERSION_KEY}
+     "Clip skip", "Variation seed", "Variation seed strength", "Denoising strength", "ENSD", "RNG",
+     "Mask blur", VERSION_KEY}
 )
 
 # A1111's reader pattern, verbatim: a last line is parameters only if it matches 3+ times.
@@ -97,7 +98,8 @@ def format_value(value: object) -> str:
     return json.dumps(text, ensure_ascii=False) if _needs_quotes(text) else text
 
 
-def _request_params(request: GenerationRequest, seed: int, model: ModelIdentity | None) -> dict[str, object]:
+def _request_params(request: GenerationRequest, seed: int, model: ModelIdentity | None,
+                    variation_seed: int | None) -> dict[str, object]:
     params: dict[str, object] = {
         "Steps": request.steps,
         "Sampler": request.sampler,
@@ -112,12 +114,24 @@ def _request_params(request: GenerationRequest, seed: int, model: ModelIdentity 
         params["Model"] = model.name
     if request.clip_skip > 1:  # A1111 leaves out its default of 1
         params["Clip skip"] = request.clip_skip
+    if request.variation_strength > 0:
+        params["Variation seed"] = variation_seed if variation_seed is not None else request.variation_seed
+        params["Variation seed strength"] = format_number(request.variation_strength)
+    if request.is_img2img:
+        params["Denoising strength"] = format_number(request.denoising_strength)
+    if request.mask is not None:
+        params["Mask blur"] = request.mask_blur
+    spec = resolve_sampler(request.sampler)
+    if request.eta_noise_seed_delta and spec is not None and spec[0].uses_ensd:
+        params["ENSD"] = request.eta_noise_seed_delta
+    if request.rng is not RngSource.GPU:  # A1111 writes RNG only when it is not the default
+        params["RNG"] = request.rng.value
     return params
 
 
 def _check_extra(extra: Mapping[str, object]) -> None:
     for key in extra:
-        if key in _OWNED_KEYS:
+        if key in REQUEST_KEYS:
             raise ValueError(f"infotext key {key!r} comes from the request, not from extra")
         if not isinstance(key, str) or not _KEY.fullmatch(key):
             raise ValueError(f"infotext key {key!r} cannot be read back; use letters, digits, ' ', '-', '/'")
@@ -129,6 +143,7 @@ def build_infotext(
     model: ModelIdentity | None,
     version: str,
     extra: Mapping[str, object] | None = None,
+    variation_seed: int | None = None,
 ) -> str:
     """The A1111 parameters text of one image of a normalised ``request``.
 
@@ -138,7 +153,7 @@ def build_infotext(
     """
     extra = extra or {}
     _check_extra(extra)
-    params = _request_params(request, seed, model)
+    params = _request_params(request, seed, model, variation_seed)
     params.update({k: v for k, v in extra.items() if v is not None})
     order = [k for k in INFOTEXT_KEY_ORDER if k in params]
     order += [k for k in extra if k in params and k not in INFOTEXT_KEY_ORDER]
@@ -232,17 +247,30 @@ def _read_int(params: Mapping[str, str], key: str, kept: int, warnings: list[str
     return value
 
 
-def _read_cfg(params: Mapping[str, str], kept: float, warnings: list[str]) -> float:
-    if "CFG scale" not in params:
+def _read_float(params: Mapping[str, str], key: str, kept: float, warnings: list[str]) -> float:
+    if key not in params:
         return kept
     try:
-        value = float(params["CFG scale"])
+        value = float(params[key])
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        warnings.append(f"CFG scale: {params['CFG scale']!r} is not a number; kept {format_number(kept)}")
+        warnings.append(f"{key}: {params[key]!r} is not a number; kept {format_number(kept)}")
         return kept
     return value
+
+
+def _read_cfg(params: Mapping[str, str], kept: float, warnings: list[str]) -> float:
+    return _read_float(params, "CFG scale", kept, warnings)
+
+
+def _read_rng(params: Mapping[str, str], warnings: list[str]) -> RngSource:
+    label = params.get("RNG", RngSource.GPU.value)
+    try:
+        return RngSource(label.upper())
+    except ValueError:
+        warnings.append(f"RNG: {label!r} is not supported (GPU or CPU); using GPU")
+        return RngSource.GPU
 
 
 def _read_size(params: Mapping[str, str], base: GenerationRequest, warnings: list[str]) -> tuple[int, int]:
@@ -277,13 +305,7 @@ def _read_sampler(
             warnings.append(f"Sampler: unknown sampler {name!r}; kept {base.sampler}")
         else:
             sampler, implied = found[0].name, found[1]
-    schedule = _read_schedule(params.get("Schedule type"), implied, warnings)
-    spec = resolve_sampler(sampler)
-    if spec is not None and schedule not in spec[0].schedules:
-        # A1111 offers schedules we cannot run with this sampler; Automatic keeps the image close.
-        warnings.append(f"Schedule type: {schedule.value} is not available for {spec[0].name}; using Automatic")
-        schedule = ScheduleType.AUTOMATIC
-    return sampler, schedule
+    return sampler, _read_schedule(params.get("Schedule type"), implied, warnings)
 
 
 def request_from_infotext(
@@ -314,5 +336,11 @@ def request_from_infotext(
         height=height,
         clip_skip=_read_int(params, "Clip skip", 1, warnings),
         checkpoint=params.get("Model") or params.get("Model hash") or base.checkpoint,
+        variation_seed=_read_int(params, "Variation seed", -1, warnings),
+        variation_strength=_read_float(params, "Variation seed strength", 0.0, warnings),
+        denoising_strength=_read_float(params, "Denoising strength", base.denoising_strength, warnings),
+        mask_blur=_read_int(params, "Mask blur", base.mask_blur, warnings),
+        eta_noise_seed_delta=_read_int(params, "ENSD", 0, warnings),
+        rng=_read_rng(params, warnings),
     )
     return request, warnings

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from modules.errors import FieldError, ValidationError
-from modules.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, ScheduleType, resolve_sampler, sampler_names
+from modules.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, RngSource, ScheduleType, resolve_sampler, sampler_names
 
 MAX_SEED = 2**32 - 1  # A1111 seeds are unsigned 32-bit
 
@@ -30,11 +30,16 @@ class GenerationLimits:
     max_cfg_scale: float = 30.0
     max_clip_skip: int = 12
     max_prompt_chars: int = 30_000
+    max_mask_blur: int = 64
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """Everything that decides the pixels of a txt2img job. Defaults follow A1111's UI."""
+    """Everything that decides the pixels of a job. Defaults follow A1111's UI.
+
+    With ``init_image`` it is img2img (the image's encoded bytes, PNG or JPEG); with a ``mask`` as
+    well (white = repaint), inpainting. Images travel as bytes so a request stays a plain value.
+    """
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -49,14 +54,31 @@ class GenerationRequest:
     batch_size: int = 1
     clip_skip: int = 1
     checkpoint: str | None = None  # title, name or hash; None = the loaded one
+    variation_seed: int = -1  # A1111's subseed; -1 = random when variation_strength > 0
+    variation_strength: float = 0.0
+    eta_noise_seed_delta: int = 0  # ENSD: reseeds ancestral noise with seed + delta
+    rng: RngSource = RngSource.GPU
+    init_image: bytes | None = None
+    mask: bytes | None = None
+    denoising_strength: float = 0.75
+    mask_blur: int = 4
+    save_images: bool = True  # False: images only come back to the caller (A1111's API default)
+
+    @property
+    def is_img2img(self) -> bool:
+        return self.init_image is not None
 
     @property
     def images_per_job(self) -> int:
         return self.batch_count * self.batch_size
 
     def seed_for(self, index: int) -> int:
-        """Seed of image ``index`` of the job (A1111: seed + i). Needs a resolved seed."""
-        return self.seed + index
+        """Seed of image ``index`` (A1111: seed + i; with variations the seed stays). Needs a resolved seed."""
+        return self.seed if self.variation_strength > 0 else self.seed + index
+
+    def variation_seed_for(self, index: int) -> int:
+        """With variations the seed stays and the variation seed goes up (A1111's subseed + i)."""
+        return self.variation_seed + index
 
 
 def _is_int(value: object) -> bool:
@@ -85,6 +107,24 @@ def _check_size(errors: list[FieldError], name: str, value: object, limits: Gene
         errors.append(FieldError(name, f"must be a multiple of 8, got {value}"))
 
 
+def _check_variations_and_images(errors: list[FieldError], request: GenerationRequest,
+                                 limits: GenerationLimits) -> None:
+    if not _is_int(request.variation_seed) or not (request.variation_seed == -1 or 0 <= request.variation_seed <= MAX_SEED):
+        errors.append(FieldError("variation_seed", f"must be -1 (random) or between 0 and {MAX_SEED}"))
+    _check_range(errors, "variation_strength", request.variation_strength, 0.0, 1.0)
+    _check_int(errors, "eta_noise_seed_delta", request.eta_noise_seed_delta, 0, MAX_SEED)
+    if not isinstance(request.rng, RngSource):
+        errors.append(FieldError("rng", f"must be one of {', '.join(r.value for r in RngSource)}"))
+    for name in ("init_image", "mask"):
+        value = getattr(request, name)
+        if value is not None and (not isinstance(value, bytes) or not value):
+            errors.append(FieldError(name, "must be an encoded image (PNG, JPEG or WEBP bytes)"))
+    if request.mask is not None and request.init_image is None:
+        errors.append(FieldError("mask", "a mask needs an init image to paint on"))
+    _check_range(errors, "denoising_strength", request.denoising_strength, 0.0, 1.0)
+    _check_int(errors, "mask_blur", request.mask_blur, 0, limits.max_mask_blur)
+
+
 def validate_request(request: GenerationRequest, limits: GenerationLimits = GenerationLimits()) -> None:
     """Raise :class:`ValidationError` naming every invalid field; return quietly otherwise."""
     errors: list[FieldError] = []
@@ -98,10 +138,8 @@ def validate_request(request: GenerationRequest, limits: GenerationLimits = Gene
     if found is None:
         errors.append(FieldError("sampler", f"unknown sampler {request.sampler!r}; valid: {', '.join(sampler_names())}"))
     if not isinstance(request.schedule, ScheduleType):
-        errors.append(FieldError("schedule", f"unknown schedule type {request.schedule!r}"))
-    elif found is not None and request.schedule not in found[0].schedules:
-        valid = ", ".join(s.value for s in found[0].schedules)
-        errors.append(FieldError("schedule", f"{request.schedule.value} is not available for {found[0].name}; valid: {valid}"))
+        valid = ", ".join(s.value for s in ScheduleType)
+        errors.append(FieldError("schedule", f"unknown schedule type {request.schedule!r}; valid: {valid}"))
     _check_int(errors, "steps", request.steps, 1, limits.max_steps)
     _check_range(errors, "cfg_scale", request.cfg_scale, 1.0, limits.max_cfg_scale)
     _check_size(errors, "width", request.width, limits)
@@ -113,6 +151,7 @@ def validate_request(request: GenerationRequest, limits: GenerationLimits = Gene
     _check_int(errors, "clip_skip", request.clip_skip, 1, limits.max_clip_skip)
     if request.checkpoint is not None and not isinstance(request.checkpoint, str):
         errors.append(FieldError("checkpoint", "must be a checkpoint name"))
+    _check_variations_and_images(errors, request, limits)
     if errors:
         raise ValidationError(errors)
 
@@ -130,20 +169,25 @@ def normalize_request(request: GenerationRequest, rng: random.Random | None = No
     schedule = request.schedule
     if implied is not None and schedule is ScheduleType.AUTOMATIC:
         schedule = implied
+    source = rng or random.SystemRandom()
     seed = request.seed
     if seed == -1:
-        seed = (rng or random.SystemRandom()).randint(0, MAX_SEED - request.images_per_job)
-    return replace(request, sampler=spec.name, schedule=schedule, seed=seed)
+        seed = source.randint(0, MAX_SEED - request.images_per_job)
+    variation_seed = request.variation_seed
+    if variation_seed == -1 and request.variation_strength > 0:
+        variation_seed = source.randint(0, MAX_SEED - request.images_per_job)
+    return replace(request, sampler=spec.name, schedule=schedule, seed=seed, variation_seed=variation_seed)
 
 
 @dataclass(frozen=True)
 class GeneratedImage:
-    """One saved image of a job: where it is, its seed and its parameters text."""
+    """One image of a job: its PNG (parameters embedded), where it was saved, its seed and text."""
 
-    path: Path
+    path: Path | None  # None when the request asked not to save
     seed: int
     infotext: str
-    index: int  # position in the job, 0-based
+    index: int  # position in the job, 0-based; -1 for the grid
+    png: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)

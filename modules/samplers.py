@@ -1,9 +1,9 @@
 """The sampler table: every sampler and schedule type Atelier offers, in one place.
 
 Pure data (no torch): the UI, the API and request validation read names from here, and the engine
-turns an entry into a diffusers scheduler. A1111 names are used throughout, because users' saved
-infotexts and API clients carry them. Only samplers with a true diffusers equivalent are listed;
-DPM++ 2S a, DPM fast, DPM adaptive, Restart and the CFG++ variants have none and are left out.
+calls ``function`` (a name in :mod:`modules.engine.sampling.functions`) in k-diffusion's calling
+convention. A1111's names are used throughout, because users' infotexts and API clients carry
+them; A1111's old combined names ("DPM++ 2M Karras") resolve to sampler + schedule.
 """
 
 from __future__ import annotations
@@ -15,13 +15,19 @@ from types import MappingProxyType
 
 
 class ScheduleType(enum.Enum):
-    """A1111's schedule types that diffusers schedulers can express. Values are the UI labels."""
+    """A1111's schedule types. Values are the UI and infotext labels."""
 
     AUTOMATIC = "Automatic"
     UNIFORM = "Uniform"
     KARRAS = "Karras"
     EXPONENTIAL = "Exponential"
+    POLYEXPONENTIAL = "Polyexponential"
     SGM_UNIFORM = "SGM Uniform"
+    KL_OPTIMAL = "KL Optimal"
+    ALIGN_YOUR_STEPS = "Align Your Steps"
+    SIMPLE = "Simple"
+    NORMAL = "Normal"
+    DDIM = "DDIM"
     BETA = "Beta"
 
     @property
@@ -30,73 +36,86 @@ class ScheduleType(enum.Enum):
         return self.value.lower().replace(" ", "_")
 
 
+# A1111's default rho and whether the schedule needs the model's own sigmas (API: schedulers).
+SCHEDULE_INFO: Mapping[ScheduleType, tuple[float | None, bool]] = MappingProxyType({
+    ScheduleType.AUTOMATIC: (None, False), ScheduleType.UNIFORM: (None, True),
+    ScheduleType.KARRAS: (7.0, False), ScheduleType.EXPONENTIAL: (None, False),
+    ScheduleType.POLYEXPONENTIAL: (1.0, False), ScheduleType.SGM_UNIFORM: (None, True),
+    ScheduleType.KL_OPTIMAL: (None, False), ScheduleType.ALIGN_YOUR_STEPS: (None, False),
+    ScheduleType.SIMPLE: (None, True), ScheduleType.NORMAL: (None, True),
+    ScheduleType.DDIM: (None, True), ScheduleType.BETA: (None, True),
+})
+
+
+class RngSource(enum.Enum):
+    """Where per-image noise is drawn (A1111's random number source); values as the infotext's RNG."""
+
+    GPU = "GPU"  # on the compute device (A1111's default; on a CPU-only machine, the CPU)
+    CPU = "CPU"  # always on the CPU: the same seed gives the same image on any hardware
+
+
 class NoiseSource(enum.Enum):
     """Where a sampler's randomness comes from, beyond the initial latent noise."""
 
     NONE = "none"  # deterministic after the initial noise
-    ANCESTRAL = "ancestral"  # fresh noise every step from the per-image generators
-    BROWNIAN = "brownian"  # a Brownian tree seeded from the job seed (DPM++ SDE)
-
-
-# Schedules reachable through each diffusers scheduler's own options.
-_SIGMA_SCHEDULES = (ScheduleType.KARRAS, ScheduleType.EXPONENTIAL, ScheduleType.BETA)
-_SPACING_SCHEDULES = (ScheduleType.UNIFORM, ScheduleType.SGM_UNIFORM)
-ALL_SCHEDULES = (ScheduleType.AUTOMATIC, *_SPACING_SCHEDULES, *_SIGMA_SCHEDULES)
-SPACING_ONLY = (ScheduleType.AUTOMATIC, *_SPACING_SCHEDULES)
+    ANCESTRAL = "ancestral"  # fresh noise every step from each image's generator (ENSD applies)
+    BROWNIAN = "brownian"  # a Brownian tree per image seed (the SDE samplers)
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """One sampler: its A1111 name, the diffusers scheduler that runs it, and how."""
+    """One sampler: A1111 name, the function that runs it, and how it is driven."""
 
     name: str
-    scheduler_class: str
-    options: Mapping[str, object] = field(default_factory=dict)
-    default_schedule: ScheduleType | None = None  # what Automatic means; None = scheduler default
-    schedules: tuple[ScheduleType, ...] = ALL_SCHEDULES
+    function: str  # in modules.engine.sampling.functions
+    default_schedule: ScheduleType = ScheduleType.UNIFORM  # what Automatic means for this sampler
     noise: NoiseSource = NoiseSource.NONE
+    second_order: bool = False  # two model calls per step
+    discard_penultimate_sigma: bool = False  # A1111: compute n + 1 sigmas, drop the next-to-last
+    uses_schedule: bool = True  # False: the sampler picks its own steps between sigma_min and sigma_max
+    options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     aliases: tuple[str, ...] = ()
 
-    def resolve_schedule(self, schedule: ScheduleType) -> ScheduleType | None:
-        """The concrete schedule to apply; None keeps the scheduler's own default spacing."""
+    def resolve_schedule(self, schedule: ScheduleType) -> ScheduleType:
         return self.default_schedule if schedule is ScheduleType.AUTOMATIC else schedule
 
+    @property
+    def uses_ensd(self) -> bool:
+        return self.noise is NoiseSource.ANCESTRAL
 
-def _spec(name: str, cls: str, **kw: object) -> SamplerSpec:
-    options = MappingProxyType(dict(kw.pop("options", {})))  # type: ignore[arg-type]
-    return SamplerSpec(name=name, scheduler_class=cls, options=options, **kw)  # type: ignore[arg-type]
+
+def _spec(name: str, function: str, *aliases: str, options: Mapping[str, object] | None = None,
+          **flags: object) -> SamplerSpec:
+    return SamplerSpec(name=name, function=function, aliases=aliases,
+                       options=MappingProxyType(dict(options or {})), **flags)  # type: ignore[arg-type]
 
 
-_DPMPP = "DPMSolverMultistepScheduler"
+_K, _E = ScheduleType.KARRAS, ScheduleType.EXPONENTIAL
+_ANC, _BROWN = NoiseSource.ANCESTRAL, NoiseSource.BROWNIAN
 SAMPLERS: tuple[SamplerSpec, ...] = (
-    _spec("DPM++ 2M", _DPMPP, options={"algorithm_type": "dpmsolver++", "solver_order": 2},
-          default_schedule=ScheduleType.KARRAS, aliases=("k_dpmpp_2m",)),
-    _spec("DPM++ SDE", "DPMSolverSDEScheduler", default_schedule=ScheduleType.KARRAS,
-          schedules=(ScheduleType.AUTOMATIC, *_SIGMA_SCHEDULES), noise=NoiseSource.BROWNIAN,
-          aliases=("k_dpmpp_sde",)),
-    _spec("DPM++ 2M SDE", _DPMPP, options={"algorithm_type": "sde-dpmsolver++",
-          "solver_order": 2}, default_schedule=ScheduleType.KARRAS, noise=NoiseSource.ANCESTRAL,
-          aliases=("k_dpmpp_2m_sde",)),
-    _spec("DPM++ 2M SDE Heun", _DPMPP, options={"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
-          "solver_type": "heun"}, default_schedule=ScheduleType.EXPONENTIAL,
-          noise=NoiseSource.ANCESTRAL, aliases=("k_dpmpp_2m_sde_heun",)),
-    _spec("DPM++ 3M SDE", _DPMPP, options={"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
-          default_schedule=ScheduleType.EXPONENTIAL, noise=NoiseSource.ANCESTRAL,
-          aliases=("k_dpmpp_3m_sde",)),
-    _spec("Euler a", "EulerAncestralDiscreteScheduler", default_schedule=ScheduleType.UNIFORM,
-          schedules=SPACING_ONLY, noise=NoiseSource.ANCESTRAL, aliases=("k_euler_a", "k_euler_ancestral")),
-    _spec("Euler", "EulerDiscreteScheduler", default_schedule=ScheduleType.UNIFORM, aliases=("k_euler",)),
-    _spec("LMS", "LMSDiscreteScheduler", default_schedule=ScheduleType.UNIFORM, aliases=("k_lms",)),
-    _spec("Heun", "HeunDiscreteScheduler", default_schedule=ScheduleType.UNIFORM, aliases=("k_heun",)),
-    _spec("DPM2", "KDPM2DiscreteScheduler", default_schedule=ScheduleType.KARRAS, aliases=("k_dpm_2",)),
-    _spec("DPM2 a", "KDPM2AncestralDiscreteScheduler", default_schedule=ScheduleType.KARRAS,
-          noise=NoiseSource.ANCESTRAL, aliases=("k_dpm_2_a",)),
-    _spec("DDIM", "DDIMScheduler", options={"set_alpha_to_one": False}, schedules=SPACING_ONLY,
-          aliases=("ddim",)),
-    _spec("PLMS", "PNDMScheduler", options={"skip_prk_steps": True}, schedules=SPACING_ONLY,
-          aliases=("plms",)),
-    _spec("UniPC", "UniPCMultistepScheduler", aliases=("unipc",)),
-    _spec("LCM", "LCMScheduler", schedules=SPACING_ONLY, noise=NoiseSource.ANCESTRAL, aliases=("lcm",)),
+    _spec("DPM++ 2M", "sample_dpmpp_2m", "k_dpmpp_2m", default_schedule=_K),
+    _spec("DPM++ SDE", "sample_dpmpp_sde", "k_dpmpp_sde", default_schedule=_K, noise=_BROWN, second_order=True),
+    _spec("DPM++ 2M SDE", "sample_dpmpp_2m_sde", "k_dpmpp_2m_sde", default_schedule=_E, noise=_BROWN),
+    _spec("DPM++ 2M SDE Heun", "sample_dpmpp_2m_sde", "k_dpmpp_2m_sde_heun", default_schedule=_E, noise=_BROWN,
+          options={"solver_type": "heun"}),
+    _spec("DPM++ 2S a", "sample_dpmpp_2s_ancestral", "k_dpmpp_2s_a", default_schedule=_K, noise=_ANC,
+          second_order=True),
+    _spec("DPM++ 3M SDE", "sample_dpmpp_3m_sde", "k_dpmpp_3m_sde", default_schedule=_E, noise=_BROWN,
+          discard_penultimate_sigma=True),
+    _spec("Euler a", "sample_euler_ancestral", "k_euler_a", "k_euler_ancestral", noise=_ANC),
+    _spec("Euler", "sample_euler", "k_euler"),
+    _spec("LMS", "sample_lms", "k_lms"),
+    _spec("Heun", "sample_heun", "k_heun", second_order=True),
+    _spec("DPM2", "sample_dpm_2", "k_dpm_2", second_order=True, discard_penultimate_sigma=True),
+    _spec("DPM2 a", "sample_dpm_2_ancestral", "k_dpm_2_a", noise=_ANC, second_order=True,
+          discard_penultimate_sigma=True),
+    _spec("DPM fast", "sample_dpm_fast", "k_dpm_fast", noise=_ANC, uses_schedule=False),
+    _spec("DPM adaptive", "sample_dpm_adaptive", "k_dpm_ad", noise=_ANC, uses_schedule=False),
+    _spec("Restart", "sample_restart", "restart", default_schedule=_K, second_order=True),
+    _spec("DDIM", "sample_ddim", "ddim", default_schedule=ScheduleType.DDIM),
+    _spec("PLMS", "sample_plms", "plms", default_schedule=ScheduleType.DDIM),
+    _spec("UniPC", "sample_unipc", "unipc"),
+    _spec("LCM", "sample_lcm", "k_lcm", "lcm", noise=_ANC),
 )
 
 DEFAULT_SAMPLER = "DPM++ 2M"
@@ -124,7 +143,7 @@ _SCHEDULE_BY_NAME: Mapping[str, ScheduleType] = MappingProxyType(
 
 def find_schedule(name: str) -> ScheduleType | None:
     """A schedule type by label or API name, case-insensitively; None when unknown."""
-    return _SCHEDULE_BY_NAME.get(name.strip().lower())
+    return _SCHEDULE_BY_NAME.get(" ".join(name.split()).lower())
 
 
 def resolve_sampler(name: str) -> tuple[SamplerSpec, ScheduleType | None] | None:

@@ -26,6 +26,7 @@ class TinyModels:
     sd15_other: Path  # single file, seed 1 (a second, different model)
     sdxl_dir: Path  # diffusers folder, seed 0
     sdxl_file: Path  # single file, seed 0
+    sd15_inpaint: Path  # 9-channel inpainting single file, seed 0
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +41,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
         sd15_other=write_tiny_model(TinyArch.SD15, folder / "tiny-sd15-b.safetensors", seed=1),
         sdxl_dir=write_tiny_model(TinyArch.SDXL, folder / "tiny-sdxl", seed=0),
         sdxl_file=write_tiny_model(TinyArch.SDXL, folder / "tiny-sdxl.safetensors", seed=0),
+        sd15_inpaint=write_tiny_model(TinyArch.SD15_INPAINT, folder / "tiny-sd15-inpainting.safetensors", seed=0),
     )
     return models
 

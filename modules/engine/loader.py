@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import torch
 from diffusers import (
+    DDPMScheduler,
     DiffusionPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
@@ -33,6 +34,7 @@ from modules.engine.checkpoint_files import (
 from modules.engine.config_folders import prepare_config_folder
 from modules.engine.devices import DeviceInfo
 from modules.engine.model_detect import ModelArch, UnknownArchitecture, infer_dims
+from modules.engine.sampling.schedules import ModelSigmas
 from modules.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,12 @@ class LoadedModel:
     pipeline: DiffusionPipeline
     device: DeviceInfo
     load_seconds: float
-    base_scheduler_config: Mapping[str, Any]  # as loaded; samplers derive their scheduler from it
+    base_scheduler_config: Mapping[str, Any]  # the noise schedule the model was trained with
+    sigmas: ModelSigmas  # its discrete noise levels, which every sampling schedule derives from
+
+    @property
+    def v_prediction(self) -> bool:
+        return self.base_scheduler_config.get("prediction_type") == "v_prediction"
 
 
 def _dtype_kwargs(device: DeviceInfo) -> dict[str, torch.dtype]:
@@ -131,5 +138,6 @@ def load_model(path: Path, device: DeviceInfo, config_cache: Path) -> LoadedMode
     elapsed = time.perf_counter() - started
     log.info("Loaded %s (%s) in %.1f s", path.name, arch.label, elapsed)
     base = MappingProxyType(dict(pipe.scheduler.config))
+    sigmas = ModelSigmas(DDPMScheduler.from_config(dict(base)).alphas_cumprod)
     return LoadedModel(path=path, arch=arch, pipeline=pipe, device=device, load_seconds=elapsed,
-                       base_scheduler_config=base)
+                       base_scheduler_config=base, sigmas=sigmas)

@@ -8,23 +8,14 @@ encoded separately and concatenated; the negative prompt is padded to the same n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from diffusers import DiffusionPipeline
 from transformers import CLIPTokenizer
 
 from modules.engine.model_detect import ModelArch
+from modules.engine.sampling.denoiser import CondSchedule, Conditioning, Embeds
 
 CHUNK_TOKENS = 75  # 77 positions minus the start and end tokens
-
-
-@dataclass(frozen=True)
-class PromptEmbeds:
-    """Conditioning for one prompt: token embeddings, plus the pooled vector SDXL also needs."""
-
-    tokens: torch.Tensor  # (1, 77 * chunks, width)
-    pooled: torch.Tensor | None  # (1, projection width), SDXL only
 
 
 def tokenize_chunks(tokenizer: CLIPTokenizer, text: str, min_chunks: int = 1) -> list[list[int]]:
@@ -73,7 +64,7 @@ def _encode_sdxl_part(encoder: torch.nn.Module, chunks: list[list[int]], clip_sk
 
 @torch.inference_mode()
 def encode_pair(pipe: DiffusionPipeline, arch: ModelArch, prompt: str, negative: str,
-                clip_skip: int) -> tuple[PromptEmbeds, PromptEmbeds]:
+                clip_skip: int) -> tuple[Embeds, Embeds]:
     """Embeddings for a prompt and its negative, with equal chunk counts so CFG can batch them."""
     device = pipe.unet.device
     main_tokenizer = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
@@ -87,8 +78,16 @@ def encode_pair(pipe: DiffusionPipeline, arch: ModelArch, prompt: str, negative:
                     continue
                 hidden, pooled = _encode_sdxl_part(encoder, tokenize_chunks(tokenizer, text, chunks), clip_skip, device)
                 parts.append(hidden)
-            results.append(PromptEmbeds(tokens=torch.cat(parts, dim=-1), pooled=pooled))
+            results.append(Embeds(tokens=torch.cat(parts, dim=-1), pooled=pooled))
         else:
             tokens = _encode_sd(pipe.text_encoder, tokenize_chunks(pipe.tokenizer, text, chunks), clip_skip, device)
-            results.append(PromptEmbeds(tokens=tokens, pooled=None))
+            results.append(Embeds(tokens=tokens, pooled=None))
     return results[0], results[1]
+
+
+def plain_conditioning(pipe: DiffusionPipeline, arch: ModelArch, prompt: str, negative: str,
+                       clip_skip: int) -> Conditioning:
+    """One prompt and one negative, the same at every step."""
+    positive, negative_embeds = encode_pair(pipe, arch, prompt, negative, clip_skip)
+    return Conditioning(positive=((CondSchedule.constant(positive), 1.0),),
+                        negative=CondSchedule.constant(negative_embeds))

@@ -13,12 +13,14 @@ from modules.services.hashing import HashCache
 from modules.services.images import ImageSaver
 from modules.services.jobs import JobQueue
 from modules.services.models import CheckpointRegistry, ModelManager
+from modules.services.settings_store import SettingsStore
 
 
 @dataclass(frozen=True)
 class Services:
     paths: AppPaths
-    settings: Settings
+    settings: Settings  # as loaded at startup (limits, queue size)
+    options: SettingsStore  # the settings in force, changeable at run time
     device: DeviceInfo
     registry: CheckpointRegistry
     models: ModelManager
@@ -38,5 +40,6 @@ def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo) -> S
     job_queue = JobQueue(generation.execute, settings.queue_limit)
     generation.attach(job_queue)
     job_queue.start()
-    return Services(paths=paths, settings=settings, device=device, registry=registry, models=models,
+    return Services(paths=paths, settings=settings, options=SettingsStore(paths.config_file, settings),
+                    device=device, registry=registry, models=models,
                     generation=generation, queue=job_queue, downloads=ModelDownloader(paths.default_checkpoint_dir))

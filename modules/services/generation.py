@@ -1,25 +1,25 @@
 """The one generation path. The UI and the API both call :meth:`GenerationService.submit`.
 
-``submit`` validates at the edge (every bad field reported before any model work), fixes the seed
+``submit`` validates at the edge (every bad field reported before any model work), fixes the seeds
 and the sampler name, and queues the job. The worker then runs :meth:`execute`, which reads as
-numbered steps: model -> batches (sample, save each image with its infotext) -> grid -> result.
+numbered steps: model -> inputs -> batches (sample, save each image with its infotext) -> grid.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image
 
-from modules import __version__
+from modules import VERSION_TEXT
+from modules.engine.generate import ImageTask, run_task
+from modules.engine.latents import blurred_mask
 from modules.engine.loader import LoadedModel
-from modules.engine.model_detect import ModelArch
 from modules.engine.preview import latents_to_preview
-from modules.engine.txt2img import Txt2ImgBatch, run_txt2img
-from modules.errors import GenerationError
+from modules.engine.sampling.loop import NoisePlan
 from modules.infotext import ModelIdentity, build_infotext
 from modules.params import (
     GeneratedImage,
@@ -30,13 +30,13 @@ from modules.params import (
     validate_request,
 )
 from modules.samplers import resolve_sampler
-from modules.services.images import ImageSaver, OutputKind, make_grid
-from modules.services.jobs import Job, JobContext, JobQueue, JobSpec, ModelSwitch
+from modules.services.image_input import decode_image
+from modules.services.images import ImageSaver, OutputKind, make_grid, png_bytes
+from modules.errors import NoModelLoadedError
+from modules.services.jobs import Job, JobContext, JobQueue, JobSpec, ModelSwitch, ModelUnload
 from modules.services.models import CheckpointInfo, ModelManager
 
 log = logging.getLogger(__name__)
-VERSION_TEXT = f"Atelier {__version__}"
-TXT2IMG_ARCHS = (ModelArch.SD1, ModelArch.SD2_V, ModelArch.SDXL)
 
 
 class _Observer:
@@ -46,14 +46,36 @@ class _Observer:
         self._context = context
         self._arch = model.arch
 
-    def on_step(self, step: int, total: int, latents: Any) -> None:
-        self._context.on_step(step, total, latents, self._render)
+    def on_step(self, step: int, total: int, denoised: Any) -> None:
+        self._context.on_step(step, total, denoised, self._render)
 
     def should_stop(self) -> bool:
         return self._context.should_stop()
 
     def _render(self, latents: Any) -> Image.Image:
         return latents_to_preview(latents, self._arch)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """A request's images, decoded and fitted to the output size."""
+
+    init_image: Image.Image | None
+    mask: Image.Image | None  # blurred, white = repaint
+
+    @staticmethod
+    def of(request: GenerationRequest) -> _Inputs:
+        if request.init_image is None:
+            return _Inputs(None, None)
+        size = (request.width, request.height)
+        image = decode_image(request.init_image, "init_image").convert("RGB")
+        image = image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+        mask = None
+        if request.mask is not None:
+            raw = decode_image(request.mask, "mask").convert("L")
+            mask = blurred_mask(raw if raw.size == size else raw.resize(size, Image.Resampling.LANCZOS),
+                                request.mask_blur)
+        return _Inputs(image, mask)
 
 
 class GenerationService:
@@ -79,6 +101,7 @@ class GenerationService:
     def prepare(self, request: GenerationRequest) -> GenerationRequest:
         """Validate (raises ValidationError naming every bad field) and normalise a request."""
         validate_request(request, self.limits)
+        _Inputs.of(request)  # unreadable or oversized images fail here, before queuing
         if request.checkpoint:
             self.models.registry.require(request.checkpoint)  # a missing model fails before queuing
         return normalize_request(request)
@@ -96,25 +119,67 @@ class GenerationService:
         self.models.registry.require(checkpoint)
         return self._queue().submit(ModelSwitch(checkpoint))
 
+    def unload_model(self) -> Job:
+        return self._queue().submit(ModelUnload())
+
+    def reload_model(self) -> Job:
+        """Load again the checkpoint that was loaded last (after an unload), or the current one."""
+        last = self.models.last_loaded()
+        if last is None:
+            raise NoModelLoadedError("No checkpoint has been loaded yet; choose one first.")
+        return self._queue().submit(ModelSwitch(last.name))
+
     # --- the worker runs this -----------------------------------------------------------------
 
-    def execute(self, spec: JobSpec, context: JobContext) -> GenerationResult | CheckpointInfo:
+    def execute(self, spec: JobSpec, context: JobContext) -> GenerationResult | CheckpointInfo | None:
         if isinstance(spec, ModelSwitch):
             return self.models.load(spec.checkpoint)
-        return self._txt2img(spec, context)
+        if isinstance(spec, ModelUnload):
+            return self.models.unload()
+        return self._generate(spec, context)
 
-    def _txt2img(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
+    def _task(self, request: GenerationRequest, inputs: _Inputs, first: int) -> ImageTask:
+        found = resolve_sampler(request.sampler)
+        assert found is not None  # prepare() normalised it
+        indices = range(first, first + request.batch_size)
+        variations = request.variation_strength > 0
+        noise = NoisePlan(seeds=tuple(request.seed_for(i) for i in indices), source=request.rng,
+                          variation_seeds=tuple(request.variation_seed_for(i) for i in indices) if variations else None,
+                          variation_strength=request.variation_strength,
+                          eta_noise_seed_delta=request.eta_noise_seed_delta)
+        return ImageTask(prompt=request.prompt, negative_prompt=request.negative_prompt, sampler=found[0],
+                         schedule=request.schedule, steps=request.steps, cfg_scale=request.cfg_scale,
+                         width=request.width, height=request.height, clip_skip=request.clip_skip, noise=noise,
+                         init_image=inputs.init_image, mask=inputs.mask,
+                         denoising_strength=request.denoising_strength)
+
+    def _save(self, request: GenerationRequest, images: list[Image.Image], first: int,
+              identity: ModelIdentity) -> list[GeneratedImage]:
+        kind = OutputKind.IMG2IMG if request.is_img2img else OutputKind.TXT2IMG
+        saved = []
+        for offset, image in enumerate(images):
+            index = first + offset
+            variation = request.variation_seed_for(index) if request.variation_strength > 0 else None
+            text = build_infotext(request, request.seed_for(index), identity, VERSION_TEXT, variation_seed=variation)
+            saved.append(self._output(request, image, text, kind, request.seed_for(index), index))
+        return saved
+
+    def _output(self, request: GenerationRequest, image: Image.Image, text: str, kind: OutputKind,
+                seed: int, index: int) -> GeneratedImage:
+        data = png_bytes(image, text)  # encoded once: saved, and what the API sends back
+        path = self.saver.save_png(data, kind, None if kind.is_grid else seed) if request.save_images else None
+        return GeneratedImage(path=path, seed=seed, infotext=text, index=index, png=data)
+
+    def _generate(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
         started = time.perf_counter()
         if context.interrupted:  # interrupted while waiting in the queue
             return GenerationResult(request=request, images=(), interrupted=True)
         # 1. The model: the one the request names, else the loaded one.
         model, info = self.models.acquire(request.checkpoint)
-        if model.arch not in TXT2IMG_ARCHS:
-            raise GenerationError(f"{info.name} is an {model.arch.label} model; txt2img needs a base model")
         identity = ModelIdentity(name=info.model_name, hash=info.shorthash)
-        found = resolve_sampler(request.sampler)
-        assert found is not None  # prepare() normalised it
-        # 2. Each batch: sample, then save every image with its own infotext.
+        # 2. Inputs, decoded once for all batches.
+        inputs = _Inputs.of(request)
+        # 3. Each batch: sample, then save every image with its own infotext.
         saved: list[GeneratedImage] = []
         pixels: list[Image.Image] = []
         for batch_index in range(request.batch_count):
@@ -122,26 +187,20 @@ class GenerationService:
                 break
             context.begin_batch(batch_index, request.batch_count, request.steps)
             first = batch_index * request.batch_size
-            seeds = tuple(request.seed_for(first + i) for i in range(request.batch_size))
-            batch = Txt2ImgBatch(prompt=request.prompt, negative_prompt=request.negative_prompt, sampler=found[0],
-                                 schedule=request.schedule, steps=request.steps, cfg_scale=request.cfg_scale,
-                                 width=request.width, height=request.height, clip_skip=request.clip_skip, seeds=seeds)
-            images = run_txt2img(model, batch, _Observer(context, model))
+            images = run_task(model, self._task(request, inputs, first), _Observer(context, model))
             if images is None:  # interrupted or skipped mid-batch: its images are unfinished
                 continue
-            for offset, (image, seed) in enumerate(zip(images, seeds, strict=True)):
-                text = build_infotext(request, seed, identity, VERSION_TEXT)
-                path = self.saver.save(image, text, OutputKind.TXT2IMG, seed).path
-                saved.append(GeneratedImage(path=path, seed=seed, infotext=text, index=first + offset))
-                pixels.append(image)
-        # 3. A grid for jobs of more than one image, with the first image's parameters.
+            saved += self._save(request, images, first, identity)
+            pixels += images
+        # 4. A grid for jobs of more than one image, with the first image's parameters.
         grid = None
         if self.save_grid and len(saved) > 1:
-            grid_saved = self.saver.save(make_grid(pixels), saved[0].infotext, OutputKind.TXT2IMG_GRID)
-            grid = GeneratedImage(path=grid_saved.path, seed=saved[0].seed, infotext=saved[0].infotext, index=-1)
+            kind = OutputKind.IMG2IMG_GRID if request.is_img2img else OutputKind.TXT2IMG_GRID
+            grid = self._output(request, make_grid(pixels), saved[0].infotext, kind, saved[0].seed, -1)
         elapsed = time.perf_counter() - started
-        log.info("txt2img: %d image(s), %s, %d steps, %dx%d, seed %d, %s, %.1f s%s", len(saved), request.sampler,
-                 request.steps, request.width, request.height, request.seed, info.title, elapsed,
+        log.info("%s: %d image(s), %s, %d steps, %dx%d, seed %d, %s, %.1f s%s",
+                 "img2img" if request.is_img2img else "txt2img", len(saved), request.sampler, request.steps,
+                 request.width, request.height, request.seed, info.title, elapsed,
                  " (interrupted)" if context.interrupted else "")
         return GenerationResult(request=replace(request, checkpoint=info.title), images=tuple(saved), grid=grid,
                                 interrupted=context.interrupted, model_title=info.title, elapsed_seconds=elapsed)

@@ -12,7 +12,7 @@ import logging
 import threading
 from pathlib import Path
 
-from modules.services.atomic import write_text_atomic
+from modules.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 _BLOCK = 1024 * 1024

@@ -1,7 +1,7 @@
 """Saving generated images where A1111 users expect them, with their parameters inside.
 
-``outputs/txt2img-images/YYYY-MM-DD/NNNNN-SEED.png``: a 5-digit running number per folder, then the
-seed. Grids go to ``txt2img-grids/YYYY-MM-DD/grid-NNNN.png``. The infotext is the PNG text chunk
+``outputs/txt2img-images/YYYY-MM-DD/NNNNN-SEED.png`` (``img2img-images`` for img2img and inpainting):
+a 5-digit running number per folder, then the seed. Grids go to ``txt2img-grids/YYYY-MM-DD/grid-NNNN.png``. The infotext is the PNG text chunk
 ``parameters``. Every file is written atomically, so a failure leaves no partial image.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from modules.services.atomic import write_atomic
+from modules.atomic import write_atomic
 
 PARAMETERS_KEY = "parameters"
 _NUMBERED = re.compile(r"^(\d+)-")
@@ -31,6 +31,12 @@ class OutputKind(enum.Enum):
 
     TXT2IMG = "txt2img-images"
     TXT2IMG_GRID = "txt2img-grids"
+    IMG2IMG = "img2img-images"
+    IMG2IMG_GRID = "img2img-grids"
+
+    @property
+    def is_grid(self) -> bool:
+        return self in (OutputKind.TXT2IMG_GRID, OutputKind.IMG2IMG_GRID)
 
 
 @dataclass(frozen=True)
@@ -89,13 +95,16 @@ class ImageSaver:
         return self.outputs_dir / kind.value / self._today().isoformat()
 
     def save(self, image: Image.Image, infotext: str, kind: OutputKind, seed: int | None = None) -> SavedImage:
-        data = png_bytes(image, infotext)
+        return SavedImage(path=self.save_png(png_bytes(image, infotext), kind, seed), infotext=infotext)
+
+    def save_png(self, data: bytes, kind: OutputKind, seed: int | None = None) -> Path:
+        """Write encoded PNG bytes under the next running number; returns the path."""
         folder = self.folder(kind)
         with self._lock:
-            if kind is OutputKind.TXT2IMG_GRID:
+            if kind.is_grid:
                 name = f"grid-{next_number(folder, _GRID_NUMBERED):04d}.png"
             else:
                 name = f"{next_number(folder):05d}-{seed}.png"
             path = folder / name
             write_atomic(path, lambda fh: fh.write(data))
-        return SavedImage(path=path, infotext=infotext)
+        return path

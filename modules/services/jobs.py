@@ -37,7 +37,12 @@ class ModelSwitch:
     checkpoint: str
 
 
-JobSpec = GenerationRequest | ModelSwitch
+@dataclass(frozen=True)
+class ModelUnload:
+    """A job that frees the loaded checkpoint (API unload-checkpoint)."""
+
+
+JobSpec = GenerationRequest | ModelSwitch | ModelUnload
 
 
 class JobStatus(enum.Enum):

@@ -133,12 +133,18 @@ class ModelManager:
         self._lock = threading.Lock()
         self._loaded: tuple[LoadedModel, CheckpointInfo] | None = None
         self._last_error: str | None = None
+        self._last_loaded: CheckpointInfo | None = None
 
     @property
     def last_error(self) -> str | None:
         """Why the most recent load failed, until a load succeeds; shown next to the model list."""
         with self._lock:
             return self._last_error
+
+    def last_loaded(self) -> CheckpointInfo | None:
+        """The checkpoint loaded most recently, even if it has since been unloaded."""
+        with self._lock:
+            return self._last_loaded
 
     def current(self) -> CheckpointInfo | None:
         with self._lock:
@@ -159,6 +165,7 @@ class ModelManager:
         info = self.registry.hashed(info)
         with self._lock:
             previous, self._loaded, self._last_error = self._loaded, (model, info), None
+            self._last_loaded = info
         if previous is not None:
             del previous
             gc.collect()

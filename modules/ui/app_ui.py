@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import gradio as gr
 
 from modules import __version__
@@ -19,3 +21,26 @@ def build_ui(services: Services) -> gr.Blocks:
                 txt2img.build_tab(services)
         gr.Markdown(f"Atelier {__version__} · device: {services.device.describe()}", elem_id="footer")
     return demo
+
+
+# What a browser needs before it has logged in: the login page and its static assets. Gradio
+# itself answers these (the config route says 401 until the login succeeds).
+_OPEN_EXACT = ("/", "/login", "/login/", "/logout", "/favicon.ico", "/manifest.json", "/robots.txt", "/theme.css",
+               "/config", "/config/", "/gradio_api/login_check", "/gradio_api/login_check/", "/gradio_api/app_id",
+               "/gradio_api/app_id/", "/pwa_icon")
+_OPEN_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon/")
+
+
+def open_paths(subpath: str) -> Callable[[str], bool]:
+    """Whether a path is open without a login, for a UI mounted at ``subpath``."""
+
+    def is_open(path: str) -> bool:
+        if subpath:
+            if path == subpath:
+                return True
+            if not path.startswith(subpath + "/"):
+                return False
+            path = path[len(subpath):]
+        return path in _OPEN_EXACT or path.startswith(_OPEN_PREFIXES)
+
+    return is_open

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
 
 from modules.errors import AtelierError
 from modules.params import GenerationRequest, GenerationResult
-from modules.samplers import DEFAULT_SAMPLER, ScheduleType, resolve_sampler, sampler_names
+from modules.samplers import DEFAULT_SAMPLER, RngSource, ScheduleType, sampler_names
 from modules.services.container import Services
 from modules.ui.common import progress_html, ui_error, wait_for
 
@@ -50,11 +50,6 @@ def _whole(value: float | int) -> Any:
     return int(value) if isinstance(value, (int, float)) and float(value).is_integer() else value
 
 
-def schedules_for(sampler: str) -> list[str]:
-    found = resolve_sampler(sampler)
-    return [s.value for s in (found[0].schedules if found else ScheduleType)]
-
-
 def _gallery_items(result: GenerationResult) -> list[tuple[str, str]]:
     items = [(str(img.path), f"Seed {img.seed}") for img in result.images]
     if result.grid is not None:
@@ -88,7 +83,7 @@ def build_tab(services: Services) -> None:
             with gr.Row():
                 sampler = gr.Dropdown(sampler_names(), value=DEFAULT_SAMPLER, label="Sampling method",
                                       elem_id=f"{PREFIX}_sampling")
-                schedule = gr.Dropdown(schedules_for(DEFAULT_SAMPLER), value=ScheduleType.AUTOMATIC.value,
+                schedule = gr.Dropdown([s.value for s in ScheduleType], value=ScheduleType.AUTOMATIC.value,
                                        label="Schedule type", elem_id=f"{PREFIX}_scheduler")
             steps = gr.Slider(1, services.settings.limits.max_steps, value=20, step=1, label="Sampling steps",
                               elem_id=f"{PREFIX}_steps")
@@ -108,7 +103,8 @@ def build_tab(services: Services) -> None:
                 seed = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{PREFIX}_seed", scale=4)
                 random_seed = gr.Button("🎲", elem_id=f"{PREFIX}_random_seed", elem_classes="tool-button", scale=0)
                 reuse_seed = gr.Button("♻️", elem_id=f"{PREFIX}_reuse_seed", elem_classes="tool-button", scale=0)
-            clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id=f"{PREFIX}_clip_skip")
+            clip_skip = gr.Slider(1, 12, value=lambda: services.options.get().clip_skip, step=1, label="Clip skip",
+                                  elem_id=f"{PREFIX}_clip_skip")
         with gr.Column(scale=1):
             progress = gr.HTML("", elem_id=f"{PREFIX}_progress")
             preview = gr.Image(label="Live preview", visible=False, interactive=False, format="png",
@@ -128,8 +124,11 @@ def build_tab(services: Services) -> None:
             skip_v: float) -> Iterator[tuple[Any, ...]]:
         values = FormValues(prompt_v, neg_v, sampler_v, schedule_v, steps_v, cfg_v, width_v, height_v, seed_v,
                             count_v, size_v, skip_v)
+        options = services.options.get()  # server-wide defaults the form does not show (ENSD, RNG)
+        request = replace(values.to_request(), eta_noise_seed_delta=options.eta_noise_seed_delta,
+                          rng=RngSource(options.randn_source))
         try:
-            job = services.generation.submit(values.to_request())
+            job = services.generation.submit(request)
         except AtelierError as exc:
             raise ui_error(exc) from exc
         keep = gr.skip()
@@ -165,6 +164,3 @@ def build_tab(services: Services) -> None:
     random_seed.click(lambda: -1, outputs=[seed], api_visibility="private", queue=False)
     reuse_seed.click(lambda result_infos, index: result_infos[index]["seed"] if index < len(result_infos) else -1,
                      inputs=[infos, selected], outputs=[seed], api_visibility="private", queue=False)
-    sampler.change(lambda name, current: gr.update(choices=schedules_for(name),
-                                                   value=current if current in schedules_for(name) else "Automatic"),
-                   inputs=[sampler, schedule], outputs=[schedule], api_visibility="private", queue=False)

@@ -12,7 +12,7 @@ from PIL import Image
 from modules.errors import ModelLoadError, ModelNotFoundError, ValidationError
 from modules.infotext import parse_infotext, request_from_infotext
 from modules.params import GenerationRequest
-from modules.samplers import SAMPLERS, ScheduleType
+from modules.samplers import ScheduleType
 from modules.services.images import read_infotext
 
 BASE = GenerationRequest(prompt="a red cube, studio light", negative_prompt="blurry, low quality",
@@ -84,15 +84,13 @@ def test_random_seed_is_resolved_and_recorded(services) -> None:
     assert f"Seed: {seeds[0]}," in result.images[0].infotext
 
 
-@pytest.mark.parametrize("spec", SAMPLERS, ids=[s.name for s in SAMPLERS])
-def test_every_listed_sampler_and_its_schedules_produce_an_image(services, spec) -> None:
-    for schedule in spec.schedules:
-        request = GenerationRequest(**{**BASE.__dict__, "steps": 3, "seed": 3, "sampler": spec.name,
-                                       "schedule": schedule, "checkpoint": "tiny-sd15.safetensors"})
-        result = services.generation.generate(request)
-        assert len(result.images) == 1
-        assert np.isfinite(pixels(result.images[0].path)).all()
-        assert f"Sampler: {spec.name}, Schedule type: {schedule.value}," in result.images[0].infotext
+@pytest.mark.parametrize("schedule", list(ScheduleType), ids=[s.value for s in ScheduleType])
+def test_every_schedule_type_produces_an_image_and_is_recorded(services, schedule) -> None:
+    request = GenerationRequest(**{**BASE.__dict__, "steps": 3, "seed": 3, "sampler": "DPM++ 2M",
+                                   "schedule": schedule, "checkpoint": "tiny-sd15.safetensors"})
+    result = services.generation.generate(request)
+    assert len(result.images) == 1
+    assert f"Sampler: DPM++ 2M, Schedule type: {schedule.value}," in result.images[0].infotext
 
 
 def test_legacy_combined_sampler_name_is_split(services) -> None:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.ui.conftest import start_server, stop_server
+from tests.server_process import start_server, stop_server
 
 pytestmark = pytest.mark.browser
 

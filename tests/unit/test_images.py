@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from modules.services import atomic
+from modules import atomic
 from modules.services.images import ImageSaver, OutputKind, make_grid, read_infotext
 
 DAY = date(2026, 1, 2)

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from modules.infotext import (
+    REQUEST_KEYS,
     INFOTEXT_KEY_ORDER,
     ModelIdentity,
     ParsedInfotext,
@@ -17,7 +18,7 @@ from modules.infotext import (
     request_from_infotext,
 )
 from modules.params import MAX_SEED, GenerationRequest
-from modules.samplers import SAMPLERS, ScheduleType
+from modules.samplers import SAMPLERS, RngSource, ScheduleType
 
 SD15 = ModelIdentity(name="v1-5-pruned-emaonly", hash="6ce0161689")
 
@@ -62,13 +63,13 @@ def test_writer_places_extra_keys_in_a1111_order() -> None:
         "My extension": "on",
         "Lora hashes": "add_detail: 7c6bad76eb54",
         "Hires upscale": 2.0,
-        "RNG": None,  # None = left out
-        "Denoising strength": 0.4,
+        "Face restoration": None,  # None = left out
+        "Seed resize from": "64x64",
         "Tiling": True,
     }
     text = build_infotext(GenerationRequest(), 1, None, "v1", extra)
     assert text.endswith(
-        "Size: 512x512, Denoising strength: 0.4, Tiling: True, Hires upscale: 2, "
+        "Size: 512x512, Seed resize from: 64x64, Tiling: True, Hires upscale: 2, "
         'Lora hashes: "add_detail: 7c6bad76eb54", My extension: on, Version: v1'
     )
 
@@ -120,7 +121,7 @@ def test_parses_a1111_text_with_quoted_value() -> None:
     assert request == GenerationRequest(
         prompt=parsed.prompt, negative_prompt=parsed.negative_prompt, sampler="DPM++ 2M",
         schedule=ScheduleType.KARRAS, steps=25, cfg_scale=7.0, width=512, height=768, seed=1234567890,
-        clip_skip=2, checkpoint="v1-5-pruned-emaonly",
+        clip_skip=2, checkpoint="v1-5-pruned-emaonly", denoising_strength=0.4,
     )
     assert parsed.params["Model hash"] == "6ce0161689"
 
@@ -183,7 +184,7 @@ def test_empty_text(text: str | None) -> None:
 
 
 def test_unusable_values_become_warnings() -> None:
-    text = "x\nSteps: many, Sampler: DPM fast, Schedule type: Align Your Steps, CFG scale: high, Seed: 3, Size: big"
+    text = "x\nSteps: many, Sampler: Euler c, Schedule type: Cosine, CFG scale: high, Seed: 3, Size: big"
     base = GenerationRequest(steps=12, cfg_scale=5.0, width=640, height=448)
     request, warnings = request_from_infotext(parse_infotext(text), base)
     assert (request.steps, request.sampler, request.cfg_scale, request.seed) == (12, base.sampler, 5.0, 3)
@@ -191,11 +192,13 @@ def test_unusable_values_become_warnings() -> None:
     assert [w.split(":")[0] for w in warnings] == ["Sampler", "Schedule type", "Size", "Steps", "CFG scale"]
 
 
-def test_schedule_the_sampler_cannot_run_falls_back_to_automatic() -> None:
-    text = "x\nSteps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7"
+def test_any_sampler_takes_any_schedule_and_noise_keys_are_read() -> None:
+    text = ("x\nSteps: 20, Sampler: Euler a, Schedule type: Align Your Steps, CFG scale: 7, Seed: 5, "
+            "Variation seed: 9, Variation seed strength: 0.25, ENSD: 31337, RNG: CPU")
     request, warnings = request_from_infotext(parse_infotext(text))
-    assert (request.sampler, request.schedule) == ("Euler a", ScheduleType.AUTOMATIC)
-    assert len(warnings) == 1
+    assert (request.sampler, request.schedule) == ("Euler a", ScheduleType.ALIGN_YOUR_STEPS)
+    assert (request.variation_seed, request.variation_strength, request.eta_noise_seed_delta) == (9, 0.25, 31337)
+    assert request.rng is RngSource.CPU and warnings == []
 
 
 def test_prompt_line_that_looks_like_parameters_survives() -> None:
@@ -226,13 +229,17 @@ def requests(draw: st.DrawFn) -> GenerationRequest:
     # a prompt cannot come back. No filter is needed for a prompt's last line looking like
     # parameters: the writer always follows it with the real parameters line.
     assume(not any(line.startswith("Negative prompt:") for line in f"{prompt}\n{negative}".split("\n")))
+    strength = draw(st.one_of(st.just(0.0), st.floats(0.01, 1.0)))
     return GenerationRequest(
         prompt=prompt, negative_prompt=negative, sampler=spec.name,
-        schedule=draw(st.sampled_from(spec.schedules)), steps=draw(st.integers(1, 150)),
+        schedule=draw(st.sampled_from(list(ScheduleType))), steps=draw(st.integers(1, 150)),
         cfg_scale=draw(st.one_of(st.integers(1, 30).map(float), st.floats(1.0, 30.0))),
         width=draw(st.integers(8, 256)) * 8, height=draw(st.integers(8, 256)) * 8,
         seed=draw(st.integers(0, MAX_SEED)), clip_skip=draw(st.integers(1, 12)),
         checkpoint=draw(st.text(min_size=1, max_size=20).filter(str.strip)),
+        variation_strength=strength, variation_seed=draw(st.integers(0, MAX_SEED)) if strength else -1,
+        eta_noise_seed_delta=draw(st.integers(0, MAX_SEED)) if spec.uses_ensd else 0,
+        rng=draw(st.sampled_from(list(RngSource))),
     )
 
 
@@ -248,9 +255,7 @@ def test_request_round_trips(request: GenerationRequest, model_hash: str | None)
     assert parsed.params.get("Model hash") == model_hash
 
 
-# Keys build_infotext takes from the request itself; an extra naming one is refused.
-REQUEST_KEYS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-                "Clip skip", "Version"}
+# REQUEST_KEYS are taken from the request itself; an extra naming one is refused.
 extra_keys = st.one_of(
     st.sampled_from([k for k in INFOTEXT_KEY_ORDER if k not in REQUEST_KEYS]),
     # No digits: a WxH value also yields "<key>-1"/"<key>-2", which a generated key must not collide with.

@@ -33,6 +33,8 @@ def test_defaults_are_valid_and_follow_a1111_ui() -> None:
     ({"seed": -2}, "seed"), ({"seed": MAX_SEED + 1}, "seed"), ({"seed": True}, "seed"),
     ({"sampler": "Euler b"}, "sampler"), ({"clip_skip": 0}, "clip_skip"),
     ({"prompt": "x" * 30_001}, "prompt"), ({"schedule": "Karras"}, "schedule"),
+    ({"denoising_strength": 1.5}, "denoising_strength"), ({"variation_strength": -0.1}, "variation_strength"),
+    ({"mask": b"x"}, "mask"), ({"init_image": b""}, "init_image"), ({"mask_blur": -1}, "mask_blur"),
 ])
 def test_each_bad_field_is_named(changes: dict, field: str) -> None:
     assert fields_of(replace(GenerationRequest(), **changes)) == {field}
@@ -42,9 +44,13 @@ def test_all_bad_fields_are_reported_at_once() -> None:
     assert fields_of(GenerationRequest(width=65, height=63, steps=0)) == {"width", "height", "steps"}
 
 
-def test_schedule_must_suit_the_sampler() -> None:
-    with pytest.raises(ValidationError, match="Karras is not available for Euler a"):
-        validate_request(GenerationRequest(sampler="Euler a", schedule=ScheduleType.KARRAS))
+def test_variations_keep_the_seed_and_count_up_the_variation_seed() -> None:
+    r = normalize_request(GenerationRequest(seed=10, variation_strength=0.5, batch_size=3), random.Random(2))
+    assert r.variation_seed >= 0
+    assert [r.seed_for(i) for i in range(3)] == [10, 10, 10]
+    assert [r.variation_seed_for(i) for i in range(3)] == [r.variation_seed + i for i in range(3)]
+    plain = normalize_request(GenerationRequest(seed=10))
+    assert plain.variation_seed == -1 and plain.seed_for(2) == 12
 
 
 def test_limits_can_be_lowered() -> None:

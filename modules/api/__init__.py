@@ -1,0 +1,1 @@
+"""REST face: A1111-compatible ``/sdapi/v1`` schemas and conversions; no business logic."""

@@ -1,0 +1,321 @@
+"""Conversions between A1111's REST bodies and Atelier's requests and results. Pure functions.
+
+A body becomes the same frozen :class:`GenerationRequest` a Gradio click makes; a
+:class:`GenerationResult` becomes A1111's ``{images, parameters, info}`` reply. Values are mapped,
+never judged: range checks and unknown sampler names are left to ``validate_request`` so the API
+and the UI report them alike. The one exception is an unknown ``scheduler``, which has no text
+field to travel in and is refused here, naming the field.
+
+Where a value comes from, highest first:
+  body field  >  body.override_settings  >  infotext (fields the body left unset)  >  server options
+(the last two only for the per-request settings: checkpoint, clip skip, ENSD, RNG). This is A1111's
+order for ``infotext``: it never overrides what the request itself says.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import pydantic
+from PIL import ImageOps
+
+from modules import VERSION_TEXT
+from modules.api.schemas import (
+    Img2ImgBody,
+    ImagesResponse,
+    SamplerItem,
+    SchedulerItem,
+    Txt2ImgBody,
+    coerce_int,
+)
+from modules.errors import FieldError, ValidationError
+from modules.infotext import parse_infotext, request_from_infotext
+from modules.params import GeneratedImage, GenerationRequest, GenerationResult
+from modules.samplers import SAMPLERS, SCHEDULE_INFO, RngSource, ScheduleType, find_schedule, resolve_sampler
+from modules.services.image_input import decode_image
+
+log = logging.getLogger(__name__)
+
+Body = TypeVar("Body", bound=pydantic.BaseModel)
+
+# A1111 option keys a request may override, and the request field each one sets.
+SETTING_FIELDS: Mapping[str, str] = MappingProxyType({
+    "sd_model_checkpoint": "checkpoint",
+    "CLIP_stop_at_last_layers": "clip_skip",
+    "eta_noise_seed_delta": "eta_noise_seed_delta",
+    "randn_source": "rng",
+})
+# Request fields an infotext may fill, and the body fields whose presence means "the client chose".
+_INFOTEXT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "prompt": ("prompt",), "negative_prompt": ("negative_prompt",),
+    "sampler": ("sampler_name", "sampler_index"), "schedule": ("scheduler",),
+    "steps": ("steps",), "cfg_scale": ("cfg_scale",), "seed": ("seed",),
+    "width": ("width",), "height": ("height",),
+    "variation_seed": ("subseed",), "variation_strength": ("subseed_strength",),
+})
+_IMG2IMG_INFOTEXT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "denoising_strength": ("denoising_strength",), "mask_blur": ("mask_blur",),
+})
+_CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
+_TITLE = re.compile(r"^(?P<name>.*?)(?:\s*\[(?P<hash>[0-9a-fA-F]+)\])?\s*$")
+
+
+# --- bodies --------------------------------------------------------------------------------------
+
+
+def parse_body(model: type[Body], data: object) -> Body:
+    """``data`` (decoded JSON) as ``model``; a :class:`ValidationError` naming every bad field otherwise."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        errors = []
+        for error in exc.errors():
+            where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            errors.append(FieldError(where.lstrip(".") or "body", message))
+        raise ValidationError(errors) from exc
+
+
+def decode_base64_image(value: str, field: str) -> bytes:
+    """The bytes of a base64 image, raw or as a ``data:image/...;base64,`` URL. Not decoded as an image."""
+    text = value.strip()
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            raise ValidationError([FieldError(field, "a data: URL must be base64-encoded (data:image/png;base64,...)")])
+    text = "".join(text.split())  # MIME base64 wraps lines
+    text += "=" * (-len(text) % 4)  # some clients strip the padding
+    try:
+        data = base64.b64decode(text, altchars=b"-_" if ("-" in text or "_" in text) else None, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValidationError([FieldError(field, "is not valid base64 image data")]) from exc
+    if not data:
+        raise ValidationError([FieldError(field, "is empty; a base64-encoded image is required")])
+    return data
+
+
+# --- body -> request -----------------------------------------------------------------------------
+
+
+def _sampler_and_schedule(body: Txt2ImgBody) -> tuple[str, ScheduleType, bool]:
+    """Sampler text, schedule, and whether the sampler name itself chose the schedule ("DPM++ 2M Karras")."""
+    name = body.sampler_name or body.sampler_index
+    found = resolve_sampler(name)
+    sampler, implied = (found[0].name, found[1]) if found else (name, None)  # unknown: validation names it
+    schedule = ScheduleType.AUTOMATIC
+    if body.scheduler is not None and body.scheduler.strip():
+        chosen = find_schedule(body.scheduler)
+        if chosen is None:
+            valid = ", ".join(s.api_name for s in ScheduleType)
+            raise ValidationError([FieldError("scheduler", f"unknown schedule type {body.scheduler!r}; valid: {valid}")])
+        schedule = chosen
+    if implied is not None and schedule is ScheduleType.AUTOMATIC:
+        return sampler, implied, True
+    return sampler, schedule, False
+
+
+def _setting_value(key: str, value: object, where: str) -> object:
+    """An option value as the request field it sets; a ValidationError naming ``where`` otherwise."""
+    try:
+        if key == "sd_model_checkpoint":
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError("must be a checkpoint title, name, file name or hash")
+            return value.strip()
+        if key == "randn_source":
+            label = str(value).strip().upper()
+            if label not in {r.value for r in RngSource}:
+                raise ValueError(f"must be one of {', '.join(r.value for r in RngSource)}, got {value!r}")
+            return RngSource(label)
+        number = coerce_int(value)
+        if not isinstance(number, int):
+            raise ValueError(f"must be a whole number, got {value!r}")
+        return number
+    except ValueError as exc:
+        raise ValidationError([FieldError(where, str(exc))]) from exc
+
+
+def _settings(body: Txt2ImgBody, overrides: Mapping[str, object]) -> tuple[dict[str, object], dict[str, object]]:
+    """(request-level settings, server-level settings), each as request field -> value."""
+    requested: dict[str, object] = {}
+    server: dict[str, object] = {}
+    for key, field_name in SETTING_FIELDS.items():
+        if overrides.get(key) is not None:
+            server[field_name] = _setting_value(key, overrides[key], key)
+        if body.override_settings.get(key) is not None:
+            requested[field_name] = _setting_value(key, body.override_settings[key], f"override_settings.{key}")
+    if body.clip_skip is not None:
+        requested["clip_skip"] = body.clip_skip
+    return requested, server
+
+
+def _apply_infotext(request: GenerationRequest, body: Txt2ImgBody, client_chose: set[str]) -> GenerationRequest:
+    """``request`` with the infotext's values for every field the client left unset."""
+    parsed = parse_infotext(body.infotext)
+    from_text, warnings = request_from_infotext(parsed, base=request)
+    for warning in warnings:
+        log.info("infotext of an API request: %s", warning)
+    sources = dict(_INFOTEXT_SOURCES)
+    if isinstance(body, Img2ImgBody):
+        sources.update(_IMG2IMG_INFOTEXT_SOURCES)
+    fields = [name for name, body_fields in sources.items()
+              if name not in client_chose and not body.model_fields_set.intersection(body_fields)]
+    # Settings written in every infotext (clip skip, RNG, ENSD, model) describe its image, so they
+    # apply unless the request set them; the server's options rank below the infotext.
+    fields += [name for name in SETTING_FIELDS.values() if name not in client_chose]
+    return replace(request, **{name: getattr(from_text, name) for name in fields})
+
+
+def _image_fields(body: Img2ImgBody) -> dict[str, object]:
+    if not body.init_images:
+        raise ValidationError([FieldError("init_images", "at least one base64-encoded image is required")])
+    mask = decode_base64_image(body.mask, "mask") if body.mask else None
+    if mask is not None and body.inpainting_mask_invert:
+        mask = _inverted_png(mask)
+    return {
+        "init_image": decode_base64_image(body.init_images[0], "init_images"),
+        "mask": mask,
+        "denoising_strength": 0.75 if body.denoising_strength is None else body.denoising_strength,
+        "mask_blur": body.mask_blur,
+    }
+
+
+def _inverted_png(mask: bytes) -> bytes:
+    # The service reads masks as greyscale, white = repaint; inverting here keeps the request a
+    # plain value with no "inverted" flag for every consumer to remember.
+    image = ImageOps.invert(decode_image(mask, "mask").convert("L"))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def to_generation_request(body: Txt2ImgBody | Img2ImgBody,
+                          overrides: Mapping[str, object] = MappingProxyType({})) -> GenerationRequest:
+    """The :class:`GenerationRequest` a REST body asks for; ``overrides`` holds the server's options.
+
+    Raises :class:`ValidationError` for what cannot even be expressed as a request (unknown
+    scheduler, bad base64, bad override value); everything else is ``validate_request``'s to judge.
+    """
+    # 1. Per-request settings: body field > override_settings > server options.
+    requested, server = _settings(body, overrides)
+    # 2. The body's own fields.
+    sampler, schedule, name_chose_schedule = _sampler_and_schedule(body)
+    request = GenerationRequest(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, sampler=sampler, schedule=schedule,
+        steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height, seed=body.seed,
+        batch_count=body.n_iter, batch_size=body.batch_size,
+        variation_seed=body.subseed, variation_strength=body.subseed_strength,
+        **{**server, **requested},  # type: ignore[arg-type]
+    )
+    # 3. img2img inputs.
+    if isinstance(body, Img2ImgBody):
+        request = replace(request, **_image_fields(body))  # type: ignore[arg-type]
+    # 4. An infotext fills what the client left unset.
+    if body.infotext and body.infotext.strip():
+        client_chose = set(requested) | ({"schedule"} if name_chose_schedule else set())
+        request = _apply_infotext(request, body, client_chose)
+    return request
+
+
+# --- result -> response --------------------------------------------------------------------------
+
+
+def model_name_and_hash(title: str) -> tuple[str, str | None]:
+    """``"sub/v1-5.safetensors [6ce0161689]"`` -> ``("v1-5", "6ce0161689")``, as A1111's info names them."""
+    match = _TITLE.match(title)
+    name, digest = (match["name"], match["hash"]) if match else (title, None)
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in _CHECKPOINT_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name, digest
+
+
+def _echo(body: Txt2ImgBody) -> dict[str, Any]:
+    """The request as A1111 echoes it: input images replaced by null unless include_init_images."""
+    echo = body.model_dump(mode="json")
+    if isinstance(body, Img2ImgBody) and not body.include_init_images:
+        echo["init_images"] = None
+        echo["mask"] = None
+    return echo
+
+
+def info_object(result: GenerationResult, body: Txt2ImgBody, now: datetime | None = None) -> dict[str, Any]:
+    """A1111's ``info`` object (before JSON encoding) for a finished job."""
+    request = result.request
+    count = len(result.images)
+    name, digest = model_name_and_hash(result.model_title)
+    shown = ([result.grid] if result.grid is not None else []) + list(result.images)
+    started = (now or datetime.now()) - timedelta(seconds=result.elapsed_seconds)
+    has_variation_seed = request.variation_seed != -1
+    return {
+        "prompt": request.prompt,
+        "all_prompts": [request.prompt] * count,
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": [request.negative_prompt] * count,
+        "seed": request.seed,
+        "all_seeds": [image.seed for image in result.images],
+        "subseed": request.variation_seed,
+        "all_subseeds": [request.variation_seed_for(image.index) if has_variation_seed else -1
+                         for image in result.images],
+        "subseed_strength": request.variation_strength,
+        "width": request.width,
+        "height": request.height,
+        "sampler_name": request.sampler,
+        "cfg_scale": request.cfg_scale,
+        "steps": request.steps,
+        "batch_size": request.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": name or None,
+        "sd_model_hash": digest,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": request.denoising_strength if request.is_img2img else None,
+        "extra_generation_params": {},
+        "index_of_first_image": 1 if result.grid is not None else 0,
+        "infotexts": [image.infotext for image in shown],
+        "styles": [],
+        "job_timestamp": started.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": request.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "version": VERSION_TEXT,
+    }
+
+
+def images_response(result: GenerationResult, body: Txt2ImgBody, send_images: bool,
+                    png_bytes_of: Callable[[GeneratedImage], bytes], now: datetime | None = None) -> ImagesResponse:
+    """A1111's txt2img/img2img reply: the grid first (when one was saved), then each image, as raw base64."""
+    shown: Sequence[GeneratedImage] = ([result.grid] if result.grid is not None else []) + list(result.images)
+    images = [base64.b64encode(png_bytes_of(image)).decode("ascii") for image in shown] if send_images else []
+    return ImagesResponse(images=images, parameters=_echo(body), info=json.dumps(info_object(result, body, now)))
+
+
+# --- lists ---------------------------------------------------------------------------------------
+
+
+def sampler_items() -> list[SamplerItem]:
+    """``GET /sdapi/v1/samplers`` from the sampler table."""
+    return [SamplerItem(name=spec.name, aliases=list(spec.aliases), options=dict(spec.options)) for spec in SAMPLERS]
+
+
+def scheduler_items() -> list[SchedulerItem]:
+    """``GET /sdapi/v1/schedulers`` from the schedule types."""
+    items = []
+    for schedule in ScheduleType:
+        rho, needs_model = SCHEDULE_INFO[schedule]
+        items.append(SchedulerItem(name=schedule.api_name, label=schedule.value, aliases=None,
+                                   default_rho=-1.0 if rho is None else rho, need_inner_model=needs_model))
+    return items

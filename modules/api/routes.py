@@ -1,0 +1,299 @@
+"""The A1111-compatible REST face, ``/sdapi/v1``: routes that call the same services as the UI.
+
+No generation logic lives here: bodies become a :class:`GenerationRequest` (``convert``), the
+generation service validates and queues it on the one worker, and the result becomes A1111's
+reply. Service errors map to status codes in one place (:func:`error_response`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+from dataclasses import replace
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from modules.api import schemas
+from modules.api.convert import (
+    decode_base64_image,
+    images_response,
+    parse_body,
+    sampler_items,
+    scheduler_items,
+    to_generation_request,
+)
+from modules.cmd_args import Flags
+from modules.errors import (
+    AtelierError,
+    ConfigError,
+    FieldError,
+    ModelLoadError,
+    ModelNotFoundError,
+    NoModelLoadedError,
+    QueueFullError,
+    ValidationError,
+)
+from modules.infotext import parse_infotext
+from modules.params import GenerationResult
+from modules.services.container import Services
+from modules.services.image_input import decode_image
+from modules.services.jobs import Job
+
+PREFIX = "/sdapi/v1"
+_STATUS: tuple[tuple[type[AtelierError], int], ...] = (
+    (ValidationError, 422), (ConfigError, 422), (ModelNotFoundError, 404), (QueueFullError, 503),
+    (NoModelLoadedError, 503), (ModelLoadError, 500),
+)
+
+
+def error_response(exc: AtelierError) -> JSONResponse:
+    """The JSON reply for a service error: FastAPI's 422 shape for bad fields, ``detail`` otherwise."""
+    status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
+    if isinstance(exc, ValidationError):
+        detail: Any = [{"loc": ["body", *e.field.split(".")], "msg": e.message, "type": "value_error"}
+                       for e in exc.errors]
+        return JSONResponse({"detail": detail, "error": "ValidationError", "errors": str(exc)}, status_code=status)
+    headers = {"Retry-After": "5"} if isinstance(exc, QueueFullError) else None
+    return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=status, headers=headers)
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationError([FieldError("body", f"is not valid JSON ({exc.__class__.__name__})")]) from exc
+
+
+def _is_local(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    return host in ("127.0.0.1", "::1", "localhost")
+
+
+class ApiFace:
+    """The routes, bound to the services and the flags they need."""
+
+    def __init__(self, services: Services, flags: Flags, auth_enabled: bool) -> None:
+        self.services = services
+        self.flags = flags
+        self.auth_enabled = auth_enabled
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _server_options(self) -> dict[str, object]:
+        opts = self.services.options.get()
+        return {"CLIP_stop_at_last_layers": opts.clip_skip, "eta_noise_seed_delta": opts.eta_noise_seed_delta,
+                "randn_source": opts.randn_source}
+
+    async def _generate(self, request: Request, body_type: type[schemas.Txt2ImgBody]) -> JSONResponse:
+        body = parse_body(body_type, await _json_body(request))
+        generation = to_generation_request(body, self._server_options())
+        job = self.services.generation.submit(replace(generation, save_images=body.save_images))
+        result: GenerationResult = await asyncio.wrap_future(job.future)
+        reply = images_response(result, body, body.send_images, lambda image: image.png)
+        return JSONResponse(reply.model_dump())
+
+    def _refuse_remote_changes(self, request: Request) -> None:
+        # Shared on the network with no password, anyone could change settings: A1111's lesson.
+        if self.flags.listen and not self.auth_enabled and not _is_local(request):
+            raise PermissionError("Settings cannot be changed from the network while --listen runs without "
+                                  "--gradio-auth or --api-auth.")
+
+    def _progress(self, skip_current_image: bool) -> schemas.ProgressResponse:
+        job: Job | None = self.services.queue.current()
+        if job is None:
+            return schemas.ProgressResponse()
+        snap = self.services.queue.snapshot(job)
+        eta = snap.eta_seconds
+        preview = None if skip_current_image else job.context.preview()
+        image = None
+        if preview is not None:
+            buffer = io.BytesIO()
+            preview.save(buffer, format="PNG")
+            image = base64.b64encode(buffer.getvalue()).decode("ascii")
+        state = schemas.ProgressState(
+            skipped=snap.skipped, interrupted=snap.interrupted, job="txt2img" if not _is_img2img(job) else "img2img",
+            job_count=max(snap.batch_count, 1), job_no=snap.batch_index, sampling_step=snap.step,
+            sampling_steps=snap.total_steps, job_timestamp=str(int(job.submitted_at)))
+        relative = (eta / (snap.elapsed_seconds + eta)) if eta is not None and snap.elapsed_seconds + eta > 0 else 0.0
+        return schemas.ProgressResponse(progress=snap.fraction, eta_relative=relative, state=state,
+                                        current_image=image, textinfo=None)
+
+    # --- route table --------------------------------------------------------------------------
+
+    def router(self) -> APIRouter:
+        r = APIRouter(prefix=PREFIX, tags=["sdapi"])
+        s = self.services
+
+        @r.post("/txt2img", response_model=schemas.ImagesResponse)
+        async def txt2img(request: Request) -> JSONResponse:
+            """Generate images from a prompt. Body: A1111's txt2img fields (unknown fields ignored)."""
+            return await self._generate(request, schemas.Txt2ImgBody)
+
+        @r.post("/img2img", response_model=schemas.ImagesResponse)
+        async def img2img(request: Request) -> JSONResponse:
+            """Rework an init image, optionally inside a mask (inpainting)."""
+            return await self._generate(request, schemas.Img2ImgBody)
+
+        @r.post("/png-info", response_model=schemas.PNGInfoResponse)
+        async def png_info(request: Request) -> schemas.PNGInfoResponse:
+            return _png_info(parse_body(schemas.PNGInfoBody, await _json_body(request)))
+
+        @r.get("/progress", response_model=schemas.ProgressResponse)
+        def progress(skip_current_image: bool = False) -> schemas.ProgressResponse:
+            return self._progress(skip_current_image)
+
+        @r.post("/interrupt")
+        def interrupt() -> dict:
+            s.queue.interrupt()
+            return {}
+
+        @r.post("/skip")
+        def skip() -> dict:
+            s.queue.skip()
+            return {}
+
+        @r.get("/options")
+        def get_options() -> dict:
+            return self._options()
+
+        @r.post("/options")
+        async def set_options(request: Request) -> Any:
+            self._refuse_remote_changes(request)
+            data = await _json_body(request)
+            if not isinstance(data, dict):
+                raise ValidationError([FieldError("body", "must be a JSON object of option names to values")])
+            await asyncio.to_thread(self._set_options, data)
+            return None
+
+        self._register_lists(r)
+        self._register_models(r)
+        return r
+
+    def _register_lists(self, r: APIRouter) -> None:
+        r.get("/samplers", response_model=list[schemas.SamplerItem])(sampler_items)
+        r.get("/schedulers", response_model=list[schemas.SchedulerItem])(scheduler_items)
+        r.get("/sd-vae", response_model=list[schemas.SDVaeItem])(lambda: [])
+        r.get("/prompt-styles", response_model=list[schemas.PromptStyleItem])(lambda: [])
+        r.get("/loras")(lambda: [])
+        r.get("/embeddings")(lambda: {"loaded": {}, "skipped": {}})
+        r.get("/scripts", response_model=schemas.ScriptsList)(lambda: schemas.ScriptsList())
+        r.get("/extensions", response_model=list[schemas.ExtensionItem])(lambda: [])
+        r.get("/cmd-flags")(lambda: self.flags.public_view())
+        r.get("/memory", response_model=schemas.MemoryResponse)(_memory)
+
+    def _register_models(self, r: APIRouter) -> None:
+        s = self.services
+
+        @r.get("/sd-models", response_model=list[schemas.SDModelItem])
+        def sd_models() -> list[schemas.SDModelItem]:
+            return [schemas.SDModelItem(title=i.title, model_name=i.model_name, hash=i.shorthash, sha256=i.sha256,
+                                        filename=str(i.path), config=None) for i in s.registry.all()]
+
+        @r.post("/refresh-checkpoints")
+        def refresh_checkpoints() -> None:
+            s.registry.refresh()
+
+        @r.post("/refresh-vae")
+        def refresh_vae() -> None:
+            return None
+
+        @r.post("/unload-checkpoint")
+        async def unload_checkpoint() -> None:
+            await asyncio.wrap_future(s.generation.unload_model().future)
+
+        @r.post("/reload-checkpoint")
+        async def reload_checkpoint() -> None:
+            await asyncio.wrap_future(s.generation.reload_model().future)
+
+    def _options(self) -> dict[str, object]:
+        current = self.services.models.current()
+        return {"sd_model_checkpoint": current.title if current else None,
+                "sd_checkpoint_hash": current.sha256 if current else None,
+                "sd_vae": "Automatic", "samples_format": "png", **self._server_options()}
+
+    def _set_options(self, data: dict[str, Any]) -> None:
+        """Apply an options body: the whole GET result sent back with one key changed is fine."""
+        current = self._options()
+        wanted = data.get("sd_model_checkpoint")
+        if wanted and wanted != current["sd_model_checkpoint"]:
+            self.services.generation.switch_model(str(wanted)).future.result()
+        if data.get("sd_vae") not in (None, "Automatic", "None"):
+            raise ValidationError([FieldError("sd_vae", "choosing a VAE is not supported yet; use Automatic")])
+        mapping = {"CLIP_stop_at_last_layers": "clip_skip", "eta_noise_seed_delta": "eta_noise_seed_delta",
+                   "randn_source": "randn_source"}
+        changes = {setting: data[key] for key, setting in mapping.items() if key in data and data[key] != current[key]}
+        if "randn_source" in changes and isinstance(changes["randn_source"], str):
+            changes["randn_source"] = changes["randn_source"].upper()
+        if changes:
+            self.services.options.update(changes)
+
+
+def _is_img2img(job: Job) -> bool:
+    return bool(getattr(job.spec, "is_img2img", False))
+
+
+def _png_info(body: schemas.PNGInfoBody) -> schemas.PNGInfoResponse:
+    image = decode_image(decode_base64_image(body.image, "image"), "image")
+    text = image.info.get("parameters")
+    if not isinstance(text, str):
+        exif = image.getexif().get_ifd(0x8769).get(0x9286)  # JPEG/WEBP: EXIF UserComment
+        text = _decode_user_comment(exif) if exif else None
+    if not text:
+        return schemas.PNGInfoResponse(info="", items={}, parameters={})
+    parsed = parse_infotext(text)
+    parameters: dict[str, Any] = {"Prompt": parsed.prompt, "Negative prompt": parsed.negative_prompt,
+                                  **dict(parsed.params)}
+    return schemas.PNGInfoResponse(info=text, items={"parameters": text}, parameters=parameters)
+
+
+def _decode_user_comment(value: bytes | str) -> str:
+    if isinstance(value, str):
+        return value
+    if value[:8] == b"UNICODE\x00":
+        body = value[8:]
+        return body.decode("utf-16-be" if body[:1] == b"\x00" else "utf-16-le", errors="replace")
+    return value[8:].decode("utf-8", errors="replace") if value[:5] == b"ASCII" else value.decode("utf-8", "replace")
+
+
+def _memory() -> schemas.MemoryResponse:
+    ram: dict[str, Any] = {}
+    try:
+        info = dict(line.split(":", 1) for line in open("/proc/meminfo", encoding="ascii").read().splitlines())
+        total = int(info["MemTotal"].split()[0]) * 1024
+        free = int(info["MemAvailable"].split()[0]) * 1024
+        ram = {"total": total, "free": free, "used": total - free}
+    except (OSError, KeyError, ValueError):
+        pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+        ram = {"total": pages * os.sysconf("SC_PAGE_SIZE")} if pages else {}
+    cuda: dict[str, Any] = {}
+    import torch
+
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        cuda = {"system": {"free": free, "used": total - free, "total": total},
+                "active": {"peak": torch.cuda.max_memory_allocated()}}
+    else:
+        cuda = {"error": "CUDA is not available"}
+    return schemas.MemoryResponse(ram=ram, cuda=cuda)
+
+
+def install(app: FastAPI, services: Services, flags: Flags, auth_enabled: bool) -> None:
+    """Add the /sdapi/v1 routes and the error handlers that turn service errors into JSON."""
+    app.include_router(ApiFace(services, flags, auth_enabled).router())
+
+    @app.exception_handler(AtelierError)
+    async def _atelier_error(request: Request, exc: AtelierError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(PermissionError)
+    async def _forbidden(request: Request, exc: PermissionError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=403)
+

@@ -1,0 +1,99 @@
+"""One batch of images on a loaded model: txt2img, img2img and inpainting through one loop.
+
+Reads as steps: 1. conditioning from the prompts; 2. the inputs the task needs (init latent,
+latent mask, inpainting-model channels); 3. the guided denoiser; 4. sampling (stoppable);
+5. decoding, and for inpainting the original pasted back outside the mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from modules.engine import latents as lat
+from modules.engine.loader import LoadedModel
+from modules.engine.model_detect import ModelArch
+from modules.engine.prompt_encoding import plain_conditioning
+from modules.engine.sampling.denoiser import Embeds, GuidedDenoiser, LatentMask, SigmaDenoiser
+from modules.engine.sampling.loop import NoisePlan, SamplingPlan, StepObserver, run_sampling
+from modules.samplers import SamplerSpec, ScheduleType
+
+_REFINER_AESTHETIC_SCORE = (6.0, 2.5)  # SDXL refiner's positive and negative aesthetic scores
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One pipeline call's worth of work: the same prompt for every image of the batch."""
+
+    prompt: str
+    negative_prompt: str
+    sampler: SamplerSpec
+    schedule: ScheduleType
+    steps: int
+    cfg_scale: float
+    width: int
+    height: int
+    clip_skip: int
+    noise: NoisePlan
+    init_image: Image.Image | None = None  # already at width x height
+    mask: Image.Image | None = None  # "L", white = repaint, blurred, at width x height
+    denoising_strength: float = 0.75
+
+    @property
+    def batch(self) -> int:
+        return len(self.noise.seeds)
+
+
+def _sdxl_added(model: LoadedModel, task: ImageTask) -> Callable[[Embeds], dict[str, torch.Tensor]] | None:
+    if not model.arch.is_sdxl:
+        return None
+    device = model.pipeline.unet.device
+    size = [task.height, task.width, 0, 0]  # original size, crop top-left
+    refiner = model.arch is ModelArch.SDXL_REFINER
+
+    def added(embeds: Embeds) -> dict[str, torch.Tensor]:
+        if refiner:  # the refiner conditions on an aesthetic score instead of the target size
+            score = _REFINER_AESTHETIC_SCORE[0 if embeds.pooled is not None else 1]
+            ids = size + [score]
+        else:
+            ids = size + [task.height, task.width]
+        assert embeds.pooled is not None
+        return {"text_embeds": embeds.pooled, "time_ids": torch.tensor([ids], dtype=torch.float32, device=device)}
+
+    return added
+
+
+def run_task(model: LoadedModel, task: ImageTask, observer: StepObserver) -> list[Image.Image] | None:
+    """The batch's images, or None when the observer stopped it before the end."""
+    device = model.pipeline.unet.device
+    # 1. Conditioning.
+    conditioning = plain_conditioning(model.pipeline, model.arch, task.prompt, task.negative_prompt, task.clip_skip)
+    # 2. Inputs: the init latent (img2img), the latent mask (inpainting), the extra channels.
+    init_latent = mask = concat = None
+    if task.init_image is not None:
+        init_latent = lat.encode_image(model, lat.image_to_tensor(task.init_image, device)).expand(task.batch, -1, -1, -1)
+    if model.arch is ModelArch.SD1_INPAINT:
+        concat = lat.inpaint_conditioning(model, task.init_image, task.mask, task.width, task.height, task.batch)
+    elif task.mask is not None and init_latent is not None:
+        mask = LatentMask(init_latent, lat.latent_keep_mask(task.mask, device))
+    # 3. The guided denoiser.
+    sigmas = model.sigmas
+    denoiser = GuidedDenoiser(SigmaDenoiser(model.pipeline.unet, sigmas, model.v_prediction), conditioning,
+                              task.cfg_scale, _sdxl_added(model, task), concat, mask, observer.should_stop)
+    # 4. Sampling.
+    channels = model.pipeline.vae.config.latent_channels
+    plan = SamplingPlan(sampler=task.sampler, schedule=task.schedule, steps=task.steps, noise=task.noise,
+                        latent_shape=(channels, task.height // lat.LATENT_SCALE, task.width // lat.LATENT_SCALE),
+                        init_latent=init_latent, denoising_strength=task.denoising_strength,
+                        is_sdxl=model.arch.is_sdxl)
+    samples = run_sampling(plan, denoiser, sigmas, device, observer)
+    if samples is None:
+        return None
+    # 5. Decode; inpainting keeps the original outside the mask.
+    images = lat.decode_latents(model, samples)
+    if task.mask is not None and task.init_image is not None:
+        images = [lat.overlay_original(image, task.init_image, task.mask) for image in images]
+    return images

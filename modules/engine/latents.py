@@ -1,0 +1,91 @@
+"""Moving between pixels and latents: VAE encode/decode, masks at latent size, inpaint inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from modules.engine.loader import LoadedModel
+
+LATENT_SCALE = 8  # the SD VAEs downsample by 8
+
+
+def image_to_tensor(image: Image.Image, device: torch.device) -> torch.Tensor:
+    """(1, 3, H, W) in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(device)
+
+
+@torch.inference_mode()
+def encode_image(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
+    """Scaled latents of a (B, 3, H, W) image batch in [-1, 1]; the distribution's mean, so the
+    same image always gives the same latent (sampling it would need yet another seed)."""
+    vae = model.pipeline.vae
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    dtype = torch.float32 if upcast else vae.dtype
+    if upcast:
+        vae.to(dtype=torch.float32)
+    try:
+        latents = vae.encode(pixels.to(vae.device, dtype)).latent_dist.mode()
+    finally:
+        if upcast:
+            vae.to(dtype=torch.float16)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((latents.float() - shift) * vae.config.scaling_factor)
+
+
+@torch.inference_mode()
+def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+    """PIL images of a latent batch, upcasting a VAE that is unstable in fp16."""
+    vae = model.pipeline.vae
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    dtype = torch.float32 if upcast else vae.dtype
+    if upcast:
+        vae.to(dtype=torch.float32)
+    try:
+        scaled = latents.to(vae.device, dtype) / vae.config.scaling_factor
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift:
+            scaled = scaled + shift
+        decoded = vae.decode(scaled, return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(dtype=torch.float16)
+    return model.pipeline.image_processor.postprocess(decoded.float(), output_type="pil")
+
+
+def blurred_mask(mask: Image.Image, blur: int) -> Image.Image:
+    """The repaint mask (white = repaint) softened by ``blur`` pixels, as A1111's mask blur."""
+    mask = mask.convert("L")
+    return mask.filter(ImageFilter.GaussianBlur(blur)) if blur > 0 else mask
+
+
+def latent_keep_mask(mask: Image.Image, device: torch.device) -> torch.Tensor:
+    """(1, 1, h, w): 1 where the original latent is kept. Rounded, as A1111 does at latent size."""
+    small = mask.resize((mask.width // LATENT_SCALE, mask.height // LATENT_SCALE), Image.Resampling.BILINEAR)
+    repaint = np.around(np.asarray(small, dtype=np.float32) / 255.0)
+    return torch.from_numpy(1.0 - repaint)[None, None].to(device)
+
+
+@torch.inference_mode()
+def inpaint_conditioning(model: LoadedModel, image: Image.Image | None, mask: Image.Image | None,
+                         width: int, height: int, batch: int) -> torch.Tensor:
+    """The extra UNet input of 9-channel inpainting models: mask, then the masked image's latent.
+    With no image (txt2img) the whole canvas is to be painted: mask 1, a mid-grey image."""
+    device = model.pipeline.unet.device
+    if image is None or mask is None:
+        pixels = torch.zeros(1, 3, height, width, device=device)  # 0 in [-1, 1] is mid-grey
+        repaint = torch.ones(1, 1, height, width, device=device)
+    else:
+        repaint = torch.from_numpy(np.around(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0))
+        repaint = repaint[None, None].to(device)
+        pixels = image_to_tensor(image, device) * (1 - repaint)
+    masked_latent = encode_image(model, pixels)
+    small_mask = torch.nn.functional.interpolate(repaint, size=masked_latent.shape[-2:])
+    return torch.cat([small_mask, masked_latent], dim=1).expand(batch, -1, -1, -1)
+
+
+def overlay_original(result: Image.Image, original: Image.Image, mask: Image.Image) -> Image.Image:
+    """Paste the original back outside the (blurred) mask, so untouched pixels stay exact."""
+    return Image.composite(result.convert("RGB"), original.convert("RGB"), mask.convert("L"))

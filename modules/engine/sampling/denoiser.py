@@ -1,0 +1,135 @@
+"""The UNet as a denoiser in sigma space, and classifier-free guidance over scheduled prompts.
+
+:class:`SigmaDenoiser` turns an eps- or v-predicting UNet into ``D(x, sigma)`` (Karras et al.'s
+preconditioning, as k-diffusion's CompVis wrappers do). :class:`GuidedDenoiser` is the ``model``
+the sampler functions call: it picks each prompt's embeddings for the current step (prompt
+editing), evaluates all prompts and the negative in one batch, combines them with their weights
+(``AND``) and the CFG scale, and keeps the unmasked area of an inpainting job on the original.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from modules.engine.sampling.schedules import ModelSigmas
+
+
+class SamplingStopped(Exception):
+    """Raised inside the loop when the job is interrupted or skipped; the loop catches it."""
+
+
+@dataclass(frozen=True)
+class Embeds:
+    """One prompt's conditioning: token embeddings, plus SDXL's pooled vector."""
+
+    tokens: torch.Tensor  # (1, tokens, width)
+    pooled: torch.Tensor | None = None  # (1, width), SDXL only
+
+
+@dataclass(frozen=True)
+class CondSchedule:
+    """A prompt whose embeddings change with the step: ``(until_step, embeds)`` in order."""
+
+    parts: tuple[tuple[int, Embeds], ...]
+
+    @staticmethod
+    def constant(embeds: Embeds) -> CondSchedule:
+        return CondSchedule(parts=((2**31, embeds),))
+
+    def at(self, step: int) -> Embeds:
+        for until, embeds in self.parts:
+            if step < until:
+                return embeds
+        return self.parts[-1][1]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Weighted positive prompts (``AND``) and the negative prompt, each possibly scheduled."""
+
+    positive: tuple[tuple[CondSchedule, float], ...]
+    negative: CondSchedule
+
+
+class SigmaDenoiser:
+    """``D(x, sigma)`` from a UNet trained on discrete timesteps (eps or v prediction)."""
+
+    def __init__(self, unet: torch.nn.Module, model_sigmas: ModelSigmas, v_prediction: bool) -> None:
+        self.unet = unet
+        self.model_sigmas = model_sigmas
+        self.v_prediction = v_prediction
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, tokens: torch.Tensor,
+                 added: dict[str, torch.Tensor] | None, concat: torch.Tensor | None) -> torch.Tensor:
+        s = sigma.view(-1, 1, 1, 1)
+        c_in = 1 / (s**2 + 1) ** 0.5
+        x_in = x * c_in
+        if concat is not None:  # inpainting models also see the mask and the masked image
+            x_in = torch.cat([x_in, concat], dim=1)
+        dtype = self.unet.dtype
+        out = self.unet(x_in.to(dtype), self.model_sigmas.sigma_to_t(sigma), encoder_hidden_states=tokens.to(dtype),
+                        added_cond_kwargs={k: v.to(dtype) for k, v in added.items()} if added else None,
+                        return_dict=False)[0].float()
+        if self.v_prediction:
+            return x / (s**2 + 1) - out * s / (s**2 + 1) ** 0.5
+        return x - out * s
+
+
+@dataclass(frozen=True)
+class LatentMask:
+    """Inpainting with an ordinary model: where ``keep`` is 1 the original latent wins every step."""
+
+    init_latent: torch.Tensor
+    keep: torch.Tensor  # (B or 1, 1, h, w), 1 = keep the original
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return self.init_latent * self.keep + x * (1 - self.keep)
+
+
+class GuidedDenoiser:
+    """Classifier-free guidance over scheduled, weighted prompts; what the samplers call."""
+
+    def __init__(self, inner: SigmaDenoiser, conditioning: Conditioning, cfg_scale: float,
+                 added: Callable[[Embeds], dict[str, torch.Tensor]] | None, concat: torch.Tensor | None,
+                 mask: LatentMask | None, should_stop: Callable[[], bool]) -> None:
+        self.inner = inner
+        self.conditioning = conditioning
+        self.cfg_scale = cfg_scale
+        self.added = added
+        self.concat = concat
+        self.mask = mask
+        self.should_stop = should_stop
+        self.calls = 0  # model calls so far: prompt editing counts these, as A1111 does
+
+    def _skip_uncond(self) -> bool:
+        positive = self.conditioning.positive
+        return self.cfg_scale == 1.0 and len(positive) == 1 and positive[0][1] == 1.0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        if self.should_stop():
+            raise SamplingStopped
+        batch = x.shape[0]
+        embeds = [schedule.at(self.calls) for schedule, _w in self.conditioning.positive]
+        if not self._skip_uncond():
+            embeds.append(self.conditioning.negative.at(self.calls))
+        groups = len(embeds)
+        tokens = torch.cat([e.tokens.expand(batch, -1, -1) for e in embeds])
+        added = None
+        if self.added is not None:
+            parts = [self.added(e) for e in embeds]
+            added = {k: torch.cat([p[k].expand(batch, -1) for p in parts]) for k in parts[0]}
+        concat = self.concat.repeat(groups, 1, 1, 1) if self.concat is not None else None
+        out = self.inner(x.repeat(groups, 1, 1, 1), sigma.repeat(groups), tokens, added, concat)
+        self.calls += 1
+        if self._skip_uncond():
+            denoised = out
+        else:
+            uncond = out[-batch:]
+            denoised = uncond.clone()
+            for i, (_schedule, weight) in enumerate(self.conditioning.positive):
+                denoised += (out[i * batch:(i + 1) * batch] - uncond) * (weight * self.cfg_scale)
+        return self.mask.apply(denoised) if self.mask is not None else denoised

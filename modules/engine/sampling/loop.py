@@ -1,0 +1,111 @@
+"""The denoising loop: sigmas from the schedule, seeded noise, the sampler, progress and stop.
+
+Reads as steps: 1. sigmas for the sampler and schedule (cut for img2img by the denoising
+strength); 2. the starting latent: per-image seeded noise scaled to the first sigma, added to the
+init latent for img2img; 3. the sampler's own noise (per-image generators or Brownian trees);
+4. run the sampler with guidance, reporting each step and stopping within one model call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from modules.engine.sampling.denoiser import GuidedDenoiser, SamplingStopped
+from modules.engine.sampling.functions import get_sampler_function
+from modules.engine.sampling.noise import BrownianTreeNoise, ImageNoise, RngSource
+from modules.engine.sampling.schedules import ModelSigmas, compute_sigmas
+from modules.samplers import NoiseSource, SamplerSpec, ScheduleType
+
+
+class StepObserver(Protocol):
+    """What the loop reports to; implemented by the job layer."""
+
+    def on_step(self, step: int, total: int, denoised: torch.Tensor) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """Everything that decides the random numbers of a batch."""
+
+    seeds: tuple[int, ...]
+    source: RngSource = RngSource.GPU
+    variation_seeds: tuple[int, ...] | None = None
+    variation_strength: float = 0.0
+    eta_noise_seed_delta: int = 0
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    sampler: SamplerSpec
+    schedule: ScheduleType
+    steps: int
+    noise: NoisePlan
+    latent_shape: tuple[int, int, int]  # (C, H/8, W/8)
+    init_latent: torch.Tensor | None = None  # img2img: (B, C, h, w)
+    denoising_strength: float = 1.0
+    is_sdxl: bool = False
+
+
+def sampler_sigmas(plan: SamplingPlan, model: ModelSigmas) -> torch.Tensor:
+    """The sigmas the sampler walks, with A1111's discard and img2img truncation."""
+    schedule = plan.sampler.resolve_schedule(plan.schedule)
+    if plan.sampler.discard_penultimate_sigma:
+        sigmas = compute_sigmas(schedule, plan.steps + 1, model, plan.is_sdxl)
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    else:
+        sigmas = compute_sigmas(schedule, plan.steps, model, plan.is_sdxl)
+    if plan.init_latent is not None:
+        t_enc = int(min(plan.denoising_strength, 0.999) * plan.steps)
+        sigmas = sigmas[plan.steps - t_enc - 1:]
+    return sigmas
+
+
+def _sampler_kwargs(fn: Callable[..., Any], plan: SamplingPlan, x: torch.Tensor, sigmas: torch.Tensor,
+                    noise: ImageNoise) -> dict[str, Any]:
+    params = inspect.signature(fn).parameters
+    kwargs: dict[str, Any] = dict(plan.sampler.options)
+    if "noise_sampler" in params:
+        if plan.sampler.noise is NoiseSource.BROWNIAN:
+            positive = sigmas[sigmas > 0]
+            kwargs["noise_sampler"] = BrownianTreeNoise(x, float(positive.min()), float(sigmas.max()), plan.noise.seeds)
+        else:
+            kwargs["noise_sampler"] = noise.sampler()
+    return kwargs
+
+
+@torch.inference_mode()
+def run_sampling(plan: SamplingPlan, denoiser: GuidedDenoiser, model_sigmas: ModelSigmas,
+                 device: torch.device, observer: StepObserver) -> torch.Tensor | None:
+    """Final latents of the batch, or None when the observer stopped it."""
+    if plan.init_latent is not None and plan.denoising_strength == 0:
+        return plan.init_latent.to(device)  # nothing to denoise: the init image, through the VAE only
+    # 1. Sigmas.
+    sigmas = sampler_sigmas(plan, model_sigmas).to(device)
+    total = len(sigmas) - 1
+    # 2. Starting latent.
+    noise = ImageNoise(plan.latent_shape, plan.noise.seeds, device, plan.noise.source, plan.noise.variation_seeds,
+                       plan.noise.variation_strength, plan.noise.eta_noise_seed_delta)
+    x = noise.first() * sigmas[0]
+    if plan.init_latent is not None:
+        x = x + plan.init_latent.to(device)
+    # 3. The sampler's own noise, and 4. the run.
+    fn = get_sampler_function(plan.sampler.function)
+
+    def callback(info: dict[str, Any]) -> None:
+        observer.on_step(min(info["i"] + 1, total), total, info["denoised"])
+
+    try:
+        samples = fn(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True,
+                     **_sampler_kwargs(fn, plan, x, sigmas, noise))
+    except SamplingStopped:
+        return None
+    if denoiser.mask is not None:
+        samples = denoiser.mask.apply(samples)
+    return samples

@@ -1,0 +1,108 @@
+"""Where sampling noise comes from, as A1111 makes it, so seeds reproduce users' images.
+
+* :class:`ImageNoise`: one generator per image, seeded ``seed + i``; the first draw is the initial
+  latent noise (optionally slerped with a variation seed's noise), later draws (ancestral and SDE
+  steps) continue from each image's generator, which "eta noise seed delta" (ENSD) reseeds with
+  ``seed + ENSD`` after the first draw. The generators live on the GPU (A1111's default RNG) or the
+  CPU (``RNG: CPU``).
+* :class:`BrownianTreeNoise`: the Brownian-tree noise the SDE samplers use, one tree per image
+  seed, so an SDE trajectory does not depend on the step count's noise draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torchsde
+
+from modules.samplers import RngSource
+
+
+def slerp(strength: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of two noise tensors (A1111's variation seeds)."""
+    low_norm = low / torch.norm(low, dim=1, keepdim=True)
+    high_norm = high / torch.norm(high, dim=1, keepdim=True)
+    dot = (low_norm * high_norm).sum(1)
+    if dot.mean() > 0.9995:  # nearly parallel: plain linear interpolation is exact enough
+        return low * (1 - strength) + high * strength
+    omega = torch.acos(dot)
+    so = torch.sin(omega)
+    return (torch.sin((1.0 - strength) * omega) / so).unsqueeze(1) * low + \
+        (torch.sin(strength * omega) / so).unsqueeze(1) * high
+
+
+class ImageNoise:
+    """Per-image seeded noise for a batch; call :meth:`first` once, then :meth:`next` per draw."""
+
+    def __init__(self, shape: tuple[int, ...], seeds: Sequence[int], device: torch.device,
+                 source: RngSource = RngSource.GPU, variation_seeds: Sequence[int] | None = None,
+                 variation_strength: float = 0.0, eta_noise_seed_delta: int = 0) -> None:
+        self.shape = shape  # one image's latent shape, (C, H, W)
+        self.seeds = list(seeds)
+        self.device = device
+        # A1111's "GPU" RNG on a machine without one is the device's own generator.
+        self.generator_device = torch.device("cpu") if source is RngSource.CPU else device
+        self.variation_seeds = list(variation_seeds) if variation_seeds else None
+        self.variation_strength = variation_strength
+        self.ensd = eta_noise_seed_delta
+        self.generators = [self._generator(seed) for seed in self.seeds]
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.generator_device).manual_seed(int(seed))
+
+    def _randn(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(self.shape, generator=generator, device=self.generator_device)
+
+    def first(self) -> torch.Tensor:
+        """The initial latent noise of every image, (B, C, H, W) on the device, float32."""
+        noises = []
+        for i, generator in enumerate(self.generators):
+            noise = self._randn(generator)
+            if self.variation_seeds is not None and self.variation_strength:
+                variation = self._randn(self._generator(self.variation_seeds[i]))
+                noise = slerp(self.variation_strength, noise.unsqueeze(0), variation.unsqueeze(0))[0]
+            noises.append(noise)
+        if self.ensd:
+            self.generators = [self._generator(seed + self.ensd) for seed in self.seeds]
+        return torch.stack(noises).to(self.device)
+
+    def next(self) -> torch.Tensor:
+        """Fresh noise for a sampler step, continuing each image's generator."""
+        return torch.stack([self._randn(g) for g in self.generators]).to(self.device)
+
+    def sampler(self) -> "_StepNoise":
+        return _StepNoise(self)
+
+
+class _StepNoise:
+    """Adapts :class:`ImageNoise` to the samplers' ``noise_sampler(sigma, sigma_next)`` form."""
+
+    def __init__(self, noise: ImageNoise) -> None:
+        self._noise = noise
+
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        return self._noise.next()
+
+
+class BrownianTreeNoise:
+    """Noise from one Brownian tree per image over [sigma_min, sigma_max], normalised per step."""
+
+    def __init__(self, x: torch.Tensor, sigma_min: float, sigma_max: float, seeds: Sequence[int]) -> None:
+        if len(seeds) != x.shape[0]:
+            raise ValueError(f"need one seed per image: {len(seeds)} seeds for a batch of {x.shape[0]}")
+        # torchsde rounds times to 6 digits (its default tolerance); using rounded bounds and
+        # clamping queries to them keeps every query inside the tree's span.
+        t0, t1 = sorted((round(float(sigma_min), 6), round(float(sigma_max), 6)))
+        self._range = (t0, t1)
+        w0 = torch.zeros_like(x[0], device="cpu", dtype=torch.float32)
+        # Trees live on the CPU: the same seed gives the same noise on any device.
+        self._trees = [torchsde.BrownianTree(t0, w0, t1, entropy=int(s)) for s in seeds]
+        self._device, self._dtype = x.device, x.dtype
+
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        # Clamped to the tree's span: float32 sigmas can stray past it by an ulp.
+        a, b = (min(max(float(v), self._range[0]), self._range[1]) for v in (sigma, sigma_next))
+        low, high, sign = (a, b, 1.0) if a < b else (b, a, -1.0)
+        w = torch.stack([tree(low, high) for tree in self._trees]) * sign
+        return (w / abs(b - a) ** 0.5).to(self._device, self._dtype)

@@ -1,0 +1,146 @@
+"""Sigma schedules: A1111's twelve schedule types, computed from the model's own noise levels.
+
+Each function returns ``steps + 1`` decreasing sigmas ending at 0 (KL Optimal, as in A1111, ends at
+the model's smallest sigma instead). Model-derived schedules interpolate log-sigma between the
+model's discrete timesteps, so fractional timesteps are allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from scipy import stats
+
+from modules.samplers import ScheduleType
+
+
+class ModelSigmas:
+    """The model's discrete noise levels (one per training timestep) and the maps sigma <-> t."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor) -> None:
+        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        self.sigmas = sigmas.float()
+        self.log_sigmas = self.sigmas.log()
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Fractional timestep of each sigma, by linear interpolation in log-sigma (k-diffusion's
+        rule; a binary search instead of its full distance table, since it runs every model call)."""
+        log_sigmas = self.log_sigmas.to(sigma.device)
+        log_sigma = sigma.float().log()
+        low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(0, log_sigmas.shape[0] - 2)
+        high = low + 1
+        w = ((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[high])).clamp(0, 1)
+        return ((1 - w) * low + w * high).view(sigma.shape)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        log_sigmas = self.log_sigmas.to(t.device)
+        t = t.float()
+        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+        return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp()
+
+
+def _with_zero(sigmas: torch.Tensor) -> torch.Tensor:
+    return torch.cat([sigmas.float(), sigmas.new_zeros([1])])
+
+
+def uniform(n: int, model: ModelSigmas) -> torch.Tensor:
+    """k-diffusion's default: timesteps evenly spaced from the last to the first."""
+    t = torch.linspace(len(model.sigmas) - 1, 0, n)
+    return _with_zero(model.t_to_sigma(t))
+
+
+def karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022), eq. 5: evenly spaced in sigma^(1/rho)."""
+    ramp = torch.linspace(0, 1, n)
+    min_inv, max_inv = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return _with_zero((max_inv + ramp * (min_inv - max_inv)) ** rho)
+
+
+def exponential(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """Evenly spaced in log-sigma."""
+    return _with_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp())
+
+
+def polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> torch.Tensor:
+    """Log-sigma following a polynomial ramp of degree ``rho``."""
+    ramp = torch.linspace(1, 0, n) ** rho
+    return _with_zero((ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)).exp())
+
+
+def normal(n: int, model: ModelSigmas, sgm: bool = False) -> torch.Tensor:
+    """Timesteps evenly spaced between those of sigma_max and sigma_min; SGM drops the endpoint."""
+    start = model.sigma_to_t(torch.tensor(model.sigma_max))
+    end = model.sigma_to_t(torch.tensor(model.sigma_min))
+    t = torch.linspace(float(start), float(end), n + 1)[:-1] if sgm else torch.linspace(float(start), float(end), n)
+    return _with_zero(model.t_to_sigma(t))
+
+
+def simple(n: int, model: ModelSigmas) -> torch.Tensor:
+    """Every (len/n)-th model sigma from the top (ComfyUI's "simple")."""
+    stride = len(model.sigmas) / n
+    return _with_zero(torch.stack([model.sigmas[-(1 + int(i * stride))] for i in range(n)]))
+
+
+def ddim(n: int, model: ModelSigmas) -> torch.Tensor:
+    """DDIM's uniform discrete timesteps (1, 1 + k, 1 + 2k, ...), from the top. As in A1111, a
+    step count that does not divide the 1000 timesteps can give one step more than asked."""
+    stride = max(len(model.sigmas) // n, 1)
+    return _with_zero(model.sigmas[1::stride].flip(0))
+
+
+def kl_optimal(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """Evenly spaced in arctan(sigma) (Sabour et al. 2024); ends at sigma_min, as A1111's does."""
+    steps = torch.arange(n + 1, dtype=torch.float32) / n
+    return torch.tan(steps * math.atan(sigma_min) + (1 - steps) * math.atan(sigma_max))
+
+
+_AYS_SD15 = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)
+_AYS_SDXL = (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029)
+
+
+def align_your_steps(n: int, is_sdxl: bool) -> torch.Tensor:
+    """NVIDIA's optimised 10-step noise levels, log-linearly resampled to ``n`` steps."""
+    levels = np.array(_AYS_SDXL if is_sdxl else _AYS_SD15)
+    if n != len(levels):
+        xs = np.linspace(0, 1, len(levels))
+        ys = np.log(levels[::-1])
+        levels = np.exp(np.interp(np.linspace(0, 1, n), xs, ys))[::-1].copy()
+    return _with_zero(torch.from_numpy(levels))
+
+
+def beta(n: int, sigma_min: float, sigma_max: float, alpha: float = 0.6, beta_: float = 0.6) -> torch.Tensor:
+    """Spacing by the Beta(0.6, 0.6) quantile function (Lee et al. 2024), as A1111's default."""
+    quantiles = [stats.beta.ppf(x, alpha, beta_) for x in 1 - np.linspace(0, 1, n)]
+    return _with_zero(torch.tensor([sigma_min + q * (sigma_max - sigma_min) for q in quantiles]))
+
+
+def compute_sigmas(schedule: ScheduleType, n: int, model: ModelSigmas, is_sdxl: bool = False) -> torch.Tensor:
+    """``n`` steps of ``schedule`` (not Automatic: resolve it through the sampler table first)."""
+    lo, hi = model.sigma_min, model.sigma_max
+    table: dict[ScheduleType, Callable[[], torch.Tensor]] = {
+        ScheduleType.UNIFORM: lambda: uniform(n, model),
+        ScheduleType.KARRAS: lambda: karras(n, lo, hi),
+        ScheduleType.EXPONENTIAL: lambda: exponential(n, lo, hi),
+        ScheduleType.POLYEXPONENTIAL: lambda: polyexponential(n, lo, hi),
+        ScheduleType.SGM_UNIFORM: lambda: normal(n, model, sgm=True),
+        ScheduleType.KL_OPTIMAL: lambda: kl_optimal(n, lo, hi),
+        ScheduleType.ALIGN_YOUR_STEPS: lambda: align_your_steps(n, is_sdxl),
+        ScheduleType.SIMPLE: lambda: simple(n, model),
+        ScheduleType.NORMAL: lambda: normal(n, model),
+        ScheduleType.DDIM: lambda: ddim(n, model),
+        ScheduleType.BETA: lambda: beta(n, lo, hi),
+    }
+    if schedule not in table:
+        raise ValueError(f"{schedule.value} is not a concrete schedule")
+    return table[schedule]()

@@ -1,0 +1,187 @@
+"""One auth layer over UI, API, docs and files; secrets never shown; LAN safety without auth."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.routing import Mount
+from starlette.testclient import TestClient
+
+import app as app_module
+from modules.api.auth import FailureLimiter, load_auth
+from modules.cmd_args import parse_flags
+from tests.conftest import make_services
+
+PASSWORD = "s3cret-pass-words"
+# The only routes a stranger may reach with auth on: Gradio's login page and its static assets.
+ALLOWLIST = {"/", "/login", "/login/", "/logout", "/favicon.ico", "/manifest.json", "/robots.txt", "/theme.css",
+             "/gradio_api/app_id", "/gradio_api/app_id/", "/pwa_icon"}
+ALLOWLIST_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon/")
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def build(tmp_path: Path, *args: str) -> tuple[TestClient, object]:
+    flags = parse_flags(list(args), {})
+    services = make_services(tmp_path / "data", tmp_path / "no-models")
+    auth = load_auth(flags.gradio_auth, flags.gradio_auth_path, flags.api_auth)
+    return TestClient(app_module._build_app(flags, services, auth)), services
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[TestClient]:
+    client, services = build(tmp_path, "--api", "--gradio-auth", f"alice:{PASSWORD}")
+    yield client
+    services.close()
+
+
+def routes_of(routes: list, prefix: str = "") -> Iterator[tuple[str, str]]:
+    for route in routes:
+        if hasattr(route, "original_router"):  # FastAPI's included routers
+            yield from routes_of(route.original_router.routes, prefix)
+        elif isinstance(route, Mount):
+            yield from routes_of(route.routes, prefix + route.path)
+        else:
+            for method in sorted(getattr(route, "methods", None) or {"GET"}):
+                if method != "HEAD":
+                    yield method, prefix + route.path
+
+
+def test_every_route_answers_401_without_credentials_except_the_login_page(secured: TestClient) -> None:
+    inner = secured.app.app  # the FastAPI app behind the auth middleware
+    seen = 0
+    for method, path in routes_of(inner.routes):
+        concrete = re.sub(r"\{[^}]+\}", "x", path) or "/"
+        response = secured.request(method, concrete)
+        seen += 1
+        if concrete in ALLOWLIST or concrete.startswith(ALLOWLIST_PREFIXES):
+            assert response.status_code != 401 or concrete == "/gradio_api/login_check", (method, concrete)
+            continue
+        assert response.status_code == 401, (method, concrete, response.status_code)
+    assert seen > 60  # the walk really covered Gradio's and the API's routes
+
+
+def test_basic_credentials_open_the_api_and_header_names_are_case_insensitive(secured: TestClient) -> None:
+    assert secured.get("/sdapi/v1/options", headers=basic("alice", PASSWORD)).status_code == 200
+    token = basic("alice", PASSWORD)["Authorization"]
+    assert secured.get("/sdapi/v1/samplers", headers={"AUTHORIZATION": token}).status_code == 200
+    assert secured.get("/docs", headers=basic("alice", PASSWORD)).status_code == 200
+    assert secured.get("/sdapi/v1/options", headers=basic("alice", "wrong")).status_code == 401
+    assert secured.get("/sdapi/v1/cmd-flags").status_code == 401  # how bots detect that auth is on
+
+
+def test_cmd_flags_and_logs_never_show_a_password(secured: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    secured.get("/sdapi/v1/options", headers=basic("alice", PASSWORD + "x"))
+    flags = secured.get("/sdapi/v1/cmd-flags", headers=basic("alice", PASSWORD))
+    assert flags.status_code == 200
+    assert flags.json()["gradio_auth"] == "<redacted>" and PASSWORD not in flags.text
+    assert PASSWORD not in caplog.text and "Failed login" in caplog.text
+
+
+def test_repeated_failures_from_one_address_are_slowed_down(tmp_path: Path) -> None:
+    client, services = build(tmp_path, "--api", "--api-auth", f"bot:{PASSWORD}")
+    try:
+        codes = [client.get("/sdapi/v1/options", headers=basic("bot", f"guess{i}")).status_code for i in range(12)]
+        assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+        blocked = client.get("/sdapi/v1/options", headers=basic("bot", PASSWORD))
+        assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) > 0
+    finally:
+        services.close()
+
+
+def test_failure_limiter_forgets_after_its_window() -> None:
+    now = [0.0]
+    limiter = FailureLimiter(max_failures=2, window_seconds=10, clock=lambda: now[0])
+    limiter.failed("a"), limiter.failed("a")
+    assert limiter.retry_after("a") and limiter.retry_after("b") is None
+    now[0] = 11.0
+    assert limiter.retry_after("a") is None
+
+
+def test_separate_api_credentials(tmp_path: Path) -> None:
+    client, services = build(tmp_path, "--api", "--gradio-auth", f"alice:{PASSWORD}", "--api-auth", "bot:other-pass")
+    try:
+        assert client.get("/sdapi/v1/options", headers=basic("bot", "other-pass")).status_code == 200
+        assert client.get("/sdapi/v1/options", headers=basic("alice", PASSWORD)).status_code == 401
+        assert client.get("/gradio_api/info").status_code == 401
+        assert client.post("/login", data={"username": "alice", "password": PASSWORD}).status_code == 200
+        assert client.get("/gradio_api/info").status_code == 200  # the login session opens the UI's routes
+        assert client.get("/sdapi/v1/options").status_code == 401  # but not the API
+    finally:
+        services.close()
+
+
+def test_auth_off_ignores_authorization_headers(tmp_path: Path) -> None:
+    client, services = build(tmp_path, "--api")
+    try:
+        assert client.get("/sdapi/v1/options", headers={"Authorization": "Basic "}).status_code == 200
+        assert client.get("/sdapi/v1/options", headers={"Authorization": "Bearer x"}).status_code == 200
+        assert client.post("/sdapi/v1/interrupt").json() == {}
+    finally:
+        services.close()
+
+
+def test_listen_without_auth_refuses_settings_changes_from_the_network(tmp_path: Path) -> None:
+    client, services = build(tmp_path, "--api", "--listen")
+    try:
+        refused = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2})
+        assert refused.status_code == 403 and "--gradio-auth" in refused.text
+        assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
+    finally:
+        services.close()
+
+
+def test_options_changes_persist_atomically_to_config_yaml(tmp_path: Path) -> None:
+    client, services = build(tmp_path, "--api")
+    try:
+        assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2, "randn_source": "cpu"}).status_code == 200
+        assert (tmp_path / "data" / "config.yaml").read_text() == "clip_skip: 2\nrandn_source: CPU\n"
+        bad = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 99})
+        assert bad.status_code == 422 and "clip_skip" in bad.text
+        assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
+    finally:
+        services.close()
+
+
+def test_gradio_auth_path_file(tmp_path: Path) -> None:
+    credentials = tmp_path / "users.txt"
+    credentials.write_text(f"alice:{PASSWORD}\nbob:another-pass\n")
+    client, services = build(tmp_path, "--api", "--gradio-auth-path", str(credentials))
+    try:
+        assert client.get("/sdapi/v1/options", headers=basic("bob", "another-pass")).status_code == 200
+        assert client.get("/sdapi/v1/options").status_code == 401
+    finally:
+        services.close()
+
+
+def test_nowebui_serves_only_the_api(tmp_path: Path) -> None:
+    client, services = build(tmp_path, "--nowebui")
+    try:
+        assert client.get("/sdapi/v1/samplers").status_code == 200
+        missing = client.get("/")
+        assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/json")
+    finally:
+        services.close()
+
+
+def test_subpath_and_cors(tmp_path: Path) -> None:
+    client, services = build(tmp_path, "--api", "--subpath", "/atelier", "--cors-allow-origins",
+                             "http://editor.local")
+    try:
+        assert client.get("/atelier/").status_code == 200
+        assert client.get("/config").status_code == 404  # the UI lives under the subpath only
+        preflight = client.options("/sdapi/v1/txt2img", headers={"Origin": "http://editor.local",
+                                                                 "Access-Control-Request-Method": "POST"})
+        assert preflight.headers.get("access-control-allow-origin") == "http://editor.local"
+        other = client.get("/sdapi/v1/samplers", headers={"Origin": "http://evil.local"})
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        services.close()
