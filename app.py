@@ -58,8 +58,8 @@ def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
     from modules.api import routes
     from modules.api.auth import AuthMiddleware
     from modules.ui.app_ui import build_ui, open_paths
-    from modules.ui.session import gradio_session_check
     from modules.ui.common import CSS
+    from modules.ui.session import gradio_session_check
 
     docs = flags.serves_api
     app = FastAPI(title="Atelier API", version=__version__, docs_url="/docs" if docs else None,

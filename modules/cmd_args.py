@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-
 class Precision(enum.Enum):
     """A1111's ``--precision`` values."""
 

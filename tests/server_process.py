@@ -28,8 +28,9 @@ class Server:
     log: Path
 
 
-def start_server(data_dir: Path, ckpt_dir: Path, *extra: str, ready_path: str = "/",
+def start_server(data_dir: Path, ckpt_dir: Path, *extra: str, ready_path: str | None = "/",
                  env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Server]:
+    """Start app.py and wait until ``ready_path`` answers (None: until the port accepts connections)."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "server.log"
@@ -44,6 +45,11 @@ def start_server(data_dir: Path, ckpt_dir: Path, *extra: str, ready_path: str = 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited early:\n{log.read_text()}")
+        if ready_path is None:
+            if _port_open(port):
+                return proc, server
+            time.sleep(0.5)
+            continue
         try:
             with urllib.request.urlopen(server.url + ready_path, timeout=2) as response:
                 if response.status == 200:
@@ -56,6 +62,11 @@ def start_server(data_dir: Path, ckpt_dir: Path, *extra: str, ready_path: str = 
             time.sleep(0.5)
     proc.kill()
     raise RuntimeError(f"server did not start:\n{log.read_text()}")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def stop_server(proc: subprocess.Popen) -> None:

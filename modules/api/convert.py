@@ -31,8 +31,8 @@ from PIL import ImageOps
 
 from modules import VERSION_TEXT
 from modules.api.schemas import (
-    Img2ImgBody,
     ImagesResponse,
+    Img2ImgBody,
     SamplerItem,
     SchedulerItem,
     Txt2ImgBody,

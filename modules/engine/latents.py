@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
@@ -17,41 +20,39 @@ def image_to_tensor(image: Image.Image, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(device)
 
 
+@contextmanager
+def _vae_in_safe_precision(model: LoadedModel) -> Iterator[torch.dtype]:
+    """The dtype to run the VAE in: fp32 for a VAE that overflows in fp16 (SDXL's), put back after."""
+    vae = model.pipeline.vae
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if not upcast:
+        yield vae.dtype
+        return
+    vae.to(dtype=torch.float32)
+    try:
+        yield torch.float32
+    finally:
+        vae.to(dtype=torch.float16)
+
+
 @torch.inference_mode()
 def encode_image(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     """Scaled latents of a (B, 3, H, W) image batch in [-1, 1]; the distribution's mean, so the
     same image always gives the same latent (sampling it would need yet another seed)."""
     vae = model.pipeline.vae
-    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-    dtype = torch.float32 if upcast else vae.dtype
-    if upcast:
-        vae.to(dtype=torch.float32)
-    try:
+    with _vae_in_safe_precision(model) as dtype:
         latents = vae.encode(pixels.to(vae.device, dtype)).latent_dist.mode()
-    finally:
-        if upcast:
-            vae.to(dtype=torch.float16)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return ((latents.float() - shift) * vae.config.scaling_factor)
+    return (latents.float() - shift) * vae.config.scaling_factor
 
 
 @torch.inference_mode()
 def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
-    """PIL images of a latent batch, upcasting a VAE that is unstable in fp16."""
+    """PIL images of a latent batch."""
     vae = model.pipeline.vae
-    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-    dtype = torch.float32 if upcast else vae.dtype
-    if upcast:
-        vae.to(dtype=torch.float32)
-    try:
-        scaled = latents.to(vae.device, dtype) / vae.config.scaling_factor
-        shift = getattr(vae.config, "shift_factor", None)
-        if shift:
-            scaled = scaled + shift
-        decoded = vae.decode(scaled, return_dict=False)[0]
-    finally:
-        if upcast:
-            vae.to(dtype=torch.float16)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    with _vae_in_safe_precision(model) as dtype:
+        decoded = vae.decode(latents.to(vae.device, dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
     return model.pipeline.image_processor.postprocess(decoded.float(), output_type="pil")
 
 

@@ -13,7 +13,7 @@ from diffusers import DiffusionPipeline
 from transformers import CLIPTokenizer
 
 from modules.engine.model_detect import ModelArch
-from modules.engine.sampling.denoiser import CondSchedule, Conditioning, Embeds
+from modules.engine.sampling.denoiser import Conditioning, CondSchedule, Embeds
 
 CHUNK_TOKENS = 75  # 77 positions minus the start and end tokens
 

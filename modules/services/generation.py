@@ -20,6 +20,7 @@ from modules.engine.latents import blurred_mask
 from modules.engine.loader import LoadedModel
 from modules.engine.preview import latents_to_preview
 from modules.engine.sampling.loop import NoisePlan
+from modules.errors import NoModelLoadedError
 from modules.infotext import ModelIdentity, build_infotext
 from modules.params import (
     GeneratedImage,
@@ -32,7 +33,6 @@ from modules.params import (
 from modules.samplers import resolve_sampler
 from modules.services.image_input import decode_image
 from modules.services.images import ImageSaver, OutputKind, make_grid, png_bytes
-from modules.errors import NoModelLoadedError
 from modules.services.jobs import Job, JobContext, JobQueue, JobSpec, ModelSwitch, ModelUnload
 from modules.services.models import CheckpointInfo, ModelManager
 

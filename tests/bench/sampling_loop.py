@@ -5,7 +5,7 @@ same trajectory) on the same tiny model, same prompt, size and seed, in one proc
 is (time at 2N steps - time at N steps) / N, which cancels prompt encoding and setup on both sides.
 Run on demand:
 
-    venv/bin/python tests/bench/sampling_loop.py [--arch sd15|sdxl] [--size 64] [--steps 20] [--repeats 5]
+    venv/bin/python tests/bench/sampling_loop.py [--arch sd15|sdxl] [--size 64] [--steps 30] [--repeats 9]
 
 The last line is ``loop_step_ratio <atelier per-step / diffusers per-step>`` (target: at most 1.02).
 """
@@ -39,8 +39,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=["sd15", "sdxl"], default="sd15")
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
 
     class Quiet:

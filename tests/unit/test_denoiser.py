@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from modules.engine.sampling.denoiser import (
-    CondSchedule,
     Conditioning,
+    CondSchedule,
     Embeds,
     GuidedDenoiser,
     LatentMask,
@@ -26,11 +26,7 @@ class OracleUNet(torch.nn.Module):
     def __init__(self, x0: torch.Tensor, eps: torch.Tensor, v: bool) -> None:
         super().__init__()
         self.x0, self.eps, self.v = x0, eps, v
-        self.register_buffer("anchor", torch.zeros(1))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
 
     def forward(self, x_in, t, encoder_hidden_states=None, added_cond_kwargs=None, return_dict=False):
         sigma = SIGMAS.t_to_sigma(t).view(-1, 1, 1, 1)

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from modules.infotext import (
-    REQUEST_KEYS,
     INFOTEXT_KEY_ORDER,
+    REQUEST_KEYS,
     ModelIdentity,
     ParsedInfotext,
     build_infotext,

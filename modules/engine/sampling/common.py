@@ -21,6 +21,11 @@ def default_noise_sampler(x: torch.Tensor) -> NoiseSampler:
     return lambda sigma, sigma_next: torch.randn_like(x)
 
 
+def batch_ones(x: torch.Tensor) -> torch.Tensor:
+    """Ones, one per image: multiplies a scalar sigma into the per-image form models take."""
+    return x.new_ones([x.shape[0]])
+
+
 def append_dims(x: torch.Tensor, target_dims: int) -> torch.Tensor:
     return x[(...,) + (None,) * (target_dims - x.ndim)]
 

@@ -62,6 +62,8 @@ class SigmaDenoiser:
         self.unet = unet
         self.model_sigmas = model_sigmas
         self.v_prediction = v_prediction
+        # Read once: diffusers' ``unet.dtype`` walks every submodule, about 1.5 ms a call on a CPU.
+        self.dtype = next(unet.parameters()).dtype
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, tokens: torch.Tensor,
                  added: dict[str, torch.Tensor] | None, concat: torch.Tensor | None) -> torch.Tensor:
@@ -70,7 +72,7 @@ class SigmaDenoiser:
         x_in = x * c_in
         if concat is not None:  # inpainting models also see the mask and the masked image
             x_in = torch.cat([x_in, concat], dim=1)
-        dtype = self.unet.dtype
+        dtype = self.dtype
         out = self.unet(x_in.to(dtype), self.model_sigmas.sigma_to_t(sigma), encoder_hidden_states=tokens.to(dtype),
                         added_cond_kwargs={k: v.to(dtype) for k, v in added.items()} if added else None,
                         return_dict=False)[0].float()

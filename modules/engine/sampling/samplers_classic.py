@@ -16,6 +16,7 @@ from scipy import integrate
 from modules.engine.sampling.common import (
     Callback,
     NoiseSampler,
+    batch_ones,
     default_noise_sampler,
     get_ancestral_step,
     report,
@@ -23,16 +24,12 @@ from modules.engine.sampling.common import (
 )
 
 
-def _ones(x: torch.Tensor) -> torch.Tensor:
-    return x.new_ones([x.shape[0]])
-
-
 @torch.no_grad()
 def sample_euler(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                  callback: Callback = None, disable: bool | None = None) -> torch.Tensor:
     """First-order Euler steps along the probability-flow ODE."""
     extra_args = extra_args or {}
-    s_in = _ones(x)
+    s_in = batch_ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         d = to_d(x, sigmas[i], denoised)
@@ -48,7 +45,7 @@ def sample_euler_ancestral(model: Any, x: torch.Tensor, sigmas: torch.Tensor, ex
     """Euler to sigma_down, then fresh noise up to the next sigma."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
-    s_in = _ones(x)
+    s_in = batch_ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
@@ -64,7 +61,7 @@ def sample_heun(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: d
                 callback: Callback = None, disable: bool | None = None) -> torch.Tensor:
     """Heun's second-order method (Karras et al., algorithm 1); Euler for the last step to 0."""
     extra_args = extra_args or {}
-    s_in = _ones(x)
+    s_in = batch_ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         d = to_d(x, sigmas[i], denoised)
@@ -88,7 +85,7 @@ def sample_dpm_2(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
                  callback: Callback = None, disable: bool | None = None) -> torch.Tensor:
     """DPM-Solver-2 as in k-diffusion: the derivative is taken at the log-midpoint sigma."""
     extra_args = extra_args or {}
-    s_in = _ones(x)
+    s_in = batch_ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         d = to_d(x, sigmas[i], denoised)
@@ -110,7 +107,7 @@ def sample_dpm_2_ancestral(model: Any, x: torch.Tensor, sigmas: torch.Tensor, ex
     """DPM-Solver-2 to sigma_down, then fresh noise."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
-    s_in = _ones(x)
+    s_in = batch_ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
@@ -148,7 +145,7 @@ def sample_lms(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: di
                callback: Callback = None, disable: bool | None = None, order: int = 4) -> torch.Tensor:
     """Linear multistep (Adams-Bashforth in sigma) over the last ``order`` derivatives."""
     extra_args = extra_args or {}
-    s_in = _ones(x)
+    s_in = batch_ones(x)
     sigmas_cpu = sigmas.detach().cpu().double().tolist()
     ds: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
@@ -168,7 +165,7 @@ def sample_lcm(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: di
     """Latent consistency sampling: jump to the prediction, then re-noise to the next sigma."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
-    s_in = _ones(x)
+    s_in = batch_ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
@@ -199,7 +196,7 @@ def sample_plms(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: d
     """Pseudo linear multistep (Liu et al. 2022): Adams-Bashforth on the noise prediction, with a
     Heun-style first step, each applied as a DDIM (Euler) step."""
     extra_args = extra_args or {}
-    s_in = _ones(x)
+    s_in = batch_ones(x)
     old_eps: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)

@@ -19,6 +19,7 @@ import torch
 from modules.engine.sampling.common import (
     Callback,
     NoiseSampler,
+    batch_ones,
     default_noise_sampler,
     get_ancestral_step,
     report,
@@ -40,7 +41,7 @@ class _Solver:
     def __init__(self, model: Any, x: torch.Tensor, extra_args: dict | None) -> None:
         self.model = model
         self.extra_args = extra_args or {}
-        self.s_in = x.new_ones([x.shape[0]])
+        self.s_in = batch_ones(x)
         self.evaluations = 0
 
     def eps(self, cache: EpsCache, key: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 from modules.engine.sampling.common import (
     Callback,
     NoiseSampler,
+    batch_ones,
     default_noise_sampler,
     get_ancestral_step,
     report,
@@ -22,10 +23,6 @@ from modules.engine.sampling.common import (
     to_d,
 )
 from modules.engine.sampling.noise import BrownianTreeNoise
-
-
-def _ones(x: torch.Tensor) -> torch.Tensor:
-    return x.new_ones([x.shape[0]])
 
 
 def _brownian_default(x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict) -> NoiseSampler:
@@ -40,7 +37,7 @@ def sample_dpmpp_2m(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_arg
                     callback: Callback = None, disable: bool | None = None) -> torch.Tensor:
     """DPM-Solver++(2M): reuses the previous step's prediction for second order at one call a step."""
     extra_args = extra_args or {}
-    s_in = _ones(x)
+    s_in = batch_ones(x)
     old_denoised = None
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
@@ -64,7 +61,7 @@ def sample_dpmpp_2s_ancestral(model: Any, x: torch.Tensor, sigmas: torch.Tensor,
     """DPM-Solver++(2S) to sigma_down with a midpoint evaluation, then fresh noise."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
-    s_in = _ones(x)
+    s_in = batch_ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
@@ -90,7 +87,7 @@ def sample_dpmpp_sde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_ar
     """DPM-Solver++ (stochastic, single-step): two evaluations a step, Brownian-tree noise."""
     extra_args = dict(extra_args or {})
     noise_sampler = noise_sampler or _brownian_default(x, sigmas, extra_args)
-    s_in = _ones(x)
+    s_in = batch_ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
@@ -126,7 +123,7 @@ def sample_dpmpp_2m_sde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
         raise ValueError("solver_type must be 'heun' or 'midpoint'")
     extra_args = dict(extra_args or {})
     noise_sampler = noise_sampler or _brownian_default(x, sigmas, extra_args)
-    s_in = _ones(x)
+    s_in = batch_ones(x)
     old_denoised, h_last = None, None
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
@@ -158,7 +155,7 @@ def sample_dpmpp_3m_sde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
     """DPM-Solver++(3M) SDE: third-order multistep with noise."""
     extra_args = dict(extra_args or {})
     noise_sampler = noise_sampler or _brownian_default(x, sigmas, extra_args)
-    s_in = _ones(x)
+    s_in = batch_ones(x)
     denoised_1 = denoised_2 = None
     h_1 = h_2 = None
     for i in range(len(sigmas) - 1):

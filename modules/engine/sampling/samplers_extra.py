@@ -17,14 +17,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from modules.engine.sampling.common import Callback, NoiseSampler, default_noise_sampler, report, to_d
+from modules.engine.sampling.common import Callback, NoiseSampler, batch_ones, default_noise_sampler, report, to_d
 from modules.engine.sampling.schedules import karras
 
 RestartList = Mapping[float, Sequence[float]]
-
-
-def _ones(x: torch.Tensor) -> torch.Tensor:
-    return x.new_ones([x.shape[0]])
 
 
 def default_restart_plan(sigmas: torch.Tensor) -> tuple[torch.Tensor, dict[float, tuple[int, int, float]]]:
@@ -72,7 +68,7 @@ def sample_restart(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args
     """Heun steps along the schedule; a restart first re-noises x up to the segment's top sigma."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
-    s_in = _ones(x)
+    s_in = batch_ones(x)
     if restart_list is None:
         sigmas, restart_list = default_restart_plan(sigmas)
     last_sigma = None
@@ -169,7 +165,7 @@ def sample_unipc(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     if variant not in ("bh1", "bh2"):
         raise ValueError("variant must be 'bh1' or 'bh2'")
     extra_args = extra_args or {}
-    s_in = _ones(x)
+    s_in = batch_ones(x)
 
     def evaluate(x_: torch.Tensor, sigma: float) -> torch.Tensor:
         return model(x_, s_in * sigma, **extra_args)
