@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from modules.services.container import Services
 
 log = logging.getLogger("atelier")
+MAX_UPLOAD = "50mb"  # larger uploads are refused by Gradio with a message, before they fill the disk
 
 
 def _quiet_network_environment() -> None:
@@ -69,7 +70,7 @@ def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
     if not flags.nowebui:
         app = gr.mount_gradio_app(app, build_ui(services), path=flags.subpath or "/", css=CSS,
                                   theme=gr.themes.Default(), auth=auth.ui.as_gradio() if auth.ui else None,
-                                  show_error=True)
+                                  show_error=True, max_file_size=MAX_UPLOAD, enable_monitoring=False)
     if flags.cors_allow_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(flags.cors_allow_origins), allow_methods=["*"],
                            allow_headers=["*"], allow_credentials=True)

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from modules.params import GenerationRequest
+from modules.params import GenerationRequest, MaskedContent
 from modules.samplers import RngSource, ScheduleType, find_schedule, resolve_sampler
 
 # A1111's fixed order of the parameters line. Keys not listed here (extensions' own) follow them in
@@ -30,7 +30,7 @@ INFOTEXT_KEY_ORDER: tuple[str, ...] = (
     "Size", "Model hash", "Model", "VAE hash", "VAE", "Variation seed", "Variation seed strength",
     "Seed resize from", "Denoising strength", "Clip skip", "ENSD", "RNG", "Tiling",
     # Feature keys, in the order A1111 added them.
-    "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Mask blur", "Masked content",
+    "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Mask blur", "Mask mode", "Masked content",
     "Inpaint area", "Masked area padding", "Lora hashes", "TI hashes",
 )
 VERSION_KEY = "Version"
@@ -40,7 +40,7 @@ NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
 REQUEST_KEYS = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
      "Clip skip", "Variation seed", "Variation seed strength", "Denoising strength", "ENSD", "RNG",
-     "Mask blur", VERSION_KEY}
+     "Mask blur", "Mask mode", "Masked content", "Inpaint area", "Masked area padding", VERSION_KEY}
 )
 
 # A1111's reader pattern, verbatim: a last line is parameters only if it matches 3+ times.
@@ -121,6 +121,12 @@ def _request_params(request: GenerationRequest, seed: int, model: ModelIdentity 
         params["Denoising strength"] = format_number(request.denoising_strength)
     if request.mask is not None:
         params["Mask blur"] = request.mask_blur
+        if request.invert_mask:
+            params["Mask mode"] = "Inpaint not masked"
+        params["Masked content"] = request.masked_content.value
+        if request.inpaint_only_masked:
+            params["Inpaint area"] = "Only masked"
+            params["Masked area padding"] = request.only_masked_padding
     spec = resolve_sampler(request.sampler)
     if request.eta_noise_seed_delta and spec is not None and spec[0].uses_ensd:
         params["ENSD"] = request.eta_noise_seed_delta
@@ -264,6 +270,17 @@ def _read_cfg(params: Mapping[str, str], kept: float, warnings: list[str]) -> fl
     return _read_float(params, "CFG scale", kept, warnings)
 
 
+def _read_masked_content(params: Mapping[str, str], kept: MaskedContent, warnings: list[str]) -> MaskedContent:
+    label = params.get("Masked content")
+    if label is None:
+        return kept
+    for option in MaskedContent:
+        if option.value == label.strip().lower():
+            return option
+    warnings.append(f"Masked content: {label!r} is not one of {', '.join(m.value for m in MaskedContent)}")
+    return kept
+
+
 def _read_rng(params: Mapping[str, str], warnings: list[str]) -> RngSource:
     label = params.get("RNG", RngSource.GPU.value)
     try:
@@ -340,6 +357,10 @@ def request_from_infotext(
         variation_strength=_read_float(params, "Variation seed strength", 0.0, warnings),
         denoising_strength=_read_float(params, "Denoising strength", base.denoising_strength, warnings),
         mask_blur=_read_int(params, "Mask blur", base.mask_blur, warnings),
+        invert_mask=params.get("Mask mode", "").strip().lower() == "inpaint not masked",
+        masked_content=_read_masked_content(params, base.masked_content, warnings),
+        inpaint_only_masked=params.get("Inpaint area", "").strip().lower() == "only masked",
+        only_masked_padding=_read_int(params, "Masked area padding", base.only_masked_padding, warnings),
         eta_noise_seed_delta=_read_int(params, "ENSD", 0, warnings),
         rng=_read_rng(params, warnings),
     )

@@ -7,15 +7,49 @@ Validation happens at the edge, before any model work, and reports every bad fie
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from modules.errors import FieldError, ValidationError
-from modules.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, RngSource, ScheduleType, resolve_sampler, sampler_names
+from modules.samplers import (
+    DEFAULT_SAMPLER,
+    DEFAULT_SCHEDULE,
+    RngSource,
+    ScheduleType,
+    resolve_sampler,
+    sampler_names,
+)
 
 MAX_SEED = 2**32 - 1  # A1111 seeds are unsigned 32-bit
+
+
+class ResizeMode(enum.Enum):
+    """How an init image of another size is fitted (A1111's resize_mode 0-3); values are UI labels."""
+
+    JUST_RESIZE = "Just resize"
+    CROP_AND_RESIZE = "Crop and resize"
+    RESIZE_AND_FILL = "Resize and fill"
+    LATENT_UPSCALE = "Just resize (latent upscale)"
+
+    @property
+    def index(self) -> int:
+        return list(ResizeMode).index(self)
+
+
+class MaskedContent(enum.Enum):
+    """What the masked area starts from (A1111's inpainting_fill 0-3); values as the infotext writes them."""
+
+    FILL = "fill"
+    ORIGINAL = "original"
+    LATENT_NOISE = "latent noise"
+    LATENT_NOTHING = "latent nothing"
+
+    @property
+    def index(self) -> int:
+        return list(MaskedContent).index(self)
 
 
 @dataclass(frozen=True)
@@ -62,6 +96,11 @@ class GenerationRequest:
     mask: bytes | None = None
     denoising_strength: float = 0.75
     mask_blur: int = 4
+    resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
+    masked_content: MaskedContent = MaskedContent.ORIGINAL
+    invert_mask: bool = False  # A1111's mask mode "Inpaint not masked"
+    inpaint_only_masked: bool = False  # A1111's inpaint area "Only masked" (inpaint_full_res)
+    only_masked_padding: int = 32  # pixels around the mask's box, for "Only masked"
     save_images: bool = True  # False: images only come back to the caller (A1111's API default)
 
     @property
@@ -123,6 +162,11 @@ def _check_variations_and_images(errors: list[FieldError], request: GenerationRe
         errors.append(FieldError("mask", "a mask needs an init image to paint on"))
     _check_range(errors, "denoising_strength", request.denoising_strength, 0.0, 1.0)
     _check_int(errors, "mask_blur", request.mask_blur, 0, limits.max_mask_blur)
+    if not isinstance(request.resize_mode, ResizeMode):
+        errors.append(FieldError("resize_mode", f"must be one of {', '.join(m.value for m in ResizeMode)}"))
+    if not isinstance(request.masked_content, MaskedContent):
+        errors.append(FieldError("masked_content", f"must be one of {', '.join(m.value for m in MaskedContent)}"))
+    _check_int(errors, "only_masked_padding", request.only_masked_padding, 0, limits.max_size)
 
 
 def validate_request(request: GenerationRequest, limits: GenerationLimits = GenerationLimits()) -> None:

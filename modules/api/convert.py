@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
+import enum
 import json
 import logging
 import re
@@ -27,7 +27,6 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 import pydantic
-from PIL import ImageOps
 
 from modules import VERSION_TEXT
 from modules.api.schemas import (
@@ -40,9 +39,21 @@ from modules.api.schemas import (
 )
 from modules.errors import FieldError, ValidationError
 from modules.infotext import parse_infotext, request_from_infotext
-from modules.params import GeneratedImage, GenerationRequest, GenerationResult
-from modules.samplers import SAMPLERS, SCHEDULE_INFO, RngSource, ScheduleType, find_schedule, resolve_sampler
-from modules.services.image_input import decode_image
+from modules.params import (
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    MaskedContent,
+    ResizeMode,
+)
+from modules.samplers import (
+    SAMPLERS,
+    SCHEDULE_INFO,
+    RngSource,
+    ScheduleType,
+    find_schedule,
+    resolve_sampler,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,27 +186,28 @@ def _apply_infotext(request: GenerationRequest, body: Txt2ImgBody, client_chose:
     return replace(request, **{name: getattr(from_text, name) for name in fields})
 
 
+def _choice(options: type[enum.Enum], index: int, field: str) -> Any:
+    members = list(options)
+    if not 0 <= index < len(members):
+        raise ValidationError([FieldError(field, f"must be 0-{len(members) - 1} "
+                                                 f"({', '.join(f'{i} {m.value}' for i, m in enumerate(members))})")])
+    return members[index]
+
+
 def _image_fields(body: Img2ImgBody) -> dict[str, object]:
     if not body.init_images:
         raise ValidationError([FieldError("init_images", "at least one base64-encoded image is required")])
-    mask = decode_base64_image(body.mask, "mask") if body.mask else None
-    if mask is not None and body.inpainting_mask_invert:
-        mask = _inverted_png(mask)
     return {
         "init_image": decode_base64_image(body.init_images[0], "init_images"),
-        "mask": mask,
+        "mask": decode_base64_image(body.mask, "mask") if body.mask else None,
         "denoising_strength": 0.75 if body.denoising_strength is None else body.denoising_strength,
         "mask_blur": body.mask_blur,
+        "resize_mode": _choice(ResizeMode, body.resize_mode, "resize_mode"),
+        "masked_content": _choice(MaskedContent, body.inpainting_fill, "inpainting_fill"),
+        "invert_mask": bool(body.inpainting_mask_invert),
+        "inpaint_only_masked": bool(body.inpaint_full_res),
+        "only_masked_padding": body.inpaint_full_res_padding,
     }
-
-
-def _inverted_png(mask: bytes) -> bytes:
-    # The service reads masks as greyscale, white = repaint; inverting here keeps the request a
-    # plain value with no "inverted" flag for every consumer to remember.
-    image = ImageOps.invert(decode_image(mask, "mask").convert("L"))
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
 
 
 def to_generation_request(body: Txt2ImgBody | Img2ImgBody,

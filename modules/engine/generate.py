@@ -17,8 +17,20 @@ from modules.engine import latents as lat
 from modules.engine.loader import LoadedModel
 from modules.engine.model_detect import ModelArch
 from modules.engine.prompt_encoding import plain_conditioning
-from modules.engine.sampling.denoiser import Embeds, GuidedDenoiser, LatentMask, SigmaDenoiser
-from modules.engine.sampling.loop import NoisePlan, SamplingPlan, StepObserver, run_sampling
+from modules.engine.sampling.denoiser import (
+    Embeds,
+    GuidedDenoiser,
+    LatentMask,
+    SigmaDenoiser,
+)
+from modules.engine.sampling.loop import (
+    NoisePlan,
+    SamplingPlan,
+    StepObserver,
+    run_sampling,
+)
+from modules.engine.sampling.noise import ImageNoise
+from modules.params import MaskedContent
 from modules.samplers import SamplerSpec, ScheduleType
 
 _REFINER_AESTHETIC_SCORE = (6.0, 2.5)  # SDXL refiner's positive and negative aesthetic scores
@@ -38,9 +50,10 @@ class ImageTask:
     height: int
     clip_skip: int
     noise: NoisePlan
-    init_image: Image.Image | None = None  # already at width x height
+    init_image: Image.Image | None = None  # at width x height (its own size for a latent resize)
     mask: Image.Image | None = None  # "L", white = repaint, blurred, at width x height
     denoising_strength: float = 0.75
+    masked_content: MaskedContent = MaskedContent.ORIGINAL  # FILL is done on the pixels beforehand
 
     @property
     def batch(self) -> int:
@@ -66,6 +79,25 @@ def _sdxl_added(model: LoadedModel, task: ImageTask) -> Callable[[Embeds], dict[
     return added
 
 
+def _init_latent(model: LoadedModel, task: ImageTask, device: torch.device) -> torch.Tensor:
+    latent = lat.encode_image(model, lat.image_to_tensor(task.init_image, device))
+    size = (task.height // lat.LATENT_SCALE, task.width // lat.LATENT_SCALE)
+    if latent.shape[-2:] != size:  # "Just resize (latent upscale)": resize the latent, not the pixels
+        latent = torch.nn.functional.interpolate(latent, size=size, mode="bilinear", antialias=True)
+    return latent.expand(task.batch, -1, -1, -1)
+
+
+def _masked_start(task: ImageTask, init_latent: torch.Tensor, keep: torch.Tensor,
+                  device: torch.device) -> torch.Tensor:
+    """What the masked area starts from: A1111's "latent noise" is the seeds' own noise there."""
+    if task.masked_content is MaskedContent.LATENT_NOTHING:
+        return init_latent * keep
+    if task.masked_content is MaskedContent.LATENT_NOISE:
+        noise = ImageNoise(tuple(init_latent.shape[1:]), task.noise.seeds, device, task.noise.source).first()
+        return init_latent * keep + noise * (1 - keep)
+    return init_latent
+
+
 def run_task(model: LoadedModel, task: ImageTask, observer: StepObserver) -> list[Image.Image] | None:
     """The batch's images, or None when the observer stopped it before the end."""
     device = model.pipeline.unet.device
@@ -74,11 +106,14 @@ def run_task(model: LoadedModel, task: ImageTask, observer: StepObserver) -> lis
     # 2. Inputs: the init latent (img2img), the latent mask (inpainting), the extra channels.
     init_latent = mask = concat = None
     if task.init_image is not None:
-        init_latent = lat.encode_image(model, lat.image_to_tensor(task.init_image, device)).expand(task.batch, -1, -1, -1)
+        init_latent = _init_latent(model, task, device)
     if model.arch is ModelArch.SD1_INPAINT:
         concat = lat.inpaint_conditioning(model, task.init_image, task.mask, task.width, task.height, task.batch)
-    elif task.mask is not None and init_latent is not None:
-        mask = LatentMask(init_latent, lat.latent_keep_mask(task.mask, device))
+    if task.mask is not None and init_latent is not None:
+        keep = lat.latent_keep_mask(task.mask, device)
+        init_latent = _masked_start(task, init_latent, keep, device)
+        if model.arch is not ModelArch.SD1_INPAINT:  # inpainting models see the mask themselves
+            mask = LatentMask(init_latent, keep)
     # 3. The guided denoiser.
     sigmas = model.sigmas
     denoiser = GuidedDenoiser(SigmaDenoiser(model.pipeline.unet, sigmas, model.v_prediction), conditioning,
@@ -94,6 +129,6 @@ def run_task(model: LoadedModel, task: ImageTask, observer: StepObserver) -> lis
         return None
     # 5. Decode; inpainting keeps the original outside the mask.
     images = lat.decode_latents(model, samples)
-    if task.mask is not None and task.init_image is not None:
+    if task.mask is not None and task.init_image is not None and task.init_image.size == images[0].size:
         images = [lat.overlay_original(image, task.init_image, task.mask) for image in images]
     return images

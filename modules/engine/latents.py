@@ -79,6 +79,8 @@ def inpaint_conditioning(model: LoadedModel, image: Image.Image | None, mask: Im
         pixels = torch.zeros(1, 3, height, width, device=device)  # 0 in [-1, 1] is mid-grey
         repaint = torch.ones(1, 1, height, width, device=device)
     else:
+        if image.size != (width, height):  # a latent-upscaled init: the conditioning is at the output size
+            image = image.resize((width, height), Image.Resampling.LANCZOS)
         repaint = torch.from_numpy(np.around(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0))
         repaint = repaint[None, None].to(device)
         pixels = image_to_tensor(image, device) * (1 - repaint)

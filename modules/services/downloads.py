@@ -57,7 +57,11 @@ class ModelDownloader:
         """Download ``item`` into the checkpoint folder, reporting progress to ``on_progress``."""
         # Imported here: huggingface_hub reads its offline switch at import, and most runs never download.
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            OfflineModeIsEnabled,
+        )
 
         target = self.target_dir / item.filename
         if target.exists():

@@ -12,28 +12,37 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from modules import VERSION_TEXT
 from modules.engine.generate import ImageTask, run_task
-from modules.engine.latents import blurred_mask
+from modules.engine.latents import blurred_mask, overlay_original
 from modules.engine.loader import LoadedModel
 from modules.engine.preview import latents_to_preview
 from modules.engine.sampling.loop import NoisePlan
-from modules.errors import NoModelLoadedError
+from modules.errors import FieldError, NoModelLoadedError, ValidationError
 from modules.infotext import ModelIdentity, build_infotext
 from modules.params import (
     GeneratedImage,
     GenerationLimits,
     GenerationRequest,
     GenerationResult,
+    MaskedContent,
     normalize_request,
     validate_request,
 )
 from modules.samplers import resolve_sampler
 from modules.services.image_input import decode_image
+from modules.services.image_prep import Crop, fill_masked, fit_image
 from modules.services.images import ImageSaver, OutputKind, make_grid, png_bytes
-from modules.services.jobs import Job, JobContext, JobQueue, JobSpec, ModelSwitch, ModelUnload
+from modules.services.jobs import (
+    Job,
+    JobContext,
+    JobQueue,
+    JobSpec,
+    ModelSwitch,
+    ModelUnload,
+)
 from modules.services.models import CheckpointInfo, ModelManager
 
 log = logging.getLogger(__name__)
@@ -58,24 +67,50 @@ class _Observer:
 
 @dataclass(frozen=True)
 class _Inputs:
-    """A request's images, decoded and fitted to the output size."""
+    """A request's images, decoded and prepared: what the engine sees, and what the result is
+    put back into (the whole picture, for "only masked")."""
 
-    init_image: Image.Image | None
-    mask: Image.Image | None  # blurred, white = repaint
+    init_image: Image.Image | None = None  # for the engine: fitted, maybe cropped and filled
+    mask: Image.Image | None = None  # for the engine: blurred, white = repaint
+    original: Image.Image | None = None  # the fitted init image
+    full_mask: Image.Image | None = None  # the blurred mask at the original's size
+    crop: Crop | None = None
+    notes: tuple[str, ...] = ()
 
     @staticmethod
     def of(request: GenerationRequest) -> _Inputs:
         if request.init_image is None:
-            return _Inputs(None, None)
-        size = (request.width, request.height)
+            return _Inputs()
         image = decode_image(request.init_image, "init_image").convert("RGB")
-        image = image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
-        mask = None
-        if request.mask is not None:
-            raw = decode_image(request.mask, "mask").convert("L")
-            mask = blurred_mask(raw if raw.size == size else raw.resize(size, Image.Resampling.LANCZOS),
-                                request.mask_blur)
-        return _Inputs(image, mask)
+        if request.mask is None or not request.inpaint_only_masked:
+            # "Only masked" keeps the picture's own size: only the crop is fitted to the output size.
+            image = fit_image(image, request.width, request.height, request.resize_mode)
+        if request.mask is None:
+            return _Inputs(init_image=image, original=image)
+        raw = decode_image(request.mask, "mask").convert("L")
+        notes = ()
+        if raw.size != image.size:
+            notes = (f"The mask was {raw.width}x{raw.height}; it was resized to {image.width}x{image.height} "
+                     "to match the image.",)
+            raw = raw.resize(image.size, Image.Resampling.LANCZOS)
+        mask = ImageOps.invert(raw) if request.invert_mask else raw
+        if mask.point(lambda v: 255 if v > 127 else 0).getbbox() is None:
+            raise ValidationError([FieldError("mask", "is empty: nothing would change. Paint the area to repaint.")])
+        blurred = blurred_mask(mask, request.mask_blur)
+        crop = Crop.around(mask, request.only_masked_padding, request.width, request.height) \
+            if request.inpaint_only_masked else None
+        engine_image = crop.cut(image, request.width, request.height) if crop else image
+        engine_mask = crop.cut(blurred, request.width, request.height) if crop else blurred
+        if request.masked_content is MaskedContent.FILL:
+            engine_image = fill_masked(engine_image, engine_mask)
+        return _Inputs(engine_image, engine_mask, image, blurred, crop, notes)
+
+    def finish(self, images: list[Image.Image]) -> list[Image.Image]:
+        """Results put back: pasted into the whole picture for "only masked", original kept outside the mask."""
+        if self.crop is None or self.original is None or self.full_mask is None:
+            return images
+        return [overlay_original(self.crop.paste(image, self.original), self.original, self.full_mask)
+                for image in images]
 
 
 class GenerationService:
@@ -151,7 +186,7 @@ class GenerationService:
                          schedule=request.schedule, steps=request.steps, cfg_scale=request.cfg_scale,
                          width=request.width, height=request.height, clip_skip=request.clip_skip, noise=noise,
                          init_image=inputs.init_image, mask=inputs.mask,
-                         denoising_strength=request.denoising_strength)
+                         denoising_strength=request.denoising_strength, masked_content=request.masked_content)
 
     def _save(self, request: GenerationRequest, images: list[Image.Image], first: int,
               identity: ModelIdentity) -> list[GeneratedImage]:
@@ -190,6 +225,7 @@ class GenerationService:
             images = run_task(model, self._task(request, inputs, first), _Observer(context, model))
             if images is None:  # interrupted or skipped mid-batch: its images are unfinished
                 continue
+            images = inputs.finish(images)
             saved += self._save(request, images, first, identity)
             pixels += images
         # 4. A grid for jobs of more than one image, with the first image's parameters.
@@ -203,4 +239,5 @@ class GenerationService:
                  request.width, request.height, request.seed, info.title, elapsed,
                  " (interrupted)" if context.interrupted else "")
         return GenerationResult(request=replace(request, checkpoint=info.title), images=tuple(saved), grid=grid,
-                                interrupted=context.interrupted, model_title=info.title, elapsed_seconds=elapsed)
+                                interrupted=context.interrupted, model_title=info.title, elapsed_seconds=elapsed,
+                                warnings=inputs.notes)

@@ -8,7 +8,8 @@ import gradio as gr
 
 from modules import __version__
 from modules.services.container import Services
-from modules.ui import checkpoints, txt2img
+from modules.ui import checkpoints, img2img, inpaint, txt2img
+from modules.ui.send_to import wire_send
 
 
 def build_ui(services: Services) -> gr.Blocks:
@@ -16,9 +17,18 @@ def build_ui(services: Services) -> gr.Blocks:
     gr.set_static_paths(paths=[services.paths.outputs_dir])
     with gr.Blocks(title="Atelier", analytics_enabled=False) as demo:
         checkpoints.build_bar(services)
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                txt2img.build_tab(services)
+                t2i = txt2img.build_tab(services)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                i2i = img2img.build_tab(services)
+            with gr.Tab("Inpaint", id="inpaint", elem_id="tab_inpaint"):
+                inp = inpaint.build_tab(services)
+        wire_send(t2i, "img2img", i2i.form, tabs, image=i2i.image)
+        wire_send(t2i, "inpaint", inp.form, tabs, image=inp.editor, as_editor=True)
+        wire_send(i2i.form, "txt2img", t2i, tabs)
+        wire_send(i2i.form, "inpaint", inp.form, tabs, image=inp.editor, as_editor=True)
+        wire_send(inp.form, "img2img", i2i.form, tabs, image=i2i.image)
         gr.Markdown(f"Atelier {__version__} · device: {services.device.describe()}", elem_id="footer")
     return demo
 

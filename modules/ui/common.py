@@ -73,6 +73,6 @@ CSS = """
   background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
 .atelier-progress-bar { position: absolute; inset: 0 auto 0 0; background: var(--color-accent); opacity: .45; }
 .atelier-progress-text { position: relative; padding-left: .6em; font-size: .9em; line-height: 1.6em; }
-#txt2img_generate { min-height: 4.5em; }
+.generate-button { min-height: 4.5em; }
 .tool-button { max-width: 3em; min-width: 3em !important; }
 """

@@ -29,8 +29,18 @@ from diffusers.loaders.single_file_utils import (
 )
 from PIL import Image
 
-from modules.devtools.ldm_keys import SD1_CLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPENCLIP_PREFIX, pipeline_to_ldm
-from modules.devtools.tiny_model import CLIP_BPE_DIR, TinyArch, build_tiny_pipeline, write_tiny_model
+from modules.devtools.ldm_keys import (
+    SD1_CLIP_PREFIX,
+    SDXL_CLIP_PREFIX,
+    SDXL_OPENCLIP_PREFIX,
+    pipeline_to_ldm,
+)
+from modules.devtools.tiny_model import (
+    CLIP_BPE_DIR,
+    TinyArch,
+    build_tiny_pipeline,
+    write_tiny_model,
+)
 
 PIPELINES: dict[TinyArch, type[DiffusionPipeline]] = {
     TinyArch.SD15: StableDiffusionPipeline,

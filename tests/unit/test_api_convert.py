@@ -25,7 +25,15 @@ from modules.api.convert import (
 )
 from modules.api.schemas import Img2ImgBody, Txt2ImgBody
 from modules.errors import ValidationError
-from modules.params import MAX_SEED, GeneratedImage, GenerationRequest, GenerationResult, validate_request
+from modules.params import (
+    MAX_SEED,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    MaskedContent,
+    ResizeMode,
+    validate_request,
+)
 from modules.samplers import SAMPLERS, RngSource, ScheduleType
 
 
@@ -250,10 +258,13 @@ def test_img2img_without_init_image_is_refused() -> None:
     assert refused_fields(to_generation_request, Img2ImgBody(), {}) == {"init_images"}
 
 
-def test_inverted_mask_is_inverted_here() -> None:
-    request = img2img({"mask": base64.b64encode(png(200)).decode(), "inpainting_mask_invert": 1})
-    assert Image.open(io.BytesIO(request.mask)).getpixel((0, 0)) == 55
-    assert refused_fields(img2img, {"mask": base64.b64encode(b"not an image").decode(), "inpainting_mask_invert": 1}) == {"mask"}
+def test_inpaint_fields_map_to_the_request() -> None:
+    request = img2img({"mask": base64.b64encode(png(200)).decode(), "inpainting_mask_invert": 1, "resize_mode": 2,
+                       "inpainting_fill": 2, "inpaint_full_res": True, "inpaint_full_res_padding": 24})
+    assert request.invert_mask and request.inpaint_only_masked and request.only_masked_padding == 24
+    assert request.resize_mode is ResizeMode.RESIZE_AND_FILL and request.masked_content is MaskedContent.LATENT_NOISE
+    assert refused_fields(img2img, {"resize_mode": 4}) == {"resize_mode"}
+    assert refused_fields(img2img, {"inpainting_fill": -1}) == {"inpainting_fill"}
 
 
 # --- results out -----------------------------------------------------------------------------------

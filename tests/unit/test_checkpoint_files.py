@@ -12,7 +12,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from modules.engine.checkpoint_files import load_pickle_state_dict, read_safetensors_index
+from modules.engine.checkpoint_files import (
+    load_pickle_state_dict,
+    read_safetensors_index,
+)
 from modules.errors import ModelLoadError, UnsafeCheckpointError
 
 

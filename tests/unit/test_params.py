@@ -8,7 +8,13 @@ from dataclasses import replace
 import pytest
 
 from modules.errors import ValidationError
-from modules.params import MAX_SEED, GenerationLimits, GenerationRequest, normalize_request, validate_request
+from modules.params import (
+    MAX_SEED,
+    GenerationLimits,
+    GenerationRequest,
+    normalize_request,
+    validate_request,
+)
 from modules.samplers import ScheduleType
 
 

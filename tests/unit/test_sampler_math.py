@@ -23,7 +23,11 @@ import torch
 from modules.engine.sampling.functions import SAMPLER_FUNCTIONS, get_sampler_function
 from modules.engine.sampling.noise import BrownianTreeNoise, ImageNoise, RngSource
 from modules.engine.sampling.samplers_dpm_solver import fast_orders
-from modules.engine.sampling.samplers_extra import default_restart_plan, restart_pairs, unipc_orders
+from modules.engine.sampling.samplers_extra import (
+    default_restart_plan,
+    restart_pairs,
+    unipc_orders,
+)
 from modules.engine.sampling.schedules import karras
 from modules.samplers import SAMPLERS
 

@@ -7,7 +7,13 @@ import inspect
 import pytest
 
 from modules.engine.sampling.functions import SAMPLER_FUNCTIONS
-from modules.samplers import SAMPLERS, ScheduleType, find_schedule, resolve_sampler, sampler_names
+from modules.samplers import (
+    SAMPLERS,
+    ScheduleType,
+    find_schedule,
+    resolve_sampler,
+    sampler_names,
+)
 
 A1111_SAMPLERS = ("DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE",
                   "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart",

@@ -20,7 +20,10 @@ from modules.engine.sampling.samplers_classic import (
     sample_lms,
     sample_plms,
 )
-from modules.engine.sampling.samplers_dpm_solver import sample_dpm_adaptive, sample_dpm_fast
+from modules.engine.sampling.samplers_dpm_solver import (
+    sample_dpm_adaptive,
+    sample_dpm_fast,
+)
 from modules.engine.sampling.samplers_dpmpp import (
     sample_dpmpp_2m,
     sample_dpmpp_2m_sde,

@@ -17,7 +17,14 @@ from typing import Any, NamedTuple
 
 import torch
 
-from modules.engine.sampling.common import Callback, NoiseSampler, batch_ones, default_noise_sampler, report, to_d
+from modules.engine.sampling.common import (
+    Callback,
+    NoiseSampler,
+    batch_ones,
+    default_noise_sampler,
+    report,
+    to_d,
+)
 from modules.engine.sampling.schedules import karras
 
 RestartList = Mapping[float, Sequence[float]]

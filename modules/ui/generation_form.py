@@ -1,0 +1,234 @@
+"""The controls every generating tab shares (prompts, sampler, size, seed, results) and their run loop.
+
+Each tab builds a :class:`GenerationForm` with its own ``elem_id`` prefix (A1111's ``txt2img_``,
+``img2img_``), adds its own controls, and passes a function that turns the form's named values
+plus its extras into a :class:`GenerationRequest`. Values travel by name, never by position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import gradio as gr
+
+from modules.errors import AtelierError
+from modules.infotext import parse_infotext, request_from_infotext
+from modules.params import GenerationRequest, GenerationResult
+from modules.samplers import DEFAULT_SAMPLER, RngSource, ScheduleType, sampler_names
+from modules.services.container import Services
+from modules.ui.common import progress_html, ui_error, wait_for
+
+
+@dataclass(frozen=True)
+class FormValues:
+    """The shared controls by name, as the browser sent them."""
+
+    prompt: str
+    negative_prompt: str
+    sampler: str
+    schedule: str
+    steps: float
+    cfg_scale: float
+    width: float
+    height: float
+    seed: float | None
+    batch_count: float
+    batch_size: float
+    clip_skip: float
+
+    def to_request(self) -> GenerationRequest:
+        labels = {s.value: s for s in ScheduleType}
+        return GenerationRequest(
+            prompt=self.prompt or "", negative_prompt=self.negative_prompt or "", sampler=self.sampler,
+            schedule=labels.get(self.schedule, self.schedule),  # type: ignore[arg-type]  # validation names it
+            steps=whole(self.steps), cfg_scale=float(self.cfg_scale), width=whole(self.width),
+            height=whole(self.height), seed=-1 if self.seed is None else whole(self.seed),
+            batch_count=whole(self.batch_count), batch_size=whole(self.batch_size), clip_skip=whole(self.clip_skip))
+
+
+def whole(value: float | int) -> Any:
+    """Sliders send floats; a non-integral value is kept so that validation names the field."""
+    return int(value) if isinstance(value, (int, float)) and float(value).is_integer() else value
+
+
+@dataclass
+class GenerationForm:
+    """The shared components of one tab; ``settings`` is the column where a tab adds its own."""
+
+    prefix: str
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    generate: gr.Button
+    interrupt: gr.Button
+    skip: gr.Button
+    sampler: gr.Dropdown
+    schedule: gr.Dropdown
+    steps: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    batch_count: gr.Slider
+    batch_size: gr.Slider
+    cfg: gr.Slider
+    seed: gr.Number
+    clip_skip: gr.Slider
+    progress: gr.HTML
+    preview: gr.Image
+    gallery: gr.Gallery
+    info: gr.Textbox
+    send_buttons: dict[str, gr.Button]  # target tab id -> its "Send to" button under the gallery
+    job_id: gr.State
+    infos: gr.State  # per shown image: {"seed", "infotext", "path"}
+    selected: gr.State  # index of the selected image in the gallery
+
+    def values(self) -> list[Any]:
+        """The components whose values make a :class:`FormValues`, in its field order."""
+        return [self.prompt, self.negative, self.sampler, self.schedule, self.steps, self.cfg, self.width,
+                self.height, self.seed, self.batch_count, self.batch_size, self.clip_skip]
+
+    def request_fields(self) -> list[Any]:
+        """Components a "send to" fills from an infotext, in :func:`fields_from_infotext` order."""
+        return [self.prompt, self.negative, self.sampler, self.schedule, self.steps, self.cfg, self.width,
+                self.height, self.seed, self.clip_skip]
+
+
+def build_prompts(prefix: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Button, gr.Button]:
+    with gr.Row():
+        with gr.Column(scale=6):
+            prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt",
+                                placeholder="Prompt (press Ctrl+Enter to generate)")
+            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt",
+                                  placeholder="Negative prompt")
+        with gr.Column(scale=1, min_width=160):
+            generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate",
+                                 elem_classes="generate-button")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt", size="sm")
+                skip = gr.Button("Skip", elem_id=f"{prefix}_skip", size="sm")
+    return prompt, negative, generate, interrupt, skip
+
+
+def build_form(prefix: str, services: Services, extra: Callable[[], None] | None = None,
+               send_to: tuple[tuple[str, str], ...] = ()) -> GenerationForm:
+    """The prompt row, the settings column (``extra`` adds the tab's own controls first) and results,
+    with a "Send to" button per ``(tab id, label)`` in ``send_to`` under the gallery."""
+    prompt, negative, generate, interrupt, skip = build_prompts(prefix)
+    limits = services.settings.limits
+    with gr.Row():
+        with gr.Column(scale=1):
+            if extra is not None:
+                extra()
+            with gr.Row():
+                sampler = gr.Dropdown(list(sampler_names()), value=DEFAULT_SAMPLER, label="Sampling method",
+                                      elem_id=f"{prefix}_sampling")
+                schedule = gr.Dropdown([s.value for s in ScheduleType], value=ScheduleType.AUTOMATIC.value,
+                                       label="Schedule type", elem_id=f"{prefix}_scheduler")
+            steps = gr.Slider(1, limits.max_steps, value=20, step=1, label="Sampling steps", elem_id=f"{prefix}_steps")
+            with gr.Row():
+                with gr.Column(scale=4):
+                    width = gr.Slider(64, limits.max_size, value=512, step=8, label="Width", elem_id=f"{prefix}_width")
+                    height = gr.Slider(64, limits.max_size, value=512, step=8, label="Height",
+                                       elem_id=f"{prefix}_height")
+                with gr.Column(scale=1, min_width=120):
+                    batch_count = gr.Slider(1, limits.max_batch_count, value=1, step=1, label="Batch count",
+                                            elem_id=f"{prefix}_batch_count")
+                    batch_size = gr.Slider(1, limits.max_batch_size, value=1, step=1, label="Batch size",
+                                           elem_id=f"{prefix}_batch_size")
+            cfg = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{prefix}_cfg_scale")
+            with gr.Row():
+                seed = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{prefix}_seed", scale=4)
+                random_seed = gr.Button("🎲", elem_id=f"{prefix}_random_seed", elem_classes="tool-button", scale=0)
+                reuse_seed = gr.Button("♻️", elem_id=f"{prefix}_reuse_seed", elem_classes="tool-button", scale=0)
+            clip_skip = gr.Slider(1, 12, value=lambda: services.options.get().clip_skip, step=1, label="Clip skip",
+                                  elem_id=f"{prefix}_clip_skip")
+        with gr.Column(scale=1):
+            progress = gr.HTML("", elem_id=f"{prefix}_progress")
+            preview = gr.Image(label="Live preview", visible=False, interactive=False, format="png",
+                               elem_id=f"{prefix}_preview")
+            gallery = gr.Gallery(label="Output", columns=2, height="auto", format="png", interactive=False,
+                                 elem_id=f"{prefix}_gallery")
+            with gr.Row():
+                send_buttons = {target: gr.Button(f"Send to {label}", size="sm", elem_id=f"{prefix}_send_to_{target}")
+                                for target, label in send_to}
+            info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, buttons=["copy"],
+                              elem_id=f"html_info_{prefix}")
+    form = GenerationForm(prefix, prompt, negative, generate, interrupt, skip, sampler, schedule, steps, width, height,
+                          batch_count, batch_size, cfg, seed, clip_skip, progress, preview, gallery, info,
+                          send_buttons, gr.State(None), gr.State([]), gr.State(0))
+    _wire_seed_buttons(form, random_seed, reuse_seed)
+    return form
+
+
+def _wire_seed_buttons(form: GenerationForm, random_seed: gr.Button, reuse_seed: gr.Button) -> None:
+    def on_select(result_infos: list[dict[str, Any]], evt: gr.SelectData) -> tuple[str, int]:
+        index = evt.index if isinstance(evt.index, int) else 0
+        return (result_infos[index]["infotext"] if index < len(result_infos) else "", index)
+
+    form.gallery.select(on_select, inputs=[form.infos], outputs=[form.info, form.selected], api_visibility="private")
+    random_seed.click(lambda: -1, outputs=[form.seed], api_visibility="private", queue=False)
+    reuse_seed.click(lambda infos, index: infos[index]["seed"] if index < len(infos) else -1,
+                     inputs=[form.infos, form.selected], outputs=[form.seed], api_visibility="private", queue=False)
+
+
+def _gallery(result: GenerationResult) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+    shown = ([result.grid] if result.grid is not None else []) + list(result.images)
+    items = [(str(img.path), "Grid" if img.index < 0 else f"Seed {img.seed}") for img in shown]
+    return items, [{"seed": img.seed, "infotext": img.infotext, "path": str(img.path)} for img in shown]
+
+
+def wire_generation(form: GenerationForm, services: Services, extra_inputs: list[Any],
+                    make_request: Callable[..., GenerationRequest], triggers: list[Any] | None = None,
+                    with_stop_buttons: bool = True) -> None:
+    """Generate (with progress and preview), Interrupt and Skip for a form.
+
+    ``make_request(values: FormValues, *extra_values)`` builds the request; it may raise AtelierError.
+    """
+    job_queue = services.queue
+    shared = len(fields(FormValues))
+
+    def run(*values: Any) -> Iterator[tuple[Any, ...]]:
+        options = services.options.get()  # server-wide defaults the form does not show (ENSD, RNG)
+        try:
+            request = make_request(FormValues(*values[:shared]), *values[shared:])
+            request = replace(request, eta_noise_seed_delta=options.eta_noise_seed_delta,
+                              rng=RngSource(options.randn_source))
+            job = services.generation.submit(request)
+        except AtelierError as exc:
+            raise ui_error(exc) from exc
+        keep = gr.skip()
+        for snapshot, image in wait_for(job, job_queue):
+            yield job.id, progress_html(snapshot), gr.update(value=image, visible=image is not None), keep, keep, keep
+        try:
+            result = job.future.result()
+        except AtelierError as exc:
+            raise ui_error(exc) from exc
+        for note in result.warnings:
+            gr.Info(note)
+        items, infos = _gallery(result)
+        note = "Interrupted: kept the images finished before the stop." if result.interrupted else ""
+        yield None, note, gr.update(value=None, visible=False), items, infos[0]["infotext"] if infos else "", infos
+
+    outputs = [form.job_id, form.progress, form.preview, form.gallery, form.info, form.infos]
+    for trigger in triggers or [form.generate.click, form.prompt.submit]:
+        trigger(run, inputs=form.values() + extra_inputs, outputs=outputs, concurrency_limit=None,
+                show_progress="hidden", api_visibility="private")
+    if not with_stop_buttons:
+        return
+
+    def on_interrupt(jid: str | None) -> None:
+        job_queue.interrupt(jid)  # this tab's job; with no id yet, the running one (as A1111 does)
+
+    def on_skip(jid: str | None) -> None:
+        job_queue.skip(jid)
+
+    form.interrupt.click(on_interrupt, inputs=[form.job_id], outputs=None, concurrency_limit=None,
+                         api_visibility="private")
+    form.skip.click(on_skip, inputs=[form.job_id], outputs=None, concurrency_limit=None, api_visibility="private")
+
+
+def fields_from_infotext(text: str) -> list[Any]:
+    """Values for :meth:`GenerationForm.request_fields` from an image's infotext."""
+    request, _warnings = request_from_infotext(parse_infotext(text))
+    return [request.prompt, request.negative_prompt, request.sampler, request.schedule.value, request.steps,
+            request.cfg_scale, request.width, request.height, request.seed, request.clip_skip]
