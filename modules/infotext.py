@@ -31,7 +31,7 @@ INFOTEXT_KEY_ORDER: tuple[str, ...] = (
     "Seed resize from", "Denoising strength", "Clip skip", "ENSD", "RNG", "Tiling",
     # Feature keys, in the order A1111 added them.
     "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Mask blur", "Mask mode", "Masked content",
-    "Inpaint area", "Masked area padding", "Lora hashes", "TI hashes",
+    "Inpaint area", "Masked area padding", "Lora hashes", "TI hashes", "Styles array",
 )
 VERSION_KEY = "Version"
 NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
@@ -40,7 +40,7 @@ NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
 REQUEST_KEYS = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
      "Clip skip", "Variation seed", "Variation seed strength", "Denoising strength", "ENSD", "RNG",
-     "Mask blur", "Mask mode", "Masked content", "Inpaint area", "Masked area padding", VERSION_KEY}
+     "Mask blur", "Mask mode", "Masked content", "Inpaint area", "Masked area padding", "Styles array", VERSION_KEY}
 )
 
 # A1111's reader pattern, verbatim: a last line is parameters only if it matches 3+ times.
@@ -132,6 +132,8 @@ def _request_params(request: GenerationRequest, seed: int, model: ModelIdentity 
         params["ENSD"] = request.eta_noise_seed_delta
     if request.rng is not RngSource.GPU:  # A1111 writes RNG only when it is not the default
         params["RNG"] = request.rng.value
+    if request.applied_styles:
+        params["Styles array"] = json.dumps(list(request.applied_styles), ensure_ascii=False)
     return params
 
 

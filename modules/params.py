@@ -101,6 +101,8 @@ class GenerationRequest:
     invert_mask: bool = False  # A1111's mask mode "Inpaint not masked"
     inpaint_only_masked: bool = False  # A1111's inpaint area "Only masked" (inpaint_full_res)
     only_masked_padding: int = 32  # pixels around the mask's box, for "Only masked"
+    styles: tuple[str, ...] = ()  # style names to apply to the prompts when the job is submitted
+    applied_styles: tuple[str, ...] = ()  # what was applied (the prompts already contain it): for the infotext
     save_images: bool = True  # False: images only come back to the caller (A1111's API default)
 
     @property
@@ -193,6 +195,8 @@ def validate_request(request: GenerationRequest, limits: GenerationLimits = Gene
     _check_int(errors, "batch_count", request.batch_count, 1, limits.max_batch_count)
     _check_int(errors, "batch_size", request.batch_size, 1, limits.max_batch_size)
     _check_int(errors, "clip_skip", request.clip_skip, 1, limits.max_clip_skip)
+    if not isinstance(request.styles, tuple) or not all(isinstance(s, str) for s in request.styles):
+        errors.append(FieldError("styles", "must be a list of style names"))
     if request.checkpoint is not None and not isinstance(request.checkpoint, str):
         errors.append(FieldError("checkpoint", "must be a checkpoint name"))
     _check_variations_and_images(errors, request, limits)

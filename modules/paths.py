@@ -26,6 +26,11 @@ class AppPaths:
         return self.cache_dir / "model-configs"
 
     @property
+    def styles_file(self) -> Path:
+        """A1111's styles.csv, in the data dir."""
+        return self.data_dir / "styles.csv"
+
+    @property
     def hash_cache(self) -> Path:
         return self.cache_dir / "hashes.json"
 

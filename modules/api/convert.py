@@ -224,7 +224,7 @@ def to_generation_request(body: Txt2ImgBody | Img2ImgBody,
     request = GenerationRequest(
         prompt=body.prompt, negative_prompt=body.negative_prompt, sampler=sampler, schedule=schedule,
         steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height, seed=body.seed,
-        batch_count=body.n_iter, batch_size=body.batch_size,
+        batch_count=body.n_iter, batch_size=body.batch_size, styles=tuple(body.styles),
         variation_seed=body.subseed, variation_strength=body.subseed_strength,
         **{**server, **requested},  # type: ignore[arg-type]
     )
@@ -299,7 +299,7 @@ def info_object(result: GenerationResult, body: Txt2ImgBody, now: datetime | Non
         "extra_generation_params": {},
         "index_of_first_image": 1 if result.grid is not None else 0,
         "infotexts": [image.infotext for image in shown],
-        "styles": [],
+        "styles": list(request.applied_styles),
         "job_timestamp": started.strftime("%Y%m%d%H%M%S"),
         "clip_skip": request.clip_skip,
         "is_using_inpainting_conditioning": False,

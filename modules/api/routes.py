@@ -42,6 +42,7 @@ from modules.infotext import parse_infotext
 from modules.params import GenerationResult
 from modules.services.container import Services
 from modules.services.image_input import decode_image
+from modules.services.images import infotext_of
 from modules.services.jobs import Job
 
 PREFIX = "/sdapi/v1"
@@ -181,7 +182,9 @@ class ApiFace:
         r.get("/samplers", response_model=list[schemas.SamplerItem])(sampler_items)
         r.get("/schedulers", response_model=list[schemas.SchedulerItem])(scheduler_items)
         r.get("/sd-vae", response_model=list[schemas.SDVaeItem])(lambda: [])
-        r.get("/prompt-styles", response_model=list[schemas.PromptStyleItem])(lambda: [])
+        r.get("/prompt-styles", response_model=list[schemas.PromptStyleItem])(
+            lambda: [schemas.PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
+                     for s in self.services.styles.all()])
         r.get("/loras")(lambda: [])
         r.get("/embeddings")(lambda: {"loaded": {}, "skipped": {}})
         r.get("/scripts", response_model=schemas.ScriptsList)(lambda: schemas.ScriptsList())
@@ -242,25 +245,13 @@ def _is_img2img(job: Job) -> bool:
 
 def _png_info(body: schemas.PNGInfoBody) -> schemas.PNGInfoResponse:
     image = decode_image(decode_base64_image(body.image, "image"), "image")
-    text = image.info.get("parameters")
-    if not isinstance(text, str):
-        exif = image.getexif().get_ifd(0x8769).get(0x9286)  # JPEG/WEBP: EXIF UserComment
-        text = _decode_user_comment(exif) if exif else None
+    text = infotext_of(image)
     if not text:
         return schemas.PNGInfoResponse(info="", items={}, parameters={})
     parsed = parse_infotext(text)
     parameters: dict[str, Any] = {"Prompt": parsed.prompt, "Negative prompt": parsed.negative_prompt,
                                   **dict(parsed.params)}
     return schemas.PNGInfoResponse(info=text, items={"parameters": text}, parameters=parameters)
-
-
-def _decode_user_comment(value: bytes | str) -> str:
-    if isinstance(value, str):
-        return value
-    if value[:8] == b"UNICODE\x00":
-        body = value[8:]
-        return body.decode("utf-16-be" if body[:1] == b"\x00" else "utf-16-le", errors="replace")
-    return value[8:].decode("utf-8", errors="replace") if value[:5] == b"ASCII" else value.decode("utf-8", "replace")
 
 
 def _memory() -> schemas.MemoryResponse:

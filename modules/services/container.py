@@ -8,12 +8,14 @@ from modules.config import Settings
 from modules.engine.devices import DeviceInfo
 from modules.paths import AppPaths
 from modules.services.downloads import ModelDownloader
+from modules.services.gallery import Gallery
 from modules.services.generation import GenerationService
 from modules.services.hashing import HashCache
 from modules.services.images import ImageSaver
 from modules.services.jobs import JobQueue
 from modules.services.models import CheckpointRegistry, ModelManager
 from modules.services.settings_store import SettingsStore
+from modules.services.styles import StyleStore
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class Services:
     generation: GenerationService
     queue: JobQueue
     downloads: ModelDownloader
+    styles: StyleStore
+    gallery: Gallery
 
     def close(self, timeout: float | None = 10.0) -> None:
         self.queue.stop(timeout)
@@ -36,10 +40,12 @@ def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo) -> S
     """Wire the services together and start the worker. Nothing is loaded yet."""
     registry = CheckpointRegistry(paths.checkpoint_dirs, HashCache(paths.hash_cache))
     models = ModelManager(registry, device, paths.config_cache)
-    generation = GenerationService(models, ImageSaver(paths.outputs_dir), settings.limits, settings.save_grid)
+    styles = StyleStore(paths.styles_file)
+    generation = GenerationService(models, ImageSaver(paths.outputs_dir), styles, settings.limits, settings.save_grid)
     job_queue = JobQueue(generation.execute, settings.queue_limit)
     generation.attach(job_queue)
     job_queue.start()
     return Services(paths=paths, settings=settings, options=SettingsStore(paths.config_file, settings),
                     device=device, registry=registry, models=models,
-                    generation=generation, queue=job_queue, downloads=ModelDownloader(paths.default_checkpoint_dir))
+                    generation=generation, queue=job_queue, downloads=ModelDownloader(paths.default_checkpoint_dir),
+                    styles=styles, gallery=Gallery(paths.outputs_dir, paths.cache_dir))

@@ -44,6 +44,7 @@ from modules.services.jobs import (
     ModelUnload,
 )
 from modules.services.models import CheckpointInfo, ModelManager
+from modules.services.styles import StyleStore
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,11 @@ class _Inputs:
 class GenerationService:
     """Validates requests, queues them, and turns them into saved images."""
 
-    def __init__(self, models: ModelManager, saver: ImageSaver, limits: GenerationLimits, save_grid: bool) -> None:
+    def __init__(self, models: ModelManager, saver: ImageSaver, styles: StyleStore, limits: GenerationLimits,
+                 save_grid: bool) -> None:
         self.models = models
         self.saver = saver
+        self.styles = styles
         self.limits = limits
         self.save_grid = save_grid
         self.queue: JobQueue | None = None  # attached by the composition root
@@ -139,7 +142,16 @@ class GenerationService:
         _Inputs.of(request)  # unreadable or oversized images fail here, before queuing
         if request.checkpoint:
             self.models.registry.require(request.checkpoint)  # a missing model fails before queuing
-        return normalize_request(request)
+        return normalize_request(self._apply_styles(request))
+
+    def _apply_styles(self, request: GenerationRequest) -> GenerationRequest:
+        """Styles go into the prompts once, here; the infotext records their names (A1111's Styles array)."""
+        if not request.styles:
+            return request
+        applied = tuple(name for name in request.styles if self.styles.get(name) is not None)
+        prompt, negative = self.styles.apply(applied, request.prompt, request.negative_prompt)
+        return replace(request, prompt=prompt, negative_prompt=negative, styles=(),
+                       applied_styles=request.applied_styles + applied)
 
     def submit(self, request: GenerationRequest) -> Job:
         return self._queue().submit(self.prepare(request))

@@ -54,11 +54,41 @@ def png_bytes(image: Image.Image, infotext: str) -> bytes:
     return buffer.getvalue()
 
 
+_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
+
+
+def decode_user_comment(raw: object) -> str:
+    """An EXIF UserComment as text; A1111 (via piexif) writes ``UNICODE\\0`` + UTF-16 big-endian."""
+    if isinstance(raw, str):
+        return raw.rstrip("\x00")
+    if not isinstance(raw, bytes) or not raw:
+        return ""
+    head, body = raw[:8], raw[8:]
+    if head == b"UNICODE\x00":  # a byte-order mark, when present, decides; big-endian otherwise
+        encoding = "utf-16" if body[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-16-be"
+    elif head in (b"ASCII\x00\x00\x00", b"\x00" * 8):  # "undefined": other tools write UTF-8 there
+        encoding = "utf-8"
+    else:
+        body, encoding = raw, "utf-8"
+    return body.decode(encoding, errors="replace").rstrip("\x00")
+
+
+def infotext_of(image: Image.Image) -> str | None:
+    """The generation parameters an image carries: PNG text ``parameters``, else EXIF UserComment."""
+    value = image.info.get(PARAMETERS_KEY)
+    if isinstance(value, str) and value.strip():
+        return value
+    if image.format == "PNG":  # A1111 keeps a PNG's text in its chunk, never in EXIF: skip the EXIF read
+        return None
+    comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    text = decode_user_comment(comment)
+    return text if text.strip() else None
+
+
 def read_infotext(path: Path) -> str | None:
-    """The ``parameters`` text of a saved PNG, or None."""
+    """The parameters text of a saved image file, or None."""
     with Image.open(path) as image:
-        value = image.info.get(PARAMETERS_KEY)
-    return value if isinstance(value, str) else None
+        return infotext_of(image)
 
 
 def next_number(folder: Path, pattern: re.Pattern[str] = _NUMBERED) -> int:

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import gradio as gr
 
 from modules import __version__
+from modules.infotext import parse_infotext
 from modules.services.container import Services
-from modules.ui import checkpoints, img2img, inpaint, txt2img
-from modules.ui.send_to import wire_send
+from modules.ui import checkpoints, gallery, img2img, inpaint, png_info, txt2img
+from modules.ui.generation_form import GenerationForm
+from modules.ui.send_to import SendWiring
 
 
 def build_ui(services: Services) -> gr.Blocks:
     """Build the Blocks. Outputs are served in place (no copy into Gradio's cache)."""
-    gr.set_static_paths(paths=[services.paths.outputs_dir])
+    gr.set_static_paths(paths=[services.paths.outputs_dir, services.paths.cache_dir / "thumbnails"])
     with gr.Blocks(title="Atelier", analytics_enabled=False) as demo:
-        checkpoints.build_bar(services)
+        checkpoint = checkpoints.build_bar(services)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.build_tab(services)
@@ -24,13 +27,41 @@ def build_ui(services: Services) -> gr.Blocks:
                 i2i = img2img.build_tab(services)
             with gr.Tab("Inpaint", id="inpaint", elem_id="tab_inpaint"):
                 inp = inpaint.build_tab(services)
-        wire_send(t2i, "img2img", i2i.form, tabs, image=i2i.image)
-        wire_send(t2i, "inpaint", inp.form, tabs, image=inp.editor, as_editor=True)
-        wire_send(i2i.form, "txt2img", t2i, tabs)
-        wire_send(i2i.form, "inpaint", inp.form, tabs, image=inp.editor, as_editor=True)
-        wire_send(inp.form, "img2img", i2i.form, tabs, image=i2i.image)
+            with gr.Tab("Gallery", id="gallery", elem_id="tab_gallery") as gallery_tab:
+                gal = gallery.build_tab(services, gallery_tab)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                png = png_info.build_tab()
+        _wire_sends(SendWiring(services, tabs, checkpoint), t2i, i2i, inp, gal, png)
         gr.Markdown(f"Atelier {__version__} · device: {services.device.describe()}", elem_id="footer")
     return demo
+
+
+def _wire_sends(send: SendWiring, t2i: GenerationForm, i2i: img2img.Img2ImgTab, inp: inpaint.InpaintTab,
+                gal: gallery.GalleryTab, png: png_info.PngInfoTab) -> None:
+    targets: dict[str, tuple[GenerationForm, Any, bool]] = {
+        "txt2img": (t2i, None, False), "img2img": (i2i.form, i2i.image, False), "inpaint": (inp.form, inp.editor, True)}
+    for source in (t2i, i2i.form, inp.form):
+        for target_id in source.send_buttons:
+            form, image, as_editor = targets[target_id]
+            send.from_form(source, target_id, form, image if target_id != "txt2img" else None, as_editor)
+        # Paste: an infotext in the prompt box fills this same tab.
+        send.wire(source.paste, [source.prompt], _pasted, _tab_of(source), source)
+    for target_id, (form, image, as_editor) in targets.items():
+        send.wire(png.send_buttons[target_id], [png.image, png.text], lambda path, text: (path, text or ""),
+                  target_id, form, image, as_editor)
+        send.wire(gal.send_buttons[target_id], [gal.selected_path, gal.info], lambda path, text: (path or None, text),
+                  target_id, form, image, as_editor)
+
+
+def _pasted(text: str | None) -> tuple[None, str]:
+    if not text or not parse_infotext(text).params:
+        raise gr.Error("Paste a whole parameters text (prompt, negative prompt and the Steps: ... line) "
+                       "into the prompt box first.")
+    return None, text
+
+
+def _tab_of(form: GenerationForm) -> str:
+    return form.prefix
 
 
 # What a browser needs before it has logged in: the login page and its static assets. Gradio

@@ -19,6 +19,7 @@ from modules.params import GenerationRequest, GenerationResult
 from modules.samplers import DEFAULT_SAMPLER, RngSource, ScheduleType, sampler_names
 from modules.services.container import Services
 from modules.ui.common import progress_html, ui_error, wait_for
+from modules.ui.styles_ui import build_styles
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class FormValues:
     batch_count: float
     batch_size: float
     clip_skip: float
+    styles: list[str] | None = None
 
     def to_request(self) -> GenerationRequest:
         labels = {s.value: s for s in ScheduleType}
@@ -45,7 +47,8 @@ class FormValues:
             schedule=labels.get(self.schedule, self.schedule),  # type: ignore[arg-type]  # validation names it
             steps=whole(self.steps), cfg_scale=float(self.cfg_scale), width=whole(self.width),
             height=whole(self.height), seed=-1 if self.seed is None else whole(self.seed),
-            batch_count=whole(self.batch_count), batch_size=whole(self.batch_size), clip_skip=whole(self.clip_skip))
+            batch_count=whole(self.batch_count), batch_size=whole(self.batch_size), clip_skip=whole(self.clip_skip),
+            styles=tuple(self.styles or ()))
 
 
 def whole(value: float | int) -> Any:
@@ -73,6 +76,8 @@ class GenerationForm:
     cfg: gr.Slider
     seed: gr.Number
     clip_skip: gr.Slider
+    styles: gr.Dropdown
+    paste: gr.Button
     progress: gr.HTML
     preview: gr.Image
     gallery: gr.Gallery
@@ -85,7 +90,7 @@ class GenerationForm:
     def values(self) -> list[Any]:
         """The components whose values make a :class:`FormValues`, in its field order."""
         return [self.prompt, self.negative, self.sampler, self.schedule, self.steps, self.cfg, self.width,
-                self.height, self.seed, self.batch_count, self.batch_size, self.clip_skip]
+                self.height, self.seed, self.batch_count, self.batch_size, self.clip_skip, self.styles]
 
     def request_fields(self) -> list[Any]:
         """Components a "send to" fills from an infotext, in :func:`fields_from_infotext` order."""
@@ -93,7 +98,7 @@ class GenerationForm:
                 self.height, self.seed, self.clip_skip]
 
 
-def build_prompts(prefix: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Button, gr.Button]:
+def build_prompts(prefix: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Button, gr.Button, gr.Button]:
     with gr.Row():
         with gr.Column(scale=6):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt",
@@ -106,14 +111,17 @@ def build_prompts(prefix: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Bu
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt", size="sm")
                 skip = gr.Button("Skip", elem_id=f"{prefix}_skip", size="sm")
-    return prompt, negative, generate, interrupt, skip
+            # A1111's "read generation parameters": a whole infotext pasted into the prompt fills the form.
+            paste = gr.Button("↙️ Read parameters from prompt", size="sm", elem_id=f"{prefix}_paste")
+    return prompt, negative, generate, interrupt, skip, paste
 
 
 def build_form(prefix: str, services: Services, extra: Callable[[], None] | None = None,
                send_to: tuple[tuple[str, str], ...] = ()) -> GenerationForm:
     """The prompt row, the settings column (``extra`` adds the tab's own controls first) and results,
     with a "Send to" button per ``(tab id, label)`` in ``send_to`` under the gallery."""
-    prompt, negative, generate, interrupt, skip = build_prompts(prefix)
+    prompt, negative, generate, interrupt, skip, paste = build_prompts(prefix)
+    styles = build_styles(prefix, services, prompt, negative).chosen
     limits = services.settings.limits
     with gr.Row():
         with gr.Column(scale=1):
@@ -154,7 +162,7 @@ def build_form(prefix: str, services: Services, extra: Callable[[], None] | None
             info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, buttons=["copy"],
                               elem_id=f"html_info_{prefix}")
     form = GenerationForm(prefix, prompt, negative, generate, interrupt, skip, sampler, schedule, steps, width, height,
-                          batch_count, batch_size, cfg, seed, clip_skip, progress, preview, gallery, info,
+                          batch_count, batch_size, cfg, seed, clip_skip, styles, paste, progress, preview, gallery, info,
                           send_buttons, gr.State(None), gr.State([]), gr.State(0))
     _wire_seed_buttons(form, random_seed, reuse_seed)
     return form

@@ -1,0 +1,38 @@
+"""Filling a tab from an image's parameters text: the fields, and the checkpoint it names."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from modules.errors import AtelierError
+from modules.services.container import Services
+
+
+def find_checkpoint(services: Services, params: Mapping[str, str]) -> str | None:
+    """The title of the checkpoint an infotext names (by hash first, then by name), if present here."""
+    wanted_hash, wanted_name = params.get("Model hash", "").lower(), params.get("Model", "")
+    for info in services.registry.all():
+        if wanted_hash and info.shorthash == wanted_hash:
+            return info.title
+    for info in services.registry.all():
+        if wanted_name and wanted_name in (info.model_name, info.name):
+            return info.title
+    return None
+
+
+def switch_to_checkpoint_of(services: Services, params: Mapping[str, str]) -> str | None:
+    """Load the infotext's checkpoint when it is here; a warning for the user when it is not."""
+    if "Model" not in params and "Model hash" not in params:
+        return None
+    title = find_checkpoint(services, params)
+    if title is None:
+        named = params.get("Model") or params.get("Model hash")
+        return f"The image was made with checkpoint {named!r}, which is not here; the current one stays."
+    current = services.models.current()
+    if current is not None and current.title == title:
+        return None
+    try:
+        services.generation.switch_model(title).future.result()
+    except AtelierError as exc:
+        return f"Could not switch to {title}: {exc}"
+    return None
