@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import ssl
 import subprocess
 
 import httpx
@@ -21,7 +22,7 @@ def test_https_with_a_certificate(tmp_path, tiny_models) -> None:
                                 "--tls-certfile", str(cert), ready_path=None)
     try:
         url = server.url.replace("http://", "https://")
-        response = httpx.get(f"{url}/sdapi/v1/samplers", verify=str(cert))
+        response = httpx.get(f"{url}/sdapi/v1/samplers", verify=ssl.create_default_context(cafile=str(cert)))
         assert response.status_code == 200 and response.json()[0]["name"] == "DPM++ 2M"
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{server.url}/sdapi/v1/samplers", timeout=5)  # plain HTTP is not served

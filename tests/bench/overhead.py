@@ -3,7 +3,7 @@
 Both run the same tiny model, sampler, steps and size in the same process, alternating, after a
 warm-up; the medians are compared. Run on demand, never in CI's test pass:
 
-    venv/bin/python tests/bench/overhead.py [--arch sd15|sdxl] [--steps 20] [--size 64] [--repeats 15]
+    venv/bin/python tests/bench/overhead.py [--arch sd15|sdxl] [--steps 20] [--size 64] [--repeats 15] [--threads 1]
 
 The last line is ``overhead_ratio <atelier median / diffusers median>`` (target: at most 1.05).
 """
@@ -41,7 +41,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a small shared machine, fewer threads mean less noise)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -75,7 +78,7 @@ def main() -> None:
 
     plain_median, ours_median = statistics.median(times["diffusers"]), statistics.median(times["atelier"])
     print(f"device {device.describe()}; {args.arch} tiny model, {args.steps} steps, {args.size}x{args.size}, "
-          f"{args.repeats} runs each")
+          f"{args.repeats} runs each, {args.threads} thread(s)")
     print(f"diffusers pipeline  median {plain_median * 1000:8.1f} ms")
     print(f"atelier txt2img     median {ours_median * 1000:8.1f} ms  (request to saved PNG with infotext)")
     print(f"overhead_ratio {ours_median / plain_median:.3f}")

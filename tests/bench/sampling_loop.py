@@ -5,7 +5,7 @@ same trajectory) on the same tiny model, same prompt, size and seed, in one proc
 is (time at 2N steps - time at N steps) / N, which cancels prompt encoding and setup on both sides.
 Run on demand:
 
-    venv/bin/python tests/bench/sampling_loop.py [--arch sd15|sdxl] [--size 64] [--steps 30] [--repeats 9]
+    venv/bin/python tests/bench/sampling_loop.py [--arch sd15|sdxl] [--size 64] [--steps 30] [--repeats 9] [--threads 1]
 
 The last line is ``loop_step_ratio <atelier per-step / diffusers per-step>`` (target: at most 1.02).
 """
@@ -41,7 +41,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a small shared machine, fewer threads mean less noise)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     class Quiet:
         def on_step(self, step: int, total: int, denoised: torch.Tensor) -> None:
@@ -84,7 +87,7 @@ def main() -> None:
             samples["ours"].append(step_time(ours))
         plain_step, our_step = statistics.median(samples["plain"]), statistics.median(samples["ours"])
     print(f"device {device.describe()}; {args.arch} tiny model, {args.size}x{args.size}, Euler, "
-          f"{args.steps} vs {2 * args.steps} steps, {args.repeats} repeats")
+          f"{args.steps} vs {2 * args.steps} steps, {args.repeats} repeats, {args.threads} thread(s)")
     print(f"diffusers pipeline loop  {plain_step * 1000:7.2f} ms/step")
     print(f"atelier loop             {our_step * 1000:7.2f} ms/step")
     print(f"loop_step_ratio {our_step / plain_step:.3f}")
