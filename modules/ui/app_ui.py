@@ -49,8 +49,7 @@ def _wire_sends(send: SendWiring, t2i: GenerationForm, i2i: img2img.Img2ImgTab, 
     for target_id, (form, image, as_editor) in targets.items():
         send.wire(png.send_buttons[target_id], [png.image, png.text], lambda path, text: (path, text or ""),
                   target_id, form, image, as_editor)
-        send.wire(gal.send_buttons[target_id], [gal.selected_path, gal.info], lambda path, text: (path or None, text),
-                  target_id, form, image, as_editor)
+        send.wire(gal.send_buttons[target_id], [gal.selected, gal.info], gal.pick, target_id, form, image, as_editor)
 
 
 def _pasted(text: str | None) -> tuple[None, str]:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, TypeVar
+from typing import Any
 
 import gradio as gr
 
 from modules.errors import AtelierError, ValidationError
 from modules.services.jobs import Job, JobQueue, ProgressSnapshot
 
-T = TypeVar("T")
 POLL_SECONDS = 0.3
 
 
@@ -21,13 +20,6 @@ def ui_error(exc: AtelierError) -> gr.Error:
     if isinstance(exc, ValidationError):
         return gr.Error("Please fix: " + "; ".join(str(e) for e in exc.errors), title="Invalid settings")
     return gr.Error(str(exc))
-
-
-def call(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except AtelierError as exc:
-        raise ui_error(exc) from exc
 
 
 def _format_eta(seconds: float | None) -> str:
@@ -75,4 +67,7 @@ CSS = """
 .atelier-progress-text { position: relative; padding-left: .6em; font-size: .9em; line-height: 1.6em; }
 .generate-button { min-height: 4.5em; }
 .tool-button { max-width: 3em; min-width: 3em !important; }
+.atelier-params { width: 100%; border-collapse: collapse; font-size: .9em; }
+.atelier-params th { text-align: left; padding: .2em .6em .2em 0; white-space: nowrap; vertical-align: top; }
+.atelier-params td { padding: .2em 0; word-break: break-word; }
 """

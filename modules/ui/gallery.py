@@ -3,6 +3,7 @@ see it full size with its parameters, send it to a tab, see its folder, or delet
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +20,10 @@ ALL = "All"
 
 @dataclass
 class GalleryTab:
-    selected_path: gr.Textbox  # absolute path of the selected image (hidden)
+    selected: gr.State  # the selected image's path relative to outputs/ (server-side, not editable by the page)
     info: gr.Textbox  # its parameters text
     send_buttons: dict[str, gr.Button]
+    pick: Callable[[str, str], tuple[str | None, str]]  # for "send to": (checked absolute path, infotext)
 
 
 def _query(text: str, folder: str, date: str, model: str, sampler: str, seed: float | None, size: str) -> GalleryQuery:
@@ -64,7 +66,6 @@ def build_tab(services: Services, tab: gr.Tab) -> GalleryTab:
                 cancel = gr.Button("Cancel", size="sm", elem_id="gallery_delete_cancel")
     page_no = gr.State(1)
     items = gr.State([])  # relative paths on the page
-    selected_path = gr.Textbox(visible=False, elem_id="gallery_selected_path")
     selected_relative = gr.State("")
     filters = [text, folder, date, model, sampler, seed, size]
 
@@ -92,8 +93,7 @@ def build_tab(services: Services, tab: gr.Tab) -> GalleryTab:
             path = gallery_service.resolve(relatives[index])
         except (AtelierError, IndexError) as exc:
             raise gr.Error("That image is no longer there; press Refresh.") from exc
-        return (str(path), read_infotext(path) or "", str(path.parent), str(path), relatives[index],
-                gr.Row(visible=False))
+        return str(path), read_infotext(path) or "", str(path.parent), relatives[index], gr.Row(visible=False)
 
     def on_delete(relative: str, number: int, *values: Any) -> tuple[Any, ...]:
         try:
@@ -101,7 +101,7 @@ def build_tab(services: Services, tab: gr.Tab) -> GalleryTab:
         except AtelierError as exc:
             raise ui_error(exc) from exc
         gr.Info("Deleted.")
-        return (None, "", "", "", "", gr.Row(visible=False), *load(number, *values))
+        return (None, "", "", "", gr.Row(visible=False), *load(number, *values))
 
     page_outputs = [thumbs, page_info, page_no, items]
     private = {"api_visibility": "private"}
@@ -112,10 +112,18 @@ def build_tab(services: Services, tab: gr.Tab) -> GalleryTab:
             lambda *v: load(1, *v), inputs=filters, outputs=page_outputs, **private)
     previous.click(lambda n, *v: load(n - 1, *v), inputs=[page_no, *filters], outputs=page_outputs, **private)
     following.click(lambda n, *v: load(n + 1, *v), inputs=[page_no, *filters], outputs=page_outputs, **private)
-    selection = [full, info, location, selected_path, selected_relative, confirm_row]
+    selection = [full, info, location, selected_relative, confirm_row]
     thumbs.select(on_select, inputs=[items], outputs=selection, **private)
-    delete.click(lambda p: gr.Row(visible=bool(p)), inputs=[selected_path], outputs=[confirm_row], **private)
+    delete.click(lambda p: gr.Row(visible=bool(p)), inputs=[selected_relative], outputs=[confirm_row], **private)
     cancel.click(lambda: gr.Row(visible=False), outputs=[confirm_row], **private)
     confirm.click(on_delete, inputs=[selected_relative, page_no, *filters], outputs=[*selection, *page_outputs],
                   **private)
-    return GalleryTab(selected_path=selected_path, info=info, send_buttons=send)
+    def pick(relative: str, text: str) -> tuple[str | None, str]:
+        if not relative:
+            return None, ""
+        try:
+            return str(gallery_service.resolve(relative)), text  # re-checked: the file may be gone
+        except AtelierError as exc:
+            raise ui_error(exc) from exc
+
+    return GalleryTab(selected=selected_relative, info=info, send_buttons=send, pick=pick)
