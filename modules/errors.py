@@ -72,3 +72,7 @@ class QueueFullError(AtelierError):
 
 class DownloadError(AtelierError):
     """Fetching a model from the hub failed (offline, not found, disk full)."""
+
+
+class GalleryPathError(AtelierError):
+    """A path from a client does not name an image inside the outputs folder."""

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, features
 
 from modules.atomic import write_atomic
-from modules.errors import AtelierError
+from modules.errors import GalleryPathError
 from modules.infotext import parse_infotext
 from modules.services.images import infotext_of
 
@@ -53,10 +53,6 @@ PRAGMA user_version = {_SCHEMA_VERSION};
 """
 # Errors a broken or half-written image file can raise while its metadata is read.
 _UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-
-
-class GalleryPathError(AtelierError):
-    """A relative path from a client does not name an image inside the outputs folder."""
 
 
 @dataclass(frozen=True)

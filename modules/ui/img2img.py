@@ -9,7 +9,12 @@ import gradio as gr
 
 from modules.params import GenerationRequest, ResizeMode
 from modules.services.container import Services
-from modules.ui.generation_form import FormValues, GenerationForm, build_form, wire_generation
+from modules.ui.generation_form import (
+    FormValues,
+    GenerationForm,
+    build_form,
+    wire_generation,
+)
 from modules.ui.image_inputs import editor_composite, png_bytes, require_image
 
 PREFIX = "img2img"

@@ -16,8 +16,19 @@ from modules.errors import FieldError, ValidationError
 from modules.params import GenerationRequest, MaskedContent, ResizeMode
 from modules.services.container import Services
 from modules.services.outpaint import OutpaintSides, outpaint_request
-from modules.ui.generation_form import FormValues, GenerationForm, build_form, wire_generation
-from modules.ui.image_inputs import editor_background, editor_composite, editor_mask, png_bytes, require_image
+from modules.ui.generation_form import (
+    FormValues,
+    GenerationForm,
+    build_form,
+    wire_generation,
+)
+from modules.ui.image_inputs import (
+    editor_background,
+    editor_composite,
+    editor_mask,
+    png_bytes,
+    require_image,
+)
 from modules.ui.img2img import SKETCH_COLOURS
 
 PREFIX = "inpaint"

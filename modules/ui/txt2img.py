@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from modules.params import GenerationRequest
 from modules.services.container import Services
-from modules.ui.generation_form import FormValues, GenerationForm, build_form, wire_generation
+from modules.ui.generation_form import (
+    FormValues,
+    GenerationForm,
+    build_form,
+    wire_generation,
+)
 
 PREFIX = "txt2img"
 
