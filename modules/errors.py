@@ -76,3 +76,7 @@ class DownloadError(AtelierError):
 
 class GalleryPathError(AtelierError):
     """A path from a client does not name an image inside the outputs folder."""
+
+
+class RequestTooLargeError(AtelierError):
+    """A request body is larger than the server accepts."""

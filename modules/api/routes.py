@@ -36,6 +36,7 @@ from modules.errors import (
     ModelNotFoundError,
     NoModelLoadedError,
     QueueFullError,
+    RequestTooLargeError,
     ValidationError,
 )
 from modules.infotext import parse_infotext
@@ -46,9 +47,11 @@ from modules.services.images import infotext_of
 from modules.services.jobs import Job
 
 PREFIX = "/sdapi/v1"
+
+
 _STATUS: tuple[tuple[type[AtelierError], int], ...] = (
     (ValidationError, 422), (ConfigError, 422), (ModelNotFoundError, 404), (QueueFullError, 503),
-    (NoModelLoadedError, 503), (ModelLoadError, 500),
+    (NoModelLoadedError, 503), (ModelLoadError, 500), (RequestTooLargeError, 413),
 )
 
 
@@ -63,8 +66,16 @@ def error_response(exc: AtelierError) -> JSONResponse:
     return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=status, headers=headers)
 
 
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a few large base64 images; more is refused before it is read
+
+
 async def _json_body(request: Request) -> Any:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise RequestTooLargeError(f"The request body is {int(declared):,} bytes; the limit is {MAX_BODY_BYTES:,}.")
     raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:  # sent without a length (chunked)
+        raise RequestTooLargeError(f"The request body is over the limit of {MAX_BODY_BYTES:,} bytes.")
     if not raw.strip():
         return {}
     try:
@@ -189,6 +200,14 @@ class ApiFace:
         r.get("/embeddings")(lambda: {"loaded": {}, "skipped": {}})
         r.get("/scripts", response_model=schemas.ScriptsList)(lambda: schemas.ScriptsList())
         r.get("/extensions", response_model=list[schemas.ExtensionItem])(lambda: [])
+        # Lists clients read at start-up for features Atelier does not have yet (hires upscalers, face
+        # restoration, hypernetworks): A1111's shapes, with only what truly exists ("None").
+        r.get("/upscalers")(lambda: [{"name": "None", "model_name": None, "model_path": None, "model_url": None,
+                                      "scale": 4}])
+        r.get("/latent-upscale-modes")(lambda: [])
+        r.get("/hypernetworks")(lambda: [])
+        r.get("/face-restorers")(lambda: [])
+        r.get("/realesrgan-models")(lambda: [])
         r.get("/cmd-flags")(lambda: self.flags.public_view())
         r.get("/memory", response_model=schemas.MemoryResponse)(_memory)
 

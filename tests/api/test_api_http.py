@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -213,3 +214,21 @@ def test_unload_and_reload_checkpoint(client: httpx.Client) -> None:
     assert client.get(f"{API}/options").json()["sd_model_checkpoint"] is None
     assert client.post(f"{API}/reload-checkpoint").status_code == 200
     assert client.get(f"{API}/options").json()["sd_model_checkpoint"] is not None
+
+
+def test_oversized_bodies_are_refused_before_reading(server: Server) -> None:
+    # Only the headers are sent: the refusal must come before the server reads 65 MB.
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(f"POST {API}/txt2img HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {65 * 1024 * 1024}\r\n\r\n".encode())
+        reply = conn.recv(4096).decode("latin-1")
+    assert reply.startswith("HTTP/1.1 413") and "limit" in reply
+
+
+def test_start_up_lists_of_features_not_built_yet_answer_in_a1111_shape(client: httpx.Client) -> None:
+    upscalers = client.get(f"{API}/upscalers").json()
+    assert upscalers[0]["name"] == "None" and set(upscalers[0]) == {"name", "model_name", "model_path",
+                                                                     "model_url", "scale"}
+    for route in ("latent-upscale-modes", "hypernetworks", "face-restorers", "realesrgan-models"):
+        assert client.get(f"{API}/{route}").json() == []
