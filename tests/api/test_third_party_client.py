@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.server_process import Server, start_server, stop_server
+from tests.server_process import start_server, stop_server
 
 webuiapi = pytest.importorskip("webuiapi")
 
