@@ -59,7 +59,7 @@ def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
     from modules.api import routes
     from modules.api.auth import AuthMiddleware
     from modules.ui.app_ui import build_ui, open_paths
-    from modules.ui.common import CSS
+    from modules.ui.common import CSS, HEAD
     from modules.ui.session import gradio_session_check
 
     docs = flags.serves_api
@@ -68,7 +68,7 @@ def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
     if flags.serves_api:
         routes.install(app, services, flags, auth.enabled)
     if not flags.nowebui:
-        app = gr.mount_gradio_app(app, build_ui(services), path=flags.subpath or "/", css=CSS,
+        app = gr.mount_gradio_app(app, build_ui(services), path=flags.subpath or "/", css=CSS, head=HEAD,
                                   theme=gr.themes.Default(), auth=auth.ui.as_gradio() if auth.ui else None,
                                   show_error=True, max_file_size=MAX_UPLOAD, enable_monitoring=False)
     if flags.cors_allow_origins:

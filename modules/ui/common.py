@@ -71,3 +71,19 @@ CSS = """
 .atelier-params th { text-align: left; padding: .2em .6em .2em 0; white-space: nowrap; vertical-align: top; }
 .atelier-params td { padding: .2em 0; word-break: break-word; }
 """
+
+
+# Ctrl+Enter (Cmd+Enter) in a prompt box presses that tab's Generate, as in A1111; plain Enter
+# keeps adding lines.
+HEAD = """<script>
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey) || !event.target.closest) return;
+  for (const tab of ["txt2img", "img2img", "inpaint"]) {
+    if (event.target.closest(`#${tab}_prompt, #${tab}_neg_prompt`)) {
+      event.preventDefault();
+      document.querySelector(`#${tab}_generate`)?.click();
+      return;
+    }
+  }
+});
+</script>"""

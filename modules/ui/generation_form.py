@@ -218,7 +218,7 @@ def wire_generation(form: GenerationForm, services: Services, extra_inputs: list
         yield None, note, gr.update(value=None, visible=False), items, infos[0]["infotext"] if infos else "", infos
 
     outputs = [form.job_id, form.progress, form.preview, form.gallery, form.info, form.infos]
-    for trigger in triggers or [form.generate.click, form.prompt.submit]:
+    for trigger in triggers or [form.generate.click]:  # Ctrl+Enter presses Generate (see common.HEAD)
         trigger(run, inputs=form.values() + extra_inputs, outputs=outputs, concurrency_limit=None,
                 show_progress="hidden", api_visibility="private")
     if not with_stop_buttons:

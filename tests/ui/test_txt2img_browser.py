@@ -26,7 +26,7 @@ def test_type_a_prompt_generate_and_see_the_image_and_its_parameters(page, serve
     set_number(page, "txt2img_steps", 6)
     set_number(page, "txt2img_batch_size", 2)
     page.locator("#txt2img_seed input").fill("4242")
-    page.locator("#txt2img_generate").click()
+    page.locator("#txt2img_prompt textarea").press("Control+Enter")  # A1111's shortcut for Generate
 
     info = page.locator("#html_info_txt2img textarea")
     page.wait_for_function("() => document.querySelector('#html_info_txt2img textarea').value.includes('Seed:')")
