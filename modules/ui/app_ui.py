@@ -43,9 +43,9 @@ def _wire_sends(send: SendWiring, t2i: GenerationForm, i2i: img2img.Img2ImgTab, 
     for source in (t2i, i2i.form, inp.form):
         for target_id in source.send_buttons:
             form, image, as_editor = targets[target_id]
-            send.from_form(source, target_id, form, image if target_id != "txt2img" else None, as_editor)
-        # Paste: an infotext in the prompt box fills this same tab.
-        send.wire(source.paste, [source.prompt], _pasted, _tab_of(source), source)
+            send.from_form(source, target_id, form, image, as_editor)
+        # Paste: an infotext in the prompt box fills this same tab (tab ids are the forms' prefixes).
+        send.wire(source.paste, [source.prompt], _pasted, source.prefix, source)
     for target_id, (form, image, as_editor) in targets.items():
         send.wire(png.send_buttons[target_id], [png.image, png.text], lambda path, text: (path, text or ""),
                   target_id, form, image, as_editor)
@@ -57,10 +57,6 @@ def _pasted(text: str | None) -> tuple[None, str]:
         raise gr.Error("Paste a whole parameters text (prompt, negative prompt and the Steps: ... line) "
                        "into the prompt box first.")
     return None, text
-
-
-def _tab_of(form: GenerationForm) -> str:
-    return form.prefix
 
 
 # What a browser needs before it has logged in: the login page and its static assets. Gradio
