@@ -16,7 +16,7 @@ from PIL import Image
 from modules.engine import latents as lat
 from modules.engine.loader import LoadedModel
 from modules.engine.model_detect import ModelArch
-from modules.engine.prompt_encoding import plain_conditioning
+from modules.engine.prompt_encoding import build_conditioning
 from modules.engine.sampling.denoiser import (
     Embeds,
     GuidedDenoiser,
@@ -102,7 +102,10 @@ def run_task(model: LoadedModel, task: ImageTask, observer: StepObserver) -> lis
     """The batch's images, or None when the observer stopped it before the end."""
     device = model.pipeline.unet.device
     # 1. Conditioning.
-    conditioning = plain_conditioning(model.pipeline, model.arch, task.prompt, task.negative_prompt, task.clip_skip)
+    # Prompt editing counts model calls, as A1111 does: a second-order sampler makes about two a step.
+    schedule_steps = task.steps * 2 - 1 if task.sampler.second_order else task.steps
+    conditioning = build_conditioning(model.pipeline, model.arch, task.prompt, task.negative_prompt, task.clip_skip,
+                                      schedule_steps)
     # 2. Inputs: the init latent (img2img), the latent mask (inpainting), the extra channels.
     init_latent = mask = concat = None
     if task.init_image is not None:
