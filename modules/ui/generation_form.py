@@ -39,6 +39,8 @@ class FormValues:
     batch_size: float
     clip_skip: float
     styles: list[str] | None = None
+    variation_seed: float | None = -1
+    variation_strength: float = 0.0
 
     def to_request(self) -> GenerationRequest:
         labels = {s.value: s for s in ScheduleType}
@@ -48,7 +50,9 @@ class FormValues:
             steps=whole(self.steps), cfg_scale=float(self.cfg_scale), width=whole(self.width),
             height=whole(self.height), seed=-1 if self.seed is None else whole(self.seed),
             batch_count=whole(self.batch_count), batch_size=whole(self.batch_size), clip_skip=whole(self.clip_skip),
-            styles=tuple(self.styles or ()))
+            styles=tuple(self.styles or ()),
+            variation_seed=-1 if self.variation_seed is None else whole(self.variation_seed),
+            variation_strength=float(self.variation_strength or 0.0))
 
 
 def whole(value: float | int) -> Any:
@@ -77,6 +81,8 @@ class GenerationForm:
     seed: gr.Number
     clip_skip: gr.Slider
     styles: gr.Dropdown
+    variation_seed: gr.Number
+    variation_strength: gr.Slider
     paste: gr.Button
     progress: gr.HTML
     preview: gr.Image
@@ -90,12 +96,13 @@ class GenerationForm:
     def values(self) -> list[Any]:
         """The components whose values make a :class:`FormValues`, in its field order."""
         return [self.prompt, self.negative, self.sampler, self.schedule, self.steps, self.cfg, self.width,
-                self.height, self.seed, self.batch_count, self.batch_size, self.clip_skip, self.styles]
+                self.height, self.seed, self.batch_count, self.batch_size, self.clip_skip, self.styles,
+                self.variation_seed, self.variation_strength]
 
     def request_fields(self) -> list[Any]:
         """Components a "send to" fills from an infotext, in :func:`fields_from_infotext` order."""
         return [self.prompt, self.negative, self.sampler, self.schedule, self.steps, self.cfg, self.width,
-                self.height, self.seed, self.clip_skip]
+                self.height, self.seed, self.clip_skip, self.variation_seed, self.variation_strength]
 
 
 def build_prompts(prefix: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Button, gr.Button, gr.Button]:
@@ -148,6 +155,11 @@ def build_form(prefix: str, services: Services, extra: Callable[[], None] | None
                 seed = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{prefix}_seed", scale=4)
                 random_seed = gr.Button("🎲", elem_id=f"{prefix}_random_seed", elem_classes="tool-button", scale=0)
                 reuse_seed = gr.Button("♻️", elem_id=f"{prefix}_reuse_seed", elem_classes="tool-button", scale=0)
+            with gr.Accordion("Variation seed", open=False, elem_id=f"{prefix}_subseed_show"):
+                with gr.Row():
+                    variation_seed = gr.Number(value=-1, precision=0, label="Variation seed", elem_id=f"{prefix}_subseed")
+                    variation_strength = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
+                                                   elem_id=f"{prefix}_subseed_strength")
             clip_skip = gr.Slider(1, 12, value=lambda: services.options.get().clip_skip, step=1, label="Clip skip",
                                   elem_id=f"{prefix}_clip_skip")
         with gr.Column(scale=1):
@@ -162,7 +174,8 @@ def build_form(prefix: str, services: Services, extra: Callable[[], None] | None
             info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, buttons=["copy"],
                               elem_id=f"html_info_{prefix}")
     form = GenerationForm(prefix, prompt, negative, generate, interrupt, skip, sampler, schedule, steps, width, height,
-                          batch_count, batch_size, cfg, seed, clip_skip, styles, paste, progress, preview, gallery, info,
+                          batch_count, batch_size, cfg, seed, clip_skip, styles, variation_seed, variation_strength,
+                          paste, progress, preview, gallery, info,
                           send_buttons, gr.State(None), gr.State([]), gr.State(0))
     _wire_seed_buttons(form, random_seed, reuse_seed)
     return form
@@ -239,4 +252,5 @@ def fields_from_infotext(text: str) -> list[Any]:
     """Values for :meth:`GenerationForm.request_fields` from an image's infotext."""
     request, _warnings = request_from_infotext(parse_infotext(text))
     return [request.prompt, request.negative_prompt, request.sampler, request.schedule.value, request.steps,
-            request.cfg_scale, request.width, request.height, request.seed, request.clip_skip]
+            request.cfg_scale, request.width, request.height, request.seed, request.clip_skip, request.variation_seed,
+            request.variation_strength]

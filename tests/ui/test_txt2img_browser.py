@@ -66,3 +66,17 @@ def test_checkpoint_dropdown_lists_models_with_hash(page) -> None:
     page.wait_for_function("() => document.querySelector('#setting_sd_model_checkpoint input').value !== ''")
     value = page.locator("#setting_sd_model_checkpoint input").input_value()
     assert re.fullmatch(r"tiny-sd15\.safetensors \[[0-9a-f]{10}\]", value), value
+
+
+def test_variation_seed_controls_reach_the_infotext(page) -> None:
+    set_number(page, "txt2img_width", 64)
+    set_number(page, "txt2img_height", 64)
+    set_number(page, "txt2img_steps", 4)
+    page.locator("#txt2img_seed input").fill("10")
+    page.locator("#txt2img_subseed_show").get_by_text("Variation seed").first.click()
+    page.locator("#txt2img_subseed input").fill("7")
+    set_number(page, "txt2img_subseed_strength", 0.5)
+    page.locator("#txt2img_generate").click()
+    page.wait_for_function(
+        "() => document.querySelector('#html_info_txt2img textarea').value.includes('Variation seed: 7, "
+        "Variation seed strength: 0.5')")
