@@ -20,6 +20,7 @@ from modules.engine.latents import blurred_mask, overlay_original
 from modules.engine.loader import LoadedModel
 from modules.engine.preview import latents_to_preview
 from modules.engine.sampling.loop import NoisePlan
+from modules.engine.token_count import TokenCount, count_tokens
 from modules.errors import FieldError, NoModelLoadedError, ValidationError
 from modules.infotext import ModelIdentity, build_infotext
 from modules.params import (
@@ -161,6 +162,10 @@ class GenerationService:
         result = self.submit(request).future.result(timeout)
         assert isinstance(result, GenerationResult)
         return result
+
+    def count_tokens(self, prompt: str, steps: int) -> TokenCount:
+        """The prompt's token count and chunk capacity, for the counter beside the prompt box."""
+        return count_tokens(prompt or "", max(1, int(steps)))
 
     def switch_model(self, checkpoint: str) -> Job:
         self.models.registry.require(checkpoint)

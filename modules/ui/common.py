@@ -67,6 +67,7 @@ CSS = """
 .atelier-progress-text { position: relative; padding-left: .6em; font-size: .9em; line-height: 1.6em; }
 .generate-button { min-height: 4.5em; }
 .tool-button { max-width: 3em; min-width: 3em !important; }
+.token-counter { font-size: .8em; opacity: .75; text-align: right; min-height: 0 !important; }
 .atelier-params { width: 100%; border-collapse: collapse; font-size: .9em; }
 .atelier-params th { text-align: left; padding: .2em .6em .2em 0; white-space: nowrap; vertical-align: top; }
 .atelier-params td { padding: .2em 0; word-break: break-word; }

@@ -128,6 +128,7 @@ def build_form(prefix: str, services: Services, extra: Callable[[], None] | None
     """The prompt row, the settings column (``extra`` adds the tab's own controls first) and results,
     with a "Send to" button per ``(tab id, label)`` in ``send_to`` under the gallery."""
     prompt, negative, generate, interrupt, skip, paste = build_prompts(prefix)
+    _wire_token_counters(prefix, services, prompt, negative)
     styles = build_styles(prefix, services, prompt, negative).chosen
     limits = services.settings.limits
     with gr.Row():
@@ -179,6 +180,17 @@ def build_form(prefix: str, services: Services, extra: Callable[[], None] | None
                           send_buttons, gr.State(None), gr.State([]), gr.State(0))
     _wire_seed_buttons(form, random_seed, reuse_seed)
     return form
+
+
+def _wire_token_counters(prefix: str, services: Services, prompt: gr.Textbox, negative: gr.Textbox) -> None:
+    """A1111's "n/75" beside each prompt box, updated as the user types."""
+    with gr.Row():
+        counters = [gr.HTML("", elem_id=f"{prefix}_token_counter", elem_classes="token-counter"),
+                    gr.HTML("", elem_id=f"{prefix}_negative_token_counter", elem_classes="token-counter")]
+    for box, counter in zip((prompt, negative), counters, strict=True):
+        box.change(lambda text: f"<span>{services.generation.count_tokens(text, 20)}</span>", inputs=[box],
+                   outputs=[counter], queue=False, trigger_mode="always_last", show_progress="hidden",
+                   api_visibility="private")
 
 
 def _wire_seed_buttons(form: GenerationForm, random_seed: gr.Button, reuse_seed: gr.Button) -> None:

@@ -80,3 +80,10 @@ def test_variation_seed_controls_reach_the_infotext(page) -> None:
     page.wait_for_function(
         "() => document.querySelector('#html_info_txt2img textarea').value.includes('Variation seed: 7, "
         "Variation seed strength: 0.5')")
+
+
+def test_token_counter_follows_the_prompt(page) -> None:
+    page.locator("#txt2img_prompt textarea").fill("a photo of a cat")
+    page.wait_for_function("() => document.querySelector('#txt2img_token_counter').innerText.includes('5/75')")
+    page.locator("#txt2img_prompt textarea").fill(" ".join(["word"] * 80))
+    page.wait_for_function("() => document.querySelector('#txt2img_token_counter').innerText.includes('80/150')")

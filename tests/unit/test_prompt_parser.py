@@ -69,3 +69,13 @@ def test_any_text_parses_without_error(text: str, steps: int) -> None:
     for entry in entries:
         assert parse_attention(entry.text)
     assert split_and(text)
+
+
+def test_token_counter_counts_like_the_encoder_chunks() -> None:
+    from modules.engine.token_count import count_tokens
+
+    assert str(count_tokens("a photo of a cat")) == "5/75"
+    assert str(count_tokens(" ".join(["word"] * 80))) == "80/150"
+    assert str(count_tokens("a BREAK b")) == "76/150"
+    assert str(count_tokens("short AND " + " ".join(["word"] * 100))) == "100/150"
+    assert str(count_tokens("")) == "0/75"
