@@ -126,14 +126,15 @@ class _StopAt:
         while not self.job.future.done():
             snap = self.services.queue.snapshot(self.job)
             if snap.batch_index == 1 and snap.step >= self.step:
-                self.pressed_at = snap.step
                 getattr(self.services.queue, self.action)(self.job.id)
+                # Read after pressing: a busy machine may have run more steps since the check above.
+                self.pressed_at = self.services.queue.snapshot(self.job).step
                 return
             threading.Event().wait(0.002)
 
 
 def test_interrupt_stops_within_a_step_keeps_finished_images_and_next_job_runs(services) -> None:
-    request = GenerationRequest(**{**BASE.__dict__, "steps": 30, "seed": 10, "batch_count": 3,
+    request = GenerationRequest(**{**BASE.__dict__, "steps": 60, "seed": 10, "batch_count": 3,
                                    "checkpoint": "tiny-sd15.safetensors"})
     job = services.generation.submit(request)
     stopper = _StopAt(services, step=5, action="interrupt")
@@ -149,7 +150,7 @@ def test_interrupt_stops_within_a_step_keeps_finished_images_and_next_job_runs(s
 
 
 def test_skip_moves_on_to_the_next_batch(services) -> None:
-    request = GenerationRequest(**{**BASE.__dict__, "steps": 30, "seed": 20, "batch_count": 3,
+    request = GenerationRequest(**{**BASE.__dict__, "steps": 60, "seed": 20, "batch_count": 3,
                                    "checkpoint": "tiny-sd15.safetensors"})
     job = services.generation.submit(request)
     _StopAt(services, step=3, action="skip").start(job)
