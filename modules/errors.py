@@ -62,10 +62,6 @@ class UnsafeCheckpointError(ModelLoadError):
     """A pickle checkpoint asked to run code or build objects beyond plain tensors."""
 
 
-class GenerationError(AtelierError):
-    """Sampling or decoding failed for a reason other than bad input."""
-
-
 class QueueFullError(AtelierError):
     """The job queue is at its limit; try again later."""
 

@@ -107,7 +107,7 @@ def _text_at(tree: lark.Tree, step: int) -> str:
         def plain(self, args: list) -> object:
             yield args[0].value
 
-        def __default__(self, data: object, children: list, meta: object) -> object:
+        def __default__(self, data: object, children: list, _meta: object) -> object:
             for child in children:
                 yield child
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from modules.errors import GenerationError, QueueFullError
+from modules.errors import ModelLoadError, QueueFullError
 from modules.params import GenerationRequest
 from modules.services.jobs import JobContext, JobQueue, JobStatus
 
@@ -23,7 +23,7 @@ class FakeExecutor:
     def __call__(self, spec: GenerationRequest, ctx: JobContext) -> dict:
         self.gate.wait()
         if spec.prompt == "boom":
-            raise GenerationError("exploded")
+            raise ModelLoadError("model.safetensors", "exploded")
         done = []
         for batch in range(spec.batch_count):
             ctx.begin_batch(batch, spec.batch_count, spec.steps)
@@ -61,7 +61,7 @@ def test_errors_reach_the_caller_and_the_worker_survives(setup) -> None:
     q, _ = setup
     bad = q.submit(GenerationRequest(prompt="boom"))
     good = q.submit(GenerationRequest(prompt="fine", steps=1))
-    with pytest.raises(GenerationError, match="exploded"):
+    with pytest.raises(ModelLoadError, match="exploded"):
         bad.future.result(5)
     assert good.future.result(5)["batches"] == [0]
     assert bad.status is JobStatus.FAILED
