@@ -104,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from modules.paths import resolve_paths
     from modules.services.container import build_services
 
-    paths = resolve_paths(flags.data_dir, flags.models_dir, flags.ckpt_dir)
+    paths = resolve_paths(flags.data_dir, flags.models_dir, flags.ckpt_dir, lora_dir=flags.lora_dir,
+                          embeddings_dir=flags.embeddings_dir, vae_dir=flags.vae_dir)
     try:
         settings = load_settings(paths.config_file)
         auth = load_auth(flags.gradio_auth, flags.gradio_auth_path, flags.api_auth)

@@ -30,6 +30,9 @@ class Flags:
     port: int = 7860
     ckpt: str | None = None
     ckpt_dir: Path | None = None
+    lora_dir: Path | None = None
+    embeddings_dir: Path | None = None
+    vae_dir: Path | None = None
     data_dir: Path | None = None
     models_dir: Path | None = None
     device_id: int | None = None
@@ -84,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     p.add_argument("--ckpt", help="checkpoint to load at startup (file name, title, or path)")
     p.add_argument("--ckpt-dir", type=Path, help="extra folder to look for checkpoints in")
+    p.add_argument("--lora-dir", type=Path, help="extra folder to look for LoRA files in (besides models/Lora)")
+    p.add_argument("--embeddings-dir", type=Path,
+                   help="extra folder to look for textual inversion embeddings in (besides embeddings/)")
+    p.add_argument("--vae-dir", type=Path, help="extra folder to look for VAE files in (besides models/VAE)")
     p.add_argument("--data-dir", type=Path, help="where outputs, config and user extensions live (default: the project folder)")
     p.add_argument("--models-dir", type=Path, help="base folder of models (default: <data-dir>/models)")
     p.add_argument("--device-id", type=int, help="CUDA device index to use")
@@ -126,7 +133,8 @@ def parse_flags(argv: Sequence[str], environ: Mapping[str, str]) -> Flags:
     if subpath and (not subpath.startswith("/") or subpath.endswith("/") or ".." in subpath):
         parser.error(f"--subpath must look like /name, got {ns.subpath!r}")
     return Flags(
-        listen=ns.listen, port=ns.port, ckpt=ns.ckpt, ckpt_dir=ns.ckpt_dir, data_dir=ns.data_dir,
+        listen=ns.listen, port=ns.port, ckpt=ns.ckpt, ckpt_dir=ns.ckpt_dir, lora_dir=ns.lora_dir,
+        embeddings_dir=ns.embeddings_dir, vae_dir=ns.vae_dir, data_dir=ns.data_dir,
         models_dir=ns.models_dir, device_id=ns.device_id, use_cpu=tuple(m.lower() for m in ns.use_cpu),
         no_half=ns.no_half, precision=Precision(ns.precision), loglevel=ns.loglevel,
         autolaunch=ns.autolaunch, exit=ns.exit, api=ns.api, nowebui=ns.nowebui, gradio_auth=ns.gradio_auth,

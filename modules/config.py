@@ -33,6 +33,8 @@ class Settings:
     clip_skip: int = 1
     eta_noise_seed_delta: int = 0
     randn_source: str = RngSource.GPU.value
+    sd_vae: str = "Automatic"  # A1111's option: "Automatic", "None" or a VAE file name
+    save_images_before_highres_fix: bool = False  # also save hires fix's first pass
 
     @property
     def limits(self) -> GenerationLimits:

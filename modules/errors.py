@@ -76,3 +76,23 @@ class GalleryPathError(AtelierError):
 
 class RequestTooLargeError(AtelierError):
     """A request body is larger than the server accepts."""
+
+
+class AddonNotFoundError(AtelierError):
+    """A named LoRA, embedding or VAE does not exist among the discovered ones."""
+
+    def __init__(self, kind: str, name: str, available: list[str] | tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        self.name = name
+        hint = f" Available: {', '.join(available)}." if available else f" No {kind} files were found."
+        super().__init__(f"{kind} not found: {name!r}.{hint}")
+
+
+class AddonLoadError(AtelierError):
+    """A LoRA, embedding or VAE file exists but cannot be used (corrupt, foreign, unsafe, wrong model)."""
+
+    def __init__(self, kind: str, path: str, reason: str) -> None:
+        self.kind = kind
+        self.path = path
+        self.reason = reason
+        super().__init__(f"Cannot load {kind} {path}: {reason}")

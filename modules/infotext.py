@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from modules.params import GenerationRequest, MaskedContent
+from modules.params import GenerationRequest, HiresFix, MaskedContent, Refiner
 from modules.samplers import RngSource, ScheduleType, find_schedule, resolve_sampler
+from modules.upscalers import DEFAULT_UPSCALER, find_upscaler
 
 # A1111's fixed order of the parameters line. Keys not listed here (extensions' own) follow them in
 # the order given, and "Version" always comes last.
@@ -31,7 +32,8 @@ INFOTEXT_KEY_ORDER: tuple[str, ...] = (
     "Seed resize from", "Denoising strength", "Clip skip", "ENSD", "RNG", "Tiling",
     # Feature keys, in the order A1111 added them.
     "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Mask blur", "Mask mode", "Masked content",
-    "Inpaint area", "Masked area padding", "Lora hashes", "TI hashes", "Styles array",
+    "Inpaint area", "Masked area padding", "Hires sampler", "Hires schedule type", "Hires prompt",
+    "Hires negative prompt", "Refiner", "Refiner switch at", "Lora hashes", "TI hashes", "Styles array",
 )
 VERSION_KEY = "Version"
 NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
@@ -41,6 +43,8 @@ REQUEST_KEYS = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
      "Clip skip", "Variation seed", "Variation seed strength", "Denoising strength", "ENSD", "RNG",
      "Mask blur", "Mask mode", "Masked content", "Inpaint area", "Masked area padding", "Styles array", VERSION_KEY}
+    | {"Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Hires sampler", "Hires schedule type",
+       "Hires prompt", "Hires negative prompt", "Seed resize from"}
 )
 
 # A1111's reader pattern, verbatim: a last line is parameters only if it matches 3+ times.
@@ -119,6 +123,8 @@ def _request_params(request: GenerationRequest, seed: int, model: ModelIdentity 
         params["Variation seed strength"] = format_number(request.variation_strength)
     if request.is_img2img:
         params["Denoising strength"] = format_number(request.denoising_strength)
+    elif request.hires is not None:  # txt2img: the second pass's strength, as A1111 writes it
+        params["Denoising strength"] = format_number(request.hires.denoising_strength)
     if request.mask is not None:
         params["Mask blur"] = request.mask_blur
         if request.invert_mask:
@@ -132,8 +138,35 @@ def _request_params(request: GenerationRequest, seed: int, model: ModelIdentity 
         params["ENSD"] = request.eta_noise_seed_delta
     if request.rng is not RngSource.GPU:  # A1111 writes RNG only when it is not the default
         params["RNG"] = request.rng.value
+    if request.seed_resize is not None:
+        params["Seed resize from"] = "{}x{}".format(*request.seed_resize)
+    params.update(hires_infotext(request))
     if request.applied_styles:
         params["Styles array"] = json.dumps(list(request.applied_styles), ensure_ascii=False)
+    return params
+
+
+def hires_infotext(request: GenerationRequest) -> dict[str, object]:
+    """The ``Hires ...`` keys of a hires-fix job, as A1111 writes them (only what differs from the first pass)."""
+    hires = request.hires
+    if hires is None:
+        return {}
+    params: dict[str, object] = {}
+    if hires.resize_width or hires.resize_height:
+        params["Hires resize"] = f"{hires.resize_width}x{hires.resize_height}"  # as asked: "1024x0" keeps the ratio
+    else:
+        params["Hires upscale"] = format_number(hires.scale)
+    if hires.steps:
+        params["Hires steps"] = hires.steps
+    params["Hires upscaler"] = hires.upscaler
+    if hires.sampler and hires.sampler != request.sampler:
+        params["Hires sampler"] = hires.sampler
+    if hires.schedule is not None and hires.schedule is not request.schedule:
+        params["Hires schedule type"] = hires.schedule.value
+    if hires.prompt and hires.prompt != request.prompt:
+        params["Hires prompt"] = hires.prompt
+    if hires.negative_prompt and hires.negative_prompt != request.negative_prompt:
+        params["Hires negative prompt"] = hires.negative_prompt
     return params
 
 
@@ -357,7 +390,9 @@ def request_from_infotext(
         checkpoint=params.get("Model") or params.get("Model hash") or base.checkpoint,
         variation_seed=_read_int(params, "Variation seed", -1, warnings),
         variation_strength=_read_float(params, "Variation seed strength", 0.0, warnings),
-        denoising_strength=_read_float(params, "Denoising strength", base.denoising_strength, warnings),
+        # With hires keys, "Denoising strength" is the second pass's (read into ``hires``).
+        denoising_strength=base.denoising_strength if _has_hires(params)
+        else _read_float(params, "Denoising strength", base.denoising_strength, warnings),
         mask_blur=_read_int(params, "Mask blur", base.mask_blur, warnings),
         invert_mask=params.get("Mask mode", "").strip().lower() == "inpaint not masked",
         masked_content=_read_masked_content(params, base.masked_content, warnings),
@@ -365,5 +400,48 @@ def request_from_infotext(
         only_masked_padding=_read_int(params, "Masked area padding", base.only_masked_padding, warnings),
         eta_noise_seed_delta=_read_int(params, "ENSD", 0, warnings),
         rng=_read_rng(params, warnings),
+        seed_resize_from_width=_read_int(params, "Seed resize from-1", 0, warnings),
+        seed_resize_from_height=_read_int(params, "Seed resize from-2", 0, warnings),
+        hires=_read_hires(params, base, warnings),
+        refiner=_read_refiner(params, warnings),
+        vae=params.get("VAE") or base.vae,
     )
     return request, warnings
+
+
+def _has_hires(params: Mapping[str, str]) -> bool:
+    return any(key in params for key in ("Hires upscale", "Hires resize", "Hires upscaler", "Hires steps"))
+
+
+def _read_hires(params: Mapping[str, str], base: GenerationRequest, warnings: list[str]) -> HiresFix | None:
+    if not _has_hires(params):
+        return None
+    kept = base.hires or HiresFix()
+    hr_sampler = params.get("Hires sampler")
+    if hr_sampler is not None and resolve_sampler(hr_sampler) is None:
+        warnings.append(f"Hires sampler: unknown sampler {hr_sampler!r}; using the first pass's")
+        hr_sampler = None
+    hr_schedule = find_schedule(params["Hires schedule type"]) if "Hires schedule type" in params else None
+    upscaler = params.get("Hires upscaler", kept.upscaler)
+    if find_upscaler(upscaler) is None:
+        warnings.append(f"Hires upscaler: {upscaler!r} is not available here; using {DEFAULT_UPSCALER}")
+        upscaler = DEFAULT_UPSCALER
+    return HiresFix(
+        scale=_read_float(params, "Hires upscale", kept.scale, warnings),
+        resize_width=_read_int(params, "Hires resize-1", 0, warnings),
+        resize_height=_read_int(params, "Hires resize-2", 0, warnings),
+        upscaler=upscaler,
+        steps=_read_int(params, "Hires steps", 0, warnings),
+        denoising_strength=_read_float(params, "Denoising strength", kept.denoising_strength, warnings),
+        sampler=hr_sampler, schedule=hr_schedule,
+        prompt=params.get("Hires prompt", ""), negative_prompt=params.get("Hires negative prompt", ""),
+        save_first_pass=kept.save_first_pass,
+    )
+
+
+def _read_refiner(params: Mapping[str, str], warnings: list[str]) -> Refiner | None:
+    name = params.get("Refiner")
+    if not name:
+        return None
+    # "name [hash]": the name finds the checkpoint whether or not its hash is known here.
+    return Refiner(checkpoint=name.split(" [")[0].strip(), switch_at=_read_float(params, "Refiner switch at", 0.8, warnings))

@@ -22,6 +22,7 @@ from modules.samplers import (
     resolve_sampler,
     sampler_names,
 )
+from modules.upscalers import DEFAULT_UPSCALER, find_upscaler, upscaler_names
 
 MAX_SEED = 2**32 - 1  # A1111 seeds are unsigned 32-bit
 
@@ -50,6 +51,56 @@ class MaskedContent(enum.Enum):
     @property
     def index(self) -> int:
         return list(MaskedContent).index(self)
+
+
+LATENT_SCALE = 8  # pixels per latent cell in every SD VAE
+VAE_AUTOMATIC = "Automatic"  # A1111: a VAE named like the checkpoint if there is one, else the checkpoint's own
+VAE_NONE = "None"  # the checkpoint's own VAE
+
+
+@dataclass(frozen=True)
+class HiresFix:
+    """A1111's hires fix: txt2img at the requested size, then a second img2img pass at a larger one."""
+
+    scale: float = 2.0
+    resize_width: int = 0  # 0 and 0: the size comes from ``scale``; one set: the other keeps the ratio
+    resize_height: int = 0
+    upscaler: str = DEFAULT_UPSCALER
+    steps: int = 0  # second-pass steps; 0 = as many as the first pass
+    denoising_strength: float = 0.7
+    sampler: str | None = None  # None = the first pass's sampler
+    schedule: ScheduleType | None = None  # None = the first pass's schedule
+    prompt: str = ""  # "" = the first pass's prompt
+    negative_prompt: str = ""
+    save_first_pass: bool = False  # save the image before the second pass too (A1111's option)
+
+    def upscale_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size the first pass is upscaled to (A1111's hr_upscale_to), multiples of 8. With both
+        resize sides set it covers the target keeping the aspect ratio; :meth:`final_size` crops it."""
+        if not self.resize_width and not self.resize_height:
+            w, h = int(width * self.scale), int(height * self.scale)
+        elif not self.resize_height:
+            w, h = self.resize_width, self.resize_width * height // width
+        elif not self.resize_width:
+            w, h = self.resize_height * width // height, self.resize_height
+        elif width / height < self.resize_width / self.resize_height:
+            w, h = self.resize_width, self.resize_width * height // width
+        else:
+            w, h = self.resize_height * width // height, self.resize_height
+        return w // LATENT_SCALE * LATENT_SCALE, h // LATENT_SCALE * LATENT_SCALE
+
+    def final_size(self, width: int, height: int) -> tuple[int, int]:
+        if self.resize_width and self.resize_height:
+            return self.resize_width, self.resize_height
+        return self.upscale_size(width, height)
+
+
+@dataclass(frozen=True)
+class Refiner:
+    """A1111's refiner: a second checkpoint takes over when ``switch_at`` of the denoising is done."""
+
+    checkpoint: str
+    switch_at: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -104,10 +155,29 @@ class GenerationRequest:
     styles: tuple[str, ...] = ()  # style names to apply to the prompts when the job is submitted
     applied_styles: tuple[str, ...] = ()  # what was applied (the prompts already contain it): for the infotext
     save_images: bool = True  # False: images only come back to the caller (A1111's API default)
+    hires: HiresFix | None = None  # txt2img only
+    refiner: Refiner | None = None
+    seed_resize_from_width: int = 0  # A1111's "resize seed from": noise made at this size, centred; 0 = off
+    seed_resize_from_height: int = 0
+    vae: str | None = None  # VAE_AUTOMATIC, VAE_NONE or a VAE file name; None = the current setting
 
     @property
     def is_img2img(self) -> bool:
         return self.init_image is not None
+
+    @property
+    def seed_resize(self) -> tuple[int, int] | None:
+        """(width, height) the noise is made at, when "resize seed from" is on."""
+        if self.seed_resize_from_width > 0 and self.seed_resize_from_height > 0:
+            return self.seed_resize_from_width, self.seed_resize_from_height
+        return None
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """The size of the images the job returns (after hires fix, if any)."""
+        if self.hires is not None:
+            return self.hires.final_size(self.width, self.height)
+        return self.width, self.height
 
     @property
     def images_per_job(self) -> int:
@@ -171,6 +241,61 @@ def _check_variations_and_images(errors: list[FieldError], request: GenerationRe
     _check_int(errors, "only_masked_padding", request.only_masked_padding, 0, limits.max_size)
 
 
+def _check_sampler_name(errors: list[FieldError], name: str, value: object) -> None:
+    found = resolve_sampler(value) if isinstance(value, str) else None
+    if found is None:
+        errors.append(FieldError(name, f"unknown sampler {value!r}; valid: {', '.join(sampler_names())}"))
+
+
+def _check_hires(errors: list[FieldError], request: GenerationRequest, limits: GenerationLimits) -> None:
+    hires = request.hires
+    if hires is None:
+        return
+    if not isinstance(hires, HiresFix):
+        errors.append(FieldError("hires", "must be hires fix settings"))
+        return
+    if request.init_image is not None:
+        errors.append(FieldError("hires", "hires fix is for txt2img; img2img already works at the size asked for"))
+    before = len(errors)
+    _check_range(errors, "hr_scale", hires.scale, 1.0, 8.0)
+    for name, value in (("hr_resize_x", hires.resize_width), ("hr_resize_y", hires.resize_height)):
+        if value != 0:
+            _check_size(errors, name, value, limits)
+    if len(errors) == before and all(_is_int(v) for v in (request.width, request.height)) \
+            and request.width > 0 and request.height > 0:
+        w, h = hires.upscale_size(request.width, request.height)
+        if max(w, h) > limits.max_size:
+            errors.append(FieldError("hr_scale", f"upscales to {w}x{h}; the largest side allowed is {limits.max_size}"))
+    if not isinstance(hires.upscaler, str) or find_upscaler(hires.upscaler) is None:
+        errors.append(FieldError("hr_upscaler", f"unknown upscaler {hires.upscaler!r}; valid: {', '.join(upscaler_names())}"))
+    _check_int(errors, "hr_second_pass_steps", hires.steps, 0, limits.max_steps)
+    _check_range(errors, "hr_denoising_strength", hires.denoising_strength, 0.0, 1.0)
+    if hires.sampler is not None:
+        _check_sampler_name(errors, "hr_sampler_name", hires.sampler)
+    if hires.schedule is not None and not isinstance(hires.schedule, ScheduleType):
+        errors.append(FieldError("hr_scheduler", f"unknown schedule type {hires.schedule!r}"))
+    for name, text in (("hr_prompt", hires.prompt), ("hr_negative_prompt", hires.negative_prompt)):
+        if not isinstance(text, str) or len(text) > limits.max_prompt_chars:
+            errors.append(FieldError(name, f"must be text of at most {limits.max_prompt_chars} characters"))
+
+
+def _check_extras(errors: list[FieldError], request: GenerationRequest, limits: GenerationLimits) -> None:
+    """Hires fix, refiner, "resize seed from" and the VAE choice."""
+    _check_hires(errors, request, limits)
+    refiner = request.refiner
+    if refiner is not None:
+        if not isinstance(refiner, Refiner) or not isinstance(refiner.checkpoint, str) or not refiner.checkpoint:
+            errors.append(FieldError("refiner_checkpoint", "must name a checkpoint"))
+        else:
+            _check_range(errors, "refiner_switch_at", refiner.switch_at, 0.0, 1.0)
+    for name in ("seed_resize_from_width", "seed_resize_from_height"):
+        value = getattr(request, name)
+        if not _is_int(value) or not (value <= 0 or LATENT_SCALE <= value <= limits.max_size):
+            errors.append(FieldError(name, f"must be 0 (off) or between {LATENT_SCALE} and {limits.max_size}"))
+    if request.vae is not None and (not isinstance(request.vae, str) or not request.vae.strip()):
+        errors.append(FieldError("sd_vae", "must name a VAE, 'Automatic' or 'None'"))
+
+
 def validate_request(request: GenerationRequest, limits: GenerationLimits = GenerationLimits()) -> None:
     """Raise :class:`ValidationError` naming every invalid field; return quietly otherwise."""
     errors: list[FieldError] = []
@@ -180,9 +305,7 @@ def validate_request(request: GenerationRequest, limits: GenerationLimits = Gene
             errors.append(FieldError(name, "must be text"))
         elif len(text) > limits.max_prompt_chars:
             errors.append(FieldError(name, f"is {len(text)} characters; the limit is {limits.max_prompt_chars}"))
-    found = resolve_sampler(request.sampler) if isinstance(request.sampler, str) else None
-    if found is None:
-        errors.append(FieldError("sampler", f"unknown sampler {request.sampler!r}; valid: {', '.join(sampler_names())}"))
+    _check_sampler_name(errors, "sampler", request.sampler)
     if not isinstance(request.schedule, ScheduleType):
         valid = ", ".join(s.value for s in ScheduleType)
         errors.append(FieldError("schedule", f"unknown schedule type {request.schedule!r}; valid: {valid}"))
@@ -200,6 +323,7 @@ def validate_request(request: GenerationRequest, limits: GenerationLimits = Gene
     if request.checkpoint is not None and not isinstance(request.checkpoint, str):
         errors.append(FieldError("checkpoint", "must be a checkpoint name"))
     _check_variations_and_images(errors, request, limits)
+    _check_extras(errors, request, limits)
     if errors:
         raise ValidationError(errors)
 
@@ -224,7 +348,21 @@ def normalize_request(request: GenerationRequest, rng: random.Random | None = No
     variation_seed = request.variation_seed
     if variation_seed == -1 and request.variation_strength > 0:
         variation_seed = source.randint(0, MAX_SEED - request.images_per_job)
-    return replace(request, sampler=spec.name, schedule=schedule, seed=seed, variation_seed=variation_seed)
+    hires = request.hires
+    if hires is not None:
+        hires = replace(hires, upscaler=find_upscaler(hires.upscaler).name)  # type: ignore[union-attr]
+        if hires.sampler is not None:
+            hr_found = resolve_sampler(hires.sampler)
+            assert hr_found is not None  # validated
+            hr_schedule = hires.schedule
+            if hr_found[1] is not None and hr_schedule in (None, ScheduleType.AUTOMATIC):
+                hr_schedule = hr_found[1]
+            hires = replace(hires, sampler=hr_found[0].name, schedule=hr_schedule)
+    resize_w, resize_h = (max(0, v) for v in (request.seed_resize_from_width, request.seed_resize_from_height))
+    if not (resize_w and resize_h):
+        resize_w = resize_h = 0  # off: A1111 ignores it unless both sides are set
+    return replace(request, sampler=spec.name, schedule=schedule, seed=seed, variation_seed=variation_seed,
+                   hires=hires, seed_resize_from_width=resize_w, seed_resize_from_height=resize_h)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ class AppPaths:
     data_dir: Path
     models_dir: Path
     checkpoint_dirs: tuple[Path, ...]
+    lora_dirs: tuple[Path, ...]
+    embedding_dirs: tuple[Path, ...]
+    vae_dirs: tuple[Path, ...]
     outputs_dir: Path
     cache_dir: Path
     config_file: Path
@@ -40,21 +43,31 @@ class AppPaths:
         return self.checkpoint_dirs[0]
 
 
+def _folders(defaults: list[Path], extra: Path | None) -> tuple[Path, ...]:
+    """The default folders, then the one a flag names (once)."""
+    if extra is not None:
+        resolved = extra.expanduser().resolve()
+        if resolved not in defaults:
+            defaults.append(resolved)
+    return tuple(defaults)
+
+
 def resolve_paths(data_dir: Path | None = None, models_dir: Path | None = None,
-                  ckpt_dir: Path | None = None, project_root: Path = PROJECT_ROOT) -> AppPaths:
-    """A1111's layout under the data dir: models/Stable-diffusion, outputs/, config.yaml."""
+                  ckpt_dir: Path | None = None, project_root: Path = PROJECT_ROOT, *,
+                  lora_dir: Path | None = None, embeddings_dir: Path | None = None,
+                  vae_dir: Path | None = None) -> AppPaths:
+    """A1111's layout under the data dir: models/Stable-diffusion, models/Lora, models/VAE,
+    embeddings/ (and models/embeddings), outputs/, config.yaml."""
     data = (data_dir or project_root).expanduser().resolve()
     models = (models_dir.expanduser().resolve() if models_dir else data / "models")
-    ckpt_dirs = [models / "Stable-diffusion"]
-    if ckpt_dir is not None:
-        extra = ckpt_dir.expanduser().resolve()
-        if extra not in ckpt_dirs:
-            ckpt_dirs.append(extra)
     return AppPaths(
         project_root=project_root,
         data_dir=data,
         models_dir=models,
-        checkpoint_dirs=tuple(ckpt_dirs),
+        checkpoint_dirs=_folders([models / "Stable-diffusion"], ckpt_dir),
+        lora_dirs=_folders([models / "Lora"], lora_dir),
+        embedding_dirs=_folders([data / "embeddings", models / "embeddings"], embeddings_dir),
+        vae_dirs=_folders([models / "VAE"], vae_dir),
         outputs_dir=data / "outputs",
         cache_dir=data / "cache",
         config_file=data / "config.yaml",

@@ -43,7 +43,9 @@ from modules.params import (
     GeneratedImage,
     GenerationRequest,
     GenerationResult,
+    HiresFix,
     MaskedContent,
+    Refiner,
     ResizeMode,
 )
 from modules.samplers import (
@@ -65,6 +67,7 @@ SETTING_FIELDS: Mapping[str, str] = MappingProxyType({
     "CLIP_stop_at_last_layers": "clip_skip",
     "eta_noise_seed_delta": "eta_noise_seed_delta",
     "randn_source": "rng",
+    "sd_vae": "vae",
 })
 # Request fields an infotext may fill, and the body fields whose presence means "the client chose".
 _INFOTEXT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
@@ -73,6 +76,8 @@ _INFOTEXT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "steps": ("steps",), "cfg_scale": ("cfg_scale",), "seed": ("seed",),
     "width": ("width",), "height": ("height",),
     "variation_seed": ("subseed",), "variation_strength": ("subseed_strength",),
+    "seed_resize_from_width": ("seed_resize_from_w",), "seed_resize_from_height": ("seed_resize_from_h",),
+    "hires": ("enable_hr",), "refiner": ("refiner_checkpoint",),
 })
 _IMG2IMG_INFOTEXT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "denoising_strength": ("denoising_strength",), "mask_blur": ("mask_blur",),
@@ -142,6 +147,10 @@ def _setting_value(key: str, value: object, where: str) -> object:
             if not isinstance(value, str) or not value.strip():
                 raise ValueError("must be a checkpoint title, name, file name or hash")
             return value.strip()
+        if key == "sd_vae":
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError("must be a VAE file name, 'Automatic' or 'None'")
+            return value.strip()
         if key == "randn_source":
             label = str(value).strip().upper()
             if label not in {r.value for r in RngSource}:
@@ -210,6 +219,32 @@ def _image_fields(body: Img2ImgBody) -> dict[str, object]:
     }
 
 
+def _hires(body: Txt2ImgBody, save_first_pass: bool) -> HiresFix | None:
+    """A1111's enable_hr fields; its ``denoising_strength`` is the second pass's."""
+    if not body.enable_hr or isinstance(body, Img2ImgBody):
+        return None  # A1111 ignores enable_hr on img2img
+    hr_schedule = None
+    if body.hr_scheduler:
+        hr_schedule = find_schedule(body.hr_scheduler)
+        if hr_schedule is None:
+            valid = ", ".join(s.api_name for s in ScheduleType)
+            raise ValidationError([FieldError("hr_scheduler", f"unknown schedule type {body.hr_scheduler!r}; valid: {valid}")])
+    return HiresFix(
+        scale=body.hr_scale, resize_width=body.hr_resize_x, resize_height=body.hr_resize_y,
+        upscaler=body.hr_upscaler or "Latent", steps=body.hr_second_pass_steps,
+        denoising_strength=0.7 if body.denoising_strength is None else body.denoising_strength,
+        sampler=body.hr_sampler_name or None, schedule=hr_schedule,
+        prompt=body.hr_prompt, negative_prompt=body.hr_negative_prompt, save_first_pass=save_first_pass,
+    )
+
+
+def _refiner(body: Txt2ImgBody) -> Refiner | None:
+    if not body.refiner_checkpoint or body.refiner_checkpoint.strip().lower() in ("", "none"):
+        return None
+    switch_at = 0.8 if body.refiner_switch_at is None else body.refiner_switch_at
+    return Refiner(checkpoint=body.refiner_checkpoint.strip(), switch_at=switch_at)
+
+
 def to_generation_request(body: Txt2ImgBody | Img2ImgBody,
                           overrides: Mapping[str, object] = MappingProxyType({})) -> GenerationRequest:
     """The :class:`GenerationRequest` a REST body asks for; ``overrides`` holds the server's options.
@@ -226,6 +261,8 @@ def to_generation_request(body: Txt2ImgBody | Img2ImgBody,
         steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height, seed=body.seed,
         batch_count=body.n_iter, batch_size=body.batch_size, styles=tuple(body.styles),
         variation_seed=body.subseed, variation_strength=body.subseed_strength,
+        seed_resize_from_width=body.seed_resize_from_w, seed_resize_from_height=body.seed_resize_from_h,
+        hires=_hires(body, bool(overrides.get("save_images_before_highres_fix"))), refiner=_refiner(body),
         **{**server, **requested},  # type: ignore[arg-type]
     )
     # 3. img2img inputs.
@@ -291,11 +328,12 @@ def info_object(result: GenerationResult, body: Txt2ImgBody, now: datetime | Non
         "face_restoration_model": None,
         "sd_model_name": name or None,
         "sd_model_hash": digest,
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
-        "denoising_strength": request.denoising_strength if request.is_img2img else None,
+        "sd_vae_name": _infotext_value(result, "VAE"),
+        "sd_vae_hash": _infotext_value(result, "VAE hash"),
+        "seed_resize_from_w": request.seed_resize_from_width or -1,
+        "seed_resize_from_h": request.seed_resize_from_height or -1,
+        "denoising_strength": request.denoising_strength if request.is_img2img else
+        request.hires.denoising_strength if request.hires else None,
         "extra_generation_params": {},
         "index_of_first_image": 1 if result.grid is not None else 0,
         "infotexts": [image.infotext for image in shown],
@@ -305,6 +343,12 @@ def info_object(result: GenerationResult, body: Txt2ImgBody, now: datetime | Non
         "is_using_inpainting_conditioning": False,
         "version": VERSION_TEXT,
     }
+
+
+def _infotext_value(result: GenerationResult, key: str) -> str | None:
+    if not result.images:
+        return None
+    return parse_infotext(result.images[0].infotext).params.get(key)
 
 
 def images_response(result: GenerationResult, body: Txt2ImgBody, send_images: bool,

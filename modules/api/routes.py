@@ -40,11 +40,13 @@ from modules.errors import (
     ValidationError,
 )
 from modules.infotext import parse_infotext
-from modules.params import GenerationResult
+from modules.params import GenerationRequest, GenerationResult
+from modules.services.addons import AddonFile
 from modules.services.container import Services
 from modules.services.image_input import decode_image
 from modules.services.images import infotext_of
 from modules.services.jobs import Job
+from modules.upscalers import UPSCALERS, UpscalerKind
 
 PREFIX = "/sdapi/v1"
 
@@ -102,7 +104,8 @@ class ApiFace:
     def _server_options(self) -> dict[str, object]:
         opts = self.services.options.get()
         return {"CLIP_stop_at_last_layers": opts.clip_skip, "eta_noise_seed_delta": opts.eta_noise_seed_delta,
-                "randn_source": opts.randn_source}
+                "randn_source": opts.randn_source, "sd_vae": opts.sd_vae,
+                "save_images_before_highres_fix": opts.save_images_before_highres_fix}
 
     async def _generate(self, request: Request, body_type: type[schemas.Txt2ImgBody]) -> JSONResponse:
         body = parse_body(body_type, await _json_body(request))
@@ -192,19 +195,21 @@ class ApiFace:
     def _register_lists(self, r: APIRouter) -> None:
         r.get("/samplers", response_model=list[schemas.SamplerItem])(sampler_items)
         r.get("/schedulers", response_model=list[schemas.SchedulerItem])(scheduler_items)
-        r.get("/sd-vae", response_model=list[schemas.SDVaeItem])(lambda: [])
+        addons = self.services.addons
+        r.get("/sd-vae", response_model=list[schemas.SDVaeItem])(
+            lambda: [schemas.SDVaeItem(model_name=v.name, filename=str(v.path)) for v in addons.vaes.all()])
         r.get("/prompt-styles", response_model=list[schemas.PromptStyleItem])(
             lambda: [schemas.PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
                      for s in self.services.styles.all()])
-        r.get("/loras")(lambda: [])
-        r.get("/embeddings")(lambda: {"loaded": {}, "skipped": {}})
+        r.get("/loras")(lambda: [lora_item(item, addons.lora_metadata(item)) for item in addons.loras.all()])
+        r.get("/embeddings")(lambda: addons.listing(self.services.models.loaded_model()))
         r.get("/scripts", response_model=schemas.ScriptsList)(lambda: schemas.ScriptsList())
         r.get("/extensions", response_model=list[schemas.ExtensionItem])(lambda: [])
-        # Lists clients read at start-up for features Atelier does not have yet (hires upscalers, face
-        # restoration, hypernetworks): A1111's shapes, with only what truly exists ("None").
-        r.get("/upscalers")(lambda: [{"name": "None", "model_name": None, "model_path": None, "model_url": None,
-                                      "scale": 4}])
-        r.get("/latent-upscale-modes")(lambda: [])
+        r.get("/upscalers")(lambda: [{"name": u.name, "model_name": None, "model_path": None, "model_url": None,
+                                      "scale": 4} for u in UPSCALERS if u.kind is UpscalerKind.IMAGE])
+        r.get("/latent-upscale-modes")(lambda: [{"name": u.name} for u in UPSCALERS if u.kind is UpscalerKind.LATENT])
+        # Lists clients read at start-up for features Atelier does not have (face restoration,
+        # hypernetworks): A1111's shapes, empty.
         r.get("/hypernetworks")(lambda: [])
         r.get("/face-restorers")(lambda: [])
         r.get("/realesrgan-models")(lambda: [])
@@ -225,7 +230,15 @@ class ApiFace:
 
         @r.post("/refresh-vae")
         def refresh_vae() -> None:
-            return None
+            s.addons.vaes.refresh()
+
+        @r.post("/refresh-loras")
+        def refresh_loras() -> None:
+            s.addons.loras.refresh()
+
+        @r.post("/refresh-embeddings")
+        def refresh_embeddings() -> None:
+            s.addons.embeddings.refresh()
 
         @r.post("/unload-checkpoint")
         async def unload_checkpoint() -> None:
@@ -239,7 +252,7 @@ class ApiFace:
         current = self.services.models.current()
         return {"sd_model_checkpoint": current.title if current else None,
                 "sd_checkpoint_hash": current.sha256 if current else None,
-                "sd_vae": "Automatic", "samples_format": "png", **self._server_options()}
+                "samples_format": "png", **self._server_options()}
 
     def _set_options(self, data: dict[str, Any]) -> None:
         """Apply an options body: the whole GET result sent back with one key changed is fine."""
@@ -247,15 +260,23 @@ class ApiFace:
         wanted = data.get("sd_model_checkpoint")
         if wanted and wanted != current["sd_model_checkpoint"]:
             self.services.generation.switch_model(str(wanted)).future.result()
-        if data.get("sd_vae") not in (None, "Automatic", "None"):
-            raise ValidationError([FieldError("sd_vae", "choosing a VAE is not supported yet; use Automatic")])
+        vae = data.get("sd_vae")
+        if vae is not None and vae != current["sd_vae"]:
+            self.services.addons.check(GenerationRequest(vae=vae if isinstance(vae, str) else ""))
         mapping = {"CLIP_stop_at_last_layers": "clip_skip", "eta_noise_seed_delta": "eta_noise_seed_delta",
-                   "randn_source": "randn_source"}
+                   "randn_source": "randn_source", "sd_vae": "sd_vae",
+                   "save_images_before_highres_fix": "save_images_before_highres_fix"}
         changes = {setting: data[key] for key, setting in mapping.items() if key in data and data[key] != current[key]}
         if "randn_source" in changes and isinstance(changes["randn_source"], str):
             changes["randn_source"] = changes["randn_source"].upper()
         if changes:
             self.services.options.update(changes)
+
+
+def lora_item(item: AddonFile, metadata: dict[str, str]) -> dict[str, Any]:
+    """A1111's /loras entry; the alias is the name the LoRA was trained under, when it says."""
+    return {"name": item.name, "alias": metadata.get("ss_output_name") or item.name, "path": str(item.path),
+            "metadata": metadata}
 
 
 def _is_img2img(job: Job) -> bool:

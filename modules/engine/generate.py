@@ -1,14 +1,16 @@
 """One batch of images on a loaded model: txt2img, img2img and inpainting through one loop.
 
-Reads as steps: 1. conditioning from the prompts; 2. the inputs the task needs (init latent,
-latent mask, inpainting-model channels); 3. the guided denoiser; 4. sampling (stoppable);
-5. decoding, and for inpainting the original pasted back outside the mask.
+Reads as steps: 1. the inputs the task needs (init latent, latent mask, inpainting-model
+channels); 2. the guided denoiser (conditioning from the prompts), handing over to a refiner
+model part-way when one is given; 3. sampling (stoppable); 4. decoding, and for inpainting the
+original pasted back outside the mask.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
@@ -22,6 +24,7 @@ from modules.engine.sampling.denoiser import (
     GuidedDenoiser,
     LatentMask,
     SigmaDenoiser,
+    SwitchingDenoiser,
 )
 from modules.engine.sampling.loop import (
     NoisePlan,
@@ -34,6 +37,14 @@ from modules.params import MaskedContent
 from modules.samplers import SamplerSpec, ScheduleType
 
 _REFINER_AESTHETIC_SCORE = (6.0, 2.5)  # SDXL refiner's positive and negative aesthetic scores
+
+
+@dataclass(frozen=True)
+class RefinerPlan:
+    """A second model that finishes the denoising once ``switch_at`` of it is done."""
+
+    model: LoadedModel
+    switch_at: float
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,9 @@ class ImageTask:
     mask: Image.Image | None = None  # "L", white = repaint, blurred, at width x height
     denoising_strength: float = 0.75
     masked_content: MaskedContent = MaskedContent.ORIGINAL  # FILL is done on the pixels beforehand
+    init_latent: torch.Tensor | None = None  # instead of init_image: hires fix's upscaled first pass
+    exact_steps: bool = False  # img2img that runs ``steps`` exactly (hires fix's second pass)
+    embeddings: Mapping[str, Any] | None = None  # textual inversion, by name, already checked to fit
 
     @property
     def batch(self) -> int:
@@ -80,6 +94,8 @@ def _sdxl_added(model: LoadedModel, task: ImageTask) -> Callable[[Embeds], dict[
 
 
 def _init_latent(model: LoadedModel, task: ImageTask, device: torch.device) -> torch.Tensor:
+    if task.init_latent is not None:
+        return task.init_latent.to(device).expand(task.batch, -1, -1, -1)
     latent = lat.encode_image(model, lat.image_to_tensor(task.init_image, device))
     size = (task.height // lat.LATENT_SCALE, task.width // lat.LATENT_SCALE)
     if latent.shape[-2:] != size:  # "Just resize (latent upscale)": resize the latent, not the pixels
@@ -98,39 +114,53 @@ def _masked_start(task: ImageTask, init_latent: torch.Tensor, keep: torch.Tensor
     return init_latent
 
 
-def run_task(model: LoadedModel, task: ImageTask, observer: StepObserver) -> list[Image.Image] | None:
-    """The batch's images, or None when the observer stopped it before the end."""
-    device = model.pipeline.unet.device
-    # 1. Conditioning.
+def _guided(model: LoadedModel, task: ImageTask, observer: StepObserver, mask: LatentMask | None) -> GuidedDenoiser:
+    """The model's guided denoiser for the task: its own conditioning, size ids and inpaint channels."""
     # Prompt editing counts model calls, as A1111 does: a second-order sampler makes about two a step.
     schedule_steps = task.steps * 2 - 1 if task.sampler.second_order else task.steps
     conditioning = build_conditioning(model.pipeline, model.arch, task.prompt, task.negative_prompt, task.clip_skip,
-                                      schedule_steps)
-    # 2. Inputs: the init latent (img2img), the latent mask (inpainting), the extra channels.
-    init_latent = mask = concat = None
-    if task.init_image is not None:
-        init_latent = _init_latent(model, task, device)
+                                      schedule_steps, embeddings=task.embeddings)
+    concat = None
     if model.arch is ModelArch.SD1_INPAINT:
         concat = lat.inpaint_conditioning(model, task.init_image, task.mask, task.width, task.height, task.batch)
+    inner = SigmaDenoiser(model.pipeline.unet, model.sigmas, model.v_prediction)
+    return GuidedDenoiser(inner, conditioning, task.cfg_scale, _sdxl_added(model, task), concat,
+                          mask if model.arch is not ModelArch.SD1_INPAINT else None, observer.should_stop)
+
+
+def sample_task(model: LoadedModel, task: ImageTask, observer: StepObserver,
+                refiner: RefinerPlan | None = None) -> torch.Tensor | None:
+    """The batch's final latents, or None when the observer stopped it before the end."""
+    device = model.pipeline.unet.device
+    # 1. Inputs: the init latent (img2img), the latent mask (inpainting).
+    init_latent = mask = None
+    if task.init_image is not None or task.init_latent is not None:
+        init_latent = _init_latent(model, task, device)
     if task.mask is not None and init_latent is not None:
         keep = lat.latent_keep_mask(task.mask, device)
         init_latent = _masked_start(task, init_latent, keep, device)
-        if model.arch is not ModelArch.SD1_INPAINT:  # inpainting models see the mask themselves
-            mask = LatentMask(init_latent, keep)
-    # 3. The guided denoiser.
-    sigmas = model.sigmas
-    denoiser = GuidedDenoiser(SigmaDenoiser(model.pipeline.unet, sigmas, model.v_prediction), conditioning,
-                              task.cfg_scale, _sdxl_added(model, task), concat, mask, observer.should_stop)
-    # 4. Sampling.
+        mask = LatentMask(init_latent, keep)  # inpainting models see the mask themselves instead
+    # 2. The guided denoiser, and the refiner's, built when the switch comes.
+    denoiser: GuidedDenoiser | SwitchingDenoiser = _guided(model, task, observer, mask)
+    if refiner is not None and refiner.switch_at < 1.0:
+        denoiser = SwitchingDenoiser(denoiser, lambda: _guided(refiner.model, task, observer, mask),
+                                     model.sigmas, refiner.switch_at)
+    # 3. Sampling.
     channels = model.pipeline.vae.config.latent_channels
     plan = SamplingPlan(sampler=task.sampler, schedule=task.schedule, steps=task.steps, noise=task.noise,
                         latent_shape=(channels, task.height // lat.LATENT_SCALE, task.width // lat.LATENT_SCALE),
                         init_latent=init_latent, denoising_strength=task.denoising_strength,
-                        is_sdxl=model.arch.is_sdxl)
-    samples = run_sampling(plan, denoiser, sigmas, device, observer)
+                        is_sdxl=model.arch.is_sdxl, exact_steps=task.exact_steps)
+    return run_sampling(plan, denoiser, model.sigmas, device, observer)
+
+
+def run_task(model: LoadedModel, task: ImageTask, observer: StepObserver,
+             refiner: RefinerPlan | None = None) -> list[Image.Image] | None:
+    """The batch's images, or None when the observer stopped it before the end."""
+    samples = sample_task(model, task, observer, refiner)
     if samples is None:
         return None
-    # 5. Decode; inpainting keeps the original outside the mask.
+    # 4. Decode; inpainting keeps the original outside the mask.
     images = lat.decode_latents(model, samples)
     if task.mask is not None and task.init_image is not None and task.init_image.size == images[0].size:
         images = [lat.overlay_original(image, task.init_image, task.mask) for image in images]

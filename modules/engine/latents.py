@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,7 +12,10 @@ from PIL import Image, ImageFilter
 
 from modules.engine.loader import LoadedModel
 
+log = logging.getLogger(__name__)
+
 LATENT_SCALE = 8  # the SD VAEs downsample by 8
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def image_to_tensor(image: Image.Image, device: torch.device) -> torch.Tensor:
@@ -46,13 +50,31 @@ def encode_image(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     return (latents.float() - shift) * vae.config.scaling_factor
 
 
-@torch.inference_mode()
-def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
-    """PIL images of a latent batch."""
+def _decode(model: LoadedModel, latents: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
+    """The decoded pixels, and the dtype the VAE ran in to produce them."""
     vae = model.pipeline.vae
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     with _vae_in_safe_precision(model) as dtype:
         decoded = vae.decode(latents.to(vae.device, dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
+    return decoded, dtype
+
+
+@torch.inference_mode()
+def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+    """PIL images of a latent batch.
+
+    A VAE that overflows in half precision decodes to NaN (black images). Then, as A1111 does, the
+    VAE is converted to float32 and the batch decoded again; it stays in float32 so that later images
+    of this model do not fail the same way.
+    """
+    decoded, dtype = _decode(model, latents)
+    if dtype in _HALF_DTYPES and torch.isnan(decoded).any():
+        vae = model.pipeline.vae
+        log.warning("A tensor with NaNs was produced in the VAE (%s, with %s); the VAE was converted to "
+                    "32-bit float and the decode retried, and stays in 32-bit for this model.",
+                    str(dtype).removeprefix("torch."), model.path.name)
+        vae.to(dtype=torch.float32)
+        decoded, _ = _decode(model, latents)
     return model.pipeline.image_processor.postprocess(decoded.float(), output_type="pil")
 
 

@@ -6,10 +6,17 @@ Atelier encodes prompts itself rather than through the pipeline because (a) the 
 weights on the token embeddings (with the chunk's mean restored, A1111's "Original" emphasis),
 ``BREAK``, and prompts of any length in 75-token chunks, each wrapped in start/end tokens and
 padded to 77. Every text of a job is padded to the same number of chunks so CFG can batch them.
+
+Textual inversion embeddings are named in the prompt (whole words, any case). Each takes as many
+positions as it has vectors, never split across chunks, weighted like the text around it; while
+the encoder runs, its vectors replace the token embeddings looked up at those positions.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,50 +24,137 @@ from diffusers import DiffusionPipeline
 from transformers import CLIPTokenizer
 
 from modules import prompt_parser
+from modules.engine.embeddings import Embedding, EncoderSlot, encoder_width
 from modules.engine.model_detect import ModelArch
 from modules.engine.sampling.denoiser import Conditioning, CondSchedule, Embeds
+from modules.errors import AddonLoadError
 
 CHUNK_TOKENS = 75  # 77 positions minus the start and end tokens
 COMMA_BACKTRACK = 20  # a full chunk breaks after a comma this close to its end (A1111's default)
+# Token id held by an embedding's positions until its vectors replace the looked-up rows ("!").
+# Any id but the end token works: the pooled output is read at the end token (the first one, or
+# the highest id in old configs), so the placeholder must be neither.
+EMBEDDING_PLACEHOLDER = 0
+
+
+@dataclass(frozen=True)
+class EmbeddingFix:
+    """An embedding's vectors go at ``offset`` (counted from the chunk's first token) and after."""
+
+    offset: int
+    name: str
 
 
 @dataclass(frozen=True)
 class Chunk:
     ids: tuple[int, ...]  # up to 75 token ids, without start/end
     weights: tuple[float, ...]
+    fixes: tuple[EmbeddingFix, ...] = ()  # where embeddings' vectors replace placeholder ids
 
 
-def weighted_chunks(tokenizer: CLIPTokenizer, text: str) -> list[Chunk]:
-    """``text`` (with emphasis and BREAK) as 75-token chunks of ids and their weights."""
-    comma = tokenizer.convert_tokens_to_ids(",</w>")
-    chunks: list[Chunk] = []
-    ids: list[int] = []
-    weights: list[float] = []
+def _embedding_pattern(embeddings: Mapping[str, Embedding]) -> re.Pattern[str] | None:
+    """Embedding names as whole words, any case, longest first (so "style v2" wins over "style")."""
+    names = sorted((name for name in embeddings if name.strip()), key=lambda name: (-len(name), name))
+    if not names:
+        return None
+    # Any run of whitespace in a name matches any run in the prompt, as tokenisation ignores it.
+    alternatives = "|".join(r"\s+".join(re.escape(word) for word in name.split()) for name in names)
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
-    def close() -> None:
-        nonlocal ids, weights
-        chunks.append(Chunk(tuple(ids), tuple(weights)))
-        ids, weights = [], []
 
+def _name_key(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def _split_on_embeddings(fragment: str, pattern: re.Pattern[str] | None,
+                         by_key: Mapping[str, tuple[str, Embedding]]) -> list[str | tuple[str, Embedding]]:
+    """``fragment`` as plain text pieces and the (name, embedding) pairs named in it, in order."""
+    if pattern is None:
+        return [fragment]
+    pieces: list[str | tuple[str, Embedding]] = []
+    start = 0
+    for match in pattern.finditer(fragment):
+        found = by_key.get(_name_key(match.group(0)))
+        if found is not None:  # None only where case folding and lower() disagree: plain text then
+            pieces += [fragment[start:match.start()], found]
+            start = match.end()
+    pieces.append(fragment[start:])
+    return pieces
+
+
+class _ChunkBuilder:
+    """Fills 75-token chunks the way A1111 does: a full chunk breaks after a comma close to its end,
+    and an embedding's vectors always stay together in one chunk."""
+
+    def __init__(self, comma: int) -> None:
+        self.comma = comma
+        self.chunks: list[Chunk] = []
+        self.ids: list[int] = []
+        self.weights: list[float] = []
+        self.fixes: list[EmbeddingFix] = []
+
+    def close(self) -> None:
+        self.chunks.append(Chunk(tuple(self.ids), tuple(self.weights), tuple(self.fixes)))
+        self.ids, self.weights, self.fixes = [], [], []
+
+    def _make_room(self) -> None:
+        if len(self.ids) < CHUNK_TOKENS:
+            return
+        last_comma = max((i for i, t in enumerate(self.ids) if t == self.comma), default=-1)
+        if last_comma < 0 or len(self.ids) - last_comma > COMMA_BACKTRACK:
+            self.close()
+            return
+        # The words after the comma move to the next chunk, embeddings among them included (a
+        # comma is never inside an embedding's placeholders, so none is cut in two).
+        cut = last_comma + 1
+        carry = (self.ids[cut:], self.weights[cut:],
+                 [EmbeddingFix(fix.offset - cut, fix.name) for fix in self.fixes if fix.offset >= cut])
+        self.ids, self.weights = self.ids[:cut], self.weights[:cut]
+        self.fixes = [fix for fix in self.fixes if fix.offset < cut]
+        self.close()
+        self.ids, self.weights, self.fixes = carry
+
+    def add_token(self, token: int, weight: float) -> None:
+        self._make_room()
+        self.ids.append(token)
+        self.weights.append(weight)
+
+    def add_embedding(self, name: str, count: int, weight: float) -> None:
+        self._make_room()
+        if len(self.ids) + count > CHUNK_TOKENS:  # never split: the whole embedding starts a new chunk
+            self.close()
+        self.fixes.append(EmbeddingFix(len(self.ids), name))
+        self.ids += [EMBEDDING_PLACEHOLDER] * count
+        self.weights += [weight] * count
+
+    def finish(self) -> list[Chunk]:
+        if self.ids or not self.chunks:
+            self.close()
+        return self.chunks
+
+
+def weighted_chunks(tokenizer: CLIPTokenizer, text: str,
+                    embeddings: Mapping[str, Embedding] | None = None) -> list[Chunk]:
+    """``text`` (with emphasis and BREAK) as 75-token chunks of ids and their weights.
+
+    Names of ``embeddings`` written in the text become placeholders, one per vector, with the
+    weight of the text around them; the chunks' ``fixes`` say where their vectors go."""
+    pattern = _embedding_pattern(embeddings) if embeddings else None
+    # Names equal but for case are one name to the prompt; the first in sorted order wins.
+    by_key = {_name_key(name): (name, emb) for name, emb in sorted((embeddings or {}).items(), reverse=True)}
+    builder = _ChunkBuilder(tokenizer.convert_tokens_to_ids(",</w>"))
     for fragment, weight in prompt_parser.parse_attention(text):
         if weight == -1:  # BREAK: the rest of this chunk stays empty
-            close()
+            builder.close()
             continue
-        for token in tokenizer(fragment, add_special_tokens=False, truncation=False).input_ids:
-            if len(ids) == CHUNK_TOKENS:
-                last_comma = max((i for i, t in enumerate(ids) if t == comma), default=-1)
-                if last_comma >= 0 and len(ids) - last_comma <= COMMA_BACKTRACK:
-                    carry_ids, carry_weights = ids[last_comma + 1:], weights[last_comma + 1:]
-                    ids, weights = ids[:last_comma + 1], weights[:last_comma + 1]
-                    close()
-                    ids, weights = carry_ids, carry_weights
-                else:
-                    close()
-            ids.append(token)
-            weights.append(weight)
-    if ids or not chunks:
-        close()
-    return chunks
+        for piece in _split_on_embeddings(fragment, pattern, by_key):
+            if isinstance(piece, str):
+                for token in tokenizer(piece, add_special_tokens=False, truncation=False).input_ids:
+                    builder.add_token(token, weight)
+            else:
+                name, embedding = piece
+                builder.add_embedding(name, embedding.vector_count, weight)
+    return builder.finish()
 
 
 def _padded(tokenizer: CLIPTokenizer, chunks: list[Chunk], count: int) -> tuple[list[list[int]], torch.Tensor]:
@@ -116,36 +210,85 @@ def _main_tokenizer(pipe: DiffusionPipeline) -> CLIPTokenizer:
     return pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
 
 
+Placement = tuple[int, int, torch.Tensor]  # (chunk row, first position in the row, vectors)
+
+
+def _placements(chunks: list[Chunk], embeddings: Mapping[str, Embedding], slot: EncoderSlot,
+                width: int) -> list[Placement]:
+    """Where each embedding's vectors for the encoder ``slot`` go in the padded rows (after the start token)."""
+    placed: list[Placement] = []
+    for row, chunk in enumerate(chunks):
+        for fix in chunk.fixes:
+            vectors = embeddings[fix.name].vectors.get(slot)
+            if vectors is None or vectors.shape[-1] != width:
+                raise AddonLoadError("embedding", fix.name, f"it has no {width}-wide {slot} vectors for this model")
+            placed.append((row, 1 + fix.offset, vectors))
+    return placed
+
+
+@contextmanager
+def _vectors_placed(encoder: torch.nn.Module, placements: list[Placement]) -> Iterator[None]:
+    """While the encoder runs, embeddings' vectors replace the placeholder rows its token lookup
+    returns. The hook is removed afterwards: nothing stays on the model."""
+    if not placements:
+        yield
+        return
+
+    def replace_rows(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        for row, start, vectors in placements:
+            output[row, start:start + vectors.shape[0]] = vectors.to(output.device, output.dtype)
+        return output
+
+    handle = encoder.get_input_embeddings().register_forward_hook(replace_rows)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _encoders(pipe: DiffusionPipeline, arch: ModelArch) -> list[tuple[EncoderSlot, CLIPTokenizer, torch.nn.Module]]:
+    if not arch.is_sdxl:
+        return [(EncoderSlot.CLIP, pipe.tokenizer, pipe.text_encoder)]
+    pairs = [(EncoderSlot.CLIP_L, pipe.tokenizer, pipe.text_encoder),
+             (EncoderSlot.CLIP_G, pipe.tokenizer_2, pipe.text_encoder_2)]
+    return [pair for pair in pairs if pair[2] is not None]  # the refiner has only the second encoder
+
+
 @torch.inference_mode()
-def encode_texts(pipe: DiffusionPipeline, arch: ModelArch, texts: list[str], clip_skip: int) -> dict[str, Embeds]:
-    """Embeddings of each text (emphasis applied), all with the same number of chunks."""
+def encode_texts(pipe: DiffusionPipeline, arch: ModelArch, texts: list[str], clip_skip: int,
+                 embeddings: Mapping[str, Embedding] | None = None) -> dict[str, Embeds]:
+    """Embeddings of each text (emphasis applied), all with the same number of chunks.
+
+    ``embeddings`` (by name) are the textual inversions the prompt may use; each must fit the model."""
     device = pipe.unet.device
-    tokenizer = _main_tokenizer(pipe)
-    count = max(len(weighted_chunks(tokenizer, text)) for text in texts)
+    embeddings = embeddings or {}
+    count = max(len(weighted_chunks(_main_tokenizer(pipe), text, embeddings)) for text in texts)
     result: dict[str, Embeds] = {}
     for text in dict.fromkeys(texts):
-        if arch.is_sdxl:
-            parts, pooled = [], None
-            for tok, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-                if encoder is None:  # the refiner has only the second encoder
-                    continue
-                rows, weights = _padded(tok, weighted_chunks(tok, text), count)
-                hidden, pooled = _encode_sdxl_part(encoder, rows, weights, clip_skip, device)
-                parts.append(hidden)
-            result[text] = Embeds(tokens=torch.cat(parts, dim=-1), pooled=pooled)
-        else:
-            rows, weights = _padded(tokenizer, weighted_chunks(tokenizer, text), count)
-            result[text] = Embeds(tokens=_encode_sd(pipe.text_encoder, rows, weights, clip_skip, device))
+        parts, pooled = [], None
+        for slot, tokenizer, encoder in _encoders(pipe, arch):
+            chunks = weighted_chunks(tokenizer, text, embeddings)
+            rows, weights = _padded(tokenizer, chunks, count)
+            with _vectors_placed(encoder, _placements(chunks, embeddings, slot, encoder_width(encoder))):
+                if arch.is_sdxl:
+                    hidden, pooled = _encode_sdxl_part(encoder, rows, weights, clip_skip, device)
+                else:
+                    hidden = _encode_sd(encoder, rows, weights, clip_skip, device)
+            parts.append(hidden)
+        result[text] = Embeds(tokens=torch.cat(parts, dim=-1), pooled=pooled)
     return result
 
 
 def build_conditioning(pipe: DiffusionPipeline, arch: ModelArch, prompt: str, negative: str, clip_skip: int,
-                       steps: int) -> Conditioning:
-    """The job's conditioning: AND-weighted sub-prompts and the negative, each scheduled over ``steps``."""
+                       steps: int, embeddings: Mapping[str, Embedding] | None = None) -> Conditioning:
+    """The job's conditioning: AND-weighted sub-prompts and the negative, each scheduled over ``steps``.
+
+    ``embeddings`` are the textual inversions offered to the prompt and the negative, by name."""
     positives = [(prompt_parser.schedule(text, steps), weight) for text, weight in prompt_parser.split_and(prompt)]
     negatives = prompt_parser.schedule(negative, steps)
     texts = [entry.text for schedule, _ in positives for entry in schedule] + [entry.text for entry in negatives]
-    embeds = encode_texts(pipe, arch, texts, clip_skip)
+    embeds = encode_texts(pipe, arch, texts, clip_skip, embeddings)
 
     def scheduled(entries: list[prompt_parser.ScheduledText]) -> CondSchedule:
         # A1111 uses an entry while the step (counting model calls from 0) is <= its end step.

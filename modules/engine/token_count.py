@@ -7,6 +7,7 @@ any checkpoint without touching the loaded model (the worker may be busy with it
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -14,6 +15,7 @@ from transformers import CLIPTokenizer
 
 from modules import prompt_parser
 from modules.engine.config_folders import SHIPPED_CONFIGS
+from modules.engine.embeddings import Embedding
 from modules.engine.prompt_encoding import CHUNK_TOKENS, weighted_chunks
 
 
@@ -32,13 +34,15 @@ def _tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))
 
 
-def count_tokens(prompt: str, steps: int = 20) -> TokenCount:
-    """Tokens of the longest text ``prompt`` becomes, and the chunk capacity they need."""
+def count_tokens(prompt: str, steps: int = 20, embeddings: Mapping[str, Embedding] | None = None) -> TokenCount:
+    """Tokens of the longest text ``prompt`` becomes, and the chunk capacity they need.
+
+    An embedding named in the prompt counts as many tokens as it has vectors."""
     tokenizer = _tokenizer()
     longest = 0
     for text, _weight in prompt_parser.split_and(prompt):
         for entry in prompt_parser.schedule(text, steps):
-            chunks = weighted_chunks(tokenizer, entry.text)
+            chunks = weighted_chunks(tokenizer, entry.text, embeddings)
             # Full chunks count as 75 (BREAK and comma backtracking leave them part empty).
             longest = max(longest, (len(chunks) - 1) * CHUNK_TOKENS + len(chunks[-1].ids))
     return TokenCount(tokens=longest, limit=max(1, math.ceil(longest / CHUNK_TOKENS)) * CHUNK_TOKENS)

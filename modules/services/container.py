@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from modules.config import Settings
 from modules.engine.devices import DeviceInfo
 from modules.paths import AppPaths
+from modules.services.addon_library import AddonLibrary
+from modules.services.addons import AddonKind, AddonRegistry
 from modules.services.downloads import ModelDownloader
 from modules.services.gallery import Gallery
 from modules.services.generation import GenerationService
@@ -31,6 +33,7 @@ class Services:
     downloads: ModelDownloader
     styles: StyleStore
     gallery: Gallery
+    addons: AddonLibrary  # LoRAs, embeddings, VAEs
 
     def close(self, timeout: float | None = 10.0) -> None:
         self.queue.stop(timeout)
@@ -38,14 +41,19 @@ class Services:
 
 def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo) -> Services:
     """Wire the services together and start the worker. Nothing is loaded yet."""
-    registry = CheckpointRegistry(paths.checkpoint_dirs, HashCache(paths.hash_cache))
+    hashes = HashCache(paths.hash_cache)
+    registry = CheckpointRegistry(paths.checkpoint_dirs, hashes)
     models = ModelManager(registry, device, paths.config_cache)
     styles = StyleStore(paths.styles_file)
-    generation = GenerationService(models, ImageSaver(paths.outputs_dir), styles, settings.limits, settings.save_grid)
+    addons = AddonLibrary(AddonRegistry(AddonKind.LORA, paths.lora_dirs, hashes),
+                          AddonRegistry(AddonKind.EMBEDDING, paths.embedding_dirs, hashes),
+                          AddonRegistry(AddonKind.VAE, paths.vae_dirs, hashes))
+    generation = GenerationService(models, ImageSaver(paths.outputs_dir), styles, settings.limits, settings.save_grid,
+                                   addons)
     job_queue = JobQueue(generation.execute, settings.queue_limit)
     generation.attach(job_queue)
     job_queue.start()
     return Services(paths=paths, settings=settings, options=SettingsStore(paths.config_file, settings),
                     device=device, registry=registry, models=models,
                     generation=generation, queue=job_queue, downloads=ModelDownloader(paths.default_checkpoint_dir),
-                    styles=styles, gallery=Gallery(paths.outputs_dir, paths.cache_dir))
+                    styles=styles, gallery=Gallery(paths.outputs_dir, paths.cache_dir), addons=addons)

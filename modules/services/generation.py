@@ -1,8 +1,9 @@
 """The one generation path. The UI and the API both call :meth:`GenerationService.submit`.
 
-``submit`` validates at the edge (every bad field reported before any model work), fixes the seeds
-and the sampler name, and queues the job. The worker then runs :meth:`execute`, which reads as
-numbered steps: model -> inputs -> batches (sample, save each image with its infotext) -> grid.
+``submit`` validates at the edge (every bad field reported before any model work, LoRA names and
+the VAE included), fixes the seeds and the sampler name, and queues the job. The worker then runs
+:meth:`execute`, which reads as numbered steps: model, VAE, LoRAs and embeddings -> inputs ->
+batches (sample, with hires fix and refiner when asked; save each image with its infotext) -> grid.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from modules import VERSION_TEXT
-from modules.engine.generate import ImageTask, run_task
+from modules.engine.generate import ImageTask, RefinerPlan, run_task
+from modules.engine.hires import HiresPlan, run_hires
 from modules.engine.latents import blurred_mask, overlay_original
 from modules.engine.loader import LoadedModel
+from modules.engine.lora import apply_loras
 from modules.engine.preview import latents_to_preview
 from modules.engine.sampling.loop import NoisePlan
 from modules.engine.token_count import TokenCount, count_tokens
 from modules.errors import FieldError, NoModelLoadedError, ValidationError
 from modules.infotext import ModelIdentity, build_infotext
 from modules.params import (
+    LATENT_SCALE,
+    VAE_AUTOMATIC,
     GeneratedImage,
     GenerationLimits,
     GenerationRequest,
@@ -33,6 +38,8 @@ from modules.params import (
     validate_request,
 )
 from modules.samplers import resolve_sampler
+from modules.services.addon_library import AddonLibrary, JobEmbeddings, JobPrompts
+from modules.services.addons import AddonFile
 from modules.services.image_input import decode_image
 from modules.services.image_prep import Crop, fill_masked, fit_image
 from modules.services.images import ImageSaver, OutputKind, make_grid, png_bytes
@@ -46,6 +53,7 @@ from modules.services.jobs import (
 )
 from modules.services.models import CheckpointInfo, ModelManager
 from modules.services.styles import StyleStore
+from modules.upscalers import find_upscaler
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +123,26 @@ class _Inputs:
                 for image in images]
 
 
+@dataclass(frozen=True)
+class _JobSetup:
+    """What a job runs on, fixed before its first batch."""
+
+    model: LoadedModel
+    info: CheckpointInfo
+    identity: ModelIdentity
+    prompts: JobPrompts
+    embeddings: JobEmbeddings
+    refiner: RefinerPlan | None
+    extra: dict[str, object]  # infotext keys beyond the request's own
+
+
 class GenerationService:
     """Validates requests, queues them, and turns them into saved images."""
 
     def __init__(self, models: ModelManager, saver: ImageSaver, styles: StyleStore, limits: GenerationLimits,
-                 save_grid: bool) -> None:
+                 save_grid: bool, addons: AddonLibrary) -> None:
         self.models = models
+        self.addons = addons
         self.saver = saver
         self.styles = styles
         self.limits = limits
@@ -143,6 +165,11 @@ class GenerationService:
         _Inputs.of(request)  # unreadable or oversized images fail here, before queuing
         if request.checkpoint:
             self.models.registry.require(request.checkpoint)  # a missing model fails before queuing
+        if request.refiner is not None and self.models.registry.find(request.refiner.checkpoint) is None:
+            names = ", ".join(i.title for i in self.models.registry.all())
+            raise ValidationError([FieldError("refiner_checkpoint",
+                                              f"checkpoint not found: {request.refiner.checkpoint!r}; available: {names}")])
+        self.addons.check(request)
         return normalize_request(self._apply_styles(request))
 
     def _apply_styles(self, request: GenerationRequest) -> GenerationRequest:
@@ -190,29 +217,49 @@ class GenerationService:
             return self.models.unload()
         return self._generate(spec, context)
 
-    def _task(self, request: GenerationRequest, inputs: _Inputs, first: int) -> ImageTask:
+    def _task(self, request: GenerationRequest, inputs: _Inputs, first: int, prompts: JobPrompts,
+              embeddings: JobEmbeddings) -> ImageTask:
         found = resolve_sampler(request.sampler)
         assert found is not None  # prepare() normalised it
         indices = range(first, first + request.batch_size)
         variations = request.variation_strength > 0
+        resize = request.seed_resize
         noise = NoisePlan(seeds=tuple(request.seed_for(i) for i in indices), source=request.rng,
                           variation_seeds=tuple(request.variation_seed_for(i) for i in indices) if variations else None,
                           variation_strength=request.variation_strength,
-                          eta_noise_seed_delta=request.eta_noise_seed_delta)
-        return ImageTask(prompt=request.prompt, negative_prompt=request.negative_prompt, sampler=found[0],
+                          eta_noise_seed_delta=request.eta_noise_seed_delta,
+                          resize_from=(resize[1] // LATENT_SCALE, resize[0] // LATENT_SCALE) if resize else None)
+        return ImageTask(prompt=prompts.prompt, negative_prompt=prompts.negative_prompt, sampler=found[0],
                          schedule=request.schedule, steps=request.steps, cfg_scale=request.cfg_scale,
                          width=request.width, height=request.height, clip_skip=request.clip_skip, noise=noise,
                          init_image=inputs.init_image, mask=inputs.mask,
-                         denoising_strength=request.denoising_strength, masked_content=request.masked_content)
+                         denoising_strength=request.denoising_strength, masked_content=request.masked_content,
+                         embeddings=embeddings.by_name or None)
+
+    @staticmethod
+    def _hires_plan(request: GenerationRequest, first: ImageTask, prompts: JobPrompts) -> HiresPlan:
+        hires = request.hires
+        assert hires is not None
+        width, height = hires.final_size(request.width, request.height)
+        sampler = resolve_sampler(hires.sampler)[0] if hires.sampler else first.sampler  # type: ignore[index]
+        second = replace(first, prompt=prompts.hires_prompt or first.prompt,
+                         negative_prompt=prompts.hires_negative_prompt or first.negative_prompt,
+                         sampler=sampler, schedule=hires.schedule or first.schedule,
+                         steps=hires.steps or request.steps, width=width, height=height,
+                         denoising_strength=hires.denoising_strength)
+        upscaler = find_upscaler(hires.upscaler)
+        assert upscaler is not None  # validated
+        return HiresPlan(task=second, upscaler=upscaler, upscale_size=hires.upscale_size(request.width, request.height))
 
     def _save(self, request: GenerationRequest, images: list[Image.Image], first: int,
-              identity: ModelIdentity) -> list[GeneratedImage]:
+              identity: ModelIdentity, extra: dict[str, object]) -> list[GeneratedImage]:
         kind = OutputKind.IMG2IMG if request.is_img2img else OutputKind.TXT2IMG
         saved = []
         for offset, image in enumerate(images):
             index = first + offset
             variation = request.variation_seed_for(index) if request.variation_strength > 0 else None
-            text = build_infotext(request, request.seed_for(index), identity, VERSION_TEXT, variation_seed=variation)
+            text = build_infotext(request, request.seed_for(index), identity, VERSION_TEXT, extra=extra,
+                                  variation_seed=variation)
             saved.append(self._output(request, image, text, kind, request.seed_for(index), index))
         return saved
 
@@ -222,13 +269,45 @@ class GenerationService:
         path = self.saver.save_png(data, kind, None if kind.is_grid else seed) if request.save_images else None
         return GeneratedImage(path=path, seed=seed, infotext=text, index=index, png=data)
 
+    def _setup(self, request: GenerationRequest) -> _JobSetup:
+        """The model, its VAE, the LoRAs the prompts name, the embeddings they mention, the refiner."""
+        model, info = self.models.acquire(request.checkpoint)
+        vae = self.addons.vae_file(request.vae or VAE_AUTOMATIC, info.model_name)
+        self.models.use_vae(model, vae)
+        prompts = self.addons.prompts(request)
+        apply_loras(model.pipeline, prompts.loras)
+        embeddings = self.addons.embeddings_for(model, prompts.texts())
+        refiner = refiner_info = None
+        if request.refiner is not None and request.refiner.switch_at < 1.0:
+            refiner_model, refiner_info = self.models.acquire_refiner(request.refiner.checkpoint)
+            refiner = RefinerPlan(refiner_model, request.refiner.switch_at)
+        extra = self._extra_infotext(request, prompts, embeddings, vae, refiner_info)
+        return _JobSetup(model, info, ModelIdentity(name=info.model_name, hash=info.shorthash), prompts, embeddings,
+                         refiner, extra)
+
+    def _run_batch(self, request: GenerationRequest, job: _JobSetup, inputs: _Inputs, batch_index: int,
+                   context: JobContext) -> list[Image.Image] | None:
+        """One batch's finished images (hires fix's second pass included), or None when stopped."""
+        first = batch_index * request.batch_size
+        task = self._task(request, inputs, first, job.prompts, job.embeddings)
+        observer = _Observer(context, job.model)
+        if request.hires is None:
+            context.begin_batch(batch_index, request.batch_count, request.steps)
+            return run_task(job.model, task, observer, job.refiner)
+        plan = self._hires_plan(request, task, job.prompts)
+        context.begin_batch(batch_index, request.batch_count, request.steps + plan.task.steps)
+        keep_first = None
+        if request.hires.save_first_pass and request.save_images:
+            def keep_first(images: list[Image.Image]) -> None:
+                self._save(request, images, first, job.identity, job.extra)
+        return run_hires(job.model, task, plan, observer, job.refiner, keep_first)
+
     def _generate(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
         started = time.perf_counter()
         if context.interrupted:  # interrupted while waiting in the queue
             return GenerationResult(request=request, images=(), interrupted=True)
-        # 1. The model: the one the request names, else the loaded one.
-        model, info = self.models.acquire(request.checkpoint)
-        identity = ModelIdentity(name=info.model_name, hash=info.shorthash)
+        # 1. The model and everything the job adds to it.
+        job = self._setup(request)
         # 2. Inputs, decoded once for all batches.
         inputs = _Inputs.of(request)
         # 3. Each batch: sample, then save every image with its own infotext.
@@ -237,13 +316,11 @@ class GenerationService:
         for batch_index in range(request.batch_count):
             if context.interrupted:
                 break
-            context.begin_batch(batch_index, request.batch_count, request.steps)
-            first = batch_index * request.batch_size
-            images = run_task(model, self._task(request, inputs, first), _Observer(context, model))
+            images = self._run_batch(request, job, inputs, batch_index, context)
             if images is None:  # interrupted or skipped mid-batch: its images are unfinished
                 continue
             images = inputs.finish(images)
-            saved += self._save(request, images, first, identity)
+            saved += self._save(request, images, batch_index * request.batch_size, job.identity, job.extra)
             pixels += images
         # 4. A grid for jobs of more than one image, with the first image's parameters.
         grid = None
@@ -251,10 +328,27 @@ class GenerationService:
             kind = OutputKind.IMG2IMG_GRID if request.is_img2img else OutputKind.TXT2IMG_GRID
             grid = self._output(request, make_grid(pixels), saved[0].infotext, kind, saved[0].seed, -1)
         elapsed = time.perf_counter() - started
+        title = job.info.title
         log.info("%s: %d image(s), %s, %d steps, %dx%d, seed %d, %s, %.1f s%s",
                  "img2img" if request.is_img2img else "txt2img", len(saved), request.sampler, request.steps,
-                 request.width, request.height, request.seed, info.title, elapsed,
+                 request.width, request.height, request.seed, title, elapsed,
                  " (interrupted)" if context.interrupted else "")
-        return GenerationResult(request=replace(request, checkpoint=info.title), images=tuple(saved), grid=grid,
-                                interrupted=context.interrupted, model_title=info.title, elapsed_seconds=elapsed,
-                                warnings=inputs.notes)
+        notes = inputs.notes + tuple(f"{tag} was ignored: Atelier has no handler for that kind of network."
+                                     for tag in job.prompts.ignored_tags)
+        return GenerationResult(request=replace(request, checkpoint=title), images=tuple(saved), grid=grid,
+                                interrupted=context.interrupted, model_title=title, elapsed_seconds=elapsed,
+                                warnings=notes)
+
+    def _extra_infotext(self, request: GenerationRequest, prompts: JobPrompts, embeddings: JobEmbeddings,
+                        vae: AddonFile | None, refiner: CheckpointInfo | None) -> dict[str, object]:
+        """Infotext keys beyond the request's own: VAE, refiner, hires fix, LoRA and TI hashes."""
+        extra: dict[str, object] = {}
+        if vae is not None:
+            extra["VAE hash"] = self.addons.vaes.short_hash(vae)
+            extra["VAE"] = vae.name
+        if refiner is not None and request.refiner is not None:
+            extra["Refiner"] = f"{refiner.model_name} [{refiner.shorthash}]" if refiner.shorthash else refiner.model_name
+            extra["Refiner switch at"] = request.refiner.switch_at
+        extra["Lora hashes"] = prompts.lora_hashes
+        extra["TI hashes"] = embeddings.ti_hashes
+        return extra

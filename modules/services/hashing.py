@@ -1,7 +1,9 @@
-"""SHA-256 of checkpoints, computed once and cached by path, size and modification time.
+"""SHA-256 of model files, computed once and cached by path, size and modification time.
 
-A1111 identifies models by the first 10 hex digits of the file's sha256 ("Model hash"). Hashing
-a multi-GB file takes seconds, so results persist in ``cache/hashes.json``, written atomically.
+A1111 identifies models by the first 10 hex digits of the file's sha256 ("Model hash"), and
+LoRA .safetensors files by the "addnet" hash: the sha256 of the bytes after the safetensors
+header, so editing the metadata keeps the hash (what civitai and "Lora hashes" use). Hashing a
+multi-GB file takes seconds, so results persist in ``cache/hashes.json``, written atomically.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ def _signature(files: list[Path]) -> str:
     return "|".join(parts)
 
 
+def _key(path: Path, addnet: bool) -> str:
+    return f"addnet:{path}" if addnet else str(path)
+
+
 class HashCache:
     """Thread-safe sha256 lookup backed by a JSON file."""
 
@@ -55,29 +61,32 @@ class HashCache:
                 self._entries = {}
         return self._entries
 
-    def cached(self, path: Path) -> str | None:
+    def cached(self, path: Path, addnet: bool = False) -> str | None:
         """The sha256 if known for the file as it is now; never hashes."""
         files = _weight_files(path)
         with self._lock:
-            entry = self._load().get(str(path))
+            entry = self._load().get(_key(path, addnet))
         if entry and files and entry.get("signature") == _signature(files):
             return entry.get("sha256")
         return None
 
-    def sha256(self, path: Path) -> str:
-        """The sha256 of a checkpoint file (or of a diffusers folder's weights, in order)."""
-        known = self.cached(path)
+    def sha256(self, path: Path, addnet: bool = False) -> str:
+        """The sha256 of a model file (or of a diffusers folder's weights, in order); with
+        ``addnet``, of a .safetensors file's tensor bytes only."""
+        known = self.cached(path, addnet)
         if known:
             return known
         files = _weight_files(path)
         digest = hashlib.sha256()
         for f in files:
             with f.open("rb") as fh:
+                if addnet:
+                    fh.seek(8 + int.from_bytes(fh.read(8), "little"))
                 while block := fh.read(_BLOCK):
                     digest.update(block)
         value = digest.hexdigest()
         with self._lock:
             entries = self._load()
-            entries[str(path)] = {"signature": _signature(files), "sha256": value}
+            entries[_key(path, addnet)] = {"signature": _signature(files), "sha256": value}
             write_text_atomic(self._file, json.dumps(entries, indent=1, sort_keys=True))
         return value

@@ -252,19 +252,22 @@ class JobQueue:
                 self._current = job
                 job.status = JobStatus.RUNNING
             job.context.mark_started()
+            result: object = None
+            error: BaseException | None = None
             try:
                 result = self._executor(job.spec, job.context)
             except AtelierError as exc:
-                job.status = JobStatus.FAILED
                 log.warning("Job %s failed: %s", job.id, exc)
-                job.future.set_exception(exc)
+                error = exc
             except Exception as exc:  # a bug: keep the worker alive, report it with its traceback
-                job.status = JobStatus.FAILED
                 log.exception("Job %s failed unexpectedly", job.id)
-                job.future.set_exception(exc)
+                error = exc
+            # The job leaves the worker before its caller hears back, so a client that polls
+            # progress right after its reply already sees an idle queue.
+            with self._lock:
+                self._current = None
+                job.status = JobStatus.FAILED if error is not None else JobStatus.FINISHED
+            if error is not None:
+                job.future.set_exception(error)
             else:
-                job.status = JobStatus.FINISHED
                 job.future.set_result(result)
-            finally:
-                with self._lock:
-                    self._current = None

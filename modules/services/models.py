@@ -16,7 +16,9 @@ from pathlib import Path
 from modules.engine.checkpoint_files import CHECKPOINT_SUFFIXES
 from modules.engine.devices import DeviceInfo
 from modules.engine.loader import LoadedModel, load_model
+from modules.engine.vae import load_vae, swap_vae
 from modules.errors import ModelLoadError, ModelNotFoundError, NoModelLoadedError
+from modules.services.addons import AddonFile
 from modules.services.hashing import SHORT_HASH_LENGTH, HashCache
 
 log = logging.getLogger(__name__)
@@ -123,8 +125,18 @@ class CheckpointRegistry:
         return full
 
 
+@dataclass(frozen=True)
+class _VaeInUse:
+    """Which VAE the loaded model's pipeline holds, and the checkpoint's own to put back."""
+
+    model: LoadedModel
+    file: AddonFile | None  # None: the checkpoint's own
+    own: object
+
+
 class ModelManager:
-    """Holds the loaded checkpoint. Loads run on the job worker, so they never race a generation."""
+    """Holds the loaded checkpoint (and a refiner, when jobs ask for one). Loads run on the job
+    worker, so they never race a generation."""
 
     def __init__(self, registry: CheckpointRegistry, device: DeviceInfo, config_cache: Path) -> None:
         self.registry = registry
@@ -134,6 +146,8 @@ class ModelManager:
         self._loaded: tuple[LoadedModel, CheckpointInfo] | None = None
         self._last_error: str | None = None
         self._last_loaded: CheckpointInfo | None = None
+        self._refiner: tuple[LoadedModel, CheckpointInfo] | None = None
+        self._vae: _VaeInUse | None = None
 
     @property
     def last_error(self) -> str | None:
@@ -145,6 +159,10 @@ class ModelManager:
         """The checkpoint loaded most recently, even if it has since been unloaded."""
         with self._lock:
             return self._last_loaded
+
+    def loaded_model(self) -> LoadedModel | None:
+        with self._lock:
+            return self._loaded[0] if self._loaded else None
 
     def current(self) -> CheckpointInfo | None:
         with self._lock:
@@ -174,7 +192,7 @@ class ModelManager:
 
     def unload(self) -> None:
         with self._lock:
-            self._loaded = None
+            self._loaded = self._refiner = self._vae = None
         gc.collect()
         self._empty_device_cache()
 
@@ -201,3 +219,32 @@ class ModelManager:
                 loaded = self._loaded
             assert loaded is not None
         return loaded
+
+    def acquire_refiner(self, query: str) -> tuple[LoadedModel, CheckpointInfo]:
+        """The refiner a job names, kept loaded beside the main model for the next job."""
+        info = self.registry.require(query)
+        with self._lock:
+            for slot in (self._loaded, self._refiner):
+                if slot is not None and slot[1].path == info.path:
+                    return slot
+        model = load_model(info.path, self.device, self._config_cache)
+        info = self.registry.hashed(info)
+        with self._lock:
+            self._refiner = (model, info)
+        return model, info
+
+    def use_vae(self, model: LoadedModel, file: AddonFile | None) -> None:
+        """Give ``model`` the VAE in ``file`` (None: its own). A VAE that fails to load raises
+        AddonLoadError and leaves the one in use in place."""
+        with self._lock:
+            state = self._vae if self._vae is not None and self._vae.model is model else None
+        if state is not None and state.file == file:
+            return
+        own = state.own if state is not None else model.pipeline.vae
+        if state is None and file is None:
+            return  # nothing swapped yet: the checkpoint's own is in place
+        vae = own if file is None else load_vae(file.path, model.arch, self.device, self._config_cache)
+        swap_vae(model.pipeline, vae)  # type: ignore[arg-type]
+        with self._lock:
+            self._vae = _VaeInUse(model, file, own)
+        log.info("VAE: %s", file.name if file else "the checkpoint's own")

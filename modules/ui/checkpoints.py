@@ -9,6 +9,7 @@ import gradio as gr
 from modules.errors import AtelierError
 from modules.services.container import Services
 from modules.ui.common import ui_error
+from modules.ui.vae_bar import build_vae_choice
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def build_bar(services: Services) -> gr.Dropdown:
         checkpoint = gr.Dropdown(choices=_titles(services), value=None,
                                  label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint", scale=4)
         refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", elem_classes="tool-button", scale=0)
+        build_vae_choice(services)
         status = gr.Markdown("", elem_id="sd_model_status")
     with gr.Group(visible=not services.registry.all()) as empty:
         gr.Markdown(_no_model_notice(services), elem_id="no_checkpoint_notice")

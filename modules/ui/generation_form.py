@@ -19,6 +19,14 @@ from modules.params import GenerationRequest, GenerationResult
 from modules.samplers import DEFAULT_SAMPLER, RngSource, ScheduleType, sampler_names
 from modules.services.container import Services
 from modules.ui.common import progress_html, ui_error, wait_for
+from modules.ui.extra_networks_ui import build_browser
+from modules.ui.hires_refiner import (
+    HiresControls,
+    RefinerControls,
+    build_refiner,
+    refiner_values_from,
+    to_refiner,
+)
 from modules.ui.styles_ui import build_styles
 
 
@@ -41,6 +49,11 @@ class FormValues:
     styles: list[str] | None = None
     variation_seed: float | None = -1
     variation_strength: float = 0.0
+    seed_resize_from_width: float = 0
+    seed_resize_from_height: float = 0
+    refiner_enable: bool = False
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float = 0.8
 
     def to_request(self) -> GenerationRequest:
         labels = {s.value: s for s in ScheduleType}
@@ -52,7 +65,10 @@ class FormValues:
             batch_count=whole(self.batch_count), batch_size=whole(self.batch_size), clip_skip=whole(self.clip_skip),
             styles=tuple(self.styles or ()),
             variation_seed=-1 if self.variation_seed is None else whole(self.variation_seed),
-            variation_strength=float(self.variation_strength or 0.0))
+            variation_strength=float(self.variation_strength or 0.0),
+            seed_resize_from_width=whole(self.seed_resize_from_width or 0),
+            seed_resize_from_height=whole(self.seed_resize_from_height or 0),
+            refiner=to_refiner(self.refiner_enable, self.refiner_checkpoint, self.refiner_switch_at))
 
 
 def whole(value: float | int) -> Any:
@@ -83,6 +99,9 @@ class GenerationForm:
     styles: gr.Dropdown
     variation_seed: gr.Number
     variation_strength: gr.Slider
+    seed_resize_width: gr.Slider
+    seed_resize_height: gr.Slider
+    refiner: RefinerControls
     paste: gr.Button
     progress: gr.HTML
     preview: gr.Image
@@ -92,17 +111,21 @@ class GenerationForm:
     job_id: gr.State
     infos: gr.State  # per shown image: {"seed", "infotext", "path"}
     selected: gr.State  # index of the selected image in the gallery
+    hires: HiresControls | None = None  # txt2img only
 
     def values(self) -> list[Any]:
         """The components whose values make a :class:`FormValues`, in its field order."""
         return [self.prompt, self.negative, self.sampler, self.schedule, self.steps, self.cfg, self.width,
                 self.height, self.seed, self.batch_count, self.batch_size, self.clip_skip, self.styles,
-                self.variation_seed, self.variation_strength]
+                self.variation_seed, self.variation_strength, self.seed_resize_width, self.seed_resize_height,
+                *self.refiner.components()]
 
     def request_fields(self) -> list[Any]:
         """Components a "send to" fills from an infotext, in :func:`fields_from_infotext` order."""
         return [self.prompt, self.negative, self.sampler, self.schedule, self.steps, self.cfg, self.width,
-                self.height, self.seed, self.clip_skip, self.variation_seed, self.variation_strength]
+                self.height, self.seed, self.clip_skip, self.variation_seed, self.variation_strength,
+                self.seed_resize_width, self.seed_resize_height, *self.refiner.components(),
+                *(self.hires.components() if self.hires else [])]
 
 
 def build_prompts(prefix: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Button, gr.Button, gr.Button]:
@@ -124,12 +147,13 @@ def build_prompts(prefix: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Bu
 
 
 def build_form(prefix: str, services: Services, extra: Callable[[], None] | None = None,
-               send_to: tuple[tuple[str, str], ...] = ()) -> GenerationForm:
-    """The prompt row, the settings column (``extra`` adds the tab's own controls first) and results,
-    with a "Send to" button per ``(tab id, label)`` in ``send_to`` under the gallery."""
+               send_to: tuple[tuple[str, str], ...] = (), below: Callable[[], None] | None = None) -> GenerationForm:
+    """The prompt row, the settings column (``extra`` adds the tab's own controls first, ``below`` after
+    the seed) and results, with a "Send to" button per ``(tab id, label)`` in ``send_to`` under the gallery."""
     prompt, negative, generate, interrupt, skip, paste = build_prompts(prefix)
     _wire_token_counters(prefix, services, prompt, negative)
     styles = build_styles(prefix, services, prompt, negative).chosen
+    build_browser(prefix, services, prompt)
     limits = services.settings.limits
     with gr.Row():
         with gr.Column(scale=1):
@@ -161,6 +185,14 @@ def build_form(prefix: str, services: Services, extra: Callable[[], None] | None
                     variation_seed = gr.Number(value=-1, precision=0, label="Variation seed", elem_id=f"{prefix}_subseed")
                     variation_strength = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
                                                    elem_id=f"{prefix}_subseed_strength")
+                with gr.Row():  # A1111: the seed's noise made at another size, for a similar picture
+                    resize_w = gr.Slider(0, limits.max_size, value=0, step=8, label="Resize seed from width",
+                                         elem_id=f"{prefix}_seed_resize_from_w")
+                    resize_h = gr.Slider(0, limits.max_size, value=0, step=8, label="Resize seed from height",
+                                         elem_id=f"{prefix}_seed_resize_from_h")
+            if below is not None:
+                below()
+            refiner = build_refiner(prefix, services)
             clip_skip = gr.Slider(1, 12, value=lambda: services.options.get().clip_skip, step=1, label="Clip skip",
                                   elem_id=f"{prefix}_clip_skip")
         with gr.Column(scale=1):
@@ -176,7 +208,7 @@ def build_form(prefix: str, services: Services, extra: Callable[[], None] | None
                               elem_id=f"html_info_{prefix}")
     form = GenerationForm(prefix, prompt, negative, generate, interrupt, skip, sampler, schedule, steps, width, height,
                           batch_count, batch_size, cfg, seed, clip_skip, styles, variation_seed, variation_strength,
-                          paste, progress, preview, gallery, info,
+                          resize_w, resize_h, refiner, paste, progress, preview, gallery, info,
                           send_buttons, gr.State(None), gr.State([]), gr.State(0))
     _wire_seed_buttons(form, random_seed, reuse_seed)
     return form
@@ -225,7 +257,7 @@ def wire_generation(form: GenerationForm, services: Services, extra_inputs: list
         try:
             request = make_request(FormValues(*values[:shared]), *values[shared:])
             request = replace(request, eta_noise_seed_delta=options.eta_noise_seed_delta,
-                              rng=RngSource(options.randn_source))
+                              rng=RngSource(options.randn_source), vae=request.vae or options.sd_vae)
             job = services.generation.submit(request)
         except AtelierError as exc:
             raise ui_error(exc) from exc
@@ -260,9 +292,11 @@ def wire_generation(form: GenerationForm, services: Services, extra_inputs: list
     form.skip.click(on_skip, inputs=[form.job_id], outputs=None, concurrency_limit=None, api_visibility="private")
 
 
-def fields_from_infotext(text: str) -> list[Any]:
-    """Values for :meth:`GenerationForm.request_fields` from an image's infotext."""
+def fields_from_infotext(text: str, form: GenerationForm, services: Services) -> list[Any]:
+    """Values for ``form``'s :meth:`GenerationForm.request_fields` from an image's infotext."""
     request, _warnings = request_from_infotext(parse_infotext(text))
-    return [request.prompt, request.negative_prompt, request.sampler, request.schedule.value, request.steps,
-            request.cfg_scale, request.width, request.height, request.seed, request.clip_skip, request.variation_seed,
-            request.variation_strength]
+    values = [request.prompt, request.negative_prompt, request.sampler, request.schedule.value, request.steps,
+              request.cfg_scale, request.width, request.height, request.seed, request.clip_skip,
+              request.variation_seed, request.variation_strength, request.seed_resize_from_width,
+              request.seed_resize_from_height, *refiner_values_from(request, services)]
+    return values + (HiresControls.values_from(request) if form.hires else [])

@@ -35,7 +35,8 @@ class SendWiring:
             result: list[Any] = []
             if image is not None:
                 result.append({"background": path, "layers": [], "composite": path} if as_editor and path else path)
-            result += fields_from_infotext(text) if text else [gr.skip()] * len(target.request_fields())
+            result += (fields_from_infotext(text, target, self.services) if text
+                       else [gr.skip()] * len(target.request_fields()))
             warning = switch_to_checkpoint_of(self.services, parse_infotext(text).params) if text else None
             if warning:
                 gr.Warning(warning)

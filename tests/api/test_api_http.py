@@ -228,9 +228,11 @@ def test_oversized_bodies_are_refused_before_reading(server: Server) -> None:
     assert reply.startswith(b"HTTP/1.1 413") and b"limit" in reply
 
 
-def test_start_up_lists_of_features_not_built_yet_answer_in_a1111_shape(client: httpx.Client) -> None:
+def test_start_up_lists_answer_in_a1111_shape(client: httpx.Client) -> None:
     upscalers = client.get(f"{API}/upscalers").json()
-    assert upscalers[0]["name"] == "None" and set(upscalers[0]) == {"name", "model_name", "model_path",
-                                                                     "model_url", "scale"}
-    for route in ("latent-upscale-modes", "hypernetworks", "face-restorers", "realesrgan-models"):
+    assert [u["name"] for u in upscalers] == ["None", "Lanczos", "Nearest"]
+    assert set(upscalers[0]) == {"name", "model_name", "model_path", "model_url", "scale"}
+    modes = [m["name"] for m in client.get(f"{API}/latent-upscale-modes").json()]
+    assert modes[0] == "Latent" and "Latent (bicubic antialiased)" in modes
+    for route in ("hypernetworks", "face-restorers", "realesrgan-models"):
         assert client.get(f"{API}/{route}").json() == []

@@ -35,6 +35,7 @@ from modules.params import (
     validate_request,
 )
 from modules.samplers import SAMPLERS, RngSource, ScheduleType
+from modules.upscalers import upscaler_names
 
 
 def png(color: int = 0, size: tuple[int, int] = (8, 8), mode: str = "L") -> bytes:
@@ -361,14 +362,22 @@ VALID_FIELDS = {
     "sampler_name": st.sampled_from(_SAMPLER_NAMES) | st.none(), "sampler_index": st.sampled_from(_SAMPLER_NAMES),
     "scheduler": st.sampled_from(_SCHEDULES) | st.none(),
     "batch_size": _int_like(1, 8), "n_iter": _int_like(1, 10), "steps": _int_like(1, 150),
-    "cfg_scale": _float_like(1, 30), "width": st.integers(8, 256).map(lambda v: v * 8),
-    "height": st.integers(8, 256).map(lambda v: str(v * 8)), "clip_skip": _int_like(1, 12),
+    # Up to 1024: hires fix (enable_hr, scale 2 by default) must stay within the 2048 limit.
+    "cfg_scale": _float_like(1, 30), "width": st.integers(8, 128).map(lambda v: v * 8),
+    "height": st.integers(8, 128).map(lambda v: str(v * 8)), "clip_skip": _int_like(1, 12),
+    "hr_upscaler": st.sampled_from(upscaler_names() + ["latent", "LANCZOS"]) | st.none(),
+    "hr_second_pass_steps": _int_like(0, 150), "hr_resize_x": st.sampled_from([0, 512, 1024]),
+    "hr_sampler_name": st.sampled_from(_SAMPLER_NAMES) | st.none(), "hr_scheduler": st.sampled_from(_SCHEDULES),
+    "seed_resize_from_w": st.sampled_from([-1, 0, 256]), "seed_resize_from_h": st.sampled_from([-1, 0, 320]),
+    "refiner_checkpoint": st.sampled_from(["", "None", "b.safetensors"]) | st.none(),
+    "refiner_switch_at": _float_like(0, 1),
     "restore_faces": st.booleans() | st.none(), "tiling": st.sampled_from([True, False, "true", "false", None]),
     "enable_hr": st.booleans(), "denoising_strength": _float_like(0, 1),
     "override_settings": st.fixed_dictionaries({}, optional={
         "sd_model_checkpoint": st.sampled_from(["a.safetensors [0123456789]", "b"]),
         "CLIP_stop_at_last_layers": _int_like(1, 12), "eta_noise_seed_delta": _int_like(0, 100000),
-        "randn_source": st.sampled_from(["GPU", "CPU", "cpu"]), "sd_vae": st.just("Automatic"),
+        "randn_source": st.sampled_from(["GPU", "CPU", "cpu"]),
+        "sd_vae": st.sampled_from(["Automatic", "None", "vae-ft-mse.safetensors"]),
     }),
     "alwayson_scripts": st.just({}), "send_images": st.booleans(), "infotext": st.just(INFOTEXT) | st.none(),
     "some_client_field": st.text(max_size=5), "mask_blur": _int_like(0, 64),

@@ -17,8 +17,9 @@ from modules.infotext import (
     parse_infotext,
     request_from_infotext,
 )
-from modules.params import MAX_SEED, GenerationRequest
+from modules.params import MAX_SEED, GenerationRequest, HiresFix
 from modules.samplers import SAMPLERS, RngSource, ScheduleType
+from modules.upscalers import upscaler_names
 
 SD15 = ModelIdentity(name="v1-5-pruned-emaonly", hash="6ce0161689")
 
@@ -62,14 +63,16 @@ def test_writer_places_extra_keys_in_a1111_order() -> None:
     extra = {
         "My extension": "on",
         "Lora hashes": "add_detail: 7c6bad76eb54",
-        "Hires upscale": 2.0,
+        "Refiner": "sdxl-refiner [7440042bbd]",
         "Face restoration": None,  # None = left out
-        "Seed resize from": "64x64",
+        "VAE": "sdxl_vae.safetensors",
         "Tiling": True,
     }
-    text = build_infotext(GenerationRequest(), 1, None, "v1", extra)
+    request = GenerationRequest(seed_resize_from_width=64, seed_resize_from_height=64, hires=HiresFix())
+    text = build_infotext(request, 1, None, "v1", extra)
     assert text.endswith(
-        "Size: 512x512, Seed resize from: 64x64, Tiling: True, Hires upscale: 2, "
+        "Size: 512x512, VAE: sdxl_vae.safetensors, Seed resize from: 64x64, Denoising strength: 0.7, Tiling: True, "
+        'Hires upscale: 2, Hires upscaler: Latent, Refiner: sdxl-refiner [7440042bbd], '
         'Lora hashes: "add_detail: 7c6bad76eb54", My extension: on, Version: v1'
     )
 
@@ -117,11 +120,13 @@ def test_parses_a1111_text_with_quoted_value() -> None:
     assert (parsed.params["Size"], parsed.params["Size-1"], parsed.params["Size-2"]) == ("512x768", "512", "768")
 
     request, warnings = request_from_infotext(parsed)
-    assert warnings == []
+    # An upscaler model Atelier does not have is named in a warning; the latent one stands in.
+    assert warnings == ["Hires upscaler: 'R-ESRGAN 4x+ Anime6B' is not available here; using Latent"]
     assert request == GenerationRequest(
         prompt=parsed.prompt, negative_prompt=parsed.negative_prompt, sampler="DPM++ 2M",
         schedule=ScheduleType.KARRAS, steps=25, cfg_scale=7.0, width=512, height=768, seed=1234567890,
-        clip_skip=2, checkpoint="v1-5-pruned-emaonly", denoising_strength=0.4,
+        clip_skip=2, checkpoint="v1-5-pruned-emaonly",
+        hires=HiresFix(scale=2.0, steps=10, upscaler="Latent", denoising_strength=0.4),
     )
     assert parsed.params["Model hash"] == "6ce0161689"
 
@@ -222,6 +227,26 @@ def a1111_prompt(text: str) -> str:
 
 
 @st.composite
+def hires_fixes(draw: st.DrawFn, sampler: str, schedule: ScheduleType, prompt: str, negative: str) -> HiresFix:
+    """Hires settings as the writer can express them: a sampler, schedule or prompt equal to the
+    first pass's is not written (A1111 leaves it out), so it reads back as "the same"."""
+    by_size = draw(st.booleans())
+    hr_sampler = draw(st.one_of(st.none(), st.sampled_from([s.name for s in SAMPLERS if s.name != sampler])))
+    return HiresFix(
+        scale=2.0 if by_size else draw(st.one_of(st.just(2.0), st.floats(1.0, 4.0))),  # unwritten with a size
+        resize_width=draw(st.integers(8, 256)) * 8 if by_size else 0,
+        resize_height=draw(st.integers(8, 256)) * 8 if by_size else 0,
+        upscaler=draw(st.sampled_from(upscaler_names())), steps=draw(st.integers(0, 150)),
+        denoising_strength=draw(st.floats(0.0, 1.0)), sampler=hr_sampler,
+        schedule=draw(st.one_of(st.none(), st.sampled_from([t for t in ScheduleType if t is not schedule]))),
+        prompt=draw(st.one_of(st.just(""), tricky_text.map(a1111_prompt).filter(
+            lambda p: p != prompt and not p.startswith(" ") and p == p.strip()))),
+        negative_prompt=draw(st.one_of(st.just(""), tricky_text.map(a1111_prompt).filter(
+            lambda p: p != negative and p == p.strip()))),
+    )
+
+
+@st.composite
 def requests(draw: st.DrawFn) -> GenerationRequest:
     spec = draw(st.sampled_from(SAMPLERS))
     prompt, negative = a1111_prompt(draw(tricky_text)), a1111_prompt(draw(tricky_text))
@@ -230,9 +255,14 @@ def requests(draw: st.DrawFn) -> GenerationRequest:
     # parameters: the writer always follows it with the real parameters line.
     assume(not any(line.startswith("Negative prompt:") for line in f"{prompt}\n{negative}".split("\n")))
     strength = draw(st.one_of(st.just(0.0), st.floats(0.01, 1.0)))
+    schedule = draw(st.sampled_from(list(ScheduleType)))
+    resize = draw(st.one_of(st.just((0, 0)), st.tuples(st.integers(1, 256), st.integers(1, 256)).map(
+        lambda wh: (wh[0] * 8, wh[1] * 8))))
     return GenerationRequest(
         prompt=prompt, negative_prompt=negative, sampler=spec.name,
-        schedule=draw(st.sampled_from(list(ScheduleType))), steps=draw(st.integers(1, 150)),
+        seed_resize_from_width=resize[0], seed_resize_from_height=resize[1],
+        hires=draw(st.one_of(st.none(), hires_fixes(spec.name, schedule, prompt, negative))),
+        schedule=schedule, steps=draw(st.integers(1, 150)),
         cfg_scale=draw(st.one_of(st.integers(1, 30).map(float), st.floats(1.0, 30.0))),
         width=draw(st.integers(8, 256)) * 8, height=draw(st.integers(8, 256)) * 8,
         seed=draw(st.integers(0, MAX_SEED)), clip_skip=draw(st.integers(1, 12)),
@@ -280,4 +310,6 @@ def test_extra_values_round_trip(request: GenerationRequest, extra: dict[str, ob
     expected_order = [k for k in INFOTEXT_KEY_ORDER if k in written] + [k for k in written if k not in INFOTEXT_KEY_ORDER]
     read_order = [k for k in parsed.params if k in written]
     assert read_order == expected_order
-    assert request_from_infotext(parsed)[0] == replace(request, checkpoint=None)
+    # "VAE" and "Refiner" come from extra here, and read back into the request.
+    back = request_from_infotext(parsed)[0]
+    assert replace(back, vae=None, refiner=None) == replace(request, checkpoint=None)

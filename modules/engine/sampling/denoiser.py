@@ -135,3 +135,30 @@ class GuidedDenoiser:
             for i, (_schedule, weight) in enumerate(self.conditioning.positive):
                 denoised += (out[i * batch:(i + 1) * batch] - uncond) * (weight * self.cfg_scale)
         return self.mask.apply(denoised) if self.mask is not None else denoised
+
+
+class SwitchingDenoiser:
+    """Hands the rest of the sampling to a second model (A1111's refiner) once ``switch_at`` of the
+    denoising is done, judged as A1111 does by the timestep: done = (999 - t) / 1000. The second
+    denoiser is built only when the switch happens, and inherits the call count (prompt editing)."""
+
+    def __init__(self, first: GuidedDenoiser, make_second: Callable[[], GuidedDenoiser],
+                 model_sigmas: ModelSigmas, switch_at: float) -> None:
+        self.active = first
+        self._make_second = make_second
+        self._sigmas = model_sigmas.sigmas
+        self._switch_at = switch_at
+        self.switched = False
+        self.mask = first.mask
+
+    def _done(self, sigma: torch.Tensor) -> float:
+        t = int(torch.argmin((self._sigmas.to(sigma.device) - sigma.max()).abs()))
+        return (len(self._sigmas) - 1 - t) / len(self._sigmas)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if not self.switched and self._done(sigma) >= self._switch_at:
+            calls = self.active.calls
+            self.active = self._make_second()
+            self.active.calls = calls
+            self.switched = True
+        return self.active(x, sigma, **kwargs)

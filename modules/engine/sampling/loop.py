@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
-from modules.engine.sampling.denoiser import GuidedDenoiser, SamplingStopped
+from modules.engine.sampling.denoiser import GuidedDenoiser, SamplingStopped, SwitchingDenoiser
 from modules.engine.sampling.functions import get_sampler_function
 from modules.engine.sampling.noise import BrownianTreeNoise, ImageNoise, RngSource
 from modules.engine.sampling.schedules import ModelSigmas, compute_sigmas
@@ -39,6 +39,7 @@ class NoisePlan:
     variation_seeds: tuple[int, ...] | None = None
     variation_strength: float = 0.0
     eta_noise_seed_delta: int = 0
+    resize_from: tuple[int, int] | None = None  # latent (h, w) the seeds' noise is made at
 
 
 @dataclass(frozen=True)
@@ -51,19 +52,24 @@ class SamplingPlan:
     init_latent: torch.Tensor | None = None  # img2img: (B, C, h, w)
     denoising_strength: float = 1.0
     is_sdxl: bool = False
+    # img2img normally runs denoising_strength x steps; hires fix's second pass runs ``steps``
+    # exactly, over the tail of a longer schedule (A1111's setup_img2img_steps with steps given).
+    exact_steps: bool = False
 
 
 def sampler_sigmas(plan: SamplingPlan, model: ModelSigmas) -> torch.Tensor:
     """The sigmas the sampler walks, with A1111's discard and img2img truncation."""
     schedule = plan.sampler.resolve_schedule(plan.schedule)
+    steps, t_enc = plan.steps, int(min(plan.denoising_strength, 0.999) * plan.steps)
+    if plan.init_latent is not None and plan.exact_steps:
+        steps, t_enc = int(plan.steps / min(plan.denoising_strength, 0.999)), plan.steps - 1
     if plan.sampler.discard_penultimate_sigma:
-        sigmas = compute_sigmas(schedule, plan.steps + 1, model, plan.is_sdxl)
+        sigmas = compute_sigmas(schedule, steps + 1, model, plan.is_sdxl)
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     else:
-        sigmas = compute_sigmas(schedule, plan.steps, model, plan.is_sdxl)
+        sigmas = compute_sigmas(schedule, steps, model, plan.is_sdxl)
     if plan.init_latent is not None:
-        t_enc = int(min(plan.denoising_strength, 0.999) * plan.steps)
-        sigmas = sigmas[plan.steps - t_enc - 1:]
+        sigmas = sigmas[steps - t_enc - 1:]
     return sigmas
 
 
@@ -81,7 +87,7 @@ def _sampler_kwargs(fn: Callable[..., Any], plan: SamplingPlan, x: torch.Tensor,
 
 
 @torch.inference_mode()
-def run_sampling(plan: SamplingPlan, denoiser: GuidedDenoiser, model_sigmas: ModelSigmas,
+def run_sampling(plan: SamplingPlan, denoiser: GuidedDenoiser | SwitchingDenoiser, model_sigmas: ModelSigmas,
                  device: torch.device, observer: StepObserver) -> torch.Tensor | None:
     """Final latents of the batch, or None when the observer stopped it."""
     if plan.init_latent is not None and plan.denoising_strength == 0:
@@ -91,7 +97,7 @@ def run_sampling(plan: SamplingPlan, denoiser: GuidedDenoiser, model_sigmas: Mod
     total = len(sigmas) - 1
     # 2. Starting latent.
     noise = ImageNoise(plan.latent_shape, plan.noise.seeds, device, plan.noise.source, plan.noise.variation_seeds,
-                       plan.noise.variation_strength, plan.noise.eta_noise_seed_delta)
+                       plan.noise.variation_strength, plan.noise.eta_noise_seed_delta, plan.noise.resize_from)
     x = noise.first() * sigmas[0]
     if plan.init_latent is not None:
         x = x + plan.init_latent.to(device)

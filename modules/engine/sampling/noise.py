@@ -37,7 +37,8 @@ class ImageNoise:
 
     def __init__(self, shape: tuple[int, ...], seeds: Sequence[int], device: torch.device,
                  source: RngSource = RngSource.GPU, variation_seeds: Sequence[int] | None = None,
-                 variation_strength: float = 0.0, eta_noise_seed_delta: int = 0) -> None:
+                 variation_strength: float = 0.0, eta_noise_seed_delta: int = 0,
+                 resize_from: tuple[int, int] | None = None) -> None:
         self.shape = shape  # one image's latent shape, (C, H, W)
         self.seeds = list(seeds)
         self.device = device
@@ -46,22 +47,29 @@ class ImageNoise:
         self.variation_seeds = list(variation_seeds) if variation_seeds else None
         self.variation_strength = variation_strength
         self.ensd = eta_noise_seed_delta
+        # (h, w) of the latent the seed's noise is made at; None = this batch's own size.
+        self.source_shape = (shape[0], *resize_from) if resize_from else shape
         self.generators = [self._generator(seed) for seed in self.seeds]
 
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.generator_device).manual_seed(int(seed))
 
-    def _randn(self, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(self.shape, generator=generator, device=self.generator_device)
+    def _randn(self, generator: torch.Generator, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        return torch.randn(shape or self.shape, generator=generator, device=self.generator_device)
 
     def first(self) -> torch.Tensor:
         """The initial latent noise of every image, (B, C, H, W) on the device, float32."""
         noises = []
-        for i, generator in enumerate(self.generators):
-            noise = self._randn(generator)
+        resized = self.source_shape != self.shape
+        for i, (seed, generator) in enumerate(zip(self.seeds, self.generators)):
+            # A1111 draws resized noise from a fresh generator, so the image's own generator
+            # then gives the full-size noise the centre is pasted into, and the ancestral draws.
+            noise = self._randn(self._generator(seed), self.source_shape) if resized else self._randn(generator)
             if self.variation_seeds is not None and self.variation_strength:
-                variation = self._randn(self._generator(self.variation_seeds[i]))
+                variation = self._randn(self._generator(self.variation_seeds[i]), self.source_shape)
                 noise = slerp(self.variation_strength, noise.unsqueeze(0), variation.unsqueeze(0))[0]
+            if resized:
+                noise = _paste_centred(noise, self._randn(generator))
             noises.append(noise)
         if self.ensd:
             self.generators = [self._generator(seed + self.ensd) for seed in self.seeds]
@@ -73,6 +81,18 @@ class ImageNoise:
 
     def sampler(self) -> "_StepNoise":
         return _StepNoise(self)
+
+
+def _paste_centred(small: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """``full`` with ``small``'s centre over its centre (each side cropped where it is larger)."""
+    out = full.clone()
+    (sh, sw), (fh, fw) = small.shape[-2:], full.shape[-2:]
+    dy, dx = (fh - sh) // 2, (fw - sw) // 2
+    h, w = min(sh, fh), min(sw, fw)
+    ty, tx = max(dy, 0), max(dx, 0)  # where it lands in full
+    sy, sx = max(-dy, 0), max(-dx, 0)  # where it is taken from in small
+    out[:, ty:ty + h, tx:tx + w] = small[:, sy:sy + h, sx:sx + w]
+    return out
 
 
 class _StepNoise:
