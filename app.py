@@ -114,9 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     device = choose_device(DevicePolicy(use_cpu="all" in flags.use_cpu, device_id=flags.device_id,
                                         no_half=flags.no_half, precision=flags.precision))
-    services = build_services(paths, settings, device)
+    services = build_services(paths, settings, device, extensions=not flags.disable_all_extensions)
     _load_startup_model(services, flags.ckpt)
     app = _build_app(flags, services, auth)
+    services.extensions.app_started()
 
     scheme = "https" if flags.tls_certfile else "http"
     url = f"{scheme}://{'localhost' if flags.listen else '127.0.0.1'}:{flags.port}{flags.subpath}"

@@ -53,6 +53,7 @@ class Flags:
     subpath: str = ""
     share: bool = False
     enable_insecure_extension_access: bool = False
+    disable_all_extensions: bool = False
 
     @property
     def host(self) -> str:
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="refused: Atelier does not open public tunnels")
     p.add_argument("--enable-insecure-extension-access", action="store_true",
                    help="allow installing extensions even when serving to the network")
+    p.add_argument("--disable-all-extensions", action="store_true",
+                   help="start without loading any extension (built-in ones included)")
     return p
 
 
@@ -142,4 +145,5 @@ def parse_flags(argv: Sequence[str], environ: Mapping[str, str]) -> Flags:
         cors_allow_origins=tuple(o.strip() for o in ns.cors_allow_origins.split(",") if o.strip()),
         tls_keyfile=ns.tls_keyfile, tls_certfile=ns.tls_certfile, subpath=subpath, share=ns.share,
         enable_insecure_extension_access=ns.enable_insecure_extension_access,
+        disable_all_extensions=ns.disable_all_extensions,
     )

@@ -96,3 +96,7 @@ class AddonLoadError(AtelierError):
         self.path = path
         self.reason = reason
         super().__init__(f"Cannot load {kind} {path}: {reason}")
+
+
+class ExtensionError(AtelierError):
+    """An extension cannot be loaded, installed or run (bad manifest, wrong API version, its code failed)."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 import enum
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from modules.errors import FieldError, ValidationError
 from modules.samplers import (
@@ -160,6 +162,8 @@ class GenerationRequest:
     seed_resize_from_width: int = 0  # A1111's "resize seed from": noise made at this size, centred; 0 = off
     seed_resize_from_height: int = 0
     vae: str | None = None  # VAE_AUTOMATIC, VAE_NONE or a VAE file name; None = the current setting
+    # Extensions' values by extension name, then parameter name (A1111's alwayson_scripts, by name).
+    extension_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def is_img2img(self) -> bool:

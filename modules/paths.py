@@ -34,6 +34,25 @@ class AppPaths:
         return self.data_dir / "styles.csv"
 
     @property
+    def builtin_extensions_dir(self) -> Path:
+        """Extensions shipped with Atelier."""
+        return self.project_root / "extensions"
+
+    @property
+    def user_extensions_dir(self) -> Path:
+        """Users' extensions (the same folder as the built-ins when the data dir is the project)."""
+        return self.data_dir / "extensions"
+
+    @property
+    def extension_state_file(self) -> Path:
+        """Which extensions the user switched off."""
+        return self.data_dir / "extensions.yaml"
+
+    @property
+    def extension_settings_dir(self) -> Path:
+        return self.data_dir / "extension-settings"
+
+    @property
     def hash_cache(self) -> Path:
         return self.cache_dir / "hashes.json"
 

@@ -245,6 +245,20 @@ def _refiner(body: Txt2ImgBody) -> Refiner | None:
     return Refiner(checkpoint=body.refiner_checkpoint.strip(), switch_at=switch_at)
 
 
+def _extension_params(body: Txt2ImgBody) -> dict[str, Any]:
+    """A1111's ``alwayson_scripts: {name: {"args": [...]}}``; ``args`` may also be an object of
+    name: value, and ``{name: {param: value}}`` without ``args`` is read by name too."""
+    params: dict[str, Any] = {}
+    for name, entry in body.alwayson_scripts.items():
+        if isinstance(entry, dict) and "args" in entry:
+            params[name] = entry["args"] if entry["args"] is not None else []
+        elif isinstance(entry, (dict, list)):
+            params[name] = entry
+        else:
+            raise ValidationError([FieldError(f"alwayson_scripts.{name}", 'must be {"args": [...]} or an object')])
+    return params
+
+
 def to_generation_request(body: Txt2ImgBody | Img2ImgBody,
                           overrides: Mapping[str, object] = MappingProxyType({})) -> GenerationRequest:
     """The :class:`GenerationRequest` a REST body asks for; ``overrides`` holds the server's options.
@@ -263,6 +277,7 @@ def to_generation_request(body: Txt2ImgBody | Img2ImgBody,
         variation_seed=body.subseed, variation_strength=body.subseed_strength,
         seed_resize_from_width=body.seed_resize_from_w, seed_resize_from_height=body.seed_resize_from_h,
         hires=_hires(body, bool(overrides.get("save_images_before_highres_fix"))), refiner=_refiner(body),
+        extension_params=_extension_params(body),
         **{**server, **requested},  # type: ignore[arg-type]
     )
     # 3. img2img inputs.

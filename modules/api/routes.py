@@ -43,6 +43,7 @@ from modules.infotext import parse_infotext
 from modules.params import GenerationRequest, GenerationResult
 from modules.services.addons import AddonFile
 from modules.services.container import Services
+from modules.services.extensions import ExtensionState
 from modules.services.image_input import decode_image
 from modules.services.images import infotext_of
 from modules.services.jobs import Job
@@ -109,9 +110,14 @@ class ApiFace:
 
     async def _generate(self, request: Request, body_type: type[schemas.Txt2ImgBody]) -> JSONResponse:
         body = parse_body(body_type, await _json_body(request))
-        generation = to_generation_request(body, self._server_options())
-        job = self.services.generation.submit(replace(generation, save_images=body.save_images))
-        result: GenerationResult = await asyncio.wrap_future(job.future)
+        generation = replace(to_generation_request(body, self._server_options()), save_images=body.save_images)
+        if body.script_name and body.script_name.strip().lower() not in ("", "none"):
+            tab = "img2img" if isinstance(body, schemas.Img2ImgBody) else "txt2img"
+            result: GenerationResult = await asyncio.to_thread(
+                self.services.generation.run_script, body.script_name, tab, generation, body.script_args)
+        else:
+            job = self.services.generation.submit(generation)
+            result = await asyncio.wrap_future(job.future)
         reply = images_response(result, body, body.send_images, lambda image: image.png)
         return JSONResponse(reply.model_dump())
 
@@ -203,8 +209,13 @@ class ApiFace:
                      for s in self.services.styles.all()])
         r.get("/loras")(lambda: [lora_item(item, addons.lora_metadata(item)) for item in addons.loras.all()])
         r.get("/embeddings")(lambda: addons.listing(self.services.models.loaded_model()))
-        r.get("/scripts", response_model=schemas.ScriptsList)(lambda: schemas.ScriptsList())
-        r.get("/extensions", response_model=list[schemas.ExtensionItem])(lambda: [])
+        ext = self.services.extensions
+        r.get("/scripts", response_model=schemas.ScriptsList)(lambda: schemas.ScriptsList(
+            txt2img=[s.title.lower() for _n, s in ext.scripts("txt2img")],
+            img2img=[s.title.lower() for _n, s in ext.scripts("img2img")]))
+        r.get("/extensions", response_model=list[schemas.ExtensionItem])(lambda: [
+            schemas.ExtensionItem(name=rec.name, version=rec.version, enabled=rec.state is ExtensionState.ENABLED,
+                                  state=rec.state.value, error=rec.error or "") for rec in ext.records()])
         r.get("/upscalers")(lambda: [{"name": u.name, "model_name": None, "model_path": None, "model_url": None,
                                       "scale": 4} for u in UPSCALERS if u.kind is UpscalerKind.IMAGE])
         r.get("/latent-upscale-modes")(lambda: [{"name": u.name} for u in UPSCALERS if u.kind is UpscalerKind.LATENT])

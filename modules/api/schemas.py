@@ -148,7 +148,7 @@ class Txt2ImgBody(_LenientBody):
     hr_negative_prompt: str = ""
     force_task_id: str | None = None
     script_name: str | None = None
-    script_args: list[Any] = Field(default_factory=list)
+    script_args: list[Any] | dict[str, Any] = Field(default_factory=list)  # by position (A1111) or by name
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     send_images: LenientBool = True
     save_images: LenientBool = False
@@ -270,3 +270,5 @@ class ExtensionItem(BaseModel):
     version: str = ""
     commit_date: int | str = 0
     enabled: bool = True
+    state: str = "enabled"  # enabled, disabled or failed (not A1111's; clients ignore it)
+    error: str = ""

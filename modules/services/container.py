@@ -10,6 +10,8 @@ from modules.paths import AppPaths
 from modules.services.addon_library import AddonLibrary
 from modules.services.addons import AddonKind, AddonRegistry
 from modules.services.downloads import ModelDownloader
+from modules.services.extension_host import ExtensionHost
+from modules.services.extensions import ExtensionManager
 from modules.services.gallery import Gallery
 from modules.services.generation import GenerationService
 from modules.services.hashing import HashCache
@@ -34,13 +36,15 @@ class Services:
     styles: StyleStore
     gallery: Gallery
     addons: AddonLibrary  # LoRAs, embeddings, VAEs
+    extensions: ExtensionManager
 
     def close(self, timeout: float | None = 10.0) -> None:
         self.queue.stop(timeout)
 
 
-def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo) -> Services:
-    """Wire the services together and start the worker. Nothing is loaded yet."""
+def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo, extensions: bool = True) -> Services:
+    """Wire the services together, load the extensions (``extensions=False``: none, as
+    ``--disable-all-extensions``) and start the worker. No model is loaded yet."""
     hashes = HashCache(paths.hash_cache)
     registry = CheckpointRegistry(paths.checkpoint_dirs, hashes)
     models = ModelManager(registry, device, paths.config_cache)
@@ -48,12 +52,17 @@ def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo) -> S
     addons = AddonLibrary(AddonRegistry(AddonKind.LORA, paths.lora_dirs, hashes),
                           AddonRegistry(AddonKind.EMBEDDING, paths.embedding_dirs, hashes),
                           AddonRegistry(AddonKind.VAE, paths.vae_dirs, hashes))
+    manager = ExtensionManager(paths.builtin_extensions_dir, paths.user_extensions_dir, paths.extension_state_file,
+                               enabled=extensions)
     generation = GenerationService(models, ImageSaver(paths.outputs_dir), styles, settings.limits, settings.save_grid,
-                                   addons)
+                                   addons, manager)
+    models.on_loaded = lambda info, model: manager.model_loaded(info.title, model.arch.label)
+    manager.load_all(lambda name: ExtensionHost(name, generation, registry, paths.extension_settings_dir))
     job_queue = JobQueue(generation.execute, settings.queue_limit)
     generation.attach(job_queue)
     job_queue.start()
     return Services(paths=paths, settings=settings, options=SettingsStore(paths.config_file, settings),
                     device=device, registry=registry, models=models,
                     generation=generation, queue=job_queue, downloads=ModelDownloader(paths.default_checkpoint_dir),
-                    styles=styles, gallery=Gallery(paths.outputs_dir, paths.cache_dir), addons=addons)
+                    styles=styles, gallery=Gallery(paths.outputs_dir, paths.cache_dir), addons=addons,
+                    extensions=manager)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,7 +25,8 @@ from modules.engine.lora import apply_loras
 from modules.engine.preview import latents_to_preview
 from modules.engine.sampling.loop import NoisePlan
 from modules.engine.token_count import TokenCount, count_tokens
-from modules.errors import FieldError, NoModelLoadedError, ValidationError
+from modules.errors import AtelierError, ExtensionError, FieldError, NoModelLoadedError, ValidationError
+from modules.extension_api import Hook, ScriptRun
 from modules.infotext import ModelIdentity, build_infotext
 from modules.params import (
     LATENT_SCALE,
@@ -40,6 +42,7 @@ from modules.params import (
 from modules.samplers import resolve_sampler
 from modules.services.addon_library import AddonLibrary, JobEmbeddings, JobPrompts
 from modules.services.addons import AddonFile
+from modules.services.extensions import ExtensionManager
 from modules.services.image_input import decode_image
 from modules.services.image_prep import Crop, fill_masked, fit_image
 from modules.services.images import ImageSaver, OutputKind, make_grid, png_bytes
@@ -59,14 +62,19 @@ log = logging.getLogger(__name__)
 
 
 class _Observer:
-    """Adapts a job's context to the engine's step observer."""
+    """Adapts a job's context to the engine's step observer; extensions' STEP_END hooks see each step."""
 
-    def __init__(self, context: JobContext, model: LoadedModel) -> None:
+    def __init__(self, context: JobContext, model: LoadedModel, request: GenerationRequest,
+                 extensions: ExtensionManager) -> None:
         self._context = context
         self._arch = model.arch
+        self._request = request
+        self._extensions = extensions if extensions.has(Hook.STEP_END) else None
 
     def on_step(self, step: int, total: int, denoised: Any) -> None:
         self._context.on_step(step, total, denoised, self._render)
+        if self._extensions is not None:
+            self._extensions.step_end(self._context.job_id, step, total, self._request, self._context.interrupt)
 
     def should_stop(self) -> bool:
         return self._context.should_stop()
@@ -140,9 +148,10 @@ class GenerationService:
     """Validates requests, queues them, and turns them into saved images."""
 
     def __init__(self, models: ModelManager, saver: ImageSaver, styles: StyleStore, limits: GenerationLimits,
-                 save_grid: bool, addons: AddonLibrary) -> None:
+                 save_grid: bool, addons: AddonLibrary, extensions: ExtensionManager) -> None:
         self.models = models
         self.addons = addons
+        self.extensions = extensions
         self.saver = saver
         self.styles = styles
         self.limits = limits
@@ -170,7 +179,12 @@ class GenerationService:
             raise ValidationError([FieldError("refiner_checkpoint",
                                               f"checkpoint not found: {request.refiner.checkpoint!r}; available: {names}")])
         self.addons.check(request)
-        return normalize_request(self._apply_styles(request))
+        request = self.extensions.check_params(self._apply_styles(request))
+        changed = self.extensions.before_generate(request)
+        if changed is not request:  # an extension's change is held to the same rules
+            validate_request(changed, self.limits)
+            self.addons.check(changed)
+        return normalize_request(changed)
 
     def _apply_styles(self, request: GenerationRequest) -> GenerationRequest:
         """Styles go into the prompts once, here; the infotext records their names (A1111's Styles array)."""
@@ -189,6 +203,21 @@ class GenerationService:
         result = self.submit(request).future.result(timeout)
         assert isinstance(result, GenerationResult)
         return result
+
+    def run_script(self, title: str, tab: str, request: GenerationRequest,
+                   values: Mapping[str, Any] | list[Any]) -> GenerationResult:
+        """Run an extension's script (A1111's Script dropdown / ``script_name``) in the caller's thread;
+        its generations go through the queue like any other job."""
+        name, script = self.extensions.find_script(title, tab)
+        checked = self.extensions.script_values(script, values)
+        validate_request(request, self.limits)
+        try:
+            return script.run(ScriptRun(request, checked, self.extensions.host(name)))
+        except AtelierError:
+            raise
+        except Exception as exc:  # the script's bug: reported, and the extension is switched off
+            self.extensions.fail(name, f"script {script.title}", exc)
+            raise ExtensionError(f"The script {script.title!r} failed: {type(exc).__name__}: {exc}") from exc
 
     def count_tokens(self, prompt: str, steps: int) -> TokenCount:
         """The prompt's token count and chunk capacity, for the counter beside the prompt box."""
@@ -256,11 +285,13 @@ class GenerationService:
         kind = OutputKind.IMG2IMG if request.is_img2img else OutputKind.TXT2IMG
         saved = []
         for offset, image in enumerate(images):
-            index = first + offset
+            index, seed = first + offset, request.seed_for(first + offset)
             variation = request.variation_seed_for(index) if request.variation_strength > 0 else None
-            text = build_infotext(request, request.seed_for(index), identity, VERSION_TEXT, extra=extra,
-                                  variation_seed=variation)
-            saved.append(self._output(request, image, text, kind, request.seed_for(index), index))
+            text = build_infotext(request, seed, identity, VERSION_TEXT, extra=extra, variation_seed=variation)
+            image = self.extensions.after_image(request, image, seed, index)
+            output = self._output(request, image, text, kind, seed, index)
+            self.extensions.image_saved(request, output.path, text, seed, index)
+            saved.append(output)
         return saved
 
     def _output(self, request: GenerationRequest, image: Image.Image, text: str, kind: OutputKind,
@@ -290,7 +321,7 @@ class GenerationService:
         """One batch's finished images (hires fix's second pass included), or None when stopped."""
         first = batch_index * request.batch_size
         task = self._task(request, inputs, first, job.prompts, job.embeddings)
-        observer = _Observer(context, job.model)
+        observer = _Observer(context, job.model, request, self.extensions)
         if request.hires is None:
             context.begin_batch(batch_index, request.batch_count, request.steps)
             return run_task(job.model, task, observer, job.refiner)

@@ -85,7 +85,8 @@ class ProgressSnapshot:
 class JobContext:
     """What a running job reports to and is steered by; shared between the worker and readers."""
 
-    def __init__(self) -> None:
+    def __init__(self, job_id: str = "") -> None:
+        self.job_id = job_id
         self._lock = threading.Lock()
         self._interrupt = threading.Event()
         self._skip = threading.Event()
@@ -196,8 +197,8 @@ class JobQueue:
             self._thread.join(timeout)
 
     def submit(self, spec: JobSpec) -> Job:
-        job = Job(id=f"{next(self._counter)}-{uuid.uuid4().hex[:8]}", spec=spec, future=Future(),
-                  context=JobContext(), submitted_at=time.time())
+        job_id = f"{next(self._counter)}-{uuid.uuid4().hex[:8]}"
+        job = Job(id=job_id, spec=spec, future=Future(), context=JobContext(job_id), submitted_at=time.time())
         with self._lock:
             if len(self._pending) >= self._limit:
                 raise QueueFullError(f"The queue is full ({self._limit} jobs waiting); try again shortly.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -148,6 +149,7 @@ class ModelManager:
         self._last_loaded: CheckpointInfo | None = None
         self._refiner: tuple[LoadedModel, CheckpointInfo] | None = None
         self._vae: _VaeInUse | None = None
+        self.on_loaded: Callable[[CheckpointInfo, LoadedModel], None] | None = None  # extensions' MODEL_LOADED
 
     @property
     def last_error(self) -> str | None:
@@ -188,6 +190,8 @@ class ModelManager:
             del previous
             gc.collect()
             self._empty_device_cache()
+        if self.on_loaded is not None:
+            self.on_loaded(info, model)
         return info
 
     def unload(self) -> None:

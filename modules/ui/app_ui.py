@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 
 from modules import __version__
+from modules.extension_api import Hook, UiTabs
 from modules.infotext import parse_infotext
 from modules.services.container import Services
 from modules.ui import checkpoints, gallery, img2img, inpaint, png_info, txt2img
@@ -31,9 +32,22 @@ def build_ui(services: Services) -> gr.Blocks:
                 gal = gallery.build_tab(services, gallery_tab)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = png_info.build_tab()
+            _extension_tabs(services)
         _wire_sends(SendWiring(services, tabs, checkpoint), t2i, i2i, inp, gal, png)
         gr.Markdown(f"Atelier {__version__} · device: {services.device.describe()}", elem_id="footer")
     return demo
+
+
+def _extension_tabs(services: Services) -> None:
+    """A tab per extension that adds one (Hook.UI_TABS); a builder that raises shows why instead."""
+    for record, handler in services.extensions.handlers(Hook.UI_TABS):
+        title = (record.setup.tab_title if record.setup else None) or record.name
+        with gr.Tab(title, id=f"ext_{record.name}", elem_id=f"tab_ext_{record.name}"):
+            try:
+                handler.call(UiTabs(services.extensions.host(record.name)))
+            except Exception as exc:  # its bug: shown in its tab, the extension is switched off
+                services.extensions.fail(record.name, "UI_TABS", exc)
+                gr.Markdown(f"⚠️ The extension {record.name} failed to build this tab: {exc}")
 
 
 def _wire_sends(send: SendWiring, t2i: GenerationForm, i2i: img2img.Img2ImgTab, inp: inpaint.InpaintTab,

@@ -19,6 +19,7 @@ from modules.params import GenerationRequest, GenerationResult
 from modules.samplers import DEFAULT_SAMPLER, RngSource, ScheduleType, sampler_names
 from modules.services.container import Services
 from modules.ui.common import progress_html, ui_error, wait_for
+from modules.ui.extension_panels import ExtensionControls, build_extension_controls, run_script
 from modules.ui.extra_networks_ui import build_browser
 from modules.ui.hires_refiner import (
     HiresControls,
@@ -111,6 +112,7 @@ class GenerationForm:
     job_id: gr.State
     infos: gr.State  # per shown image: {"seed", "infotext", "path"}
     selected: gr.State  # index of the selected image in the gallery
+    extensions: ExtensionControls
     hires: HiresControls | None = None  # txt2img only
 
     def values(self) -> list[Any]:
@@ -193,6 +195,8 @@ def build_form(prefix: str, services: Services, extra: Callable[[], None] | None
             if below is not None:
                 below()
             refiner = build_refiner(prefix, services)
+            extension_controls = build_extension_controls(prefix, "txt2img" if prefix == "txt2img" else "img2img",
+                                                          services)
             clip_skip = gr.Slider(1, 12, value=lambda: services.options.get().clip_skip, step=1, label="Clip skip",
                                   elem_id=f"{prefix}_clip_skip")
         with gr.Column(scale=1):
@@ -209,7 +213,7 @@ def build_form(prefix: str, services: Services, extra: Callable[[], None] | None
     form = GenerationForm(prefix, prompt, negative, generate, interrupt, skip, sampler, schedule, steps, width, height,
                           batch_count, batch_size, cfg, seed, clip_skip, styles, variation_seed, variation_strength,
                           resize_w, resize_h, refiner, paste, progress, preview, gallery, info,
-                          send_buttons, gr.State(None), gr.State([]), gr.State(0))
+                          send_buttons, gr.State(None), gr.State([]), gr.State(0), extension_controls)
     _wire_seed_buttons(form, random_seed, reuse_seed)
     return form
 
@@ -251,21 +255,32 @@ def wire_generation(form: GenerationForm, services: Services, extra_inputs: list
     """
     job_queue = services.queue
     shared = len(fields(FormValues))
+    extension_count = len(form.extensions.inputs())
+    tab = "txt2img" if form.prefix == "txt2img" else "img2img"
 
     def run(*values: Any) -> Iterator[tuple[Any, ...]]:
-        options = services.options.get()  # server-wide defaults the form does not show (ENSD, RNG)
-        try:
-            request = make_request(FormValues(*values[:shared]), *values[shared:])
-            request = replace(request, eta_noise_seed_delta=options.eta_noise_seed_delta,
-                              rng=RngSource(options.randn_source), vae=request.vae or options.sd_vae)
-            job = services.generation.submit(request)
-        except AtelierError as exc:
-            raise ui_error(exc) from exc
+        options = services.options.get()  # server-wide defaults the form does not show (ENSD, RNG, VAE)
+        own, extension_values = values[:len(values) - extension_count], list(values[len(values) - extension_count:])
+        params, script, script_values = form.extensions.read(extension_values)
         keep = gr.skip()
-        for snapshot, image in wait_for(job, job_queue):
-            yield job.id, progress_html(snapshot), gr.update(value=image, visible=image is not None), keep, keep, keep
         try:
-            result = job.future.result()
+            request = make_request(FormValues(*own[:shared]), *own[shared:])
+            request = replace(request, eta_noise_seed_delta=options.eta_noise_seed_delta,
+                              rng=RngSource(options.randn_source), vae=request.vae or options.sd_vae,
+                              extension_params=params)
+            if script is not None:
+                for snapshot, image, done in run_script(services, script, tab, request, script_values):
+                    if done is not None:
+                        result = done
+                    elif snapshot is not None:
+                        yield None, progress_html(snapshot), gr.update(value=image, visible=image is not None), \
+                            keep, keep, keep
+            else:
+                job = services.generation.submit(request)
+                for snapshot, image in wait_for(job, job_queue):
+                    yield job.id, progress_html(snapshot), gr.update(value=image, visible=image is not None), \
+                        keep, keep, keep
+                result = job.future.result()
         except AtelierError as exc:
             raise ui_error(exc) from exc
         for note in result.warnings:
@@ -276,7 +291,7 @@ def wire_generation(form: GenerationForm, services: Services, extra_inputs: list
 
     outputs = [form.job_id, form.progress, form.preview, form.gallery, form.info, form.infos]
     for trigger in triggers or [form.generate.click]:  # Ctrl+Enter presses Generate (see common.HEAD)
-        trigger(run, inputs=form.values() + extra_inputs, outputs=outputs, concurrency_limit=None,
+        trigger(run, inputs=form.values() + extra_inputs + form.extensions.inputs(), outputs=outputs, concurrency_limit=None,
                 show_progress="hidden", api_visibility="private")
     if not with_stop_buttons:
         return

@@ -366,7 +366,7 @@ VALID_FIELDS = {
     "cfg_scale": _float_like(1, 30), "width": st.integers(8, 128).map(lambda v: v * 8),
     "height": st.integers(8, 128).map(lambda v: str(v * 8)), "clip_skip": _int_like(1, 12),
     "hr_upscaler": st.sampled_from(upscaler_names() + ["latent", "LANCZOS"]) | st.none(),
-    "hr_second_pass_steps": _int_like(0, 150), "hr_resize_x": st.sampled_from([0, 512, 1024]),
+    "hr_second_pass_steps": _int_like(0, 150), "hr_resize_x": st.sampled_from([0, 64, 128]),  # keeps h <= 2048
     "hr_sampler_name": st.sampled_from(_SAMPLER_NAMES) | st.none(), "hr_scheduler": st.sampled_from(_SCHEDULES),
     "seed_resize_from_w": st.sampled_from([-1, 0, 256]), "seed_resize_from_h": st.sampled_from([-1, 0, 320]),
     "refiner_checkpoint": st.sampled_from(["", "None", "b.safetensors"]) | st.none(),

@@ -1,0 +1,70 @@
+"""The host facade extensions receive (:class:`modules.extension_api.Host`), one per extension.
+
+Generations go through the same validation and queue as the UI's and the API's, so an extension's
+jobs show in progress and can be interrupted like any other. Settings are a small YAML file per
+extension in the data dir, written atomically.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+from PIL import Image
+
+from modules.atomic import write_text_atomic
+from modules.params import GenerationRequest, GenerationResult
+from modules.services.generation import GenerationService
+from modules.services.images import OutputKind
+from modules.services.models import CheckpointRegistry
+
+
+class FileSettings:
+    """An extension's settings: plain YAML values (text, numbers, booleans, lists, mappings)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = yaml.safe_load(self._path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            return self._read().get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        with self._lock:
+            data = self._read()
+            data[key] = value
+            write_text_atomic(self._path, yaml.safe_dump(data, sort_keys=True))
+
+
+class ExtensionHost:
+    def __init__(self, name: str, generation: GenerationService, registry: CheckpointRegistry,
+                 settings_dir: Path) -> None:
+        self.name = name
+        self._generation = generation
+        self._registry = registry
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        self._settings = FileSettings(settings_dir / f"{safe}.yaml")
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        return self._generation.generate(request)
+
+    def checkpoints(self) -> list[str]:
+        return [info.title for info in self._registry.all()]
+
+    def save_grid(self, image: Image.Image, infotext: str, img2img: bool = False) -> Path:
+        kind = OutputKind.IMG2IMG_GRID if img2img else OutputKind.TXT2IMG_GRID
+        return self._generation.saver.save(image, infotext, kind).path
+
+    def settings(self) -> FileSettings:
+        return self._settings

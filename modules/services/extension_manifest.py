@@ -1,0 +1,85 @@
+"""Reading an extension's ``extension.yaml`` without importing any of its code.
+
+The manager lists, enables and disables extensions from their manifests alone, so a broken
+extension can still be shown (and switched off) without running it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from modules.errors import ExtensionError
+
+MANIFEST = "extension.yaml"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_VERSION = re.compile(r"^\d+\.\d+(\.\d+)?([-+][0-9A-Za-z.-]+)?$")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str  # semver: "1.2.0"
+    api_version: int  # the extension API version it was written for
+    entry: str  # "main.py" (function setup) or "main.py:function"
+    description: str
+    requirements: tuple[str, ...]  # pip requirement lines, installed only when the user confirms
+    folder: Path
+    builtin: bool
+
+    @property
+    def entry_file(self) -> Path:
+        return self.folder / self.entry.split(":", 1)[0]
+
+    @property
+    def entry_function(self) -> str:
+        return self.entry.split(":", 1)[1] if ":" in self.entry else "setup"
+
+
+def _text(data: dict, key: str, folder: Path, default: str | None = None) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str) or not value.strip():
+        raise ExtensionError(f"{folder / MANIFEST}: '{key}' must be text")
+    return value.strip()
+
+
+def _entry(data: dict, folder: Path) -> str:
+    entry = _text(data, "entry", folder, "main.py")
+    file, _, function = entry.partition(":")
+    path = (folder / file).resolve()
+    if not file.endswith(".py") or not path.is_relative_to(folder.resolve()):
+        raise ExtensionError(f"{folder / MANIFEST}: entry {entry!r} must be a .py file inside the extension")
+    if function and not function.isidentifier():
+        raise ExtensionError(f"{folder / MANIFEST}: entry function {function!r} is not a Python name")
+    return entry
+
+
+def read_manifest(folder: Path, builtin: bool = False) -> Manifest:
+    """The manifest of the extension in ``folder``; ExtensionError naming what is wrong."""
+    path = folder / MANIFEST
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExtensionError(f"{folder}: no {MANIFEST}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ExtensionError(f"{path}: cannot read it ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ExtensionError(f"{path}: expected name, version, api_version and entry")
+    name = _text(data, "name", folder)
+    if not _NAME.match(name):
+        raise ExtensionError(f"{path}: name {name!r} may use letters, digits, '_', '-' and '.'")
+    version = str(data.get("version", "")).strip()
+    if not _VERSION.match(version):
+        raise ExtensionError(f"{path}: version {version!r} is not a semantic version such as 1.0.0")
+    api_version = data.get("api_version")
+    if isinstance(api_version, bool) or not isinstance(api_version, int):
+        raise ExtensionError(f"{path}: api_version must be a whole number")
+    requirements = data.get("requirements") or []
+    if not isinstance(requirements, list) or not all(isinstance(r, str) and r.strip() for r in requirements):
+        raise ExtensionError(f"{path}: requirements must be a list of pip requirement lines")
+    return Manifest(name=name, version=version, api_version=api_version, entry=_entry(data, folder),
+                    description=str(data.get("description") or "").strip(),
+                    requirements=tuple(r.strip() for r in requirements), folder=folder, builtin=builtin)

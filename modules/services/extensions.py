@@ -1,0 +1,340 @@
+"""Extensions: finding them, loading each in isolation, and running their hooks.
+
+Built-in extensions live in the project's ``extensions/``, users' in ``extensions/`` under the data
+dir (the same folder when the data dir is the project). Each is read from its manifest first; only
+an enabled one whose ``api_version`` matches is imported. Anything an extension does wrong (an
+import error, a wrong version, a hook that raises) marks that extension failed with the reason,
+logs the traceback, and leaves everything else running. Enabled/disabled is kept in
+``extensions.yaml`` in the data dir and applies at the next start.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+from PIL import Image
+
+from modules.atomic import write_text_atomic
+from modules.errors import ExtensionError, FieldError, ValidationError
+from modules.extension_api import (
+    API_VERSION,
+    AfterImage,
+    AppStarted,
+    BeforeGenerate,
+    ExtensionSetup,
+    Handler,
+    Hook,
+    Host,
+    ImageSaved,
+    ModelLoaded,
+    Param,
+    Script,
+    StepEnd,
+    frozen_params,
+)
+from modules.params import GenerationRequest
+from modules.services.extension_manifest import MANIFEST, Manifest, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+class ExtensionState(enum.Enum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"  # by the user (applies at the next start)
+    FAILED = "failed"  # see ``error``
+
+
+@dataclass(frozen=True)
+class ExtensionRecord:
+    """One extension as the Extensions tab and the API list it."""
+
+    name: str
+    folder: Path
+    manifest: Manifest | None  # None when the manifest itself is unreadable
+    state: ExtensionState
+    error: str | None = None
+    setup: ExtensionSetup | None = None  # what its code registered, when loaded
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version if self.manifest else ""
+
+    @property
+    def builtin(self) -> bool:
+        return bool(self.manifest and self.manifest.builtin)
+
+
+def _folders(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))),
+                  key=lambda p: p.name.lower())
+
+
+class ExtensionManager:
+    """The extensions of this run and their hooks, in a stated order."""
+
+    def __init__(self, builtin_dir: Path, user_dir: Path, state_file: Path, enabled: bool = True) -> None:
+        self.builtin_dir = builtin_dir
+        self.user_dir = user_dir
+        self._state_file = state_file
+        self._enabled = enabled  # False: --disable-all-extensions
+        self._lock = threading.Lock()
+        self._records: dict[str, ExtensionRecord] = {}
+        self._host_for: Callable[[str], Host] | None = None
+
+    # --- discovery and loading -----------------------------------------------------------------
+
+    def disabled_names(self) -> set[str]:
+        try:
+            data = yaml.safe_load(self._state_file.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            return set()
+        except (OSError, yaml.YAMLError) as exc:
+            log.warning("Ignoring unreadable %s (%s)", self._state_file, exc)
+            return set()
+        names = data.get("disabled", []) if isinstance(data, dict) else []
+        return {str(n) for n in names} if isinstance(names, list) else set()
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        """Persist the choice (written atomically); it applies at the next start."""
+        if name not in self._records:
+            raise ExtensionError(f"No extension called {name!r}")
+        disabled = self.disabled_names()
+        (disabled.discard if enabled else disabled.add)(name)
+        write_text_atomic(self._state_file, yaml.safe_dump({"disabled": sorted(disabled)}))
+
+    def _discover(self) -> Iterator[tuple[Path, bool]]:
+        yield from ((folder, True) for folder in _folders(self.builtin_dir))
+        if self.user_dir.resolve() != self.builtin_dir.resolve():
+            yield from ((folder, False) for folder in _folders(self.user_dir))
+
+    def load_all(self, host_for: Callable[[str], Host]) -> None:
+        """Read every manifest and load the enabled extensions; failures are recorded, never raised.
+        ``host_for(name)`` is the host facade an extension's hooks receive."""
+        self._host_for = host_for
+        disabled = self.disabled_names()
+        records: dict[str, ExtensionRecord] = {}
+        for folder, builtin in self._discover():
+            if not (folder / MANIFEST).exists():
+                continue
+            record = self._load_one(folder, builtin, disabled)
+            if record.name in records:
+                record = replace(record, state=ExtensionState.FAILED, setup=None,
+                                 error=f"another extension is already called {record.name!r} ({records[record.name].folder})")
+            records[record.name] = record
+        with self._lock:
+            self._records = records
+        loaded = [r.name for r in records.values() if r.state is ExtensionState.ENABLED]
+        failed = [r.name for r in records.values() if r.state is ExtensionState.FAILED]
+        log.info("Extensions: %d loaded%s%s", len(loaded), f" ({', '.join(loaded)})" if loaded else "",
+                 f"; failed: {', '.join(failed)}" if failed else "")
+
+    def _load_one(self, folder: Path, builtin: bool, disabled: set[str]) -> ExtensionRecord:
+        try:
+            manifest = read_manifest(folder, builtin)
+        except ExtensionError as exc:
+            log.error("Extension in %s: %s", folder, exc)
+            return ExtensionRecord(folder.name, folder, None, ExtensionState.FAILED, str(exc))
+        if not self._enabled or manifest.name in disabled:
+            return ExtensionRecord(manifest.name, folder, manifest, ExtensionState.DISABLED)
+        if manifest.api_version != API_VERSION:
+            reason = (f"written for extension API {manifest.api_version}; this Atelier has API {API_VERSION}. "
+                      "Update the extension (or Atelier).")
+            log.error("Extension %s not loaded: %s", manifest.name, reason)
+            return ExtensionRecord(manifest.name, folder, manifest, ExtensionState.FAILED, reason)
+        try:
+            setup = self._run_setup(manifest)
+        except Exception as exc:  # its code: any error at all only fails this extension
+            log.exception("Extension %s failed to load", manifest.name)
+            return ExtensionRecord(manifest.name, folder, manifest, ExtensionState.FAILED,
+                                   f"{type(exc).__name__}: {exc}")
+        return ExtensionRecord(manifest.name, folder, manifest, ExtensionState.ENABLED, setup=setup)
+
+    @staticmethod
+    def _run_setup(manifest: Manifest) -> ExtensionSetup:
+        module_name = f"atelier_extensions.{manifest.name.replace('-', '_').replace('.', '_')}"
+        spec = importlib.util.spec_from_file_location(module_name, manifest.entry_file,
+                                                      submodule_search_locations=None)
+        if spec is None or spec.loader is None:
+            raise ExtensionError(f"cannot import {manifest.entry_file}")
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(manifest.folder))  # so the extension can import its own helper modules
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(manifest.folder))
+        setup_function = getattr(module, manifest.entry_function, None)
+        if not callable(setup_function):
+            raise ExtensionError(f"{manifest.entry_file.name} has no function {manifest.entry_function}(ext)")
+        setup = ExtensionSetup(manifest.name)
+        setup_function(setup)
+        return setup
+
+    def records(self) -> list[ExtensionRecord]:
+        with self._lock:
+            return list(self._records.values())
+
+    def get(self, name: str) -> ExtensionRecord | None:
+        with self._lock:
+            return self._records.get(name)
+
+    def fail(self, name: str, where: str, exc: BaseException) -> None:
+        """Mark ``name`` failed (switched off until the next start) and log why."""
+        log.error("Extension %s failed in %s; it is switched off until the next start", name, where,
+                  exc_info=exc)
+        with self._lock:
+            record = self._records.get(name)
+            if record is not None:
+                self._records[name] = replace(record, state=ExtensionState.FAILED,
+                                              error=f"{where}: {type(exc).__name__}: {exc}")
+
+    # --- hooks -------------------------------------------------------------------------------
+
+    def _active(self) -> list[ExtensionRecord]:
+        with self._lock:
+            return [r for r in self._records.values() if r.state is ExtensionState.ENABLED and r.setup]
+
+    def handlers(self, hook: Hook) -> list[tuple[ExtensionRecord, Handler]]:
+        """Handlers of ``hook`` in run order: their order value, built-ins first, then by name."""
+        found = [(record, handler) for record in self._active() for handler in record.setup.handlers  # type: ignore[union-attr]
+                 if handler.hook is hook]
+        return sorted(found, key=lambda rh: (rh[1].order, not rh[0].builtin, rh[0].name.lower()))
+
+    def has(self, hook: Hook) -> bool:
+        return any(h.hook is hook for r in self._active() for h in r.setup.handlers)  # type: ignore[union-attr]
+
+    def call(self, hook: Hook, make_context: Callable[[ExtensionRecord], Any]) -> list[tuple[ExtensionRecord, Any]]:
+        """Run every handler of ``hook`` in order, isolated; (extension, returned value) for those that ran."""
+        results = []
+        for record, handler in self.handlers(hook):
+            try:
+                results.append((record, handler.call(make_context(record))))
+            except Exception as exc:  # the extension's bug: it is switched off, the job goes on
+                self.fail(record.name, hook.name, exc)
+        return results
+
+    def params_for(self, name: str, request: GenerationRequest) -> Mapping[str, Any]:
+        """An extension's values for a job: what the request sent, defaults for the rest."""
+        record = self.get(name)
+        sent = request.extension_params.get(name, {})
+        params = record.setup.params if record and record.setup else []
+        return frozen_params({p.name: sent.get(p.name, p.default) for p in params})
+
+    def host(self, name: str) -> Host:
+        if self._host_for is None:
+            raise ExtensionError("extensions were not loaded")
+        return self._host_for(name)
+
+    def app_started(self) -> None:
+        self.call(Hook.APP_STARTED, lambda r: AppStarted(self.host(r.name)))
+
+    def model_loaded(self, title: str, architecture: str) -> None:
+        self.call(Hook.MODEL_LOADED, lambda _r: ModelLoaded(title, architecture))
+
+    def before_generate(self, request: GenerationRequest) -> GenerationRequest:
+        """The request after every BEFORE_GENERATE handler, each seeing the previous one's result."""
+        for record, handler in self.handlers(Hook.BEFORE_GENERATE):
+            try:
+                changed = handler.call(BeforeGenerate(request, self.params_for(record.name, request),
+                                                      self.host(record.name)))
+            except Exception as exc:
+                self.fail(record.name, Hook.BEFORE_GENERATE.name, exc)
+                continue
+            if changed is not None:
+                if not isinstance(changed, GenerationRequest):
+                    self.fail(record.name, Hook.BEFORE_GENERATE.name,
+                               TypeError(f"returned {type(changed).__name__}, not a GenerationRequest or None"))
+                    continue
+                request = changed
+        return request
+
+    def step_end(self, job_id: str, step: int, total: int, request: GenerationRequest,
+                 interrupt: Callable[[], None]) -> None:
+        self.call(Hook.STEP_END, lambda r: StepEnd(job_id, step, total, self.params_for(r.name, request), interrupt))
+
+    def after_image(self, request: GenerationRequest, image: Image.Image, seed: int, index: int) -> Image.Image:
+        for record, handler in self.handlers(Hook.AFTER_IMAGE):
+            try:
+                changed = handler.call(AfterImage(request, image, seed, index, self.params_for(record.name, request)))
+            except Exception as exc:
+                self.fail(record.name, Hook.AFTER_IMAGE.name, exc)
+                continue
+            if isinstance(changed, Image.Image):
+                image = changed
+        return image
+
+    def image_saved(self, request: GenerationRequest, path: Path | None, infotext: str, seed: int, index: int) -> None:
+        self.call(Hook.IMAGE_SAVED,
+                  lambda r: ImageSaved(request, path, infotext, seed, index, self.params_for(r.name, request)))
+
+    # --- params and scripts ---------------------------------------------------------------------
+
+    def check_params(self, request: GenerationRequest) -> GenerationRequest:
+        """``request`` with every extension value checked and converted; ValidationError naming
+        ``alwayson_scripts.<extension>.<param>`` for an unknown extension, parameter or bad value."""
+        errors: list[FieldError] = []
+        checked: dict[str, dict[str, Any]] = {}
+        for name, values in request.extension_params.items():
+            record = self.get(name)
+            where = f"alwayson_scripts.{name}"
+            if record is None or record.state is not ExtensionState.ENABLED or record.setup is None:
+                state = "is not installed" if record is None else f"is {record.state.value}"
+                errors.append(FieldError(where, f"extension {name!r} {state}"))
+                continue
+            checked[name] = self._checked(record.setup.params, values, where, errors)
+        if errors:
+            raise ValidationError(errors)
+        return replace(request, extension_params=frozen_params({k: frozen_params(v) for k, v in checked.items()}))
+
+    @staticmethod
+    def _checked(params: list[Param] | tuple[Param, ...], values: Mapping[str, Any] | list[Any], where: str,
+                 errors: list[FieldError]) -> dict[str, Any]:
+        """Values by name; a list is A1111's positional args, taken in the declared order."""
+        if isinstance(values, (list, tuple)):
+            if len(values) > len(params):
+                errors.append(FieldError(where, f"takes at most {len(params)} values, got {len(values)}"))
+                return {}
+            values = {p.name: v for p, v in zip(params, values)}
+        if not isinstance(values, Mapping):
+            errors.append(FieldError(where, "must be a list of values or an object of name: value"))
+            return {}
+        known = {p.name: p for p in params}
+        result: dict[str, Any] = {}
+        for key, value in values.items():
+            param = known.get(key)
+            if param is None:
+                errors.append(FieldError(f"{where}.{key}", f"unknown parameter; known: {', '.join(known) or 'none'}"))
+                continue
+            try:
+                result[key] = param.coerce(value)
+            except ValueError as exc:
+                errors.append(FieldError(f"{where}.{key}", str(exc)))
+        return result
+
+    def scripts(self, tab: str) -> list[tuple[str, Script]]:
+        """(extension name, script) for the Script dropdown of ``tab``."""
+        return [(r.name, s) for r in self._active() for s in r.setup.scripts if tab in s.tabs]  # type: ignore[union-attr]
+
+    def find_script(self, title: str, tab: str) -> tuple[str, Script]:
+        for name, script in self.scripts(tab):
+            if script.title.lower() == title.strip().lower():
+                return name, script
+        titles = ", ".join(s.title for _n, s in self.scripts(tab)) or "none"
+        raise ValidationError([FieldError("script_name", f"unknown script {title!r}; available: {titles}")])
+
+    def script_values(self, script: Script, values: Mapping[str, Any] | list[Any]) -> Mapping[str, Any]:
+        errors: list[FieldError] = []
+        checked = self._checked(script.params, values, "script_args", errors)
+        if errors:
+            raise ValidationError(errors)
+        return frozen_params({p.name: checked.get(p.name, p.default) for p in script.params})

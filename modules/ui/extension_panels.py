@@ -1,0 +1,147 @@
+"""Extensions in a generating tab: each one's panel (a collapsible section) and the Script dropdown.
+
+Values travel by name: the panel's components are collected into
+``request.extension_params[extension][param]``, and a chosen script gets its own params by name.
+An extension that declares params without building a panel gets controls made from its
+:class:`Param` types. A panel builder that raises marks its extension failed; the tab still builds.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from modules.errors import AtelierError
+from modules.extension_api import Hook, Param, ParamKind, UiPanel
+from modules.params import GenerationRequest, GenerationResult
+from modules.services.container import Services
+from modules.services.jobs import ProgressSnapshot
+from modules.ui.common import POLL_SECONDS
+
+NO_SCRIPT = "None"
+
+
+def param_component(param: Param, elem_id: str) -> Any:
+    """A Gradio control for a typed parameter."""
+    label = param.label or param.name.replace("_", " ").capitalize()
+    if param.kind is ParamKind.BOOL:
+        return gr.Checkbox(value=bool(param.default), label=label, elem_id=elem_id)
+    if param.kind is ParamKind.CHOICE:
+        return gr.Dropdown(list(param.choices), value=param.default, label=label, elem_id=elem_id)
+    if param.kind is ParamKind.TEXT:
+        return gr.Textbox(value=param.default, label=label, lines=param.lines, elem_id=elem_id)
+    if param.minimum is not None and param.maximum is not None:
+        step = 1 if param.kind is ParamKind.INT else (param.maximum - param.minimum) / 100
+        return gr.Slider(param.minimum, param.maximum, value=param.default, step=step, label=label, elem_id=elem_id)
+    return gr.Number(value=param.default, label=label, precision=0 if param.kind is ParamKind.INT else None,
+                     elem_id=elem_id)
+
+
+@dataclass
+class ExtensionControls:
+    """The tab's extension components, flattened for Gradio's inputs, and how to read them back."""
+
+    panels: list[tuple[str, list[str]]] = field(default_factory=list)  # (extension, param names)
+    scripts: list[tuple[str, list[str]]] = field(default_factory=list)  # (script title, param names)
+    components: list[Any] = field(default_factory=list)  # panel components, then the dropdown, then scripts'
+    script: Any = None
+
+    def inputs(self) -> list[Any]:
+        return list(self.components)
+
+    def read(self, values: list[Any]) -> tuple[dict[str, dict[str, Any]], str | None, dict[str, Any]]:
+        """(extension params by name, chosen script or None, its values by name) from ``values``."""
+        at = 0
+        params: dict[str, dict[str, Any]] = {}
+        for name, names in self.panels:
+            params[name] = dict(zip(names, values[at:at + len(names)]))
+            at += len(names)
+        if self.script is None:
+            return params, None, {}
+        chosen = values[at]
+        at += 1
+        script_values: dict[str, Any] = {}
+        for title, names in self.scripts:
+            if title == chosen:
+                script_values = dict(zip(names, values[at:at + len(names)]))
+            at += len(names)
+        return params, (chosen if chosen and chosen != NO_SCRIPT else None), script_values
+
+
+def _panel(services: Services, name: str, tab: str, prefix: str, controls: ExtensionControls) -> None:
+    record = services.extensions.get(name)
+    assert record is not None and record.setup is not None
+    elem_prefix = f"{prefix}_ext_{name}".replace("-", "_").replace(".", "_")
+    with gr.Accordion(name, open=False, elem_id=f"{elem_prefix}_panel"):
+        builders = [h for h in record.setup.handlers if h.hook is Hook.UI_PANEL]
+        built: dict[str, Any] = {}
+        try:
+            for handler in builders:
+                built.update(handler.call(UiPanel(tab=tab, elem_prefix=elem_prefix, host=services.extensions.host(name)))
+                             or {})
+        except Exception as exc:  # its bug: shown here, the extension is switched off
+            services.extensions.fail(name, "UI_PANEL", exc)
+            gr.Markdown(f"⚠️ This extension failed to build its panel: {exc}")
+            return
+        declared = {p.name for p in record.setup.params}
+        for param in record.setup.params:  # declared params without a control get a typed one
+            if param.name not in built:
+                built[param.name] = param_component(param, f"{elem_prefix}_{param.name}")
+        names = [n for n in built if n in declared]
+    controls.panels.append((name, names))
+    controls.components += [built[n] for n in names]
+
+
+def build_extension_controls(prefix: str, tab: str, services: Services) -> ExtensionControls:
+    """Panels of every loaded extension with params or a panel, and the Script dropdown."""
+    controls = ExtensionControls()
+    for record in services.extensions.records():
+        setup = record.setup
+        if setup is None or record.state.value != "enabled":
+            continue
+        if setup.params or any(h.hook is Hook.UI_PANEL for h in setup.handlers):
+            _panel(services, record.name, tab, prefix, controls)
+    scripts = services.extensions.scripts(tab)
+    if not scripts:
+        return controls
+    titles = [script.title for _name, script in scripts]
+    controls.script = gr.Dropdown([NO_SCRIPT, *titles], value=NO_SCRIPT, label="Script", elem_id=f"{prefix}_script")
+    controls.components.append(controls.script)
+    groups = []
+    for index, (_name, script) in enumerate(scripts):
+        with gr.Group(visible=False, elem_id=f"{prefix}_script_{index}") as group:
+            components = [param_component(p, f"{prefix}_script_{index}_{p.name}") for p in script.params]
+        groups.append(group)
+        controls.scripts.append((script.title, [p.name for p in script.params]))
+        controls.components += components
+    controls.script.change(lambda chosen: [gr.Group(visible=chosen == t) for t in titles], inputs=[controls.script],
+                           outputs=groups, queue=False, show_progress="hidden", api_visibility="private")
+    return controls
+
+
+def run_script(services: Services, title: str, tab: str, request: GenerationRequest,
+               values: dict[str, Any]) -> Iterator[tuple[ProgressSnapshot | None, Any, GenerationResult | None]]:
+    """Run a script in a thread of its own (its jobs go through the queue); yield (progress,
+    preview, None) while it runs and (None, None, result) at the end. Errors are raised."""
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = services.generation.run_script(title, tab, request, values)
+        except AtelierError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work, name="atelier-script", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(POLL_SECONDS)
+        job = services.queue.current()
+        if job is not None and thread.is_alive():
+            yield services.queue.snapshot(job), job.context.preview(), None
+    if "error" in outcome:
+        raise outcome["error"]
+    yield None, None, outcome["result"]
