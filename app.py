@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from modules.api.auth import load_auth
     from modules.config import load_settings
-    from modules.engine.devices import DevicePolicy, choose_device
+    from modules.engine.devices import choose_device, device_policy
     from modules.errors import ConfigError
     from modules.paths import resolve_paths
     from modules.services.container import build_services
@@ -112,9 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    device = choose_device(DevicePolicy(use_cpu="all" in flags.use_cpu, device_id=flags.device_id,
-                                        no_half=flags.no_half, precision=flags.precision))
-    services = build_services(paths, settings, device, extensions=not flags.disable_all_extensions)
+    try:
+        device = choose_device(device_policy(flags))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    services = build_services(paths, settings, device, extensions=not flags.disable_all_extensions,
+                              network_exposed=flags.listen or flags.share,
+                              insecure_extensions=flags.enable_insecure_extension_access)
     _load_startup_model(services, flags.ckpt)
     app = _build_app(flags, services, auth)
     services.extensions.app_started()

@@ -22,6 +22,14 @@ set VPY="%VENV_DIR%\Scripts\python.exe"
 rem Quick when everything is already there; picks up changed pins after an update.
 %VPY% -m pip install --quiet -r requirements.txt || goto :error
 
+rem xformers: an optional attention backend, installed only when asked for and only with CUDA.
+if not defined XFORMERS_PACKAGE set XFORMERS_PACKAGE=xformers==0.0.35
+echo %* %COMMANDLINE_ARGS% | findstr /C:"--xformers" >nul && (
+    %VPY% -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && (
+        %VPY% -c "import xformers" 2>nul || %VPY% -m pip install --quiet %XFORMERS_PACKAGE%
+    ) || echo --xformers: no CUDA GPU here; xformers is not installed.
+)
+
 echo %* %COMMANDLINE_ARGS% | findstr /C:"--exit" >nul && (
     echo Installed; --exit given, not starting.
     exit /b 0

@@ -5,6 +5,8 @@
 #   TORCH_COMMAND     how torch is installed (default: pip install torch==2.13.0)
 #   PYTHON            the Python 3.11+ to create the venv with (default: python3)
 #   VENV_DIR          where the virtual environment lives (default: ./venv)
+#   XFORMERS_PACKAGE  the xformers to install when --xformers is given on a CUDA machine
+#                     (default: xformers==0.0.35, which matches torch 2.13)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -34,6 +36,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     python -m pip install --quiet -r requirements.txt
     printf '%s' "$wanted" > "$stamp"
 fi
+
+# xformers is an optional attention backend: installed only when asked for, and only where CUDA is.
+case "$all_args" in
+    *" --xformers "*)
+        if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+            python -c "import xformers" 2>/dev/null || python -m pip install --quiet "${XFORMERS_PACKAGE:-xformers==0.0.35}"
+        else
+            echo "--xformers: no CUDA GPU here; xformers is not installed (Atelier will say so at startup)."
+        fi ;;
+esac
 
 case "$all_args" in
     *" --exit "*) echo "Installed; --exit given, not starting."; exit 0 ;;

@@ -20,6 +20,7 @@ class Precision(enum.Enum):
     FULL = "full"
     HALF = "half"
     AUTOCAST = "autocast"
+    BF16 = "bf16"  # not A1111's: bfloat16 weights where the device supports them
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,14 @@ class Flags:
     device_id: int | None = None
     use_cpu: tuple[str, ...] = ()
     no_half: bool = False
+    no_half_vae: bool = False
     precision: Precision = Precision.AUTOCAST
+    upcast_sampling: bool = False
+    xformers: bool = False
+    opt_sdp_attention: bool = False
+    medvram: bool = False
+    medvram_sdxl: bool = False
+    lowvram: bool = False
     loglevel: str = "INFO"
     autolaunch: bool = False
     exit: bool = False
@@ -58,6 +66,14 @@ class Flags:
     @property
     def host(self) -> str:
         return "0.0.0.0" if self.listen else "127.0.0.1"
+
+    @property
+    def memory_mode(self) -> str | None:
+        """The memory flag given (``medvram``, ``medvram-sdxl``, ``lowvram``), or None."""
+        for name in ("lowvram", "medvram_sdxl", "medvram"):
+            if getattr(self, name):
+                return name.replace("_", "-")
+        return None
 
     @property
     def serves_api(self) -> bool:
@@ -97,8 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-id", type=int, help="CUDA device index to use")
     p.add_argument("--use-cpu", nargs="+", default=[], metavar="MODULE", help="run these on the CPU; 'all' for everything")
     p.add_argument("--no-half", action="store_true", help="keep weights in full precision (fp32)")
+    p.add_argument("--no-half-vae", action="store_true", help="keep the VAE in fp32 (avoids black or NaN images)")
     p.add_argument("--precision", choices=[p.value for p in Precision], default=Precision.AUTOCAST.value,
-                   help="'full' forces fp32; 'half'/'autocast' use fp16 on a GPU")
+                   help="'full' forces fp32; 'half'/'autocast' use fp16 on a GPU; 'bf16' bfloat16 where supported")
+    p.add_argument("--upcast-sampling", action="store_true", help="accepted for A1111 compatibility: sampling "
+                   "math already runs in fp32")
+    p.add_argument("--xformers", action="store_true", help="use xformers attention (CUDA; install with "
+                   "./webui.sh --xformers)")
+    p.add_argument("--opt-sdp-attention", action="store_true", help="PyTorch SDPA attention (the default)")
+    memory = p.add_mutually_exclusive_group()
+    memory.add_argument("--medvram", action="store_true", help="keep each model on the GPU only while it runs")
+    memory.add_argument("--medvram-sdxl", action="store_true", help="--medvram for SDXL models only")
+    memory.add_argument("--lowvram", action="store_true", help="move weights to the GPU layer by layer (slowest, "
+                        "least memory)")
     p.add_argument("--loglevel", default="INFO", type=str.upper,
                    choices=["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"], help="logging level")
     p.add_argument("--autolaunch", action="store_true", help="open the UI in the default browser once it serves")
@@ -139,7 +166,9 @@ def parse_flags(argv: Sequence[str], environ: Mapping[str, str]) -> Flags:
         listen=ns.listen, port=ns.port, ckpt=ns.ckpt, ckpt_dir=ns.ckpt_dir, lora_dir=ns.lora_dir,
         embeddings_dir=ns.embeddings_dir, vae_dir=ns.vae_dir, data_dir=ns.data_dir,
         models_dir=ns.models_dir, device_id=ns.device_id, use_cpu=tuple(m.lower() for m in ns.use_cpu),
-        no_half=ns.no_half, precision=Precision(ns.precision), loglevel=ns.loglevel,
+        no_half=ns.no_half, no_half_vae=ns.no_half_vae, precision=Precision(ns.precision),
+        upcast_sampling=ns.upcast_sampling, xformers=ns.xformers, opt_sdp_attention=ns.opt_sdp_attention,
+        medvram=ns.medvram, medvram_sdxl=ns.medvram_sdxl, lowvram=ns.lowvram, loglevel=ns.loglevel,
         autolaunch=ns.autolaunch, exit=ns.exit, api=ns.api, nowebui=ns.nowebui, gradio_auth=ns.gradio_auth,
         gradio_auth_path=ns.gradio_auth_path, api_auth=ns.api_auth,
         cors_allow_origins=tuple(o.strip() for o in ns.cors_allow_origins.split(",") if o.strip()),

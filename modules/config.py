@@ -35,6 +35,9 @@ class Settings:
     randn_source: str = RngSource.GPU.value
     sd_vae: str = "Automatic"  # A1111's option: "Automatic", "None" or a VAE file name
     save_images_before_highres_fix: bool = False  # also save hires fix's first pass
+    checkpoint_cache: int = 1  # checkpoints kept in RAM besides the loaded one, for fast switching
+    fast_path: bool = False  # channels_last + torch.compile of the UNet (CUDA); off until measured
+    shared_jobs: bool = False  # true: a single-user instance, every signed-in name sees every job
 
     @property
     def limits(self) -> GenerationLimits:
@@ -44,8 +47,8 @@ class Settings:
 
 _TYPES: dict[str, type] = {f.name: {"bool": bool, "str": str}.get(str(f.type), int) for f in fields(Settings)}
 _MINIMUM: dict[str, int] = {"queue_limit": 1, "max_image_size": 64, "max_batch_size": 1, "max_batch_count": 1,
-                            "clip_skip": 1, "eta_noise_seed_delta": 0}
-_MAXIMUM: dict[str, int] = {"clip_skip": 12}
+                            "clip_skip": 1, "eta_noise_seed_delta": 0, "checkpoint_cache": 0}
+_MAXIMUM: dict[str, int] = {"clip_skip": 12, "checkpoint_cache": 8}
 _CHOICES: dict[str, tuple[str, ...]] = {"randn_source": tuple(r.value for r in RngSource)}
 
 

@@ -100,3 +100,7 @@ class AddonLoadError(AtelierError):
 
 class ExtensionError(AtelierError):
     """An extension cannot be loaded, installed or run (bad manifest, wrong API version, its code failed)."""
+
+
+class OutOfMemoryError(AtelierError):
+    """The device ran out of memory during a job; memory was released and the next job can run."""

@@ -36,7 +36,14 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from modules.labelled_grid import Label, font_size_for, labelled_grid
 from modules.params import GenerationRequest, GenerationResult
+
+# Grid drawing for scripts (X/Y/Z plot, prompt matrix): part of the API.
+__all__ = ["API_VERSION", "AfterImage", "AppStarted", "BeforeGenerate", "ExtensionSettings", "ExtensionSetup",
+           "Handler", "Hook", "Host", "ImageSaved", "Label", "ModelLoaded", "Param", "ParamKind", "Script",
+           "ScriptRun", "SettingsSection", "StepEnd", "UiPanel", "UiTabs", "font_size_for", "frozen_params",
+           "labelled_grid", "with_prompt"]
 
 API_VERSION = 1
 
@@ -44,7 +51,7 @@ API_VERSION = 1
 class Hook(enum.IntEnum):
     """Every hook, numbered in the order they come in an app's life and in a job."""
 
-    APP_STARTED = 10  # handler(AppStarted) -> None; once, when the server is up
+    APP_STARTED = 10  # handler(AppStarted) -> None; once, when the app is built, just before it serves
     MODEL_LOADED = 20  # handler(ModelLoaded) -> None; after a checkpoint load succeeded
     BEFORE_GENERATE = 30  # handler(BeforeGenerate) -> GenerationRequest | None; None keeps the request
     STEP_END = 40  # handler(StepEnd) -> None; after every sampling step; may ask to interrupt

@@ -196,6 +196,18 @@ class GenerationRequest:
         return self.variation_seed + index
 
 
+_NOT_UNICODE = "holds an unpaired surrogate (\\ud800-\\udfff), which is not Unicode text"
+
+
+def _is_unicode(text: str) -> bool:
+    """False for text with lone surrogates (JSON's "\\ud800"): the tokenizer and PNG text cannot take them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -281,6 +293,8 @@ def _check_hires(errors: list[FieldError], request: GenerationRequest, limits: G
     for name, text in (("hr_prompt", hires.prompt), ("hr_negative_prompt", hires.negative_prompt)):
         if not isinstance(text, str) or len(text) > limits.max_prompt_chars:
             errors.append(FieldError(name, f"must be text of at most {limits.max_prompt_chars} characters"))
+        elif not _is_unicode(text):
+            errors.append(FieldError(name, _NOT_UNICODE))
 
 
 def _check_extras(errors: list[FieldError], request: GenerationRequest, limits: GenerationLimits) -> None:
@@ -309,6 +323,8 @@ def validate_request(request: GenerationRequest, limits: GenerationLimits = Gene
             errors.append(FieldError(name, "must be text"))
         elif len(text) > limits.max_prompt_chars:
             errors.append(FieldError(name, f"is {len(text)} characters; the limit is {limits.max_prompt_chars}"))
+        elif not _is_unicode(text):
+            errors.append(FieldError(name, _NOT_UNICODE))
     _check_sampler_name(errors, "sampler", request.sampler)
     if not isinstance(request.schedule, ScheduleType):
         valid = ", ".join(s.value for s in ScheduleType)

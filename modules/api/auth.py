@@ -180,6 +180,8 @@ class AuthMiddleware:
         credentials = self.config.ui if gradio else self.config.api
         given = basic_credentials(scope.get("headers", []))
         if given is not None and credentials is not None and credentials.check(*given):
+            # Who is asking, for per-user jobs (request.state.atelier_user in the routes).
+            scope["state"] = {**scope.get("state", {}), "atelier_user": given[0]}
             return await self.app(scope, receive, send)
         if gradio and given is None and self.has_session(scope):
             return await self.app(scope, receive, send)

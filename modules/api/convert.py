@@ -82,6 +82,17 @@ _INFOTEXT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
 _IMG2IMG_INFOTEXT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "denoising_strength": ("denoising_strength",), "mask_blur": ("mask_blur",),
 })
+# Request fields that validation names, and the body field a client set them with: a 422 must
+# name what the client sent ("n_iter"), not Atelier's own name for it ("batch_count").
+_BODY_FIELDS: Mapping[str, str] = MappingProxyType({
+    "sampler": "sampler_name", "schedule": "scheduler", "batch_count": "n_iter",
+    "variation_seed": "subseed", "variation_strength": "subseed_strength",
+    "seed_resize_from_width": "seed_resize_from_w", "seed_resize_from_height": "seed_resize_from_h",
+    "init_image": "init_images", "masked_content": "inpainting_fill", "invert_mask": "inpainting_mask_invert",
+    "inpaint_only_masked": "inpaint_full_res", "only_masked_padding": "inpaint_full_res_padding",
+    "hr_denoising_strength": "denoising_strength", "checkpoint": "override_settings.sd_model_checkpoint",
+    "eta_noise_seed_delta": "override_settings.eta_noise_seed_delta", "rng": "override_settings.randn_source",
+})
 _CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
 _TITLE = re.compile(r"^(?P<name>.*?)(?:\s*\[(?P<hash>[0-9a-fA-F]+)\])?\s*$")
 
@@ -100,6 +111,11 @@ def parse_body(model: type[Body], data: object) -> Body:
             message = str(error["msg"]).removeprefix("Value error, ")
             errors.append(FieldError(where.lstrip(".") or "body", message))
         raise ValidationError(errors) from exc
+
+
+def body_field(field: str) -> str:
+    """The REST body's name for a field a :class:`ValidationError` names (unchanged when it is one already)."""
+    return _BODY_FIELDS.get(field, field)
 
 
 def decode_base64_image(value: str, field: str) -> bytes:

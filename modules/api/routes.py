@@ -11,7 +11,6 @@ import asyncio
 import base64
 import io
 import json
-import os
 from dataclasses import replace
 from typing import Any
 
@@ -20,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from modules.api import schemas
 from modules.api.convert import (
+    body_field,
     decode_base64_image,
     images_response,
     parse_body,
@@ -47,6 +47,7 @@ from modules.services.extensions import ExtensionState
 from modules.services.image_input import decode_image
 from modules.services.images import infotext_of
 from modules.services.jobs import Job
+from modules.services.system_memory import memory_report
 from modules.upscalers import UPSCALERS, UpscalerKind
 
 PREFIX = "/sdapi/v1"
@@ -62,9 +63,12 @@ def error_response(exc: AtelierError) -> JSONResponse:
     """The JSON reply for a service error: FastAPI's 422 shape for bad fields, ``detail`` otherwise."""
     status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
     if isinstance(exc, ValidationError):
-        detail: Any = [{"loc": ["body", *e.field.split(".")], "msg": e.message, "type": "value_error"}
-                       for e in exc.errors]
-        return JSONResponse({"detail": detail, "error": "ValidationError", "errors": str(exc)}, status_code=status)
+        # Fields as the body names them ("n_iter", not the request's "batch_count"); a whole-body
+        # error is FastAPI's ["body"], not a field called "body".
+        detail: Any = [{"loc": ["body", *body_field(e.field).split(".")] if e.field != "body" else ["body"],
+                        "msg": e.message, "type": "value_error"} for e in exc.errors]
+        errors = "; ".join(f"{body_field(e.field)}: {e.message}" for e in exc.errors)
+        return JSONResponse({"detail": detail, "error": "ValidationError", "errors": errors}, status_code=status)
     headers = {"Retry-After": "5"} if isinstance(exc, QueueFullError) else None
     return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=status, headers=headers)
 
@@ -72,7 +76,8 @@ def error_response(exc: AtelierError) -> JSONResponse:
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a few large base64 images; more is refused before it is read
 
 
-async def _json_body(request: Request) -> Any:
+async def _json_body(request: Request, required: bool = False) -> Any:
+    """The decoded JSON body; ``required``: an empty body is an error rather than ``{}``."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise RequestTooLargeError(f"The request body is {int(declared):,} bytes; the limit is {MAX_BODY_BYTES:,}.")
@@ -80,10 +85,14 @@ async def _json_body(request: Request) -> Any:
     if len(raw) > MAX_BODY_BYTES:  # sent without a length (chunked)
         raise RequestTooLargeError(f"The request body is over the limit of {MAX_BODY_BYTES:,} bytes.")
     if not raw.strip():
+        if required:  # A1111 answers 422 too; taking every default would start a 512x512, 50-step job
+            raise ValidationError([FieldError("body", "is empty; send a JSON object ({} takes every default)")])
         return {}
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError as exc:
+        raise ValidationError([FieldError("body", "is nested too deeply to be a request")]) from exc
+    except ValueError as exc:  # bad JSON, bad UTF-8, or an integer past Python's 4300-digit limit
         raise ValidationError([FieldError("body", f"is not valid JSON ({exc.__class__.__name__})")]) from exc
 
 
@@ -109,14 +118,15 @@ class ApiFace:
                 "save_images_before_highres_fix": opts.save_images_before_highres_fix}
 
     async def _generate(self, request: Request, body_type: type[schemas.Txt2ImgBody]) -> JSONResponse:
-        body = parse_body(body_type, await _json_body(request))
+        body = parse_body(body_type, await _json_body(request, required=True))
         generation = replace(to_generation_request(body, self._server_options()), save_images=body.save_images)
         if body.script_name and body.script_name.strip().lower() not in ("", "none"):
             tab = "img2img" if isinstance(body, schemas.Img2ImgBody) else "txt2img"
             result: GenerationResult = await asyncio.to_thread(
                 self.services.generation.run_script, body.script_name, tab, generation, body.script_args)
         else:
-            job = self.services.generation.submit(generation)
+            # Off the event loop: preparing decodes images and runs extensions' BEFORE_GENERATE hooks.
+            job = await asyncio.to_thread(self.services.generation.submit, generation, _user(request))
             result = await asyncio.wrap_future(job.future)
         reply = images_response(result, body, body.send_images, lambda image: image.png)
         return JSONResponse(reply.model_dump())
@@ -127,8 +137,9 @@ class ApiFace:
             raise PermissionError("Settings cannot be changed from the network while --listen runs without "
                                   "--gradio-auth or --api-auth.")
 
-    def _progress(self, skip_current_image: bool) -> schemas.ProgressResponse:
-        job: Job | None = self.services.queue.current()
+    def _progress(self, skip_current_image: bool, user: str | None) -> schemas.ProgressResponse:
+        # Another user's job is not shown (unless jobs are shared): to this caller the queue is idle.
+        job: Job | None = self.services.queue.visible_current(user)
         if job is None:
             return schemas.ProgressResponse()
         snap = self.services.queue.snapshot(job)
@@ -168,17 +179,17 @@ class ApiFace:
             return _png_info(parse_body(schemas.PNGInfoBody, await _json_body(request)))
 
         @r.get("/progress", response_model=schemas.ProgressResponse)
-        def progress(skip_current_image: bool = False) -> schemas.ProgressResponse:
-            return self._progress(skip_current_image)
+        def progress(request: Request, skip_current_image: bool = False) -> schemas.ProgressResponse:
+            return self._progress(skip_current_image, _user(request))
 
         @r.post("/interrupt")
-        def interrupt() -> dict:
-            s.queue.interrupt()
+        def interrupt(request: Request) -> dict:
+            s.queue.interrupt(user=_user(request))  # only the caller's own job, unless jobs are shared
             return {}
 
         @r.post("/skip")
-        def skip() -> dict:
-            s.queue.skip()
+        def skip(request: Request) -> dict:
+            s.queue.skip(user=_user(request))
             return {}
 
         @r.get("/options")
@@ -225,7 +236,7 @@ class ApiFace:
         r.get("/face-restorers")(lambda: [])
         r.get("/realesrgan-models")(lambda: [])
         r.get("/cmd-flags")(lambda: self.flags.public_view())
-        r.get("/memory", response_model=schemas.MemoryResponse)(_memory)
+        r.get("/memory", response_model=schemas.MemoryResponse)(lambda: _memory(self.services))
 
     def _register_models(self, r: APIRouter) -> None:
         s = self.services
@@ -290,6 +301,11 @@ def lora_item(item: AddonFile, metadata: dict[str, str]) -> dict[str, Any]:
             "metadata": metadata}
 
 
+def _user(request: Request) -> str | None:
+    """The user the auth layer let in (HTTP Basic), or None without auth."""
+    return getattr(request.state, "atelier_user", None)
+
+
 def _is_img2img(job: Job) -> bool:
     return bool(getattr(job.spec, "is_img2img", False))
 
@@ -305,23 +321,15 @@ def _png_info(body: schemas.PNGInfoBody) -> schemas.PNGInfoResponse:
     return schemas.PNGInfoResponse(info=text, items={"parameters": text}, parameters=parameters)
 
 
-def _memory() -> schemas.MemoryResponse:
-    ram: dict[str, Any] = {}
-    try:
-        info = dict(line.split(":", 1) for line in open("/proc/meminfo", encoding="ascii").read().splitlines())
-        total = int(info["MemTotal"].split()[0]) * 1024
-        free = int(info["MemAvailable"].split()[0]) * 1024
-        ram = {"total": total, "free": free, "used": total - free}
-    except (OSError, KeyError, ValueError):
-        pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-        ram = {"total": pages * os.sysconf("SC_PAGE_SIZE")} if pages else {}
-    cuda: dict[str, Any] = {}
-    import torch
-
-    if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
-        cuda = {"system": {"free": free, "used": total - free, "total": total},
-                "active": {"peak": torch.cuda.max_memory_allocated()}}
+def _memory(services: Services) -> schemas.MemoryResponse:
+    """A1111's /memory shape from the memory report."""
+    report = memory_report(services.device)
+    ram = {"total": report.ram_total, "free": report.ram_free, "used": report.ram_used,
+           "process": report.process_rss} if report.ram_total else {}
+    if report.gpu:
+        gpu = report.gpu
+        cuda: dict[str, Any] = {"system": {"free": gpu["free"], "used": gpu["total"] - gpu["free"], "total": gpu["total"]},
+                                "active": {"current": gpu["allocated"], "peak": gpu["peak"]}}
     else:
         cuda = {"error": "CUDA is not available"}
     return schemas.MemoryResponse(ram=ram, cuda=cuda)

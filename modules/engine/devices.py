@@ -1,19 +1,49 @@
-"""Choosing the compute device and precision, and saying why.
+"""Choosing the compute device, precision, attention and memory mode, and saying why.
 
-CUDA first (fp16 unless told otherwise), then Apple's MPS, else the CPU in fp32. The choice is made
-once by the composition root and passed down; nothing probes devices at import time.
+CUDA first (fp16 unless told otherwise, bf16 when asked and supported), then Apple's MPS, else the
+CPU in fp32 (bf16 when asked). Memory modes follow A1111's flags: ``--medvram`` keeps each model
+on the GPU only while it runs (model-level CPU offload), ``--medvram-sdxl`` does so for SDXL only,
+``--lowvram`` moves weights layer by layer (sequential offload). With none given on CUDA, the mode
+is chosen from the card's memory and logged. The choice is made once by the composition root and
+passed down; nothing probes devices at import time.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 from dataclasses import dataclass
 
 import torch
 
-from modules.cmd_args import Precision
+from modules.cmd_args import Flags, Precision
+from modules.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+GIB = 1024**3
+# Below these totals an SDXL (about 7 GB in fp16 with its text encoders) or any model does not fit
+# with room for activations; A1111 users pick --medvram / --lowvram at about the same sizes.
+_AUTO_MEDVRAM_BELOW = 8 * GIB
+_AUTO_LOWVRAM_BELOW = 4 * GIB
+
+
+class MemoryMode(enum.Enum):
+    FULL = "full"  # every model on the device
+    MEDVRAM = "medvram"  # model-level CPU offload
+    MEDVRAM_SDXL = "medvram-sdxl"  # model-level offload for SDXL models only
+    LOWVRAM = "lowvram"  # sequential (layer-level) CPU offload
+
+    def offload_for(self, is_sdxl: bool) -> MemoryMode:
+        """The mode that applies to a model: medvram-sdxl is full for SD1/SD2."""
+        if self is MemoryMode.MEDVRAM_SDXL:
+            return MemoryMode.MEDVRAM if is_sdxl else MemoryMode.FULL
+        return self
+
+
+class Attention(enum.Enum):
+    SDPA = "sdpa"  # PyTorch scaled-dot-product attention (diffusers' default processor)
+    XFORMERS = "xformers"
 
 
 @dataclass(frozen=True)
@@ -23,23 +53,45 @@ class DevicePolicy:
     use_cpu: bool = False
     device_id: int | None = None
     no_half: bool = False
+    no_half_vae: bool = False
     precision: Precision = Precision.AUTOCAST
+    upcast_sampling: bool = False
+    xformers: bool = False
+    memory: MemoryMode | None = None  # None: chosen from the device
+
+
+def device_policy(flags: Flags) -> DevicePolicy:
+    """The policy the command line asks for."""
+    memory = MemoryMode(flags.memory_mode) if flags.memory_mode else None
+    return DevicePolicy(use_cpu="all" in flags.use_cpu, device_id=flags.device_id, no_half=flags.no_half,
+                        no_half_vae=flags.no_half_vae, precision=flags.precision, upcast_sampling=flags.upcast_sampling,
+                        xformers=flags.xformers, memory=memory)
 
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """The device and dtype models run on, and the reason they were chosen."""
+    """The device and dtypes models run on, how they use memory, and the reasons."""
 
     device: torch.device
     dtype: torch.dtype
     reason: str
+    vae_dtype: torch.dtype | None = None  # None: as ``dtype``
+    memory: MemoryMode = MemoryMode.FULL
+    attention: Attention = Attention.SDPA
 
     @property
     def is_accelerator(self) -> bool:
         return self.device.type in ("cuda", "mps")
 
+    @property
+    def vae(self) -> torch.dtype:
+        return self.vae_dtype or self.dtype
+
     def describe(self) -> str:
-        return f"{self.device} ({str(self.dtype).removeprefix('torch.')}): {self.reason}"
+        name = str(self.dtype).removeprefix("torch.")
+        extra = f", VAE {str(self.vae).removeprefix('torch.')}" if self.vae != self.dtype else ""
+        mode = f", {self.memory.value}" if self.memory is not MemoryMode.FULL else ""
+        return f"{self.device} ({name}{extra}{mode}): {self.reason}"
 
 
 def _mps_available() -> bool:
@@ -47,26 +99,73 @@ def _mps_available() -> bool:
     return bool(backend and backend.is_available())
 
 
-def choose_device(policy: DevicePolicy) -> DeviceInfo:
-    """Pick the device and dtype for this run from the policy and the hardware present."""
+def _pick_device(policy: DevicePolicy) -> tuple[torch.device, str]:
     if policy.use_cpu:
-        device, why = torch.device("cpu"), "--use-cpu was given"
-    elif torch.cuda.is_available():
+        return torch.device("cpu"), "--use-cpu was given"
+    if torch.cuda.is_available():
         index = policy.device_id if policy.device_id is not None else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
-            raise ValueError(f"--device-id {index}: only {torch.cuda.device_count()} CUDA device(s) present")
-        device, why = torch.device("cuda", index), f"CUDA device {torch.cuda.get_device_name(index)}"
-    elif _mps_available():
-        device, why = torch.device("mps"), "Apple MPS is available"
-    else:
-        device, why = torch.device("cpu"), "no CUDA or MPS device found"
-    full = policy.no_half or policy.precision is Precision.FULL or device.type == "cpu"
-    if full:
-        dtype = torch.float32
-        why += "; full precision" + (" (CPU)" if device.type == "cpu" else " (asked for)")
-    else:
-        dtype = torch.float16
-        why += "; half precision"
-    info = DeviceInfo(device=device, dtype=dtype, reason=why)
-    log.info("Device: %s; attention: PyTorch scaled-dot-product (SDPA)", info.describe())
+            raise ConfigError(f"--device-id {index}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return torch.device("cuda", index), f"CUDA device {torch.cuda.get_device_name(index)}"
+    if _mps_available():
+        return torch.device("mps"), "Apple MPS is available"
+    return torch.device("cpu"), "no CUDA or MPS device found"
+
+
+def _pick_dtype(policy: DevicePolicy, device: torch.device) -> tuple[torch.dtype, str]:
+    if policy.precision is Precision.BF16:
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("--precision bf16: this GPU does not support bfloat16; use half or full")
+        return torch.bfloat16, "bfloat16 (asked for)"
+    if policy.no_half or policy.precision is Precision.FULL:
+        return torch.float32, "full precision (asked for)"
+    if device.type == "cpu":
+        return torch.float32, "full precision (CPU: half precision would be slower and less exact)"
+    return torch.float16, "half precision"
+
+
+def _pick_memory(policy: DevicePolicy, device: torch.device) -> tuple[MemoryMode, str]:
+    if policy.memory not in (None, MemoryMode.FULL) and device.type != "cuda":
+        raise ConfigError(f"--{policy.memory.value} moves models between a CUDA GPU and RAM; on {device.type} the "
+                          "models already share one memory. Start without it.")
+    if policy.memory is not None:
+        return policy.memory, f"--{policy.memory.value} was given" if policy.memory is not MemoryMode.FULL else ""
+    if device.type != "cuda":
+        return MemoryMode.FULL, ""
+    total = torch.cuda.get_device_properties(device).total_memory
+    if total < _AUTO_LOWVRAM_BELOW:
+        return MemoryMode.LOWVRAM, f"lowvram chosen: the GPU has {total / GIB:.1f} GiB"
+    if total < _AUTO_MEDVRAM_BELOW:
+        return MemoryMode.MEDVRAM_SDXL, f"medvram for SDXL chosen: the GPU has {total / GIB:.1f} GiB"
+    return MemoryMode.FULL, f"{total / GIB:.0f} GiB of GPU memory: every model stays on the GPU"
+
+
+def _pick_attention(policy: DevicePolicy, device: torch.device) -> Attention:
+    if not policy.xformers:
+        return Attention.SDPA
+    if device.type != "cuda":
+        raise ConfigError("--xformers needs a CUDA GPU; PyTorch's SDPA attention is used without it")
+    try:
+        import xformers.ops  # noqa: F401  # optional: installed by webui.sh only with --xformers
+    except ImportError as exc:
+        raise ConfigError(f"--xformers: xformers is not installed or does not match this torch ({exc}). "
+                          "Run ./webui.sh --xformers to install it, or start without the flag.") from exc
+    return Attention.XFORMERS
+
+
+def choose_device(policy: DevicePolicy) -> DeviceInfo:
+    """Pick device, dtypes, memory mode and attention from the policy and the hardware present;
+    ConfigError for a combination that cannot work here."""
+    device, why = _pick_device(policy)
+    dtype, precision_why = _pick_dtype(policy, device)
+    vae_dtype = torch.float32 if policy.no_half_vae and dtype != torch.float32 else None
+    memory, memory_why = _pick_memory(policy, device)
+    attention = _pick_attention(policy, device)
+    reasons = [why, precision_why] + ([memory_why] if memory_why else [])
+    if policy.upcast_sampling:
+        reasons.append("sampling math in fp32 (it always is: only the UNet runs in the weights' dtype)")
+    info = DeviceInfo(device=device, dtype=dtype, reason="; ".join(reasons), vae_dtype=vae_dtype, memory=memory,
+                      attention=attention)
+    label = "xformers" if attention is Attention.XFORMERS else "PyTorch scaled-dot-product (SDPA)"
+    log.info("Device: %s; attention: %s", info.describe(), label)
     return info

@@ -77,7 +77,7 @@ class ImageTask:
 def _sdxl_added(model: LoadedModel, task: ImageTask) -> Callable[[Embeds], dict[str, torch.Tensor]] | None:
     if not model.arch.is_sdxl:
         return None
-    device = model.pipeline.unet.device
+    device = model.execution_device
     size = [task.height, task.width, 0, 0]  # original size, crop top-left
     refiner = model.arch is ModelArch.SDXL_REFINER
 
@@ -131,7 +131,7 @@ def _guided(model: LoadedModel, task: ImageTask, observer: StepObserver, mask: L
 def sample_task(model: LoadedModel, task: ImageTask, observer: StepObserver,
                 refiner: RefinerPlan | None = None) -> torch.Tensor | None:
     """The batch's final latents, or None when the observer stopped it before the end."""
-    device = model.pipeline.unet.device
+    device = model.execution_device
     # 1. Inputs: the init latent (img2img), the latent mask (inpainting).
     init_latent = mask = None
     if task.init_image is not None or task.init_latent is not None:

@@ -66,7 +66,7 @@ def _upscaled_latents(model: LoadedModel, latents: torch.Tensor, first_images: l
                                              antialias=plan.upscaler.antialias)
     else:
         images = first_images if first_images is not None else lat.decode_latents(model, latents)
-        device = model.pipeline.unet.device
+        device = model.execution_device
         pixels = torch.cat([lat.image_to_tensor(image, device) for image in _upscale_images(images, plan.upscaler,
                                                                                              plan.upscale_size)])
         up = lat.encode_image(model, pixels)

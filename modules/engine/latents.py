@@ -10,11 +10,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from modules.engine.devices import MemoryMode
 from modules.engine.loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
 LATENT_SCALE = 8  # the SD VAEs downsample by 8
+TILED_DECODE_ABOVE = 1536  # pixels on the longer side beyond which the VAE decodes in tiles
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -50,9 +52,22 @@ def encode_image(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     return (latents.float() - shift) * vae.config.scaling_factor
 
 
+def _use_tiling(model: LoadedModel, latents: torch.Tensor) -> None:
+    """Decode in tiles for large images, and always when GPU memory is short (offload modes):
+    a 2048x2048 decode alone needs several GiB of activations."""
+    large = max(latents.shape[-2:]) * LATENT_SCALE > TILED_DECODE_ABOVE
+    offloading = model.device.memory is not MemoryMode.FULL
+    vae = model.pipeline.vae
+    if large or offloading:
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
+
+
 def _decode(model: LoadedModel, latents: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
     """The decoded pixels, and the dtype the VAE ran in to produce them."""
     vae = model.pipeline.vae
+    _use_tiling(model, latents)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     with _vae_in_safe_precision(model) as dtype:
         decoded = vae.decode(latents.to(vae.device, dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
@@ -96,7 +111,7 @@ def inpaint_conditioning(model: LoadedModel, image: Image.Image | None, mask: Im
                          width: int, height: int, batch: int) -> torch.Tensor:
     """The extra UNet input of 9-channel inpainting models: mask, then the masked image's latent.
     With no image (txt2img) the whole canvas is to be painted: mask 1, a mid-grey image."""
-    device = model.pipeline.unet.device
+    device = model.execution_device
     if image is None or mask is None:
         pixels = torch.zeros(1, 3, height, width, device=device)  # 0 in [-1, 1] is mid-grey
         repaint = torch.ones(1, 1, height, width, device=device)

@@ -261,7 +261,7 @@ def encode_texts(pipe: DiffusionPipeline, arch: ModelArch, texts: list[str], cli
     """Embeddings of each text (emphasis applied), all with the same number of chunks.
 
     ``embeddings`` (by name) are the textual inversions the prompt may use; each must fit the model."""
-    device = pipe.unet.device
+    device = pipe._execution_device  # the GPU even when weights wait in RAM (offload)
     embeddings = embeddings or {}
     count = max(len(weighted_chunks(_main_tokenizer(pipe), text, embeddings)) for text in texts)
     result: dict[str, Embeds] = {}

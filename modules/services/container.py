@@ -11,6 +11,7 @@ from modules.services.addon_library import AddonLibrary
 from modules.services.addons import AddonKind, AddonRegistry
 from modules.services.downloads import ModelDownloader
 from modules.services.extension_host import ExtensionHost
+from modules.services.extension_install import ExtensionInstaller
 from modules.services.extensions import ExtensionManager
 from modules.services.gallery import Gallery
 from modules.services.generation import GenerationService
@@ -37,17 +38,20 @@ class Services:
     gallery: Gallery
     addons: AddonLibrary  # LoRAs, embeddings, VAEs
     extensions: ExtensionManager
+    installer: ExtensionInstaller  # git clone/pull and pip for users' extensions
 
     def close(self, timeout: float | None = 10.0) -> None:
         self.queue.stop(timeout)
 
 
-def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo, extensions: bool = True) -> Services:
+def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo, extensions: bool = True,
+                   network_exposed: bool = False, insecure_extensions: bool = False) -> Services:
     """Wire the services together, load the extensions (``extensions=False``: none, as
-    ``--disable-all-extensions``) and start the worker. No model is loaded yet."""
+    ``--disable-all-extensions``) and start the worker. No model is loaded yet. Installing
+    extensions is refused when ``network_exposed`` unless ``insecure_extensions``."""
     hashes = HashCache(paths.hash_cache)
     registry = CheckpointRegistry(paths.checkpoint_dirs, hashes)
-    models = ModelManager(registry, device, paths.config_cache)
+    models = ModelManager(registry, device, paths.config_cache, settings.checkpoint_cache, settings.fast_path)
     styles = StyleStore(paths.styles_file)
     addons = AddonLibrary(AddonRegistry(AddonKind.LORA, paths.lora_dirs, hashes),
                           AddonRegistry(AddonKind.EMBEDDING, paths.embedding_dirs, hashes),
@@ -58,11 +62,13 @@ def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo, exte
                                    addons, manager)
     models.on_loaded = lambda info, model: manager.model_loaded(info.title, model.arch.label)
     manager.load_all(lambda name: ExtensionHost(name, generation, registry, paths.extension_settings_dir))
-    job_queue = JobQueue(generation.execute, settings.queue_limit)
+    job_queue = JobQueue(generation.execute, settings.queue_limit, shared=settings.shared_jobs)
     generation.attach(job_queue)
     job_queue.start()
     return Services(paths=paths, settings=settings, options=SettingsStore(paths.config_file, settings),
                     device=device, registry=registry, models=models,
                     generation=generation, queue=job_queue, downloads=ModelDownloader(paths.default_checkpoint_dir),
                     styles=styles, gallery=Gallery(paths.outputs_dir, paths.cache_dir), addons=addons,
-                    extensions=manager)
+                    extensions=manager,
+                    installer=ExtensionInstaller(paths.user_extensions_dir, network_exposed, insecure_extensions,
+                                                 builtin_dir=paths.builtin_extensions_dir))

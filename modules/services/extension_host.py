@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from modules.atomic import write_text_atomic
+from modules.errors import ExtensionError
 from modules.params import GenerationRequest, GenerationResult
 from modules.services.generation import GenerationService
 from modules.services.images import OutputKind
@@ -51,12 +52,16 @@ class ExtensionHost:
     def __init__(self, name: str, generation: GenerationService, registry: CheckpointRegistry,
                  settings_dir: Path) -> None:
         self.name = name
+        self._extensions = generation.extensions
         self._generation = generation
         self._registry = registry
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
         self._settings = FileSettings(settings_dir / f"{safe}.yaml")
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
+        refusal = self._extensions.refusal_for_generate()
+        if refusal is not None:  # it would wait for itself forever
+            raise ExtensionError(f"Extension {self.name}: {refusal}")
         return self._generation.generate(request)
 
     def checkpoints(self) -> list[str]:

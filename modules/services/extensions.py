@@ -43,6 +43,7 @@ from modules.extension_api import (
 )
 from modules.params import GenerationRequest
 from modules.services.extension_manifest import MANIFEST, Manifest, read_manifest
+from modules.services.jobs import WORKER_THREAD
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,17 @@ class ExtensionRecord:
         return bool(self.manifest and self.manifest.builtin)
 
 
+def _forget_helpers(folder: Path, names: set[str]) -> None:
+    """Drop an extension's own helper modules from the import cache once it has imported them, so
+    that another extension's ``helpers.py`` is not mistaken for this one's (the importing module
+    keeps its references; helpers must be imported at the top of the entry file)."""
+    root = folder.resolve()
+    for name in names:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file and Path(file).resolve().is_relative_to(root):
+            del sys.modules[name]
+
+
 def _folders(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
@@ -91,6 +103,7 @@ class ExtensionManager:
         self._lock = threading.Lock()
         self._records: dict[str, ExtensionRecord] = {}
         self._host_for: Callable[[str], Host] | None = None
+        self._in_hook = threading.local()
 
     # --- discovery and loading -----------------------------------------------------------------
 
@@ -168,11 +181,17 @@ class ExtensionManager:
         if spec is None or spec.loader is None:
             raise ExtensionError(f"cannot import {manifest.entry_file}")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
+        before = set(sys.modules)
         sys.path.insert(0, str(manifest.folder))  # so the extension can import its own helper modules
         try:
             spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(module_name, None)
+            raise
         finally:
             sys.path.remove(str(manifest.folder))
+            _forget_helpers(manifest.folder, set(sys.modules) - before)
         setup_function = getattr(module, manifest.entry_function, None)
         if not callable(setup_function):
             raise ExtensionError(f"{manifest.entry_file.name} has no function {manifest.entry_function}(ext)")
@@ -241,8 +260,26 @@ class ExtensionManager:
     def model_loaded(self, title: str, architecture: str) -> None:
         self.call(Hook.MODEL_LOADED, lambda _r: ModelLoaded(title, architecture))
 
+    def refusal_for_generate(self) -> str | None:
+        """Why an extension may not start a generation from where it is now, or None.
+
+        On the worker thread (STEP_END, AFTER_IMAGE, IMAGE_SAVED, MODEL_LOADED) the job would wait for
+        the worker that runs it; inside BEFORE_GENERATE the new job would run the hook again, forever."""
+        if threading.current_thread().name == WORKER_THREAD:
+            return "host.generate() cannot be called from a hook that runs on the job worker"
+        if getattr(self._in_hook, "before_generate", False):
+            return "host.generate() cannot be called from a BEFORE_GENERATE hook"
+        return None
+
     def before_generate(self, request: GenerationRequest) -> GenerationRequest:
         """The request after every BEFORE_GENERATE handler, each seeing the previous one's result."""
+        self._in_hook.before_generate = True
+        try:
+            return self._before_generate(request)
+        finally:
+            self._in_hook.before_generate = False
+
+    def _before_generate(self, request: GenerationRequest) -> GenerationRequest:
         for record, handler in self.handlers(Hook.BEFORE_GENERATE):
             try:
                 changed = handler.call(BeforeGenerate(request, self.params_for(record.name, request),
@@ -271,6 +308,9 @@ class ExtensionManager:
                 continue
             if isinstance(changed, Image.Image):
                 image = changed
+            elif changed is not None:
+                self.fail(record.name, Hook.AFTER_IMAGE.name,
+                          TypeError(f"returned {type(changed).__name__}, not an image or None"))
         return image
 
     def image_saved(self, request: GenerationRequest, path: Path | None, infotext: str, seed: int, index: int) -> None:

@@ -322,7 +322,11 @@ class Gallery:
             raise GalleryPathError(f"Image path {relative!r} leads outside the outputs folder.")
         if is_inside(self._thumbnails, candidate):
             raise GalleryPathError(f"{relative!r} is a gallery thumbnail, not an image.")
-        if not candidate.is_file():
+        try:
+            found = candidate.is_file()
+        except OSError:  # a name too long for the file system, say: no such image either
+            found = False
+        if not found:
             raise GalleryPathError(f"No image {relative!r} in the outputs folder.")
         return candidate
 

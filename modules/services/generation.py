@@ -11,21 +11,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from modules import VERSION_TEXT
 from modules.engine.generate import ImageTask, RefinerPlan, run_task
 from modules.engine.hires import HiresPlan, run_hires
-from modules.engine.latents import blurred_mask, overlay_original
 from modules.engine.loader import LoadedModel
 from modules.engine.lora import apply_loras
+from modules.engine.memory import is_out_of_memory
 from modules.engine.preview import latents_to_preview
 from modules.engine.sampling.loop import NoisePlan
 from modules.engine.token_count import TokenCount, count_tokens
-from modules.errors import AtelierError, ExtensionError, FieldError, NoModelLoadedError, ValidationError
+from modules.errors import (
+    AtelierError,
+    ExtensionError,
+    FieldError,
+    NoModelLoadedError,
+    OutOfMemoryError,
+    ValidationError,
+)
 from modules.extension_api import Hook, ScriptRun
 from modules.infotext import ModelIdentity, build_infotext
 from modules.params import (
@@ -35,7 +42,6 @@ from modules.params import (
     GenerationLimits,
     GenerationRequest,
     GenerationResult,
-    MaskedContent,
     normalize_request,
     validate_request,
 )
@@ -43,9 +49,8 @@ from modules.samplers import resolve_sampler
 from modules.services.addon_library import AddonLibrary, JobEmbeddings, JobPrompts
 from modules.services.addons import AddonFile
 from modules.services.extensions import ExtensionManager
-from modules.services.image_input import decode_image
-from modules.services.image_prep import Crop, fill_masked, fit_image
 from modules.services.images import ImageSaver, OutputKind, make_grid, png_bytes
+from modules.services.job_inputs import JobInputs
 from modules.services.jobs import (
     Job,
     JobContext,
@@ -84,54 +89,6 @@ class _Observer:
 
 
 @dataclass(frozen=True)
-class _Inputs:
-    """A request's images, decoded and prepared: what the engine sees, and what the result is
-    put back into (the whole picture, for "only masked")."""
-
-    init_image: Image.Image | None = None  # for the engine: fitted, maybe cropped and filled
-    mask: Image.Image | None = None  # for the engine: blurred, white = repaint
-    original: Image.Image | None = None  # the fitted init image
-    full_mask: Image.Image | None = None  # the blurred mask at the original's size
-    crop: Crop | None = None
-    notes: tuple[str, ...] = ()
-
-    @staticmethod
-    def of(request: GenerationRequest) -> _Inputs:
-        if request.init_image is None:
-            return _Inputs()
-        image = decode_image(request.init_image, "init_image").convert("RGB")
-        if request.mask is None or not request.inpaint_only_masked:
-            # "Only masked" keeps the picture's own size: only the crop is fitted to the output size.
-            image = fit_image(image, request.width, request.height, request.resize_mode)
-        if request.mask is None:
-            return _Inputs(init_image=image, original=image)
-        raw = decode_image(request.mask, "mask").convert("L")
-        notes = ()
-        if raw.size != image.size:
-            notes = (f"The mask was {raw.width}x{raw.height}; it was resized to {image.width}x{image.height} "
-                     "to match the image.",)
-            raw = raw.resize(image.size, Image.Resampling.LANCZOS)
-        mask = ImageOps.invert(raw) if request.invert_mask else raw
-        if mask.point(lambda v: 255 if v > 127 else 0).getbbox() is None:
-            raise ValidationError([FieldError("mask", "is empty: nothing would change. Paint the area to repaint.")])
-        blurred = blurred_mask(mask, request.mask_blur)
-        crop = Crop.around(mask, request.only_masked_padding, request.width, request.height) \
-            if request.inpaint_only_masked else None
-        engine_image = crop.cut(image, request.width, request.height) if crop else image
-        engine_mask = crop.cut(blurred, request.width, request.height) if crop else blurred
-        if request.masked_content is MaskedContent.FILL:
-            engine_image = fill_masked(engine_image, engine_mask)
-        return _Inputs(engine_image, engine_mask, image, blurred, crop, notes)
-
-    def finish(self, images: list[Image.Image]) -> list[Image.Image]:
-        """Results put back: pasted into the whole picture for "only masked", original kept outside the mask."""
-        if self.crop is None or self.original is None or self.full_mask is None:
-            return images
-        return [overlay_original(self.crop.paste(image, self.original), self.original, self.full_mask)
-                for image in images]
-
-
-@dataclass(frozen=True)
 class _JobSetup:
     """What a job runs on, fixed before its first batch."""
 
@@ -142,6 +99,7 @@ class _JobSetup:
     embeddings: JobEmbeddings
     refiner: RefinerPlan | None
     extra: dict[str, object]  # infotext keys beyond the request's own
+    notes: list[str] = field(default_factory=list)  # problems the caller should hear of (a failed save)
 
 
 class GenerationService:
@@ -171,7 +129,7 @@ class GenerationService:
     def prepare(self, request: GenerationRequest) -> GenerationRequest:
         """Validate (raises ValidationError naming every bad field) and normalise a request."""
         validate_request(request, self.limits)
-        _Inputs.of(request)  # unreadable or oversized images fail here, before queuing
+        JobInputs.of(request)  # unreadable or oversized images fail here, before queuing
         if request.checkpoint:
             self.models.registry.require(request.checkpoint)  # a missing model fails before queuing
         if request.refiner is not None and self.models.registry.find(request.refiner.checkpoint) is None:
@@ -195,12 +153,15 @@ class GenerationService:
         return replace(request, prompt=prompt, negative_prompt=negative, styles=(),
                        applied_styles=request.applied_styles + applied)
 
-    def submit(self, request: GenerationRequest) -> Job:
-        return self._queue().submit(self.prepare(request))
+    def submit(self, request: GenerationRequest, owner: str | None = None) -> Job:
+        """Queue a job for ``owner`` (the signed-in user, who alone may watch or stop it when jobs
+        are not shared)."""
+        return self._queue().submit(self.prepare(request), owner)
 
-    def generate(self, request: GenerationRequest, timeout: float | None = None) -> GenerationResult:
+    def generate(self, request: GenerationRequest, timeout: float | None = None,
+                 owner: str | None = None) -> GenerationResult:
         """Submit and wait: for callers that need no progress (tests, scripts, extensions)."""
-        result = self.submit(request).future.result(timeout)
+        result = self.submit(request, owner).future.result(timeout)
         assert isinstance(result, GenerationResult)
         return result
 
@@ -246,7 +207,7 @@ class GenerationService:
             return self.models.unload()
         return self._generate(spec, context)
 
-    def _task(self, request: GenerationRequest, inputs: _Inputs, first: int, prompts: JobPrompts,
+    def _task(self, request: GenerationRequest, inputs: JobInputs, first: int, prompts: JobPrompts,
               embeddings: JobEmbeddings) -> ImageTask:
         found = resolve_sampler(request.sampler)
         assert found is not None  # prepare() normalised it
@@ -280,24 +241,34 @@ class GenerationService:
         assert upscaler is not None  # validated
         return HiresPlan(task=second, upscaler=upscaler, upscale_size=hires.upscale_size(request.width, request.height))
 
-    def _save(self, request: GenerationRequest, images: list[Image.Image], first: int,
-              identity: ModelIdentity, extra: dict[str, object]) -> list[GeneratedImage]:
+    def _save(self, request: GenerationRequest, images: list[Image.Image], first: int, identity: ModelIdentity,
+              extra: dict[str, object], notes: list[str]) -> tuple[list[GeneratedImage], list[Image.Image]]:
+        """Each image after the extensions' AFTER_IMAGE hooks, saved with its infotext; and those
+        final images (for the grid)."""
         kind = OutputKind.IMG2IMG if request.is_img2img else OutputKind.TXT2IMG
-        saved = []
+        saved, final = [], []
         for offset, image in enumerate(images):
             index, seed = first + offset, request.seed_for(first + offset)
             variation = request.variation_seed_for(index) if request.variation_strength > 0 else None
             text = build_infotext(request, seed, identity, VERSION_TEXT, extra=extra, variation_seed=variation)
             image = self.extensions.after_image(request, image, seed, index)
-            output = self._output(request, image, text, kind, seed, index)
+            output = self._output(request, image, text, kind, seed, index, notes)
             self.extensions.image_saved(request, output.path, text, seed, index)
             saved.append(output)
-        return saved
+            final.append(image)
+        return saved, final
 
     def _output(self, request: GenerationRequest, image: Image.Image, text: str, kind: OutputKind,
-                seed: int, index: int) -> GeneratedImage:
+                seed: int, index: int, notes: list[str]) -> GeneratedImage:
         data = png_bytes(image, text)  # encoded once: saved, and what the API sends back
-        path = self.saver.save_png(data, kind, None if kind.is_grid else seed) if request.save_images else None
+        path = None
+        if request.save_images:
+            try:
+                path = self.saver.save_png(data, kind, None if kind.is_grid else seed)
+            except OSError as exc:  # disk full, folder gone, permissions: the image still goes back
+                log.error("Could not save the %s image of seed %d: %s", kind.value, seed, exc)
+                notes.append(f"Could not save an image to {kind.value} ({exc.strerror or exc}); "
+                             "it is shown here but not on disk.")
         return GeneratedImage(path=path, seed=seed, infotext=text, index=index, png=data)
 
     def _setup(self, request: GenerationRequest) -> _JobSetup:
@@ -316,7 +287,7 @@ class GenerationService:
         return _JobSetup(model, info, ModelIdentity(name=info.model_name, hash=info.shorthash), prompts, embeddings,
                          refiner, extra)
 
-    def _run_batch(self, request: GenerationRequest, job: _JobSetup, inputs: _Inputs, batch_index: int,
+    def _run_batch(self, request: GenerationRequest, job: _JobSetup, inputs: JobInputs, batch_index: int,
                    context: JobContext) -> list[Image.Image] | None:
         """One batch's finished images (hires fix's second pass included), or None when stopped."""
         first = batch_index * request.batch_size
@@ -330,17 +301,30 @@ class GenerationService:
         keep_first = None
         if request.hires.save_first_pass and request.save_images:
             def keep_first(images: list[Image.Image]) -> None:
-                self._save(request, images, first, job.identity, job.extra)
+                self._save(request, images, first, job.identity, job.extra, job.notes)
         return run_hires(job.model, task, plan, observer, job.refiner, keep_first)
 
     def _generate(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
+        try:
+            return self._generate_images(request, context)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            self.models.release()  # the failed job's tensors are garbage now: give their memory back
+            width, height = request.output_size
+            raise OutOfMemoryError(
+                f"Out of GPU memory making {request.batch_size} image(s) of {width}x{height}. Try a smaller size or "
+                "batch size, or start Atelier with --medvram (or --lowvram). Memory was released; the next job "
+                "can run.") from exc
+
+    def _generate_images(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
         started = time.perf_counter()
         if context.interrupted:  # interrupted while waiting in the queue
             return GenerationResult(request=request, images=(), interrupted=True)
         # 1. The model and everything the job adds to it.
         job = self._setup(request)
         # 2. Inputs, decoded once for all batches.
-        inputs = _Inputs.of(request)
+        inputs = JobInputs.of(request)
         # 3. Each batch: sample, then save every image with its own infotext.
         saved: list[GeneratedImage] = []
         pixels: list[Image.Image] = []
@@ -351,13 +335,15 @@ class GenerationService:
             if images is None:  # interrupted or skipped mid-batch: its images are unfinished
                 continue
             images = inputs.finish(images)
-            saved += self._save(request, images, batch_index * request.batch_size, job.identity, job.extra)
-            pixels += images
+            first = batch_index * request.batch_size
+            outputs, finals = self._save(request, images, first, job.identity, job.extra, job.notes)
+            saved += outputs
+            pixels += finals  # the grid shows what was saved, extensions' changes included
         # 4. A grid for jobs of more than one image, with the first image's parameters.
         grid = None
         if self.save_grid and len(saved) > 1:
             kind = OutputKind.IMG2IMG_GRID if request.is_img2img else OutputKind.TXT2IMG_GRID
-            grid = self._output(request, make_grid(pixels), saved[0].infotext, kind, saved[0].seed, -1)
+            grid = self._output(request, make_grid(pixels), saved[0].infotext, kind, saved[0].seed, -1, job.notes)
         elapsed = time.perf_counter() - started
         title = job.info.title
         log.info("%s: %d image(s), %s, %d steps, %dx%d, seed %d, %s, %.1f s%s",
@@ -365,7 +351,7 @@ class GenerationService:
                  request.width, request.height, request.seed, title, elapsed,
                  " (interrupted)" if context.interrupted else "")
         notes = inputs.notes + tuple(f"{tag} was ignored: Atelier has no handler for that kind of network."
-                                     for tag in job.prompts.ignored_tags)
+                                     for tag in job.prompts.ignored_tags) + tuple(dict.fromkeys(job.notes))
         return GenerationResult(request=replace(request, checkpoint=title), images=tuple(saved), grid=grid,
                                 interrupted=context.interrupted, model_title=title, elapsed_seconds=elapsed,
                                 warnings=notes)

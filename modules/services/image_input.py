@@ -16,6 +16,9 @@ def decode_image(data: bytes, field: str, max_pixels: int = MAX_INPUT_PIXELS) ->
     """The decoded image, or a ValidationError naming ``field`` and what is wrong with it."""
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only: the size is known before decoding
+    except Image.DecompressionBombError as exc:
+        # Pillow itself refuses a header over twice its own limit, before our size check can run.
+        raise ValidationError([FieldError(field, f"is larger than the limit of {max_pixels:,} pixels")]) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ValidationError([FieldError(field, "is not a readable image (PNG, JPEG or WEBP expected)")]) from exc
     width, height = image.size

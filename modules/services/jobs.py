@@ -159,17 +159,34 @@ class Job:
     context: JobContext
     submitted_at: float
     status: JobStatus = JobStatus.QUEUED
+    owner: str | None = None  # the signed-in user who submitted it; None without auth
 
 
 Executor = Callable[[JobSpec, JobContext], Any]
 
 
+WORKER_THREAD = "atelier-worker"  # the one thread that runs jobs
+
+
+def _drop_frames(error: BaseException) -> None:
+    """Cut an error's tracebacks (already logged) before it is kept with the job: their frames hold
+    the failed job's tensors, which would otherwise stay alive, on the GPU, for as long as the job."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+
+
 class JobQueue:
     """A bounded FIFO of jobs run one at a time by a single worker thread."""
 
-    def __init__(self, executor: Executor, limit: int) -> None:
+    def __init__(self, executor: Executor, limit: int, shared: bool = True) -> None:
         self._executor = executor
         self._limit = limit
+        # False: with several users signed in, each sees, interrupts and skips only their own jobs.
+        self._shared = shared
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._pending: list[Job] = []
@@ -180,7 +197,7 @@ class JobQueue:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="atelier-worker", daemon=True)
+            self._thread = threading.Thread(target=self._work, name=WORKER_THREAD, daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
@@ -196,9 +213,15 @@ class JobQueue:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, spec: JobSpec) -> Job:
+    def may_control(self, job: Job, user: str | None) -> bool:
+        """Whether ``user`` may watch, interrupt or skip ``job``: always on a shared (single-user)
+        instance and for jobs submitted without a user; otherwise only the job's own user."""
+        return self._shared or job.owner is None or job.owner == user
+
+    def submit(self, spec: JobSpec, owner: str | None = None) -> Job:
         job_id = f"{next(self._counter)}-{uuid.uuid4().hex[:8]}"
-        job = Job(id=job_id, spec=spec, future=Future(), context=JobContext(job_id), submitted_at=time.time())
+        job = Job(id=job_id, spec=spec, future=Future(), context=JobContext(job_id), submitted_at=time.time(),
+                  owner=owner)
         with self._lock:
             if len(self._pending) >= self._limit:
                 raise QueueFullError(f"The queue is full ({self._limit} jobs waiting); try again shortly.")
@@ -229,17 +252,22 @@ class JobQueue:
     def snapshot(self, job: Job) -> ProgressSnapshot:
         return job.context.snapshot(job.id, job.status, self.position(job))
 
-    def interrupt(self, job_id: str | None = None) -> bool:
-        """Interrupt one job (by id) or the running one. A waiting job ends without running."""
+    def visible_current(self, user: str | None) -> Job | None:
+        """The running job, if ``user`` may see it."""
+        job = self.current()
+        return job if job is not None and self.may_control(job, user) else None
+
+    def interrupt(self, job_id: str | None = None, user: str | None = None) -> bool:
+        """Interrupt one job (by id) or the running one, if ``user`` may. A waiting job ends without running."""
         job = self.get(job_id) if job_id else self.current()
-        if job is None or job.future.done():
+        if job is None or job.future.done() or not self.may_control(job, user):
             return False
         job.context.interrupt()
         return True
 
-    def skip(self, job_id: str | None = None) -> bool:
+    def skip(self, job_id: str | None = None, user: str | None = None) -> bool:
         job = self.get(job_id) if job_id else self.current()
-        if job is None or job.status is not JobStatus.RUNNING:
+        if job is None or job.status is not JobStatus.RUNNING or not self.may_control(job, user):
             return False
         job.context.skip()
         return True
@@ -269,6 +297,7 @@ class JobQueue:
                 self._current = None
                 job.status = JobStatus.FAILED if error is not None else JobStatus.FINISHED
             if error is not None:
+                _drop_frames(error)
                 job.future.set_exception(error)
             else:
                 job.future.set_result(result)

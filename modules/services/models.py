@@ -7,9 +7,10 @@ A failed load never replaces the model that is loaded: the new one is built firs
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from modules.engine.checkpoint_files import CHECKPOINT_SUFFIXES
 from modules.engine.devices import DeviceInfo
 from modules.engine.loader import LoadedModel, load_model
+from modules.engine.memory import apply_fast_path, park, release_memory, unpark
 from modules.engine.vae import load_vae, swap_vae
 from modules.errors import ModelLoadError, ModelNotFoundError, NoModelLoadedError
 from modules.services.addons import AddonFile
@@ -127,6 +129,15 @@ class CheckpointRegistry:
 
 
 @dataclass(frozen=True)
+class SwitchReport:
+    """How the latest checkpoint switch went (shown in logs, checked by tests and benchmarks)."""
+
+    title: str
+    from_cache: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
 class _VaeInUse:
     """Which VAE the loaded model's pipeline holds, and the checkpoint's own to put back."""
 
@@ -139,10 +150,16 @@ class ModelManager:
     """Holds the loaded checkpoint (and a refiner, when jobs ask for one). Loads run on the job
     worker, so they never race a generation."""
 
-    def __init__(self, registry: CheckpointRegistry, device: DeviceInfo, config_cache: Path) -> None:
+    def __init__(self, registry: CheckpointRegistry, device: DeviceInfo, config_cache: Path, cache_size: int = 1,
+                 fast_path: bool = False) -> None:
         self.registry = registry
         self.device = device
         self._config_cache = config_cache
+        self._cache_size = cache_size
+        self._fast_path = fast_path
+        # Checkpoints kept in RAM besides the loaded one, least recently used first.
+        self._cache: OrderedDict[Path, tuple[LoadedModel, CheckpointInfo]] = OrderedDict()
+        self.last_switch: SwitchReport | None = None
         self._lock = threading.Lock()
         self._loaded: tuple[LoadedModel, CheckpointInfo] | None = None
         self._last_error: str | None = None
@@ -171,40 +188,70 @@ class ModelManager:
             return self._loaded[1] if self._loaded else None
 
     def load(self, query: str) -> CheckpointInfo:
-        """Make ``query`` the loaded checkpoint. On any error the previous one stays loaded."""
+        """Make ``query`` the loaded checkpoint, from the RAM cache when it is there. On any error
+        the previous one stays loaded."""
         info = self.registry.require(query)
+        started = time.perf_counter()
         with self._lock:
             if self._loaded and self._loaded[1].path == info.path:
                 return self._loaded[1]
-        try:
-            model = load_model(info.path, self.device, self._config_cache)  # the old model stays untouched
-        except ModelLoadError as exc:
-            with self._lock:
-                self._last_error = str(exc)
-            raise
-        info = self.registry.hashed(info)
-        with self._lock:
-            previous, self._loaded, self._last_error = self._loaded, (model, info), None
-            self._last_loaded = info
-        if previous is not None:
-            del previous
-            gc.collect()
-            self._empty_device_cache()
+            cached = self._cache.pop(info.path, None)
+        if cached is not None:
+            model, info = cached
+            unpark(model)
+        else:
+            try:
+                model = load_model(info.path, self.device, self._config_cache)  # the old model stays untouched
+            except ModelLoadError as exc:
+                with self._lock:
+                    self._last_error = str(exc)
+                raise
+            if self._fast_path:
+                apply_fast_path(model)
+            info = self.registry.hashed(info)
+        self._make_current(model, info)
+        self.last_switch = SwitchReport(info.title, cached is not None, time.perf_counter() - started)
+        log.info("Checkpoint %s %s in %.2f s", info.title, "taken from the RAM cache" if cached else "loaded",
+                 self.last_switch.seconds)
         if self.on_loaded is not None:
             self.on_loaded(info, model)
         return info
 
+    def _make_current(self, model: LoadedModel, info: CheckpointInfo) -> None:
+        """``model`` becomes the loaded one; the previous one goes to the RAM cache (or is freed)."""
+        with self._lock:
+            previous, self._loaded, self._last_error = self._loaded, (model, info), None
+            self._last_loaded = info
+            vae_state, self._vae = self._vae, None
+        if previous is None:
+            return
+        if vae_state is not None and vae_state.model is previous[0]:  # cached with its own VAE back in
+            swap_vae(previous[0].pipeline, vae_state.own)  # type: ignore[arg-type]
+        evicted = []
+        if self._cache_size > 0:
+            park(previous[0])
+            with self._lock:
+                self._cache[previous[1].path] = previous
+                while len(self._cache) > self._cache_size:
+                    evicted.append(self._cache.popitem(last=False)[1])
+        del previous, evicted
+        release_memory(self.device.device)
+
+    def cached_titles(self) -> list[str]:
+        """Checkpoints waiting in RAM, least recently used first."""
+        with self._lock:
+            return [info.title for _model, info in self._cache.values()]
+
     def unload(self) -> None:
+        """Free every model: the loaded one, the refiner and the RAM cache."""
         with self._lock:
             self._loaded = self._refiner = self._vae = None
-        gc.collect()
-        self._empty_device_cache()
+            self._cache.clear()
+        release_memory(self.device.device)
 
-    def _empty_device_cache(self) -> None:
-        if self.device.device.type == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
+    def release(self) -> None:
+        """Give back memory after a failed job (an out-of-memory error leaves dead tensors behind)."""
+        release_memory(self.device.device)
 
     def acquire(self, query: str | None) -> tuple[LoadedModel, CheckpointInfo]:
         """The model a job should use: the one asked for, else the loaded one, else the first found."""

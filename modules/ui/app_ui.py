@@ -11,7 +11,8 @@ from modules import __version__
 from modules.extension_api import Hook, UiTabs
 from modules.infotext import parse_infotext
 from modules.services.container import Services
-from modules.ui import checkpoints, gallery, img2img, inpaint, png_info, txt2img
+from modules.services.system_memory import memory_report
+from modules.ui import checkpoints, extensions_tab, gallery, img2img, inpaint, png_info, txt2img
 from modules.ui.generation_form import GenerationForm
 from modules.ui.send_to import SendWiring
 
@@ -32,10 +33,22 @@ def build_ui(services: Services) -> gr.Blocks:
                 gal = gallery.build_tab(services, gallery_tab)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = png_info.build_tab()
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                extensions_tab.build_tab(services, demo)
             _extension_tabs(services)
         _wire_sends(SendWiring(services, tabs, checkpoint), t2i, i2i, inp, gal, png)
-        gr.Markdown(f"Atelier {__version__} · device: {services.device.describe()}", elem_id="footer")
+        _footer(services)
     return demo
+
+
+def _footer(services: Services) -> None:
+    """Version, device and memory use, refreshed every few seconds while the page is open."""
+    def text() -> str:
+        memory = memory_report(services.device).summary()
+        return f"Atelier {__version__} · device: {services.device.describe()}" + (f" · {memory}" if memory else "")
+
+    footer = gr.Markdown(text(), elem_id="footer")
+    gr.Timer(5.0).tick(text, outputs=[footer], show_progress="hidden", api_visibility="private", queue=False)
 
 
 def _extension_tabs(services: Services) -> None:

@@ -7,11 +7,13 @@ plus its extras into a :class:`GenerationRequest`. Values travel by name, never 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from modules.errors import AtelierError
 from modules.infotext import parse_infotext, request_from_infotext
@@ -28,6 +30,7 @@ from modules.ui.hires_refiner import (
     refiner_values_from,
     to_refiner,
 )
+from modules.ui.session import user_of
 from modules.ui.styles_ui import build_styles
 
 
@@ -242,8 +245,12 @@ def _wire_seed_buttons(form: GenerationForm, random_seed: gr.Button, reuse_seed:
 
 def _gallery(result: GenerationResult) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
     shown = ([result.grid] if result.grid is not None else []) + list(result.images)
-    items = [(str(img.path), "Grid" if img.index < 0 else f"Seed {img.seed}") for img in shown]
-    return items, [{"seed": img.seed, "infotext": img.infotext, "path": str(img.path)} for img in shown]
+    # An image that could not be saved (disk full) is shown from its bytes.
+    items = [(str(img.path) if img.path else Image.open(io.BytesIO(img.png)),
+              "Grid" if img.index < 0 else f"Seed {img.seed}") for img in shown]
+    infos = [{"seed": img.seed, "infotext": img.infotext, "path": str(img.path) if img.path else None}
+             for img in shown]
+    return items, infos
 
 
 def wire_generation(form: GenerationForm, services: Services, extra_inputs: list[Any],
@@ -258,25 +265,25 @@ def wire_generation(form: GenerationForm, services: Services, extra_inputs: list
     extension_count = len(form.extensions.inputs())
     tab = "txt2img" if form.prefix == "txt2img" else "img2img"
 
-    def run(*values: Any) -> Iterator[tuple[Any, ...]]:
+    def run(request: gr.Request, *values: Any) -> Iterator[tuple[Any, ...]]:
         options = services.options.get()  # server-wide defaults the form does not show (ENSD, RNG, VAE)
         own, extension_values = values[:len(values) - extension_count], list(values[len(values) - extension_count:])
         params, script, script_values = form.extensions.read(extension_values)
         keep = gr.skip()
         try:
-            request = make_request(FormValues(*own[:shared]), *own[shared:])
-            request = replace(request, eta_noise_seed_delta=options.eta_noise_seed_delta,
-                              rng=RngSource(options.randn_source), vae=request.vae or options.sd_vae,
-                              extension_params=params)
+            job_request = make_request(FormValues(*own[:shared]), *own[shared:])
+            job_request = replace(job_request, eta_noise_seed_delta=options.eta_noise_seed_delta,
+                                  rng=RngSource(options.randn_source), vae=job_request.vae or options.sd_vae,
+                                  extension_params=params)
             if script is not None:
-                for snapshot, image, done in run_script(services, script, tab, request, script_values):
+                for snapshot, image, done in run_script(services, script, tab, job_request, script_values):
                     if done is not None:
                         result = done
                     elif snapshot is not None:
                         yield None, progress_html(snapshot), gr.update(value=image, visible=image is not None), \
                             keep, keep, keep
             else:
-                job = services.generation.submit(request)
+                job = services.generation.submit(job_request, owner=user_of(request))
                 for snapshot, image in wait_for(job, job_queue):
                     yield job.id, progress_html(snapshot), gr.update(value=image, visible=image is not None), \
                         keep, keep, keep
@@ -296,11 +303,12 @@ def wire_generation(form: GenerationForm, services: Services, extra_inputs: list
     if not with_stop_buttons:
         return
 
-    def on_interrupt(jid: str | None) -> None:
-        job_queue.interrupt(jid)  # this tab's job; with no id yet, the running one (as A1111 does)
+    def on_interrupt(jid: str | None, request: gr.Request) -> None:
+        # This tab's job; with no id yet, the running one (as A1111 does) if this user may stop it.
+        job_queue.interrupt(jid, user_of(request))
 
-    def on_skip(jid: str | None) -> None:
-        job_queue.skip(jid)
+    def on_skip(jid: str | None, request: gr.Request) -> None:
+        job_queue.skip(jid, user_of(request))
 
     form.interrupt.click(on_interrupt, inputs=[form.job_id], outputs=None, concurrency_limit=None,
                          api_visibility="private")

@@ -1,7 +1,10 @@
-"""Recognising a browser that logged in through Gradio's login page, for the auth middleware."""
+"""Who a browser is: a live Gradio login session (for the auth middleware), and the signed-in user
+of an event (for per-user jobs)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
@@ -27,3 +30,24 @@ def gradio_session_check(gradio_app: Any) -> Callable[[dict[str, Any]], bool]:
         return any(name in cookies and cookies[name].value in gradio_app.tokens for name in names)
 
     return has_session
+
+
+def user_of(request: Any) -> str | None:
+    """The signed-in user of a Gradio event: the login page's user name, or the HTTP Basic user the
+    auth layer already checked. None without auth."""
+    if request is None:
+        return None
+    if getattr(request, "username", None):
+        return str(request.username)
+    try:
+        header = dict(request.headers).get("authorization", "")
+    except (AttributeError, TypeError):
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic" or not token.strip():
+        return None
+    try:
+        user, sep, _password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return user if sep else None

@@ -200,8 +200,12 @@ def test_lists_have_a1111_shapes(client: httpx.Client, server: Server) -> None:
     assert client.get(f"{API}/embeddings").json() == {"loaded": {}, "skipped": {}}
     assert set(client.get(f"{API}/scripts").json()) == {"txt2img", "img2img"}
     assert "ram" in client.get(f"{API}/memory").json()
-    for route in ("sd-vae", "prompt-styles", "loras", "extensions"):
+    for route in ("sd-vae", "prompt-styles", "loras"):
         assert client.get(f"{API}/{route}").json() == []
+    extensions = {e["name"]: e for e in client.get(f"{API}/extensions").json()}
+    assert {"xyz_plot", "prompt_matrix", "prompts_from_file"} <= set(extensions)
+    assert extensions["xyz_plot"]["enabled"] is True and extensions["xyz_plot"]["version"]
+    assert "x/y/z plot" in client.get(f"{API}/scripts").json()["txt2img"]
     assert client.post(f"{API}/refresh-checkpoints").status_code == 200
     assert client.get("/docs").status_code == 200 and "/sdapi/v1/txt2img" in client.get("/openapi.json").text
     assert httpx.get(f"{server.url}//sdapi/v1/progress").status_code == 200  # base URL ending in "/"
