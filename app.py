@@ -1,6 +1,7 @@
 """Atelier's composition root: parse flags, load settings, build services, mount the UI, serve.
 
 Run ``./webui.sh`` (which installs what is needed) or ``python app.py --help``.
+``python app.py worker --join HOST:PORT`` starts a GPU host's workers instead (docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from modules.api.auth import AuthConfig
     from modules.cmd_args import Flags
     from modules.services.container import Services
+    from modules.services.scaleout.front import ScaleOut
 
 log = logging.getLogger("atelier")
 MAX_UPLOAD = "50mb"  # larger uploads are refused by Gradio with a message, before they fill the disk
@@ -48,6 +50,14 @@ def _load_startup_model(services: Services, wanted: str | None) -> None:
         return
     job.future.add_done_callback(
         lambda f: f.exception() and log.error("Startup model not loaded: %s", f.exception()))
+
+
+def _scale_out(flags: Flags, configured: str) -> ScaleOut | None:
+    """Ray workers when ``--ray-address`` (or ``ray_address`` in config.yaml) names a cluster."""
+    from modules.services.scaleout.front import ScaleOut
+
+    address = flags.ray_address or configured
+    return ScaleOut(address, allow_public=flags.ray_allow_public) if address else None
 
 
 def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
@@ -85,7 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_network_environment()
     from modules.cmd_args import parse_flags
 
-    flags = parse_flags(sys.argv[1:] if argv is None else argv, os.environ)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["worker"]:
+        from modules.services.scaleout.worker_cli import worker_main
+
+        return worker_main(args[1:], os.environ)
+    flags = parse_flags(args, os.environ)
     logging.basicConfig(level=flags.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if flags.exit:
         log.info("--exit: installation checked, not starting the server")
@@ -106,20 +121,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     paths = resolve_paths(flags.data_dir, flags.models_dir, flags.ckpt_dir, lora_dir=flags.lora_dir,
                           embeddings_dir=flags.embeddings_dir, vae_dir=flags.vae_dir)
-    try:
+    try:  # bad settings, logins, device flags, or a refused or unreachable Ray address
         settings = load_settings(paths.config_file)
         auth = load_auth(flags.gradio_auth, flags.gradio_auth_path, flags.api_auth)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    try:
         device = choose_device(device_policy(flags))
+        services = build_services(paths, settings, device, extensions=not flags.disable_all_extensions,
+                                  network_exposed=flags.listen or flags.share,
+                                  insecure_extensions=flags.enable_insecure_extension_access,
+                                  scale_out=_scale_out(flags, settings.ray_address))
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    services = build_services(paths, settings, device, extensions=not flags.disable_all_extensions,
-                              network_exposed=flags.listen or flags.share,
-                              insecure_extensions=flags.enable_insecure_extension_access)
     _load_startup_model(services, flags.ckpt)
     app = _build_app(flags, services, auth)
     services.extensions.app_started()

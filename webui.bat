@@ -30,6 +30,12 @@ echo %* %COMMANDLINE_ARGS% | findstr /C:"--xformers" >nul && (
     ) || echo --xformers: no CUDA GPU here; xformers is not installed.
 )
 
+rem Ray: optional, for scale-out (--ray-address, or "webui.bat worker --join HOST:PORT"); same version everywhere.
+if not defined RAY_PACKAGE set RAY_PACKAGE=ray==2.60.0
+echo %* %COMMANDLINE_ARGS% | findstr /C:"--ray-address" /C:"worker --join" >nul && (
+    %VPY% -c "import ray" 2>nul || %VPY% -m pip install --quiet %RAY_PACKAGE%
+)
+
 echo %* %COMMANDLINE_ARGS% | findstr /C:"--exit" >nul && (
     echo Installed; --exit given, not starting.
     exit /b 0

@@ -7,6 +7,8 @@
 #   VENV_DIR          where the virtual environment lives (default: ./venv)
 #   XFORMERS_PACKAGE  the xformers to install when --xformers is given on a CUDA machine
 #                     (default: xformers==0.0.35, which matches torch 2.13)
+#   RAY_PACKAGE       the Ray to install for --ray-address or `./webui.sh worker ...` (default: ray==2.60.0;
+#                     every machine of a cluster needs the same version)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -45,6 +47,13 @@ case "$all_args" in
         else
             echo "--xformers: no CUDA GPU here; xformers is not installed (Atelier will say so at startup)."
         fi ;;
+esac
+
+# Ray is optional too: only scale-out (--ray-address, or `./webui.sh worker --join HOST:PORT` on a
+# GPU host) needs it, and every machine of a cluster must run the same version.
+case "$all_args" in
+    *" --ray-address"*|*" worker "*)
+        python -c "import ray" 2>/dev/null || python -m pip install --quiet "${RAY_PACKAGE:-ray==2.60.0}" ;;
 esac
 
 case "$all_args" in

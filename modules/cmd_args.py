@@ -62,6 +62,8 @@ class Flags:
     share: bool = False
     enable_insecure_extension_access: bool = False
     disable_all_extensions: bool = False
+    ray_address: str | None = None  # "auto" or HOST:PORT: run jobs on Ray workers (docs/scale-out.md)
+    ray_allow_public: bool = False
 
     @property
     def host(self) -> str:
@@ -147,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow installing extensions even when serving to the network")
     p.add_argument("--disable-all-extensions", action="store_true",
                    help="start without loading any extension (built-in ones included)")
+    p.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                   help="run jobs on GPU workers through Ray: HOST:PORT of the head (this machine's LAN address "
+                        "starts it here), or 'auto' for the cluster this machine belongs to; see docs/scale-out.md")
+    p.add_argument("--ray-allow-public", action="store_true",
+                   help="allow a Ray address that is not private or loopback (Ray's ports run any code sent to them)")
     return p
 
 
@@ -174,5 +181,6 @@ def parse_flags(argv: Sequence[str], environ: Mapping[str, str]) -> Flags:
         cors_allow_origins=tuple(o.strip() for o in ns.cors_allow_origins.split(",") if o.strip()),
         tls_keyfile=ns.tls_keyfile, tls_certfile=ns.tls_certfile, subpath=subpath, share=ns.share,
         enable_insecure_extension_access=ns.enable_insecure_extension_access,
-        disable_all_extensions=ns.disable_all_extensions,
+        disable_all_extensions=ns.disable_all_extensions, ray_address=ns.ray_address,
+        ray_allow_public=ns.ray_allow_public,
     )

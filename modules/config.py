@@ -38,6 +38,7 @@ class Settings:
     checkpoint_cache: int = 1  # checkpoints kept in RAM besides the loaded one, for fast switching
     fast_path: bool = False  # channels_last + torch.compile of the UNet (CUDA); off until measured
     shared_jobs: bool = False  # true: a single-user instance, every signed-in name sees every job
+    ray_address: str = ""  # "auto" or HOST:PORT: run jobs on Ray workers (--ray-address wins); "" in process
 
     @property
     def limits(self) -> GenerationLimits:

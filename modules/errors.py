@@ -9,8 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def _rebuild(kind: type[AtelierError], message: str, state: dict[str, object]) -> AtelierError:
+    error = kind.__new__(kind)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
+
 class AtelierError(Exception):
     """Base class for every error Atelier raises on purpose."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled with its message and fields as they are (a remote worker's error reaches the front
+        # intact); the default would call ``__init__`` again with the message as its first argument.
+        return _rebuild, (type(self), str(self), dict(self.__dict__))
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,14 @@ class AddonLoadError(AtelierError):
 
 class ExtensionError(AtelierError):
     """An extension cannot be loaded, installed or run (bad manifest, wrong API version, its code failed)."""
+
+
+class WorkerLostError(AtelierError):
+    """A job's remote worker died or stopped answering too many times; the job was not finished."""
+
+
+class RemoteJobError(AtelierError):
+    """A remote worker failed a job with an unexpected error (a bug there); its traceback is in the log."""
 
 
 class OutOfMemoryError(AtelierError):

@@ -27,26 +27,26 @@ class NetworkTag:
     unet_weight: float = 1.0
 
 
-def _weight(text: str, tag: str) -> float:
+def _weight(text: str, tag: str, field: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValidationError([FieldError("prompt", f"{tag}: {text!r} is not a number")]) from None
+        raise ValidationError([FieldError(field, f"{tag}: {text!r} is not a number")]) from None
     if not -MAX_WEIGHT <= value <= MAX_WEIGHT:
-        raise ValidationError([FieldError("prompt", f"{tag}: weight {value:g} is outside -{MAX_WEIGHT:g}..{MAX_WEIGHT:g}")])
+        raise ValidationError([FieldError(field, f"{tag}: weight {value:g} is outside -{MAX_WEIGHT:g}..{MAX_WEIGHT:g}")])
     return value
 
 
-def _parse_tag(body: str, tag: str) -> NetworkTag:
+def _parse_tag(body: str, tag: str, field: str) -> NetworkTag:
     name, *args = (part.strip() for part in body.split(":"))
     if not name:
-        raise ValidationError([FieldError("prompt", f"{tag}: the LoRA name is missing")])
+        raise ValidationError([FieldError(field, f"{tag}: the LoRA name is missing")])
     positional = [a for a in args if "=" not in a]
     named = dict(a.split("=", 1) for a in args if "=" in a)
-    te = _weight(positional[0], tag) if positional else 1.0
-    unet = _weight(positional[1], tag) if len(positional) > 1 else te
-    te = _weight(named["te"], tag) if "te" in named else te
-    unet = _weight(named["unet"], tag) if "unet" in named else unet
+    te = _weight(positional[0], tag, field) if positional else 1.0
+    unet = _weight(positional[1], tag, field) if len(positional) > 1 else te
+    te = _weight(named["te"], tag, field) if "te" in named else te
+    unet = _weight(named["unet"], tag, field) if "unet" in named else unet
     return NetworkTag(name=name, te_weight=te, unet_weight=unet)
 
 
@@ -57,10 +57,10 @@ class ExtractedNetworks:
     ignored: tuple[str, ...] = ()  # tags of kinds Atelier has no handler for (``<hypernet:...>``)
 
 
-def extract_networks(text: str) -> ExtractedNetworks:
+def extract_networks(text: str, field: str = "prompt") -> ExtractedNetworks:
     """``text`` without its extra-network tags, and the LoRA tags. Like A1111, every tag leaves the
     text, also of kinds with no handler (reported in ``ignored``). Raises ValidationError for a
-    malformed weight."""
+    malformed weight, naming ``field`` (the request field the text came from)."""
     found: dict[str, NetworkTag] = {}
     ignored: list[str] = []
 
@@ -68,7 +68,7 @@ def extract_networks(text: str) -> ExtractedNetworks:
         if match.group(1).lower() not in _KINDS:
             ignored.append(match.group(0))
             return ""
-        tag = _parse_tag(match.group(2), match.group(0))
+        tag = _parse_tag(match.group(2), match.group(0), field)
         found.pop(tag.name, None)
         found[tag.name] = tag
         return ""

@@ -46,15 +46,17 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     return models
 
 
-def make_services(data_dir: Path, ckpt_dir: Path, **settings: object):  # -> Services
-    """Services over a fresh data dir, on the CPU, exactly as app.py wires them."""
+def make_services(data_dir: Path, ckpt_dir: Path, scale_out: object = None, **settings: object):  # -> Services
+    """Services over a fresh data dir, on the CPU, exactly as app.py wires them (``scale_out``: a
+    :class:`modules.services.scaleout.front.ScaleOut`, to run jobs on Ray workers)."""
     from modules.config import Settings
     from modules.engine.devices import DevicePolicy, choose_device
     from modules.paths import resolve_paths
     from modules.services.container import build_services
 
     paths = resolve_paths(data_dir=data_dir, ckpt_dir=ckpt_dir)
-    return build_services(paths, Settings(**settings), choose_device(DevicePolicy(use_cpu=True)))  # type: ignore[arg-type]
+    return build_services(paths, Settings(**settings), choose_device(DevicePolicy(use_cpu=True)),  # type: ignore[arg-type]
+                          scale_out=scale_out)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +74,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("filterwarnings", f"ignore::FutureWarning:{module}.*")
     config.addinivalue_line("markers", "browser: drives the UI in headless Chromium")
     config.addinivalue_line("markers", "gpu: needs CUDA; skipped without it")
+    config.addinivalue_line("markers", "slow: long-running (a multi-node Ray cluster); run with ATELIER_SLOW=1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("ATELIER_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow; set ATELIER_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

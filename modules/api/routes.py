@@ -237,6 +237,10 @@ class ApiFace:
         r.get("/realesrgan-models")(lambda: [])
         r.get("/cmd-flags")(lambda: self.flags.public_view())
         r.get("/memory", response_model=schemas.MemoryResponse)(lambda: _memory(self.services))
+        # Atelier's own: the workers that run jobs (one in process, or Ray workers), as the UI's panel shows them.
+        r.get("/workers", response_model=schemas.WorkersResponse)(lambda: schemas.WorkersResponse(
+            mode=self.services.queue.mode.value,
+            workers=[schemas.WorkerItem(**w.as_dict()) for w in self.services.queue.workers()]))
 
     def _register_models(self, r: APIRouter) -> None:
         s = self.services

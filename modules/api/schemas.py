@@ -257,6 +257,24 @@ class MemoryResponse(BaseModel):
     cuda: dict[str, Any] = Field(default_factory=dict)
 
 
+class WorkerItem(BaseModel):
+    """One worker of GET /sdapi/v1/workers (Atelier's own endpoint, not A1111's)."""
+
+    name: str
+    host: str
+    device: str
+    model: str | None = None  # the checkpoint it holds (title)
+    state: str = "idle"  # idle, busy or draining (leaving once its job is done)
+    busy: bool = False
+    jobs_done: int = 0
+    job_id: str | None = None
+
+
+class WorkersResponse(BaseModel):
+    mode: str  # "local": the in-process worker; "ray": workers on a Ray cluster
+    workers: list[WorkerItem] = Field(default_factory=list)
+
+
 class ScriptsList(BaseModel):
     txt2img: list[str] = Field(default_factory=list)
     img2img: list[str] = Field(default_factory=list)

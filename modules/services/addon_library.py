@@ -72,10 +72,15 @@ class AddonLibrary:
     def check(self, request: GenerationRequest) -> None:
         """Every LoRA tag names a LoRA that exists and the VAE exists; ValidationError otherwise."""
         errors: list[FieldError] = []
-        try:
-            self.prompts(request, hashes=False)
-        except AddonNotFoundError as exc:
-            errors.append(FieldError("prompt", str(exc)))
+        hires = request.hires
+        texts = {"prompt": request.prompt, "negative_prompt": request.negative_prompt,
+                 "hr_prompt": hires.prompt if hires else "", "hr_negative_prompt": hires.negative_prompt if hires else ""}
+        for field_name, text in texts.items():  # each unknown LoRA named where its tag is
+            for tag in extract_networks(text, field_name).loras:
+                if self.loras.find(tag.name) is None:
+                    names = [i.name for i in self.loras.all()][:50]
+                    errors.append(FieldError(field_name, str(AddonNotFoundError(self.loras.kind.value, tag.name,
+                                                                                    names))))
         if request.vae is not None and request.vae not in (VAE_AUTOMATIC, VAE_NONE) and self.vaes.find(request.vae) is None:
             names = ", ".join([VAE_AUTOMATIC, VAE_NONE, *(v.name for v in self.vaes.all())])
             errors.append(FieldError("sd_vae", f"unknown VAE {request.vae!r}; valid: {names}"))

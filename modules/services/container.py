@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from modules.config import Settings
@@ -18,7 +19,9 @@ from modules.services.generation import GenerationService
 from modules.services.hashing import HashCache
 from modules.services.images import ImageSaver
 from modules.services.jobs import JobQueue
-from modules.services.models import CheckpointRegistry, ModelManager
+from modules.services.models import CheckpointInfo, CheckpointRegistry, ModelManager
+from modules.services.queue_contract import JobQueueContract
+from modules.services.scaleout.front import ScaleOut, build_ray_queue
 from modules.services.settings_store import SettingsStore
 from modules.services.styles import StyleStore
 
@@ -32,23 +35,28 @@ class Services:
     registry: CheckpointRegistry
     models: ModelManager
     generation: GenerationService
-    queue: JobQueue
+    queue: JobQueueContract  # the in-process worker, or Ray workers (scaleout)
     downloads: ModelDownloader
     styles: StyleStore
     gallery: Gallery
     addons: AddonLibrary  # LoRAs, embeddings, VAEs
     extensions: ExtensionManager
     installer: ExtensionInstaller  # git clone/pull and pip for users' extensions
+    on_close: Callable[[], None] | None = None  # scale-out: stop the Ray head this process started
 
     def close(self, timeout: float | None = 10.0) -> None:
         self.queue.stop(timeout)
+        if self.on_close is not None:
+            self.on_close()
 
 
 def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo, extensions: bool = True,
-                   network_exposed: bool = False, insecure_extensions: bool = False) -> Services:
+                   network_exposed: bool = False, insecure_extensions: bool = False,
+                   scale_out: ScaleOut | None = None) -> Services:
     """Wire the services together, load the extensions (``extensions=False``: none, as
-    ``--disable-all-extensions``) and start the worker. No model is loaded yet. Installing
-    extensions is refused when ``network_exposed`` unless ``insecure_extensions``."""
+    ``--disable-all-extensions``) and start the worker (or, with ``scale_out``, the dispatch to Ray
+    workers). No model is loaded yet. Installing extensions is refused when ``network_exposed``
+    unless ``insecure_extensions``."""
     hashes = HashCache(paths.hash_cache)
     registry = CheckpointRegistry(paths.checkpoint_dirs, hashes)
     models = ModelManager(registry, device, paths.config_cache, settings.checkpoint_cache, settings.fast_path)
@@ -62,7 +70,13 @@ def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo, exte
                                    addons, manager)
     models.on_loaded = lambda info, model: manager.model_loaded(info.title, model.arch.label)
     manager.load_all(lambda name: ExtensionHost(name, generation, registry, paths.extension_settings_dir))
-    job_queue = JobQueue(generation.execute, settings.queue_limit, shared=settings.shared_jobs)
+    job_queue: JobQueueContract
+    on_close = None
+    if scale_out is None:
+        job_queue = JobQueue(generation.execute, settings.queue_limit, shared=settings.shared_jobs,
+                             describe=lambda: (device.describe(), _title(models.current())))
+    else:
+        job_queue, on_close = build_ray_queue(generation, settings.queue_limit, settings.shared_jobs, scale_out)
     generation.attach(job_queue)
     job_queue.start()
     return Services(paths=paths, settings=settings, options=SettingsStore(paths.config_file, settings),
@@ -71,4 +85,9 @@ def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo, exte
                     styles=styles, gallery=Gallery(paths.outputs_dir, paths.cache_dir), addons=addons,
                     extensions=manager,
                     installer=ExtensionInstaller(paths.user_extensions_dir, network_exposed, insecure_extensions,
-                                                 builtin_dir=paths.builtin_extensions_dir))
+                                                 builtin_dir=paths.builtin_extensions_dir),
+                    on_close=on_close)
+
+
+def _title(info: CheckpointInfo | None) -> str | None:
+    return info.title if info is not None else None

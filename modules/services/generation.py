@@ -4,6 +4,10 @@
 the VAE included), fixes the seeds and the sampler name, and queues the job. The worker then runs
 :meth:`execute`, which reads as numbered steps: model, VAE, LoRAs and embeddings -> inputs ->
 batches (sample, with hires fix and refiner when asked; save each image with its infotext) -> grid.
+
+A service built with ``render_only=True`` (a remote worker's) runs the same steps but saves nothing
+and runs no saving hooks: :meth:`render` returns PNG bytes with their infotext, and the front
+process stores them with :meth:`store` (:class:`modules.services.outputs.OutputStore`).
 """
 
 from __future__ import annotations
@@ -49,17 +53,18 @@ from modules.samplers import resolve_sampler
 from modules.services.addon_library import AddonLibrary, JobEmbeddings, JobPrompts
 from modules.services.addons import AddonFile
 from modules.services.extensions import ExtensionManager
-from modules.services.images import ImageSaver, OutputKind, make_grid, png_bytes
+from modules.services.images import ImageSaver, png_bytes
 from modules.services.job_inputs import JobInputs
 from modules.services.jobs import (
     Job,
     JobContext,
-    JobQueue,
     JobSpec,
     ModelSwitch,
     ModelUnload,
 )
 from modules.services.models import CheckpointInfo, ModelManager
+from modules.services.outputs import OutputStore, RenderedJob
+from modules.services.queue_contract import JobQueueContract
 from modules.services.styles import StyleStore
 from modules.upscalers import find_upscaler
 
@@ -100,13 +105,15 @@ class _JobSetup:
     refiner: RefinerPlan | None
     extra: dict[str, object]  # infotext keys beyond the request's own
     notes: list[str] = field(default_factory=list)  # problems the caller should hear of (a failed save)
+    first_pass: list[GeneratedImage] = field(default_factory=list)  # render-only: hires first passes to keep
 
 
 class GenerationService:
     """Validates requests, queues them, and turns them into saved images."""
 
     def __init__(self, models: ModelManager, saver: ImageSaver, styles: StyleStore, limits: GenerationLimits,
-                 save_grid: bool, addons: AddonLibrary, extensions: ExtensionManager) -> None:
+                 save_grid: bool, addons: AddonLibrary, extensions: ExtensionManager,
+                 render_only: bool = False) -> None:
         self.models = models
         self.addons = addons
         self.extensions = extensions
@@ -114,12 +121,14 @@ class GenerationService:
         self.styles = styles
         self.limits = limits
         self.save_grid = save_grid
-        self.queue: JobQueue | None = None  # attached by the composition root
+        self.outputs = OutputStore(saver, extensions, save_grid)
+        self.render_only = render_only  # a remote worker's: images come back as bytes, the front saves them
+        self.queue: JobQueueContract | None = None  # attached by the composition root
 
-    def attach(self, job_queue: JobQueue) -> None:
+    def attach(self, job_queue: JobQueueContract) -> None:
         self.queue = job_queue
 
-    def _queue(self) -> JobQueue:
+    def _queue(self) -> JobQueueContract:
         if self.queue is None:
             raise RuntimeError("GenerationService used before a job queue was attached")
         return self.queue
@@ -207,6 +216,18 @@ class GenerationService:
             return self.models.unload()
         return self._generate(spec, context)
 
+    def render(self, request: GenerationRequest, context: JobContext) -> RenderedJob:
+        """A remote worker's half of a job (needs ``render_only``): the images as PNG bytes, unsaved."""
+        if not self.render_only:
+            raise RuntimeError("render() belongs to a render-only service; the in-process worker uses execute()")
+        first_pass: list[GeneratedImage] = []
+        result = self._generate(request, context, first_pass)
+        return RenderedJob(result=result, first_pass=tuple(first_pass))
+
+    def store(self, rendered: RenderedJob) -> GenerationResult:
+        """The front's half of a remotely rendered job: saving hooks, files and the grid."""
+        return self.outputs.store(rendered)
+
     def _task(self, request: GenerationRequest, inputs: JobInputs, first: int, prompts: JobPrompts,
               embeddings: JobEmbeddings) -> ImageTask:
         found = resolve_sampler(request.sampler)
@@ -241,35 +262,23 @@ class GenerationService:
         assert upscaler is not None  # validated
         return HiresPlan(task=second, upscaler=upscaler, upscale_size=hires.upscale_size(request.width, request.height))
 
-    def _save(self, request: GenerationRequest, images: list[Image.Image], first: int, identity: ModelIdentity,
-              extra: dict[str, object], notes: list[str]) -> tuple[list[GeneratedImage], list[Image.Image]]:
-        """Each image after the extensions' AFTER_IMAGE hooks, saved with its infotext; and those
-        final images (for the grid)."""
-        kind = OutputKind.IMG2IMG if request.is_img2img else OutputKind.TXT2IMG
-        saved, final = [], []
-        for offset, image in enumerate(images):
-            index, seed = first + offset, request.seed_for(first + offset)
+    def _save(self, request: GenerationRequest, images: list[Image.Image], first: int, job: _JobSetup,
+              keep: list[GeneratedImage] | None = None) -> tuple[list[GeneratedImage], list[Image.Image]]:
+        """Each image with its infotext: stored (hooks, file) in process, or encoded for the front
+        when render-only (``keep`` collects them there); and the final images, for the grid."""
+        texts = []
+        for offset in range(len(images)):
+            index = first + offset
             variation = request.variation_seed_for(index) if request.variation_strength > 0 else None
-            text = build_infotext(request, seed, identity, VERSION_TEXT, extra=extra, variation_seed=variation)
-            image = self.extensions.after_image(request, image, seed, index)
-            output = self._output(request, image, text, kind, seed, index, notes)
-            self.extensions.image_saved(request, output.path, text, seed, index)
-            saved.append(output)
-            final.append(image)
-        return saved, final
-
-    def _output(self, request: GenerationRequest, image: Image.Image, text: str, kind: OutputKind,
-                seed: int, index: int, notes: list[str]) -> GeneratedImage:
-        data = png_bytes(image, text)  # encoded once: saved, and what the API sends back
-        path = None
-        if request.save_images:
-            try:
-                path = self.saver.save_png(data, kind, None if kind.is_grid else seed)
-            except OSError as exc:  # disk full, folder gone, permissions: the image still goes back
-                log.error("Could not save the %s image of seed %d: %s", kind.value, seed, exc)
-                notes.append(f"Could not save an image to {kind.value} ({exc.strerror or exc}); "
-                             "it is shown here but not on disk.")
-        return GeneratedImage(path=path, seed=seed, infotext=text, index=index, png=data)
+            texts.append(build_infotext(request, request.seed_for(index), job.identity, VERSION_TEXT, extra=job.extra,
+                                        variation_seed=variation))
+        if not self.render_only:
+            return self.outputs.keep(request, images, first, texts, job.notes)
+        encoded = [GeneratedImage(path=None, seed=request.seed_for(first + offset), infotext=text, index=first + offset,
+                                  png=png_bytes(image, text)) for offset, (image, text) in enumerate(zip(images, texts))]
+        if keep is not None:
+            keep += encoded
+        return encoded, []
 
     def _setup(self, request: GenerationRequest) -> _JobSetup:
         """The model, its VAE, the LoRAs the prompts name, the embeddings they mention, the refiner."""
@@ -301,12 +310,13 @@ class GenerationService:
         keep_first = None
         if request.hires.save_first_pass and request.save_images:
             def keep_first(images: list[Image.Image]) -> None:
-                self._save(request, images, first, job.identity, job.extra, job.notes)
+                self._save(request, images, first, job, job.first_pass)
         return run_hires(job.model, task, plan, observer, job.refiner, keep_first)
 
-    def _generate(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
+    def _generate(self, request: GenerationRequest, context: JobContext,
+                  first_pass: list[GeneratedImage] | None = None) -> GenerationResult:
         try:
-            return self._generate_images(request, context)
+            return self._generate_images(request, context, first_pass)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -317,12 +327,15 @@ class GenerationService:
                 "batch size, or start Atelier with --medvram (or --lowvram). Memory was released; the next job "
                 "can run.") from exc
 
-    def _generate_images(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
+    def _generate_images(self, request: GenerationRequest, context: JobContext,
+                         first_pass: list[GeneratedImage] | None = None) -> GenerationResult:
         started = time.perf_counter()
         if context.interrupted:  # interrupted while waiting in the queue
             return GenerationResult(request=request, images=(), interrupted=True)
         # 1. The model and everything the job adds to it.
         job = self._setup(request)
+        if first_pass is not None:  # render-only: hires first passes go to the caller's list
+            job = replace(job, first_pass=first_pass)
         # 2. Inputs, decoded once for all batches.
         inputs = JobInputs.of(request)
         # 3. Each batch: sample, then save every image with its own infotext.
@@ -336,14 +349,12 @@ class GenerationService:
                 continue
             images = inputs.finish(images)
             first = batch_index * request.batch_size
-            outputs, finals = self._save(request, images, first, job.identity, job.extra, job.notes)
+            outputs, finals = self._save(request, images, first, job)
             saved += outputs
             pixels += finals  # the grid shows what was saved, extensions' changes included
-        # 4. A grid for jobs of more than one image, with the first image's parameters.
-        grid = None
-        if self.save_grid and len(saved) > 1:
-            kind = OutputKind.IMG2IMG_GRID if request.is_img2img else OutputKind.TXT2IMG_GRID
-            grid = self._output(request, make_grid(pixels), saved[0].infotext, kind, saved[0].seed, -1, job.notes)
+        # 4. A grid for jobs of more than one image, with the first image's parameters (the front
+        # makes it for a render-only worker's job).
+        grid = None if self.render_only else self.outputs.grid(request, saved, pixels, job.notes)
         elapsed = time.perf_counter() - started
         title = job.info.title
         log.info("%s: %d image(s), %s, %d steps, %dx%d, seed %d, %s, %.1f s%s",

@@ -1,7 +1,8 @@
 """The job queue: one worker thread owns the device; every face submits here.
 
 A job is described entirely by a frozen, serialisable spec (a :class:`GenerationRequest` or a
-:class:`ModelSwitch`), so the local worker can later be swapped for remote ones. Submitting returns
+:class:`ModelSwitch`), so the local worker can be swapped for remote ones (``scaleout``); both
+follow :class:`modules.services.queue_contract.JobQueueContract`. Submitting returns
 a :class:`Job` whose ``future`` carries the result or the error back to the caller. Interrupt and
 skip are flags the worker checks at every sampling step, never thread cancellation.
 """
@@ -12,6 +13,7 @@ import enum
 import itertools
 import logging
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -25,6 +27,7 @@ from PIL import Image
 
 from modules.errors import AtelierError, QueueFullError
 from modules.params import GenerationRequest
+from modules.services.queue_contract import QueueMode, WorkerState, WorkerStatus
 
 log = logging.getLogger(__name__)
 _HISTORY = 200  # finished jobs kept for lookups by id
@@ -129,6 +132,15 @@ class JobContext:
         with self._lock:
             self._step, self._total, self._latents, self._render = step, total, latents, render
 
+    def mirror(self, step: int, total: int, batch_index: int, batch_count: int) -> None:
+        """Progress that another process reports (a remote worker); the stop flags stay as they are."""
+        with self._lock:
+            self._step, self._total, self._batch, self._batches = step, total, batch_index, batch_count
+
+    def clear_skip(self) -> None:
+        """The skipped batch is over (a remote worker began the next one)."""
+        self._skip.clear()
+
     # Reading, from any thread.
     def preview(self) -> Image.Image | None:
         """The live preview of the latest step, rendered on demand and at most once per step."""
@@ -168,7 +180,7 @@ Executor = Callable[[JobSpec, JobContext], Any]
 WORKER_THREAD = "atelier-worker"  # the one thread that runs jobs
 
 
-def _drop_frames(error: BaseException) -> None:
+def drop_frames(error: BaseException) -> None:
     """Cut an error's tracebacks (already logged) before it is kept with the job: their frames hold
     the failed job's tensors, which would otherwise stay alive, on the GPU, for as long as the job."""
     seen: set[int] = set()
@@ -179,21 +191,96 @@ def _drop_frames(error: BaseException) -> None:
         current = current.__cause__ or current.__context__
 
 
-class JobQueue:
-    """A bounded FIFO of jobs run one at a time by a single worker thread."""
+class JobQueueBase:
+    """Bookkeeping every queue shares: ids, the limit, history, owners, and steering by id."""
 
-    def __init__(self, executor: Executor, limit: int, shared: bool = True) -> None:
-        self._executor = executor
+    mode = QueueMode.LOCAL
+
+    def __init__(self, limit: int, shared: bool = True) -> None:
         self._limit = limit
         # False: with several users signed in, each sees, interrupts and skips only their own jobs.
         self._shared = shared
-        self._queue: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._pending: list[Job] = []
-        self._current: Job | None = None
         self._history: OrderedDict[str, Job] = OrderedDict()
-        self._thread: threading.Thread | None = None
         self._counter = itertools.count(1)
+
+    def may_control(self, job: Job, user: str | None) -> bool:
+        """Whether ``user`` may watch, interrupt or skip ``job``: always on a shared (single-user)
+        instance and for jobs submitted without a user; otherwise only the job's own user."""
+        return self._shared or job.owner is None or job.owner == user
+
+    def _new_job(self, spec: JobSpec, owner: str | None, context: JobContext | None = None) -> Job:
+        """A job added to the waiting list (under the lock), or QueueFullError at the limit."""
+        job_id = f"{next(self._counter)}-{uuid.uuid4().hex[:8]}"
+        job = Job(id=job_id, spec=spec, future=Future(), context=context or JobContext(job_id),
+                  submitted_at=time.time(), owner=owner)
+        job.context.job_id = job_id
+        with self._lock:
+            if len(self._pending) >= self._limit:
+                raise QueueFullError(f"The queue is full ({self._limit} jobs waiting); try again shortly.")
+            self._pending.append(job)
+            self._history[job.id] = job
+            while len(self._history) > _HISTORY + self._limit:
+                self._history.popitem(last=False)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._history.get(job_id)
+
+    def running(self) -> tuple[Job, ...]:
+        raise NotImplementedError
+
+    def current(self) -> Job | None:
+        running = self.running()
+        return running[0] if running else None
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def position(self, job: Job) -> int:
+        """0 while running (or done), n when n-1 jobs wait ahead of it plus the running one."""
+        with self._lock:
+            return self._pending.index(job) + 1 if job in self._pending else 0
+
+    def snapshot(self, job: Job) -> ProgressSnapshot:
+        return job.context.snapshot(job.id, job.status, self.position(job))
+
+    def visible_current(self, user: str | None) -> Job | None:
+        """The oldest running job ``user`` may see."""
+        return next((job for job in self.running() if self.may_control(job, user)), None)
+
+    def interrupt(self, job_id: str | None = None, user: str | None = None) -> bool:
+        """Interrupt one job (by id) or the running one ``user`` sees, if ``user`` may. A waiting job
+        ends without running."""
+        job = self.get(job_id) if job_id else self.visible_current(user)
+        if job is None or job.future.done() or not self.may_control(job, user):
+            return False
+        job.context.interrupt()
+        return True
+
+    def skip(self, job_id: str | None = None, user: str | None = None) -> bool:
+        job = self.get(job_id) if job_id else self.visible_current(user)
+        if job is None or job.status is not JobStatus.RUNNING or not self.may_control(job, user):
+            return False
+        job.context.skip()
+        return True
+
+
+class JobQueue(JobQueueBase):
+    """A bounded FIFO of jobs run one at a time by a single worker thread in this process."""
+
+    def __init__(self, executor: Executor, limit: int, shared: bool = True,
+                 describe: Callable[[], tuple[str, str | None]] | None = None) -> None:
+        super().__init__(limit, shared)
+        self._executor = executor
+        self._describe = describe  # (device, loaded checkpoint title) for the status panel
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._current: Job | None = None
+        self._thread: threading.Thread | None = None
+        self._done = 0
 
     def start(self) -> None:
         if self._thread is None:
@@ -213,64 +300,27 @@ class JobQueue:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def may_control(self, job: Job, user: str | None) -> bool:
-        """Whether ``user`` may watch, interrupt or skip ``job``: always on a shared (single-user)
-        instance and for jobs submitted without a user; otherwise only the job's own user."""
-        return self._shared or job.owner is None or job.owner == user
-
     def submit(self, spec: JobSpec, owner: str | None = None) -> Job:
-        job_id = f"{next(self._counter)}-{uuid.uuid4().hex[:8]}"
-        job = Job(id=job_id, spec=spec, future=Future(), context=JobContext(job_id), submitted_at=time.time(),
-                  owner=owner)
-        with self._lock:
-            if len(self._pending) >= self._limit:
-                raise QueueFullError(f"The queue is full ({self._limit} jobs waiting); try again shortly.")
-            self._pending.append(job)
-            self._history[job.id] = job
-            while len(self._history) > _HISTORY + self._limit:
-                self._history.popitem(last=False)
+        job = self._new_job(spec, owner)
         self._queue.put(job)
         return job
-
-    def get(self, job_id: str) -> Job | None:
-        with self._lock:
-            return self._history.get(job_id)
 
     def current(self) -> Job | None:
         with self._lock:
             return self._current
 
-    def pending_count(self) -> int:
+    def running(self) -> tuple[Job, ...]:
+        current = self.current()
+        return (current,) if current is not None else ()
+
+    def workers(self) -> tuple[WorkerStatus, ...]:
+        """The one worker thread of this process."""
+        device, model = self._describe() if self._describe is not None else ("this process", None)
         with self._lock:
-            return len(self._pending)
-
-    def position(self, job: Job) -> int:
-        """0 while running (or done), n when n-1 jobs wait ahead of it plus the running one."""
-        with self._lock:
-            return self._pending.index(job) + 1 if job in self._pending else 0
-
-    def snapshot(self, job: Job) -> ProgressSnapshot:
-        return job.context.snapshot(job.id, job.status, self.position(job))
-
-    def visible_current(self, user: str | None) -> Job | None:
-        """The running job, if ``user`` may see it."""
-        job = self.current()
-        return job if job is not None and self.may_control(job, user) else None
-
-    def interrupt(self, job_id: str | None = None, user: str | None = None) -> bool:
-        """Interrupt one job (by id) or the running one, if ``user`` may. A waiting job ends without running."""
-        job = self.get(job_id) if job_id else self.current()
-        if job is None or job.future.done() or not self.may_control(job, user):
-            return False
-        job.context.interrupt()
-        return True
-
-    def skip(self, job_id: str | None = None, user: str | None = None) -> bool:
-        job = self.get(job_id) if job_id else self.current()
-        if job is None or job.status is not JobStatus.RUNNING or not self.may_control(job, user):
-            return False
-        job.context.skip()
-        return True
+            current, done = self._current, self._done
+        state = WorkerState.BUSY if current is not None else WorkerState.IDLE
+        return (WorkerStatus(name="local", host=socket.gethostname(), device=device, model=model, state=state,
+                             jobs_done=done, job_id=current.id if current else None),)
 
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
@@ -295,9 +345,10 @@ class JobQueue:
             # progress right after its reply already sees an idle queue.
             with self._lock:
                 self._current = None
+                self._done += 1
                 job.status = JobStatus.FAILED if error is not None else JobStatus.FINISHED
             if error is not None:
-                _drop_frames(error)
+                drop_frames(error)
                 job.future.set_exception(error)
             else:
                 job.future.set_result(result)

@@ -165,6 +165,7 @@ class ModelManager:
         self._last_error: str | None = None
         self._last_loaded: CheckpointInfo | None = None
         self._refiner: tuple[LoadedModel, CheckpointInfo] | None = None
+        self._selected: CheckpointInfo | None = None  # scale-out: the checkpoint jobs use, loaded by workers
         self._vae: _VaeInUse | None = None
         self.on_loaded: Callable[[CheckpointInfo, LoadedModel], None] | None = None  # extensions' MODEL_LOADED
 
@@ -184,8 +185,18 @@ class ModelManager:
             return self._loaded[0] if self._loaded else None
 
     def current(self) -> CheckpointInfo | None:
+        """The loaded checkpoint (or, when remote workers do the loading, the selected one)."""
         with self._lock:
-            return self._loaded[1] if self._loaded else None
+            return self._loaded[1] if self._loaded else self._selected
+
+    def select(self, query: str) -> CheckpointInfo:
+        """Make ``query`` the checkpoint that jobs naming none will use, without loading it here:
+        the front process of a scale-out setup, whose workers load it."""
+        info = self.registry.hashed(self.registry.require(query))
+        with self._lock:
+            self._selected, self._last_loaded, self._last_error = info, info, None
+        log.info("Checkpoint %s selected for the workers", info.title)
+        return info
 
     def load(self, query: str) -> CheckpointInfo:
         """Make ``query`` the loaded checkpoint, from the RAM cache when it is there. On any error
@@ -245,7 +256,7 @@ class ModelManager:
     def unload(self) -> None:
         """Free every model: the loaded one, the refiner and the RAM cache."""
         with self._lock:
-            self._loaded = self._refiner = self._vae = None
+            self._loaded = self._refiner = self._vae = self._selected = None
             self._cache.clear()
         release_memory(self.device.device)
 
@@ -265,11 +276,25 @@ class ModelManager:
                 folders = ", ".join(str(f) for f in self.registry.folders)
                 raise NoModelLoadedError(f"No checkpoint found. Put a .safetensors file or a diffusers folder in {folders} "
                                          "and press the refresh button next to the checkpoint list.")
-            self.load(available[0].name)
+            self._load_first_that_works(available)
             with self._lock:
                 loaded = self._loaded
             assert loaded is not None
         return loaded
+
+    def _load_first_that_works(self, available: tuple[CheckpointInfo, ...]) -> None:
+        """With nothing loaded and nothing asked for: the first checkpoint that loads (a broken file
+        first in the list must not stop every job); the first error when none does."""
+        first_error: ModelLoadError | None = None
+        for info in available:
+            try:
+                self.load(info.name)
+                return
+            except ModelLoadError as exc:
+                log.warning("Skipping %s: %s", info.name, exc.reason)
+                first_error = first_error or exc
+        assert first_error is not None
+        raise first_error
 
     def acquire_refiner(self, query: str) -> tuple[LoadedModel, CheckpointInfo]:
         """The refiner a job names, kept loaded beside the main model for the next job."""

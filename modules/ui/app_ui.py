@@ -12,7 +12,7 @@ from modules.extension_api import Hook, UiTabs
 from modules.infotext import parse_infotext
 from modules.services.container import Services
 from modules.services.system_memory import memory_report
-from modules.ui import checkpoints, extensions_tab, gallery, img2img, inpaint, png_info, txt2img
+from modules.ui import checkpoints, extensions_tab, gallery, img2img, inpaint, png_info, txt2img, workers_panel
 from modules.ui.generation_form import GenerationForm
 from modules.ui.send_to import SendWiring
 
@@ -37,6 +37,7 @@ def build_ui(services: Services) -> gr.Blocks:
                 extensions_tab.build_tab(services, demo)
             _extension_tabs(services)
         _wire_sends(SendWiring(services, tabs, checkpoint), t2i, i2i, inp, gal, png)
+        workers_panel.build_panel(services)
         _footer(services)
     return demo
 

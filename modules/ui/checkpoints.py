@@ -8,6 +8,7 @@ import gradio as gr
 
 from modules.errors import AtelierError
 from modules.services.container import Services
+from modules.services.queue_contract import QueueMode
 from modules.ui.common import ui_error
 from modules.ui.vae_bar import build_vae_choice
 
@@ -92,4 +93,6 @@ def _status_text(services: Services) -> str:
         return f"⚠️ {error}.{kept}"
     if current is None:
         return "Loading the model…" if services.registry.all() else ""
+    if services.queue.mode is QueueMode.RAY:  # the front loads nothing; each worker loads what its jobs need
+        return f"Selected: {current.title} (the workers load it for their jobs)"
     return f"Loaded: {current.title}"

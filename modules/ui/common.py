@@ -10,7 +10,8 @@ from typing import Any
 import gradio as gr
 
 from modules.errors import AtelierError, ValidationError
-from modules.services.jobs import Job, JobQueue, ProgressSnapshot
+from modules.services.jobs import Job, ProgressSnapshot
+from modules.services.queue_contract import JobQueueContract
 
 POLL_SECONDS = 0.3
 
@@ -48,7 +49,7 @@ def progress_html(snapshot: ProgressSnapshot) -> str:
             f'<span class="atelier-progress-text">{html.escape(text)}</span></div>')
 
 
-def wait_for(job: Job, job_queue: JobQueue) -> Iterator[tuple[ProgressSnapshot, Any]]:
+def wait_for(job: Job, job_queue: JobQueueContract) -> Iterator[tuple[ProgressSnapshot, Any]]:
     """Yield (progress, preview) until the job ends; the caller then reads ``job.future``."""
     while True:
         try:

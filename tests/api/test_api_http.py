@@ -210,7 +210,15 @@ def test_lists_have_a1111_shapes(client: httpx.Client, server: Server) -> None:
     assert client.get("/docs").status_code == 200 and "/sdapi/v1/txt2img" in client.get("/openapi.json").text
     assert httpx.get(f"{server.url}//sdapi/v1/progress").status_code == 200  # base URL ending in "/"
     flags = client.get(f"{API}/cmd-flags").json()
-    assert flags["api"] is True and flags["gradio_auth"] is None
+    assert flags["api"] is True and flags["gradio_auth"] is None and flags["ray_address"] is None
+
+
+def test_workers_lists_the_in_process_worker(client: httpx.Client) -> None:
+    body = client.get(f"{API}/workers").json()
+    assert body["mode"] == "local" and len(body["workers"]) == 1
+    worker = body["workers"][0]
+    assert set(worker) == {"name", "host", "device", "model", "state", "busy", "jobs_done", "job_id"}
+    assert worker["state"] in ("idle", "busy") and "cpu" in worker["device"]
 
 
 def test_unload_and_reload_checkpoint(client: httpx.Client) -> None:

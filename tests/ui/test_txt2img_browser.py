@@ -74,12 +74,16 @@ def test_variation_seed_controls_reach_the_infotext(page) -> None:
     set_number(page, "txt2img_steps", 4)
     page.locator("#txt2img_seed input").fill("10")
     page.locator("#txt2img_subseed_show").get_by_text("Variation seed").first.click()
-    page.locator("#txt2img_subseed input").fill("7")
+    subseed = page.locator("#txt2img_subseed input")
+    subseed.fill("7")
+    subseed.press("Enter")
     set_number(page, "txt2img_subseed_strength", 0.5)
+    page.wait_for_function("() => document.querySelector('#txt2img_subseed_strength input[type=number]').value == '0.5'")
     page.locator("#txt2img_generate").click()
-    page.wait_for_function(
-        "() => document.querySelector('#html_info_txt2img textarea').value.includes('Variation seed: 7, "
-        "Variation seed strength: 0.5')")
+    page.wait_for_function("() => document.querySelector('#html_info_txt2img textarea').value.includes('Seed: 10')",
+                           timeout=120_000)
+    info = page.locator("#html_info_txt2img textarea").input_value()
+    assert "Variation seed: 7, Variation seed strength: 0.5" in info, info
 
 
 def test_token_counter_follows_the_prompt(page) -> None:
