@@ -38,7 +38,8 @@ from modules.api.schemas import (
     coerce_int,
 )
 from modules.errors import FieldError, ValidationError
-from modules.infotext import parse_infotext, request_from_infotext
+from modules.infotext import parse_infotext
+from modules.infotext_request import request_from_infotext
 from modules.params import (
     GeneratedImage,
     GenerationRequest,

@@ -9,6 +9,7 @@ skip are flags the worker checks at every sampling step, never thread cancellati
 
 from __future__ import annotations
 
+import abc
 import enum
 import itertools
 import logging
@@ -191,7 +192,7 @@ def drop_frames(error: BaseException) -> None:
         current = current.__cause__ or current.__context__
 
 
-class JobQueueBase:
+class JobQueueBase(abc.ABC):
     """Bookkeeping every queue shares: ids, the limit, history, owners, and steering by id."""
 
     mode = QueueMode.LOCAL
@@ -229,8 +230,9 @@ class JobQueueBase:
         with self._lock:
             return self._history.get(job_id)
 
+    @abc.abstractmethod
     def running(self) -> tuple[Job, ...]:
-        raise NotImplementedError
+        """The jobs running now, oldest first (one with the in-process worker)."""
 
     def current(self) -> Job | None:
         running = self.running()

@@ -16,7 +16,8 @@ import gradio as gr
 from PIL import Image
 
 from modules.errors import AtelierError
-from modules.infotext import parse_infotext, request_from_infotext
+from modules.infotext import parse_infotext
+from modules.infotext_request import request_from_infotext
 from modules.params import GenerationRequest, GenerationResult
 from modules.samplers import DEFAULT_SAMPLER, RngSource, ScheduleType, sampler_names
 from modules.services.container import Services

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from modules.errors import ModelLoadError, ModelNotFoundError, ValidationError
-from modules.infotext import parse_infotext, request_from_infotext
+from modules.infotext import parse_infotext
+from modules.infotext_request import request_from_infotext
 from modules.params import GenerationRequest
 from modules.samplers import ScheduleType
 from modules.services.images import read_infotext

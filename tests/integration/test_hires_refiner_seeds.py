@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from modules.errors import ValidationError
-from modules.infotext import parse_infotext, request_from_infotext
+from modules.infotext import parse_infotext
+from modules.infotext_request import request_from_infotext
 from modules.params import GenerationRequest, HiresFix, Refiner
 from modules.services.images import OutputKind
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from modules.infotext import parse_infotext, request_from_infotext
+from modules.infotext import parse_infotext
+from modules.infotext_request import request_from_infotext
 from modules.params import GenerationRequest
 from modules.samplers import ScheduleType
 from modules.services.images import read_infotext

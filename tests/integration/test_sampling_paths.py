@@ -11,7 +11,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from modules.errors import ValidationError
-from modules.infotext import parse_infotext, request_from_infotext
+from modules.infotext import parse_infotext
+from modules.infotext_request import request_from_infotext
 from modules.params import GenerationRequest, MaskedContent, ResizeMode
 from modules.samplers import SAMPLERS, RngSource
 from modules.services.outpaint import OutpaintSides, outpaint_request

@@ -15,8 +15,8 @@ from modules.infotext import (
     ParsedInfotext,
     build_infotext,
     parse_infotext,
-    request_from_infotext,
 )
+from modules.infotext_request import request_from_infotext
 from modules.params import MAX_SEED, GenerationRequest, HiresFix
 from modules.samplers import SAMPLERS, RngSource, ScheduleType
 from modules.upscalers import upscaler_names
