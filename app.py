@@ -12,15 +12,17 @@ import sys
 import threading
 import webbrowser
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modules import __version__
 
 if TYPE_CHECKING:
-    from modules.api.auth import AuthConfig
     from modules.cmd_args import Flags
     from modules.services.container import Services
     from modules.services.scaleout.front import ScaleOut
+    from modules.web.credentials import AuthConfig
+    from modules.web.hosts import HostPolicy
 
 log = logging.getLogger("atelier")
 MAX_UPLOAD = "50mb"  # larger uploads are refused by Gradio with a message, before they fill the disk
@@ -61,34 +63,114 @@ def _scale_out(flags: Flags, configured: str) -> ScaleOut | None:
 
 
 def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
-    """FastAPI app: API routes first (they must precede Gradio's catch-all mount), then the UI."""
+    """The whole server behind one request guard: API routes first (they must precede Gradio's
+    catch-all mount), then the UI; the guard in front of both."""
     import gradio as gr
     from fastapi import FastAPI
     from fastapi.middleware.cors import CORSMiddleware
 
     from modules.api import routes
-    from modules.api.auth import AuthMiddleware
+    from modules.api.route_effects import ApiRouteEffects
     from modules.ui.app_ui import build_ui, open_paths
     from modules.ui.common import CSS, HEAD
+    from modules.ui.event_effects import GradioEventEffects
     from modules.ui.session import gradio_session_check
+    from modules.web.guard import Faces, GuardConfig, RequestGuard
 
     docs = flags.serves_api
     app = FastAPI(title="Atelier API", version=__version__, docs_url="/docs" if docs else None,
                   redoc_url=None, openapi_url="/openapi.json" if docs else None)
     if flags.serves_api:
-        routes.install(app, services, flags, auth.enabled)
+        routes.install(app, services, flags)
+    effects: list[Any] = [ApiRouteEffects(app.router.routes)]
+    gradio_app = None
     if not flags.nowebui:
-        app = gr.mount_gradio_app(app, build_ui(services), path=flags.subpath or "/", css=CSS, head=HEAD,
+        blocks = build_ui(services)
+        app = gr.mount_gradio_app(app, blocks, path=flags.subpath or "/", css=CSS, head=HEAD,
                                   theme=gr.themes.Default(), auth=auth.ui.as_gradio() if auth.ui else None,
                                   show_error=True, max_file_size=MAX_UPLOAD, enable_monitoring=False)
+        # Gradio checks that a file an event names was uploaded (or is one the server hands out)
+        # only once its Blocks count as launched, which mounting never marks: without this, any
+        # path on the machine could be sent as an image input and read back from the cache.
+        blocks.has_launched = True
+        gradio_app = next(r.app for r in app.routes if hasattr(getattr(r, "app", None), "tokens"))
+        effects.append(GradioEventEffects(blocks, flags.subpath))
     if flags.cors_allow_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(flags.cors_allow_origins), allow_methods=["*"],
                            allow_headers=["*"], allow_credentials=True)
     api_paths = (routes.PREFIX, "/docs", "/openapi.json")
-    gradio_app = next((r.app for r in app.routes if hasattr(getattr(r, "app", None), "tokens")), None)
-    return AuthMiddleware(app, auth, is_gradio=lambda path: gradio_app is not None and not path.startswith(api_paths),
-                          allow=open_paths(flags.subpath) if gradio_app is not None else lambda path: False,
-                          has_session=gradio_session_check(gradio_app) if gradio_app is not None else lambda s: False)
+    ui_open = open_paths(flags.subpath)
+    faces = Faces(
+        is_ui=lambda path: gradio_app is not None and not path.startswith(api_paths),
+        is_open=ui_open if gradio_app is not None else lambda path: False,
+        has_session=gradio_session_check(gradio_app) if gradio_app is not None else lambda scope: False,
+        login_route=lambda path: (flags.subpath + "/login" if gradio_app is not None
+                                  and _route_key(path, flags.subpath) == "/login" else None),
+        effects=tuple(effects))
+    config = GuardConfig(auth=auth, listen=flags.listen,
+                         hosts=_host_policy(flags),
+                         cors_origins=frozenset(o.rstrip("/").lower() for o in flags.cors_allow_origins))
+    return RequestGuard(app, config, faces)
+
+
+def _route_key(path: str, subpath: str) -> str:
+    """A path as routing would see it under any spelling: one slash between parts, none at the end,
+    lower case, without the UI's subpath."""
+    key = "/" + "/".join(part for part in path.lower().split("/") if part)
+    prefix = subpath.lower()
+    if prefix and (key == prefix or key.startswith(prefix + "/")):
+        return key[len(prefix):] or "/"
+    return key
+
+
+def _host_policy(flags: Flags) -> HostPolicy:
+    from modules.web.hosts import HostPolicy, machine_names, parse_allowed_hosts
+
+    patterns = parse_allowed_hosts(",".join(flags.allowed_hosts))
+    return HostPolicy(listen=flags.listen, machine_names=machine_names() if flags.listen else frozenset(),
+                      patterns=patterns)
+
+
+def _setup_process(flags: Flags, args: Sequence[str]) -> None:
+    """Logging that no request can forge a line of, and passwords out of the process list."""
+    from modules.cmd_args import SECRET_FLAGS, redacted_argv
+    from modules.web.log_safety import EscapingFilter
+
+    logging.basicConfig(level=flags.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(EscapingFilter())
+    if any(getattr(flags, name) for name in SECRET_FLAGS):
+        import setproctitle  # rewrites argv in place: /proc/<pid>/cmdline and ps no longer show the password
+
+        setproctitle.setproctitle(" ".join([os.path.basename(sys.executable), "app.py", *redacted_argv(args)]))
+    if flags.gradio_auth or flags.api_auth:
+        log.warning("A password given on the command line can be seen by other users of this machine while "
+                    "Atelier starts; prefer --gradio-auth-path FILE (a file only you can read).")
+
+
+def _upload_folder(cache_dir: Path) -> Path | None:
+    """This run's own folder for Gradio's uploads, unless GRADIO_TEMP_DIR names one: only files
+    received by this server in this run can then be named by an event."""
+    import tempfile
+
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="uploads-", dir=cache_dir))  # mode 0700
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    return folder
+
+
+def _warn_about_exposure(flags: Flags, auth: AuthConfig) -> None:
+    if flags.listen and not auth.enabled:
+        log.warning("--listen without --gradio-auth/--api-auth: anyone on the network can use Atelier. "
+                    "Changes to settings, models, styles, files and extensions from the network are refused; "
+                    "add a password to allow them.")
+    if auth.api is not None and auth.ui is None and not flags.nowebui:
+        log.warning("--api-auth protects the API only: the web UI (and its /config) is open to anyone who can "
+                    "reach this server. Add --gradio-auth-path to protect the UI too.")
+    if "*" in flags.allowed_hosts:
+        log.warning("--allowed-hosts '*': any Host name is answered; DNS rebinding is not blocked.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return worker_main(args[1:], os.environ)
     flags = parse_flags(args, os.environ)
-    logging.basicConfig(level=flags.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_process(flags, args)
     if flags.exit:
         log.info("--exit: installation checked, not starting the server")
         return 0
@@ -110,14 +192,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "on a network you trust, or a reverse proxy with TLS.")
         return 2
 
+    import shutil
+
     import uvicorn
 
-    from modules.api.auth import load_auth
     from modules.config import load_settings
     from modules.engine.devices import choose_device, device_policy
     from modules.errors import ConfigError
     from modules.paths import resolve_paths
     from modules.services.container import build_services
+    from modules.web.credentials import load_auth
 
     paths = resolve_paths(flags.data_dir, flags.models_dir, flags.ckpt_dir, lora_dir=flags.lora_dir,
                           embeddings_dir=flags.embeddings_dir, vae_dir=flags.vae_dir)
@@ -132,24 +216,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
+    uploads = _upload_folder(paths.cache_dir)
     _load_startup_model(services, flags.ckpt)
     app = _build_app(flags, services, auth)
     services.extensions.app_started()
 
     scheme = "https" if flags.tls_certfile else "http"
     url = f"{scheme}://{'localhost' if flags.listen else '127.0.0.1'}:{flags.port}{flags.subpath}"
-    if flags.listen and not auth.enabled:
-        log.warning("--listen without --gradio-auth/--api-auth: anyone on the network can use Atelier. "
-                    "Settings changes from the network are refused; add a password to allow them.")
+    _warn_about_exposure(flags, auth)
     if flags.autolaunch:
         threading.Timer(2.0, webbrowser.open, args=(url,)).start()
     log.info("Running on local URL: %s%s", url, "  (API: /sdapi/v1, docs: /docs)" if flags.serves_api else "")
     try:
+        # Forwarded headers only from the proxies named: otherwise any local process could choose
+        # the address that the login limiter and the network rule see.
         uvicorn.run(app, host=flags.host, port=flags.port, log_level="warning",
+                    log_config=None,  # uvicorn's messages go through our handlers and their escaping
+                    proxy_headers=bool(flags.forwarded_allow_ips),
+                    forwarded_allow_ips=list(flags.forwarded_allow_ips) or None,
                     ssl_keyfile=str(flags.tls_keyfile) if flags.tls_keyfile else None,
                     ssl_certfile=str(flags.tls_certfile) if flags.tls_certfile else None)
     finally:
         services.close()
+        if uploads:
+            shutil.rmtree(uploads, ignore_errors=True)
     return 0
 
 

@@ -56,6 +56,8 @@ class Flags:
     gradio_auth_path: Path | None = None
     api_auth: str | None = None  # a secret too
     cors_allow_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback (and this machine's with --listen)
+    forwarded_allow_ips: tuple[str, ...] = ()  # proxies whose X-Forwarded-For/-Proto are believed
     tls_keyfile: Path | None = None
     tls_certfile: Path | None = None
     subpath: str = ""
@@ -101,7 +103,8 @@ SECRET_FLAGS = frozenset({"gradio_auth", "api_auth"})
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="app.py", description="Atelier: a text-to-image studio for Stable Diffusion.")
+    p = argparse.ArgumentParser(prog="app.py", description="Atelier: a text-to-image studio for Stable Diffusion.",
+                                allow_abbrev=False)  # every flag spelled out, so a secret's value is always found
     p.add_argument("--listen", action="store_true", help="serve on all interfaces (0.0.0.0) instead of 127.0.0.1")
     p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     p.add_argument("--ckpt", help="checkpoint to load at startup (file name, title, or path)")
@@ -141,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]", help="separate credentials for the API")
     p.add_argument("--cors-allow-origins", default="", metavar="ORIGINS",
                    help="comma-separated origins allowed to call the API from a browser")
+    p.add_argument("--allowed-hosts", default="", metavar="NAMES",
+                   help="comma-separated host names the server answers to besides 127.0.0.1/localhost (and, with "
+                        "--listen, this machine's own names and addresses): a reverse proxy's public name, or "
+                        "'.example.com' for a domain and its subdomains. Other names get 421 (DNS rebinding)")
+    p.add_argument("--forwarded-allow-ips", default="", metavar="ADDRESSES",
+                   help="comma-separated addresses of reverse proxies whose X-Forwarded-For/-Proto headers are "
+                        "trusted (default: none; the connecting address is the client)")
     p.add_argument("--tls-keyfile", type=Path, help="TLS private key file (serve HTTPS)")
     p.add_argument("--tls-certfile", type=Path, help="TLS certificate file (serve HTTPS)")
     p.add_argument("--subpath", default="", help="serve the UI under this path, for a reverse proxy (e.g. /atelier)")
@@ -178,9 +188,33 @@ def parse_flags(argv: Sequence[str], environ: Mapping[str, str]) -> Flags:
         medvram=ns.medvram, medvram_sdxl=ns.medvram_sdxl, lowvram=ns.lowvram, loglevel=ns.loglevel,
         autolaunch=ns.autolaunch, exit=ns.exit, api=ns.api, nowebui=ns.nowebui, gradio_auth=ns.gradio_auth,
         gradio_auth_path=ns.gradio_auth_path, api_auth=ns.api_auth,
-        cors_allow_origins=tuple(o.strip() for o in ns.cors_allow_origins.split(",") if o.strip()),
+        cors_allow_origins=_items(ns.cors_allow_origins), allowed_hosts=_items(ns.allowed_hosts),
+        forwarded_allow_ips=_items(ns.forwarded_allow_ips),
         tls_keyfile=ns.tls_keyfile, tls_certfile=ns.tls_certfile, subpath=subpath, share=ns.share,
         enable_insecure_extension_access=ns.enable_insecure_extension_access,
         disable_all_extensions=ns.disable_all_extensions, ray_address=ns.ray_address,
         ray_allow_public=ns.ray_allow_public,
     )
+
+
+def _items(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def redacted_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the values of secret flags replaced, for the process title."""
+    secret = tuple(f"--{name.replace('_', '-')}" for name in sorted(SECRET_FLAGS))
+    shown: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            shown.append("<redacted>")
+            hide_next = False
+        elif arg in secret:
+            shown.append(arg)
+            hide_next = True
+        elif arg.startswith(tuple(f"{flag}=" for flag in secret)):
+            shown.append(arg.partition("=")[0] + "=<redacted>")
+        else:
+            shown.append(arg)
+    return shown

@@ -1,8 +1,9 @@
 """Settings from ``config.yaml`` under the data dir, as a frozen, typed value.
 
 The file is optional. It is read with ``yaml.safe_load`` (never arbitrary object construction);
-an unknown key or a value of the wrong type is a :class:`ConfigError` that names it, rather than
-being silently ignored.
+an unknown key, a value of the wrong type or one outside its range is a :class:`ConfigError` that
+names the key and what it allows, rather than being silently ignored or clamped. The same check
+(:func:`setting_problem`) guards every run-time change (``modules.services.settings_store``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import yaml
 
 from modules.atomic import write_text_atomic
 from modules.errors import ConfigError
-from modules.params import GenerationLimits
+from modules.params import MAX_SEED, GenerationLimits
 from modules.samplers import RngSource
 
 
@@ -47,27 +48,69 @@ class Settings:
 
 
 _TYPES: dict[str, type] = {f.name: {"bool": bool, "str": str}.get(str(f.type), int) for f in fields(Settings)}
-_MINIMUM: dict[str, int] = {"queue_limit": 1, "max_image_size": 64, "max_batch_size": 1, "max_batch_count": 1,
-                            "clip_skip": 1, "eta_noise_seed_delta": 0, "checkpoint_cache": 0}
-_MAXIMUM: dict[str, int] = {"clip_skip": 12, "checkpoint_cache": 8}
+# Every whole-number setting has a range, checked on every path (config.yaml, the API, the UI): a value
+# outside it is refused with the range, never clamped. The maxima keep one bad value from breaking
+# every later job or the server (ENSD is added to a seed, so it stays within what a seed may be).
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "queue_limit": (1, 1024), "max_image_size": (64, 8192), "max_batch_size": (1, 64),
+    "max_batch_count": (1, 1000), "clip_skip": (1, GenerationLimits.max_clip_skip),
+    "eta_noise_seed_delta": (0, MAX_SEED), "checkpoint_cache": (0, 8),
+}
 _CHOICES: dict[str, tuple[str, ...]] = {"randn_source": tuple(r.value for r in RngSource)}
+_NON_BLANK = frozenset({"sd_vae"})  # a blank VAE name would make every job from the UI invalid
+MAX_TEXT_CHARS = 255  # a file name or HOST:PORT; more is not a plausible setting
+
+
+def _text_problem(key: str, value: object) -> str | None:
+    if key in _CHOICES and value not in _CHOICES[key]:
+        return f"must be one of {', '.join(_CHOICES[key])}, got {value!r}"
+    if not isinstance(value, str):
+        return f"must be text, got {value!r}"
+    if len(value) > MAX_TEXT_CHARS or not value.isprintable() or not _is_unicode(value):
+        return f"must be printable text of at most {MAX_TEXT_CHARS} characters, got {value[:40]!r}"
+    if key in _NON_BLANK and not value.strip():
+        return "must not be blank"
+    return None
+
+
+def _int_problem(key: str, value: object) -> str | None:
+    low, high = INT_RANGES[key]
+    if isinstance(value, bool) or not isinstance(value, int):  # 2.0, 1e30, "5" and true are refused
+        return f"must be a whole number from {low} to {high}, got {value!r}"
+    if value < low:
+        return f"must be at least {low} (allowed: {low} to {high}), got {value}"
+    if value > high:
+        return f"must be at most {high} (allowed: {low} to {high}), got {value}"
+    return None
+
+
+def setting_problem(key: str, value: object) -> str | None:
+    """Why ``value`` cannot be setting ``key`` ("must be ...", saying what is allowed); None when it can."""
+    expected = _TYPES.get(key)
+    if expected is None:
+        return f"is not a setting; known settings: {', '.join(sorted(_TYPES))}"
+    if expected is bool:
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if expected is str:
+        return _text_problem(key, value)
+    return _int_problem(key, value)
 
 
 def check_setting(path: Path | str, key: str, value: Any) -> None:
-    """Raise ConfigError unless ``value`` is valid for setting ``key``."""
+    """Raise ConfigError, naming ``key`` and what it allows, unless ``value`` is valid for it."""
     if key not in _TYPES:
         raise ConfigError(f"{path}: unknown setting '{key}'; known settings: {', '.join(sorted(_TYPES))}")
-    expected = _TYPES[key]
-    if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{path}: '{key}' must be a whole number, got {value!r}")
-    if expected is bool and not isinstance(value, bool):
-        raise ConfigError(f"{path}: '{key}' must be true or false, got {value!r}")
-    if expected is str and value not in _CHOICES.get(key, (value,)):
-        raise ConfigError(f"{path}: '{key}' must be one of {', '.join(_CHOICES[key])}, got {value!r}")
-    if key in _MINIMUM and value < _MINIMUM[key]:
-        raise ConfigError(f"{path}: '{key}' must be at least {_MINIMUM[key]}, got {value}")
-    if key in _MAXIMUM and value > _MAXIMUM[key]:
-        raise ConfigError(f"{path}: '{key}' must be at most {_MAXIMUM[key]}, got {value}")
+    problem = setting_problem(key, value)
+    if problem is not None:
+        raise ConfigError(f"{path}: '{key}' {problem}")
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")  # a lone surrogate (JSON's "\\ud800") could not be written to config.yaml
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_settings(path: Path) -> Settings:
@@ -76,7 +119,7 @@ def load_settings(path: Path) -> Settings:
         return Settings()
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: bad UTF-8, an int over 4300 digits
         raise ConfigError(f"{path}: cannot read settings ({exc})") from exc
     if data is None:
         return Settings()

@@ -86,10 +86,6 @@ class GalleryPathError(AtelierError):
     """A path from a client does not name an image inside the outputs folder."""
 
 
-class RequestTooLargeError(AtelierError):
-    """A request body is larger than the server accepts."""
-
-
 class AddonNotFoundError(AtelierError):
     """A named LoRA, embedding or VAE does not exist among the discovered ones."""
 

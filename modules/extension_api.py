@@ -38,12 +38,13 @@ from PIL import Image
 
 from modules.labelled_grid import Label, font_size_for, labelled_grid
 from modules.params import GenerationRequest, GenerationResult
+from modules.server_effects import changes_server
 
 # Grid drawing for scripts (X/Y/Z plot, prompt matrix): part of the API.
 __all__ = ["API_VERSION", "AfterImage", "AppStarted", "BeforeGenerate", "ExtensionSettings", "ExtensionSetup",
            "Handler", "Hook", "Host", "ImageSaved", "Label", "ModelLoaded", "Param", "ParamKind", "Script",
            "ScriptRun", "SettingsSection", "StepEnd", "UiPanel", "UiTabs", "font_size_for", "frozen_params",
-           "labelled_grid", "with_prompt"]
+           "changes_server", "labelled_grid", "with_prompt"]
 
 API_VERSION = 1
 

@@ -36,11 +36,11 @@ from modules.errors import (
     ModelNotFoundError,
     NoModelLoadedError,
     QueueFullError,
-    RequestTooLargeError,
     ValidationError,
 )
 from modules.infotext import parse_infotext
 from modules.params import GenerationRequest, GenerationResult
+from modules.server_effects import changes_server
 from modules.services.addons import AddonFile
 from modules.services.container import Services
 from modules.services.extensions import ExtensionState
@@ -55,7 +55,7 @@ PREFIX = "/sdapi/v1"
 
 _STATUS: tuple[tuple[type[AtelierError], int], ...] = (
     (ValidationError, 422), (ConfigError, 422), (ModelNotFoundError, 404), (QueueFullError, 503),
-    (NoModelLoadedError, 503), (ModelLoadError, 500), (RequestTooLargeError, 413),
+    (NoModelLoadedError, 503), (ModelLoadError, 500),
 )
 
 
@@ -73,17 +73,10 @@ def error_response(exc: AtelierError) -> JSONResponse:
     return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=status, headers=headers)
 
 
-MAX_BODY_BYTES = 64 * 1024 * 1024  # a few large base64 images; more is refused before it is read
-
-
 async def _json_body(request: Request, required: bool = False) -> Any:
-    """The decoded JSON body; ``required``: an empty body is an error rather than ``{}``."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise RequestTooLargeError(f"The request body is {int(declared):,} bytes; the limit is {MAX_BODY_BYTES:,}.")
+    """The decoded JSON body; ``required``: an empty body is an error rather than ``{}``. Its size
+    and content type were checked by the request guard while it streamed in."""
     raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:  # sent without a length (chunked)
-        raise RequestTooLargeError(f"The request body is over the limit of {MAX_BODY_BYTES:,} bytes.")
     if not raw.strip():
         if required:  # A1111 answers 422 too; taking every default would start a 512x512, 50-step job
             raise ValidationError([FieldError("body", "is empty; send a JSON object ({} takes every default)")])
@@ -96,18 +89,12 @@ async def _json_body(request: Request, required: bool = False) -> Any:
         raise ValidationError([FieldError("body", f"is not valid JSON ({exc.__class__.__name__})")]) from exc
 
 
-def _is_local(request: Request) -> bool:
-    host = request.client.host if request.client else ""
-    return host in ("127.0.0.1", "::1", "localhost")
-
-
 class ApiFace:
     """The routes, bound to the services and the flags they need."""
 
-    def __init__(self, services: Services, flags: Flags, auth_enabled: bool) -> None:
+    def __init__(self, services: Services, flags: Flags) -> None:
         self.services = services
         self.flags = flags
-        self.auth_enabled = auth_enabled
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -122,20 +109,16 @@ class ApiFace:
         generation = replace(to_generation_request(body, self._server_options()), save_images=body.save_images)
         if body.script_name and body.script_name.strip().lower() not in ("", "none"):
             tab = "img2img" if isinstance(body, schemas.Img2ImgBody) else "txt2img"
+            # Every job the script submits is the caller's, as a plain job is.
             result: GenerationResult = await asyncio.to_thread(
-                self.services.generation.run_script, body.script_name, tab, generation, body.script_args)
+                self.services.generation.run_script, body.script_name, tab, generation, body.script_args,
+                owner=_user(request))
         else:
             # Off the event loop: preparing decodes images and runs extensions' BEFORE_GENERATE hooks.
             job = await asyncio.to_thread(self.services.generation.submit, generation, _user(request))
             result = await asyncio.wrap_future(job.future)
         reply = images_response(result, body, body.send_images, lambda image: image.png)
         return JSONResponse(reply.model_dump())
-
-    def _refuse_remote_changes(self, request: Request) -> None:
-        # Shared on the network with no password, anyone could change settings: A1111's lesson.
-        if self.flags.listen and not self.auth_enabled and not _is_local(request):
-            raise PermissionError("Settings cannot be changed from the network while --listen runs without "
-                                  "--gradio-auth or --api-auth.")
 
     def _progress(self, skip_current_image: bool, user: str | None) -> schemas.ProgressResponse:
         # Another user's job is not shown (unless jobs are shared): to this caller the queue is idle.
@@ -197,8 +180,8 @@ class ApiFace:
             return self._options()
 
         @r.post("/options")
+        @changes_server
         async def set_options(request: Request) -> Any:
-            self._refuse_remote_changes(request)
             data = await _json_body(request)
             if not isinstance(data, dict):
                 raise ValidationError([FieldError("body", "must be a JSON object of option names to values")])
@@ -251,26 +234,32 @@ class ApiFace:
                                         filename=str(i.path), config=None) for i in s.registry.all()]
 
         @r.post("/refresh-checkpoints")
+        @changes_server
         def refresh_checkpoints() -> None:
             s.registry.refresh()
 
         @r.post("/refresh-vae")
+        @changes_server
         def refresh_vae() -> None:
             s.addons.vaes.refresh()
 
         @r.post("/refresh-loras")
+        @changes_server
         def refresh_loras() -> None:
             s.addons.loras.refresh()
 
         @r.post("/refresh-embeddings")
+        @changes_server
         def refresh_embeddings() -> None:
             s.addons.embeddings.refresh()
 
         @r.post("/unload-checkpoint")
+        @changes_server
         async def unload_checkpoint() -> None:
             await asyncio.wrap_future(s.generation.unload_model().future)
 
         @r.post("/reload-checkpoint")
+        @changes_server
         async def reload_checkpoint() -> None:
             await asyncio.wrap_future(s.generation.reload_model().future)
 
@@ -281,22 +270,36 @@ class ApiFace:
                 "samples_format": "png", **self._server_options()}
 
     def _set_options(self, data: dict[str, Any]) -> None:
-        """Apply an options body: the whole GET result sent back with one key changed is fine."""
-        current = self._options()
-        wanted = data.get("sd_model_checkpoint")
-        if wanted and wanted != current["sd_model_checkpoint"]:
-            self.services.generation.switch_model(str(wanted)).future.result()
-        vae = data.get("sd_vae")
-        if vae is not None and vae != current["sd_vae"]:
-            self.services.addons.check(GenerationRequest(vae=vae if isinstance(vae, str) else ""))
+        """Apply an options body: the whole GET result sent back with one key changed is fine. Every
+        option sent is checked (type, range) before anything changes; a bad one is a 422 naming it,
+        its allowed range and Atelier's setting; clip skip is checked against the model then loaded."""
         mapping = {"CLIP_stop_at_last_layers": "clip_skip", "eta_noise_seed_delta": "eta_noise_seed_delta",
                    "randn_source": "randn_source", "sd_vae": "sd_vae",
                    "save_images_before_highres_fix": "save_images_before_highres_fix"}
-        changes = {setting: data[key] for key, setting in mapping.items() if key in data and data[key] != current[key]}
-        if "randn_source" in changes and isinstance(changes["randn_source"], str):
-            changes["randn_source"] = changes["randn_source"].upper()
-        if changes:
-            self.services.options.update(changes)
+        option = {setting: key for key, setting in mapping.items()}
+
+        def as_options(exc: ValidationError) -> ValidationError:  # the A1111 option's name, then Atelier's
+            return ValidationError([FieldError(option[e.field], f"{e.message} (setting {e.field})")
+                                    if option.get(e.field, e.field) != e.field else e for e in exc.errors])
+
+        sent = {setting: data[key] for key, setting in mapping.items() if key in data}
+        if isinstance(sent.get("randn_source"), str):
+            sent["randn_source"] = sent["randn_source"].upper()
+        wanted = data.get("sd_model_checkpoint")
+        try:
+            if wanted is not None and not isinstance(wanted, str):
+                raise ValidationError([FieldError("sd_model_checkpoint", f"must be a title, got {wanted!r}")])
+            self.services.options.check(sent)  # 1. every option sent, before the model or a setting changes
+            current = self._options()
+            if "sd_vae" in sent and sent["sd_vae"] != current["sd_vae"]:  # 2. an unknown VAE, before a switch
+                self.services.addons.check(GenerationRequest(vae=sent["sd_vae"]))
+            if wanted and wanted != current["sd_model_checkpoint"]:
+                self.services.generation.switch_model(wanted).future.result()
+            changes = {setting: value for setting, value in sent.items() if value != current[option[setting]]}
+            if changes:  # 3. saved all or none; clip skip within the loaded model's text encoder layers
+                self.services.options.update(changes, model=self.services.models.loaded_model())
+        except ValidationError as exc:
+            raise as_options(exc) from exc
 
 
 def lora_item(item: AddonFile, metadata: dict[str, str]) -> dict[str, Any]:
@@ -339,15 +342,11 @@ def _memory(services: Services) -> schemas.MemoryResponse:
     return schemas.MemoryResponse(ram=ram, cuda=cuda)
 
 
-def install(app: FastAPI, services: Services, flags: Flags, auth_enabled: bool) -> None:
+def install(app: FastAPI, services: Services, flags: Flags) -> None:
     """Add the /sdapi/v1 routes and the error handlers that turn service errors into JSON."""
-    app.include_router(ApiFace(services, flags, auth_enabled).router())
+    app.include_router(ApiFace(services, flags).router())
 
     @app.exception_handler(AtelierError)
     async def _atelier_error(request: Request, exc: AtelierError) -> JSONResponse:
         return error_response(exc)
-
-    @app.exception_handler(PermissionError)
-    async def _forbidden(request: Request, exc: PermissionError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=403)
 

@@ -27,7 +27,7 @@ from modules import prompt_parser
 from modules.engine.embeddings import Embedding, EncoderSlot, encoder_width
 from modules.engine.model_detect import ModelArch
 from modules.engine.sampling.denoiser import Conditioning, CondSchedule, Embeds
-from modules.errors import AddonLoadError
+from modules.errors import AddonLoadError, FieldError, ValidationError
 
 CHUNK_TOKENS = 75  # 77 positions minus the start and end tokens
 COMMA_BACKTRACK = 20  # a full chunk breaks after a comma this close to its end (A1111's default)
@@ -255,12 +255,27 @@ def _encoders(pipe: DiffusionPipeline, arch: ModelArch) -> list[tuple[EncoderSlo
     return [pair for pair in pairs if pair[2] is not None]  # the refiner has only the second encoder
 
 
+def clip_skip_limit(pipe: DiffusionPipeline, arch: ModelArch) -> int:
+    """The largest clip skip this model can take: its text encoders' fewest hidden layers (SD1/SD2
+    read layer -clip_skip, SDXL layer -(clip_skip + 1) of the layers plus the token embeddings)."""
+    return min(int(encoder.config.num_hidden_layers) for _slot, _tokenizer, encoder in _encoders(pipe, arch))
+
+
+def check_clip_skip(pipe: DiffusionPipeline, arch: ModelArch, clip_skip: int) -> None:
+    """A ValidationError naming the maximum, rather than an IndexError deep in the encoder."""
+    limit = clip_skip_limit(pipe, arch)
+    if clip_skip > limit:
+        raise ValidationError([FieldError("clip_skip", f"must be at most {limit} (allowed: 1 to {limit}): this "
+                                                       f"model's text encoder has {limit} layers, got {clip_skip}")])
+
+
 @torch.inference_mode()
 def encode_texts(pipe: DiffusionPipeline, arch: ModelArch, texts: list[str], clip_skip: int,
                  embeddings: Mapping[str, Embedding] | None = None) -> dict[str, Embeds]:
     """Embeddings of each text (emphasis applied), all with the same number of chunks.
 
     ``embeddings`` (by name) are the textual inversions the prompt may use; each must fit the model."""
+    check_clip_skip(pipe, arch, clip_skip)
     device = pipe._execution_device  # the GPU even when weights wait in RAM (offload)
     embeddings = embeddings or {}
     count = max(len(weighted_chunks(_main_tokenizer(pipe), text, embeddings)) for text in texts)

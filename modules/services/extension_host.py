@@ -1,12 +1,17 @@
 """The host facade extensions receive (:class:`modules.extension_api.Host`), one per extension.
 
 Generations go through the same validation and queue as the UI's and the API's, so an extension's
-jobs show in progress and can be interrupted like any other. Settings are a small YAML file per
-extension in the data dir, written atomically.
+jobs show in progress and can be interrupted like any other. Every job has an owner: the user whose
+script runs on the calling thread, whichever host the script calls (its own, or one kept from
+APP_STARTED); elsewhere (a thread the script started) the user the host was handed out for (a
+script's, a BEFORE_GENERATE hook's); None only for a host handed out for nobody (APP_STARTED, the UI
+hooks) used outside a script. Settings are a small YAML file per extension in the data dir, written
+atomically.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import threading
 from pathlib import Path
@@ -57,12 +62,25 @@ class ExtensionHost:
         self._registry = registry
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
         self._settings = FileSettings(settings_dir / f"{safe}.yaml")
+        self._owner: str | None = None  # the user it was handed out for; see generate()
+
+    @property
+    def owner(self) -> str | None:
+        return self._owner
+
+    def for_owner(self, owner: str | None) -> ExtensionHost:
+        """This host acting for ``owner`` (its settings store shared, so their writes stay serialised)."""
+        bound = copy.copy(self)
+        bound._owner = owner
+        return bound
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         refusal = self._extensions.refusal_for_generate()
         if refusal is not None:  # it would wait for itself forever
             raise ExtensionError(f"Extension {self.name}: {refusal}")
-        return self._generation.generate(request)
+        acting = self._extensions.acting_user()  # a script on this thread: its user, whoever kept this host
+        owner = acting if acting is not None else self._owner
+        return self._generation.generate(request, owner=owner)
 
     def checkpoints(self) -> list[str]:
         return [info.title for info in self._registry.all()]

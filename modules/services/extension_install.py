@@ -1,4 +1,5 @@
-"""Bringing users' extensions in: ``git clone``, ``git pull`` and ``pip install`` of their requirements.
+"""Bringing users' extensions in: ``git clone``, ``git fetch`` + fast-forward, and ``pip install`` of
+their requirements.
 
 This module owns every command that puts outside code into Atelier. A clone lands in a hidden
 staging folder inside the user extensions folder, is checked (its manifest must read), and only then
@@ -7,34 +8,48 @@ Commands run from argument lists, never through a shell; a URL is checked before
 passed after ``--``. While Atelier serves the network (``--listen``/``--share``) all of it is refused
 unless ``--enable-insecure-extension-access`` was given: anyone who reaches the page could otherwise
 run code on this machine.
+
+Nothing is cloned, updated or pip-installed on a request's word. A user first asks (``ask_*``: what
+exactly, for whom), then confirms with the one-time token the server issued for that ask, in the same
+session and as the same user, while the extension on disk is still the one asked about
+(:mod:`modules.services.install_confirmation`); :meth:`ExtensionInstaller.confirm` is the only way in.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+
+import yaml
 
 from modules.errors import ExtensionError
 from modules.services.extension_manifest import MANIFEST, Manifest, read_manifest
+from modules.services.git_sources import checked_branch, checked_folder, checked_url, redacted
+from modules.services.install_confirmation import (
+    CONFIRM_TTL_S,
+    Action,
+    Confirmation,
+    ConfirmationLedger,
+    Requester,
+    Subject,
+)
 
 log = logging.getLogger(__name__)
 
 GIT_TIMEOUT_S = 300.0
 PIP_TIMEOUT_S = 1800.0
 STAGING_PREFIX = ".installing-"  # hidden: the extension manager skips folders starting with "."
-_REMOTE_SCHEMES = frozenset({"https", "http", "git", "ssh"})
-_SCP_LIKE = re.compile(r"^[A-Za-z0-9._~-]+@[A-Za-z0-9][A-Za-z0-9.-]*:[^\s]+$")  # git@host:owner/repo.git
-_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 class Operation(enum.Enum):
@@ -51,58 +66,6 @@ def refusal_message(operation: Operation) -> str:
             "start it with --enable-insecure-extension-access to allow it.")
 
 
-def checked_url(url: str) -> str:
-    """``url`` as git will get it: a remote URL, ``user@host:path``, or a local folder as a file:// URL."""
-    url = (url or "").strip()
-    if not url:
-        raise ExtensionError("Give the extension's git URL.")
-    if url.startswith("-"):
-        raise ExtensionError(f"Not a git URL: {url!r} (it looks like a command-line option)")
-    if any(c.isspace() for c in url) or any(ord(c) < 32 for c in url):
-        raise ExtensionError(f"Not a git URL: {url!r} (it contains spaces or line breaks)")
-    if "://" in url:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme == "file":
-            if not parts.path:
-                raise ExtensionError(f"Not a git URL: {url!r} (no path)")
-            return url
-        if scheme not in _REMOTE_SCHEMES:
-            raise ExtensionError(f"Not a git URL: {url!r}; use https://, http://, git://, ssh://, "
-                                 "git@host:path, file:// or a local folder")
-        if not parts.hostname or parts.hostname.startswith("-"):
-            raise ExtensionError(f"Not a git URL: {url!r} (no valid host)")
-        return url
-    if _SCP_LIKE.match(url):
-        return url
-    local = Path(url).expanduser()
-    if local.is_dir():
-        # As a file:// URL: git cannot read a "name:path" folder as an ssh address, and --depth applies.
-        return local.resolve().as_uri()
-    raise ExtensionError(f"Not a git URL or an existing folder: {url!r}")
-
-
-def _checked_branch(branch: str | None) -> str | None:
-    branch = (branch or "").strip()
-    if not branch:
-        return None
-    if not _BRANCH.match(branch) or ".." in branch or branch.endswith((".", "/", ".lock")):
-        raise ExtensionError(f"Not a branch or tag name: {branch!r}")
-    return branch
-
-
-def _checked_folder(name: str | None) -> str | None:
-    name = (name or "").strip()
-    if name and not _FOLDER.match(name):
-        raise ExtensionError(f"Folder name {name!r} may use letters, digits, '_', '-' and '.'")
-    return name or None
-
-
-def _redacted(url: str) -> str:
-    """``url`` without a password or token, for logs and messages."""
-    return re.sub(r"://[^/@\s]*@", "://***@", url)
-
-
 def _remove(path: Path) -> None:
     try:
         shutil.rmtree(path)
@@ -110,6 +73,22 @@ def _remove(path: Path) -> None:
         pass
     except OSError as exc:  # a leftover hidden staging folder is harmless; say so and go on
         log.warning("Could not remove %s: %s", path, exc)
+
+
+def _check_requirement_lines(manifest: Manifest) -> None:
+    for requirement in manifest.requirements:
+        if requirement.startswith("-") or "\n" in requirement or "\r" in requirement:
+            raise ExtensionError(f"{manifest.name}: {requirement!r} is not a requirement line "
+                                 "(pip options are refused)")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a confirmed install, update or requirements install did."""
+
+    action: Action
+    manifest: Manifest  # the extension as it is on disk now
+    output: str  # git's or pip's output
 
 
 def _extension_folders(root: Path) -> list[Path]:
@@ -120,17 +99,19 @@ def _extension_folders(root: Path) -> list[Path]:
 
 
 class ExtensionInstaller:
-    """Installs, updates and equips users' extensions; one command at a time."""
+    """Installs, updates and equips users' extensions, each only once confirmed; one command at a time."""
 
     def __init__(self, user_dir: Path, network_exposed: bool = False, insecure_allowed: bool = False, *,
                  builtin_dir: Path | None = None, git_timeout_s: float = GIT_TIMEOUT_S,
-                 pip_timeout_s: float = PIP_TIMEOUT_S) -> None:
+                 pip_timeout_s: float = PIP_TIMEOUT_S, confirm_ttl_s: float = CONFIRM_TTL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.user_dir = user_dir
         self.builtin_dir = builtin_dir
         self._locked = network_exposed and not insecure_allowed
         self._git_timeout_s = git_timeout_s
         self._pip_timeout_s = pip_timeout_s
         self._lock = threading.Lock()  # two clones or pip runs at once would race on the same folders
+        self._confirmations = ConfirmationLedger(confirm_ttl_s, clock)
 
     @property
     def locked_reason(self) -> str | None:
@@ -154,7 +135,7 @@ class ExtensionInstaller:
         return manifests
 
     def user_folders(self) -> list[str]:
-        """Folder names of the user extensions (what :meth:`update` takes)."""
+        """Folder names of the user extensions (what :meth:`ask_update` takes)."""
         return [p.name for p in self._user_folders()]
 
     def _user_folders(self) -> list[Path]:
@@ -172,39 +153,167 @@ class ExtensionInstaller:
                     names.setdefault(folder.name, folder)
         return names
 
-    # --- commands -----------------------------------------------------------------------------
+    # --- asking: what would be installed, recorded for this requester ---------------------------
 
-    def install(self, url: str, branch: str | None = None, folder_name: str | None = None) -> Path:
-        """Clone ``url`` (a shallow clone of ``branch`` when given) and move it into the user
-        extensions folder as ``folder_name`` (default: the manifest's name); the new folder."""
+    def ask_install(self, url: str, requester: Requester, branch: str | None = None,
+                    folder_name: str | None = None) -> Confirmation:
+        """A confirmation to clone ``url`` (``branch`` when given) into the user extensions folder as
+        ``folder_name`` (default: the manifest's name); nothing is cloned until it is confirmed."""
         self._check_allowed(Operation.INSTALL)
-        source, branch, folder_name = checked_url(url), _checked_branch(branch), _checked_folder(folder_name)
+        source, branch, folder_name = checked_url(url), checked_branch(branch), checked_folder(folder_name)
+        self._refuse_folder(folder_name)
+        return self._issue(Subject(Action.INSTALL, source, folder=folder_name or "", target=branch or ""), requester)
+
+    def ask_update(self, name_or_folder: str, requester: Requester) -> Confirmation:
+        """Fetch a user extension's remote and ask to move it to the commit fetched, exactly."""
+        self._check_allowed(Operation.UPDATE)
+        folder = self._git_folder(name_or_folder)
+        manifest = read_manifest(folder)
+        with self._lock:
+            self._git(["-C", str(folder), "fetch", "--quiet"])
+            revision, digest = self._state_of(folder)
+            target = self._git(["-C", str(folder), "rev-parse", "@{upstream}"]).strip()
+            behind = self._git(["-C", str(folder), "rev-list", "--count", f"HEAD..{target}"]).strip()
+        if behind in ("", "0"):
+            raise ExtensionError(f"{manifest.name} is up to date: there is nothing to update.")
+        note = f" (version {self._version_at(folder, target)}, {behind} new commit(s))"
+        return self._issue(Subject(Action.UPDATE, manifest.name, str(folder), manifest.version, revision, digest,
+                                   target, manifest.requirements, note), requester)
+
+    def ask_requirements(self, name: str, requester: Requester) -> Confirmation:
+        """A confirmation to ``pip install`` the requirements of the extension called ``name``."""
+        self._check_allowed(Operation.REQUIREMENTS)
+        manifest = self._manifest_named(name)
+        if not manifest.requirements:
+            raise ExtensionError(f"{manifest.name} declares no requirements: there is nothing to install.")
+        _check_requirement_lines(manifest)
+        revision, digest = self._state_of(manifest.folder)
+        return self._issue(Subject(Action.REQUIREMENTS, manifest.name, str(manifest.folder), manifest.version,
+                                   revision, digest, requirements=manifest.requirements), requester)
+
+    def _issue(self, subject: Subject, requester: Requester) -> Confirmation:
+        token = self._confirmations.issue(subject, requester)
+        shown = redacted(subject.name) if subject.action is Action.INSTALL else subject.name
+        return Confirmation(token, subject.summary(shown), self._confirmations.ttl_s)
+
+    def _refuse_folder(self, folder_name: str | None) -> None:
         if folder_name and (self.user_dir / folder_name).exists():  # known before cloning anything
             raise ExtensionError(f"A folder called {folder_name!r} already exists in {self.user_dir}")
+
+    def _manifest_named(self, name: str) -> Manifest:
+        wanted = (name or "").strip()
+        if not wanted:
+            raise ExtensionError("Choose an extension first.")
+        roots = [(self.user_dir, False), *([(self.builtin_dir, True)] if self.builtin_dir is not None else [])]
+        for root, builtin in roots:
+            for folder in _extension_folders(root):
+                try:
+                    manifest = read_manifest(folder, builtin)
+                except ExtensionError:
+                    continue
+                if manifest.name == wanted:
+                    return manifest
+        raise ExtensionError(f"No extension called {wanted!r}")
+
+    def _state_of(self, folder: Path) -> tuple[str, str]:
+        """(git commit or "" outside git, sha256 of the manifest): what a confirmation is tied to."""
+        try:
+            digest = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
+        except OSError as exc:
+            raise ExtensionError(f"{folder}: cannot read its {MANIFEST} ({exc})") from exc
+        # Its own repository only: in a plain folder git would report an enclosing one.
+        revision = self._git(["-C", str(folder), "rev-parse", "HEAD"]).strip() if (folder / ".git").exists() else ""
+        return revision, digest
+
+    def _version_at(self, folder: Path, commit: str) -> str:
+        """The manifest version at ``commit`` (for the summary only), or "unknown"."""
+        try:
+            data = yaml.safe_load(self._git(["-C", str(folder), "show", f"{commit}:{MANIFEST}"]))
+        except (ExtensionError, yaml.YAMLError):
+            return "unknown"
+        return str(data.get("version", "unknown")) if isinstance(data, dict) else "unknown"
+
+    # --- confirming: the one way anything is installed -------------------------------------------
+
+    def confirm(self, token: str, requester: Requester) -> Outcome:
+        """Do what ``token`` was issued for, if ``requester`` asked for it, it has not expired or been
+        used, and the extension on disk is still the one it names; ExtensionError saying why not."""
+        subject = self._confirmations.redeem(token, requester)
+        self._check_allowed(Operation[subject.action.name])
+        if subject.action is Action.INSTALL:
+            return self._install(subject)
+        if subject.action is Action.UPDATE:
+            return self._update(subject)
+        return self._install_requirements(subject)
+
+    def _unchanged(self, subject: Subject) -> Manifest:
+        """The extension ``subject`` names, as on disk now; ExtensionError when it changed since the ask."""
+        folder = Path(subject.folder)
+        try:
+            manifest = read_manifest(folder)
+            revision, digest = self._state_of(folder)
+        except ExtensionError as exc:
+            raise ExtensionError(f"{subject.name} changed since you asked ({exc}). Ask again.") from exc
+        if (manifest.name, manifest.version) != (subject.name, subject.version):
+            raise ExtensionError(f"{subject.name} {subject.version} changed since you asked: it is now "
+                                 f"{manifest.name} {manifest.version}. Ask again.")
+        if (revision, digest) != (subject.revision, subject.digest):
+            raise ExtensionError(f"{subject.name} {subject.version} changed on disk since you asked. Ask again.")
+        return manifest
+
+    def _install(self, subject: Subject) -> Outcome:
+        """Clone, check the manifest, and move the clone into place whole."""
+        source, branch, folder_name = subject.name, subject.target or None, subject.folder or None
+        self._refuse_folder(folder_name)
         with self._lock:
             self.user_dir.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.user_dir))
             try:
                 clone = staging / "clone"
-                self._git(["clone", "--quiet", "--depth", "1", *(["--branch", branch] if branch else []), "--", source,
-                           str(clone)])
+                output = self._git(["clone", "--quiet", "--depth", "1", *(["--branch", branch] if branch else []),
+                                    "--", source, str(clone)])
                 manifest = self._checked_clone(clone, source)
                 target = self.user_dir / (folder_name or manifest.name)
                 self._refuse_existing(manifest.name, target)
                 clone.rename(target)  # same filesystem: the extension appears whole or not at all
             finally:
                 _remove(staging)
-        log.info("Installed extension %s %s from %s into %s", manifest.name, manifest.version, _redacted(source),
+        log.info("Installed extension %s %s from %s into %s", manifest.name, manifest.version, redacted(source),
                  target)
-        return target
+        return Outcome(Action.INSTALL, read_manifest(target), output)
+
+    def _update(self, subject: Subject) -> Outcome:
+        """Fast-forward to exactly the commit the user saw, if the extension is still as it was."""
+        with self._lock:
+            folder = Path(self._unchanged(subject).folder)
+            output = self._git(["-C", str(folder), "merge", "--ff-only", subject.target])
+        manifest = read_manifest(folder)
+        log.info("Updated extension %s in %s to %s (%s)", subject.name, folder, manifest.version, subject.target)
+        return Outcome(Action.UPDATE, manifest, output)
+
+    def _install_requirements(self, subject: Subject) -> Outcome:
+        """``pip install`` the requirements the user saw, if the extension is still as it was."""
+        with self._lock:
+            manifest = self._unchanged(subject)
+            _check_requirement_lines(manifest)
+            command = [sys.executable, "-m", "pip", "install", *manifest.requirements]
+            # In the extension's folder, so relative paths in its requirements mean its own files.
+            code, output = self._run(command, self._pip_timeout_s, "pip install", cwd=manifest.folder)
+        if code != 0:
+            raise ExtensionError(f"pip could not install the requirements of {manifest.name} "
+                                 f"(exit {code}):\n{output}")
+        log.info("Installed the requirements of extension %s: %s", manifest.name, ", ".join(manifest.requirements))
+        return Outcome(Action.REQUIREMENTS, manifest, output)
+
+    # --- what the commands share ----------------------------------------------------------------
 
     def _checked_clone(self, clone: Path, source: str) -> Manifest:
         try:
             manifest = read_manifest(clone)
         except ExtensionError as exc:
-            raise ExtensionError(f"{_redacted(source)} is not an Atelier extension: {exc}") from exc
+            raise ExtensionError(f"{redacted(source)} is not an Atelier extension: {exc}") from exc
         if not manifest.entry_file.is_file():
-            raise ExtensionError(f"{_redacted(source)} is not an Atelier extension: its {MANIFEST} names "
+            raise ExtensionError(f"{redacted(source)} is not an Atelier extension: its {MANIFEST} names "
                                  f"{manifest.entry_file.name}, which it does not contain")
         return manifest
 
@@ -215,15 +324,6 @@ class ExtensionInstaller:
         in_use = self._names_in_use().get(name)
         if in_use is not None:
             raise ExtensionError(f"An extension called {name!r} is already installed ({in_use})")
-
-    def update(self, name_or_folder: str) -> str:
-        """``git pull --ff-only`` in a user extension's folder; git's output. Applies at the next start."""
-        self._check_allowed(Operation.UPDATE)
-        folder = self._git_folder(name_or_folder)
-        with self._lock:
-            output = self._git(["-C", str(folder), "pull", "--ff-only"])
-        log.info("Updated extension in %s", folder)
-        return output
 
     def check_for_updates(self, name_or_folder: str) -> str:
         """Fetch and say how many commits the extension's branch is behind its remote."""
@@ -269,25 +369,6 @@ class ExtensionInstaller:
         if by_folder is not None:
             return by_folder
         return next((m.folder for m in self.user_extensions() if m.name == wanted), None)
-
-    def install_requirements(self, manifest: Manifest) -> str:
-        """``pip install`` the manifest's requirements into Atelier's Python; pip's output."""
-        self._check_allowed(Operation.REQUIREMENTS)
-        if not manifest.requirements:
-            return f"{manifest.name} declares no requirements: nothing to install."
-        for requirement in manifest.requirements:
-            if requirement.startswith("-") or "\n" in requirement or "\r" in requirement:
-                raise ExtensionError(f"{manifest.name}: {requirement!r} is not a requirement line "
-                                     "(pip options are refused)")
-        command = [sys.executable, "-m", "pip", "install", *manifest.requirements]
-        with self._lock:
-            # In the extension's folder, so relative paths in its requirements mean its own files.
-            code, output = self._run(command, self._pip_timeout_s, "pip install", cwd=manifest.folder)
-        if code != 0:
-            raise ExtensionError(f"pip could not install the requirements of {manifest.name} "
-                                 f"(exit {code}):\n{output}")
-        log.info("Installed the requirements of extension %s: %s", manifest.name, ", ".join(manifest.requirements))
-        return output
 
     # --- running commands ---------------------------------------------------------------------
 

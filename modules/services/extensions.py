@@ -10,6 +10,7 @@ logs the traceback, and leaves everything else running. Enabled/disabled is kept
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import importlib.util
 import logging
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from PIL import Image
@@ -46,6 +47,12 @@ from modules.services.extension_manifest import MANIFEST, Manifest, read_manifes
 from modules.services.jobs import WORKER_THREAD
 
 log = logging.getLogger(__name__)
+
+
+class UserHost(Host, Protocol):
+    """A host that can act for a user: the jobs it submits belong to ``owner``."""
+
+    def for_owner(self, owner: str | None) -> Host: ...
 
 
 class ExtensionState(enum.Enum):
@@ -102,8 +109,9 @@ class ExtensionManager:
         self._enabled = enabled  # False: --disable-all-extensions
         self._lock = threading.Lock()
         self._records: dict[str, ExtensionRecord] = {}
-        self._host_for: Callable[[str], Host] | None = None
+        self._host_for: Callable[[str], UserHost] | None = None
         self._in_hook = threading.local()
+        self._acting = threading.local()  # .owner: the user whose script runs on this thread
 
     # --- discovery and loading -----------------------------------------------------------------
 
@@ -131,7 +139,7 @@ class ExtensionManager:
         if self.user_dir.resolve() != self.builtin_dir.resolve():
             yield from ((folder, False) for folder in _folders(self.user_dir))
 
-    def load_all(self, host_for: Callable[[str], Host]) -> None:
+    def load_all(self, host_for: Callable[[str], UserHost]) -> None:
         """Read every manifest and load the enabled extensions; failures are recorded, never raised.
         ``host_for(name)`` is the host facade an extension's hooks receive."""
         self._host_for = host_for
@@ -249,10 +257,27 @@ class ExtensionManager:
         params = record.setup.params if record and record.setup else []
         return frozen_params({p.name: sent.get(p.name, p.default) for p in params})
 
-    def host(self, name: str) -> Host:
+    def host(self, name: str, owner: str | None = None) -> Host:
+        """``name``'s host, acting for ``owner`` (the user whose job or script it serves) when given."""
         if self._host_for is None:
             raise ExtensionError("extensions were not loaded")
-        return self._host_for(name)
+        host = self._host_for(name)
+        return host.for_owner(owner) if owner is not None else host
+
+    @contextlib.contextmanager
+    def acting_for(self, owner: str | None) -> Iterator[None]:
+        """While a script runs on this thread, hosts handed out for no user (say one kept from
+        APP_STARTED) submit their jobs as ``owner``, the user who started the script."""
+        previous = self.acting_user()
+        self._acting.owner = owner
+        try:
+            yield
+        finally:
+            self._acting.owner = previous
+
+    def acting_user(self) -> str | None:
+        """The user whose script runs on this thread (see :meth:`acting_for`), or None."""
+        return getattr(self._acting, "owner", None)
 
     def app_started(self) -> None:
         self.call(Hook.APP_STARTED, lambda r: AppStarted(self.host(r.name)))
@@ -271,19 +296,20 @@ class ExtensionManager:
             return "host.generate() cannot be called from a BEFORE_GENERATE hook"
         return None
 
-    def before_generate(self, request: GenerationRequest) -> GenerationRequest:
-        """The request after every BEFORE_GENERATE handler, each seeing the previous one's result."""
+    def before_generate(self, request: GenerationRequest, owner: str | None = None) -> GenerationRequest:
+        """The request after every BEFORE_GENERATE handler, each seeing the previous one's result;
+        their host acts for ``owner``, the user submitting the job."""
         self._in_hook.before_generate = True
         try:
-            return self._before_generate(request)
+            return self._before_generate(request, owner)
         finally:
             self._in_hook.before_generate = False
 
-    def _before_generate(self, request: GenerationRequest) -> GenerationRequest:
+    def _before_generate(self, request: GenerationRequest, owner: str | None) -> GenerationRequest:
         for record, handler in self.handlers(Hook.BEFORE_GENERATE):
             try:
                 changed = handler.call(BeforeGenerate(request, self.params_for(record.name, request),
-                                                      self.host(record.name)))
+                                                      self.host(record.name, owner)))
             except Exception as exc:
                 self.fail(record.name, Hook.BEFORE_GENERATE.name, exc)
                 continue

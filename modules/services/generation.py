@@ -65,6 +65,7 @@ from modules.services.jobs import (
 from modules.services.models import CheckpointInfo, ModelManager
 from modules.services.outputs import OutputStore, RenderedJob
 from modules.services.queue_contract import JobQueueContract
+from modules.services.settings_store import clip_skip_max_of, clip_skip_problem
 from modules.services.styles import StyleStore
 from modules.upscalers import find_upscaler
 
@@ -135,8 +136,9 @@ class GenerationService:
 
     # --- faces call these ---------------------------------------------------------------------
 
-    def prepare(self, request: GenerationRequest) -> GenerationRequest:
-        """Validate (raises ValidationError naming every bad field) and normalise a request."""
+    def prepare(self, request: GenerationRequest, owner: str | None = None) -> GenerationRequest:
+        """Validate (raises ValidationError naming every bad field) and normalise a request that
+        ``owner`` submits (the user its BEFORE_GENERATE hooks' host acts for)."""
         validate_request(request, self.limits)
         JobInputs.of(request)  # unreadable or oversized images fail here, before queuing
         if request.checkpoint:
@@ -146,12 +148,23 @@ class GenerationService:
             raise ValidationError([FieldError("refiner_checkpoint",
                                               f"checkpoint not found: {request.refiner.checkpoint!r}; available: {names}")])
         self.addons.check(request)
+        self._check_clip_skip(request)
         request = self.extensions.check_params(self._apply_styles(request))
-        changed = self.extensions.before_generate(request)
+        changed = self.extensions.before_generate(request, owner)
         if changed is not request:  # an extension's change is held to the same rules
             validate_request(changed, self.limits)
             self.addons.check(changed)
         return normalize_request(changed)
+
+    def _check_clip_skip(self, request: GenerationRequest) -> None:
+        """A clip skip past the loaded model's text-encoder layers is refused before queuing (the
+        engine checks again for a model loaded later, on a worker)."""
+        current = self.models.current()
+        if request.checkpoint and (current is None or self.models.registry.find(request.checkpoint) != current):
+            return  # another model will be loaded for this job; the engine checks it there
+        problem = clip_skip_problem(request.clip_skip, clip_skip_max_of(self.models.loaded_model()))
+        if problem is not None:
+            raise ValidationError([FieldError("clip_skip", problem)])
 
     def _apply_styles(self, request: GenerationRequest) -> GenerationRequest:
         """Styles go into the prompts once, here; the infotext records their names (A1111's Styles array)."""
@@ -165,7 +178,7 @@ class GenerationService:
     def submit(self, request: GenerationRequest, owner: str | None = None) -> Job:
         """Queue a job for ``owner`` (the signed-in user, who alone may watch or stop it when jobs
         are not shared)."""
-        return self._queue().submit(self.prepare(request), owner)
+        return self._queue().submit(self.prepare(request, owner), owner)
 
     def generate(self, request: GenerationRequest, timeout: float | None = None,
                  owner: str | None = None) -> GenerationResult:
@@ -175,14 +188,16 @@ class GenerationService:
         return result
 
     def run_script(self, title: str, tab: str, request: GenerationRequest,
-                   values: Mapping[str, Any] | list[Any]) -> GenerationResult:
-        """Run an extension's script (A1111's Script dropdown / ``script_name``) in the caller's thread;
-        its generations go through the queue like any other job."""
+                   values: Mapping[str, Any] | list[Any], owner: str | None = None) -> GenerationResult:
+        """Run an extension's script (A1111's Script dropdown / ``script_name``) in the caller's thread
+        for ``owner`` (the signed-in user): its generations go through the queue like any other job,
+        each one ``owner``'s."""
         name, script = self.extensions.find_script(title, tab)
         checked = self.extensions.script_values(script, values)
         validate_request(request, self.limits)
         try:
-            return script.run(ScriptRun(request, checked, self.extensions.host(name)))
+            with self.extensions.acting_for(owner):
+                return script.run(ScriptRun(request, checked, self.extensions.host(name, owner)))
         except AtelierError:
             raise
         except Exception as exc:  # the script's bug: reported, and the extension is switched off

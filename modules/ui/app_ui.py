@@ -12,7 +12,7 @@ from modules.extension_api import Hook, UiTabs
 from modules.infotext import parse_infotext
 from modules.services.container import Services
 from modules.services.system_memory import memory_report
-from modules.ui import checkpoints, extensions_tab, gallery, img2img, inpaint, png_info, txt2img, workers_panel
+from modules.ui import checkpoints, escape, extensions_tab, gallery, img2img, inpaint, png_info, txt2img, workers_panel
 from modules.ui.generation_form import GenerationForm
 from modules.ui.send_to import SendWiring
 
@@ -61,7 +61,8 @@ def _extension_tabs(services: Services) -> None:
                 handler.call(UiTabs(services.extensions.host(record.name)))
             except Exception as exc:  # its bug: shown in its tab, the extension is switched off
                 services.extensions.fail(record.name, "UI_TABS", exc)
-                gr.Markdown(f"⚠️ The extension {record.name} failed to build this tab: {exc}")
+                gr.Markdown(f"⚠️ The extension {escape.markdown(record.name)} failed to build this tab: "
+                            f"{escape.markdown(exc)}")
 
 
 def _wire_sends(send: SendWiring, t2i: GenerationForm, i2i: img2img.Img2ImgTab, inp: inpaint.InpaintTab,

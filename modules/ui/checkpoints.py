@@ -7,8 +7,10 @@ import logging
 import gradio as gr
 
 from modules.errors import AtelierError
+from modules.server_effects import changes_server
 from modules.services.container import Services
 from modules.services.queue_contract import QueueMode
+from modules.ui import escape
 from modules.ui.common import ui_error
 from modules.ui.vae_bar import build_vae_choice
 
@@ -25,10 +27,10 @@ def _current_title(services: Services) -> str | None:
 
 
 def _no_model_notice(services: Services) -> str:
-    folder = services.paths.default_checkpoint_dir
+    folder = escape.markdown(services.paths.default_checkpoint_dir)  # a code span would not escape it
     return (f"**No checkpoint found.** Copy a Stable Diffusion checkpoint (`.safetensors`, `.ckpt`, or a diffusers "
-            f"folder) into `{folder}` and press 🔄, or download Stable Diffusion 1.5 from the Hugging Face hub "
-            "with the button below (needs internet).")
+            f"folder) into <code>{folder}</code> and press 🔄, or download Stable Diffusion 1.5 from the Hugging "
+            "Face hub with the button below (needs internet).")
 
 
 def build_bar(services: Services) -> gr.Dropdown:
@@ -43,21 +45,24 @@ def build_bar(services: Services) -> gr.Dropdown:
         gr.Markdown(_no_model_notice(services), elem_id="no_checkpoint_notice")
         download = gr.Button("Download Stable Diffusion 1.5 (about 4 GB)", elem_id="download_default_checkpoint")
 
+    @changes_server  # rescans the checkpoint folders for everyone
     def on_refresh() -> tuple[dict, dict, str]:
         services.registry.refresh()
         titles = _titles(services)
         return (gr.update(choices=titles, value=_current_title(services)), gr.update(visible=not titles),
                 _status_text(services))
 
+    @changes_server  # switches the model every user generates with
     def on_select(title: str | None) -> tuple[dict, str]:
         if not title or title == _current_title(services):
             return gr.skip(), _status_text(services)
         try:
             services.generation.switch_model(title).future.result()
         except AtelierError as exc:
-            gr.Warning(f"{exc} The previous model stays loaded.")
+            gr.Warning(f"{escape.text(exc)} The previous model stays loaded.")
         return gr.update(choices=_titles(services), value=_current_title(services)), _status_text(services)
 
+    @changes_server  # downloads a checkpoint and switches to it
     def on_download(progress: gr.Progress = gr.Progress()) -> tuple[dict, dict, str]:
         def report(done: int, total: int) -> None:
             progress((done, total or None), desc="Downloading", unit="bytes")
@@ -87,12 +92,14 @@ def build_bar(services: Services) -> gr.Dropdown:
 
 
 def _status_text(services: Services) -> str:
+    """Markdown: checkpoint titles are file names, and errors quote them, so both are escaped."""
     current, error = services.models.current(), services.models.last_error
+    title = escape.markdown(current.title) if current else ""
     if error:
-        kept = f" Still loaded: {current.title}." if current else ""
-        return f"⚠️ {error}.{kept}"
+        kept = f" Still loaded: {title}." if current else ""
+        return f"⚠️ {escape.markdown(error)}.{kept}"
     if current is None:
         return "Loading the model…" if services.registry.all() else ""
     if services.queue.mode is QueueMode.RAY:  # the front loads nothing; each worker loads what its jobs need
-        return f"Selected: {current.title} (the workers load it for their jobs)"
-    return f"Loaded: {current.title}"
+        return f"Selected: {title} (the workers load it for their jobs)"
+    return f"Loaded: {title}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -12,15 +11,17 @@ import gradio as gr
 from modules.errors import AtelierError, ValidationError
 from modules.services.jobs import Job, ProgressSnapshot
 from modules.services.queue_contract import JobQueueContract
+from modules.ui import escape
 
 POLL_SECONDS = 0.3
 
 
 def ui_error(exc: AtelierError) -> gr.Error:
-    """The one place a service error becomes something the browser shows."""
+    """The one place a service error becomes something the browser shows. Messages quote names and
+    values the user or a file supplied, and Gradio renders them as HTML: escaped."""
     if isinstance(exc, ValidationError):
-        return gr.Error("Please fix: " + "; ".join(str(e) for e in exc.errors), title="Invalid settings")
-    return gr.Error(str(exc))
+        return gr.Error(escape.text("Please fix: " + "; ".join(str(e) for e in exc.errors)), title="Invalid settings")
+    return gr.Error(escape.text(exc))
 
 
 def _format_eta(seconds: float | None) -> str:
@@ -46,7 +47,7 @@ def progress_html(snapshot: ProgressSnapshot) -> str:
             parts.append(eta)
         text = ", ".join(parts)
     return (f'<div class="atelier-progress"><div class="atelier-progress-bar" style="width:{percent:.1f}%"></div>'
-            f'<span class="atelier-progress-text">{html.escape(text)}</span></div>')
+            f'<span class="atelier-progress-text">{escape.text(text)}</span></div>')
 
 
 def wait_for(job: Job, job_queue: JobQueueContract) -> Iterator[tuple[ProgressSnapshot, Any]]:

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 
-from modules.errors import AtelierError
 from modules.extension_api import Hook, Param, ParamKind, UiPanel
 from modules.params import GenerationRequest, GenerationResult
 from modules.services.container import Services
 from modules.services.jobs import ProgressSnapshot
+from modules.ui import escape
 from modules.ui.common import POLL_SECONDS
 
 NO_SCRIPT = "None"
@@ -85,7 +87,7 @@ def _panel(services: Services, name: str, tab: str, prefix: str, controls: Exten
                              or {})
         except Exception as exc:  # its bug: shown here, the extension is switched off
             services.extensions.fail(name, "UI_PANEL", exc)
-            gr.Markdown(f"⚠️ This extension failed to build its panel: {exc}")
+            gr.Markdown(f"⚠️ This extension failed to build its panel: {escape.markdown(exc)}")
             return
         declared = {p.name for p in record.setup.params}
         for param in record.setup.params:  # declared params without a control get a typed one
@@ -123,25 +125,27 @@ def build_extension_controls(prefix: str, tab: str, services: Services) -> Exten
     return controls
 
 
-def run_script(services: Services, title: str, tab: str, request: GenerationRequest,
-               values: dict[str, Any]) -> Iterator[tuple[ProgressSnapshot | None, Any, GenerationResult | None]]:
-    """Run a script in a thread of its own (its jobs go through the queue); yield (progress,
-    preview, None) while it runs and (None, None, result) at the end. Errors are raised."""
-    outcome: dict[str, Any] = {}
+def run_script_for(services: Services, owner: str | None, title: str, tab: str, request: GenerationRequest,
+                   values: dict[str, Any]) -> Iterator[tuple[ProgressSnapshot | None, Any, GenerationResult | None]]:
+    """Run a script for ``owner`` on a thread of its own (every job it submits is ``owner``'s); yield
+    (progress, preview, None) of the job ``owner`` may see while it runs, then (None, None, result).
+    The script's error is raised."""
+    outcome: Future[GenerationResult] = Future()
 
     def work() -> None:
         try:
-            outcome["result"] = services.generation.run_script(title, tab, request, values)
-        except AtelierError as exc:
-            outcome["error"] = exc
+            outcome.set_result(services.generation.run_script(title, tab, request, values, owner=owner))
+        except Exception as exc:  # raised again below, in the event that waits for it
+            outcome.set_exception(exc)
 
-    thread = threading.Thread(target=work, name="atelier-script", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(POLL_SECONDS)
-        job = services.queue.current()
-        if job is not None and thread.is_alive():
-            yield services.queue.snapshot(job), job.context.preview(), None
-    if "error" in outcome:
-        raise outcome["error"]
-    yield None, None, outcome["result"]
+    threading.Thread(target=work, name="atelier-script", daemon=True).start()
+    while True:
+        try:
+            result = outcome.result(timeout=POLL_SECONDS)
+        except FutureTimeout:
+            job = services.queue.visible_current(owner)  # never another user's job, unless jobs are shared
+            if job is not None:
+                yield services.queue.snapshot(job), job.context.preview(), None
+            continue
+        yield None, None, result
+        return

@@ -4,12 +4,15 @@ installing and updating them from git, their pip requirements, and each one's ow
 Enabling and disabling goes through the extension manager and applies at the next start; git and
 pip go through the installer, which refuses them while Atelier serves the network without
 ``--enable-insecure-extension-access`` (the tab then greys those controls out and says why).
+Installing, updating and installing requirements are two clicks: the first asks the server, which
+answers with what exactly would be installed and a one-time token for this session and user; only
+Confirm, presenting that token, does it. No value on the page can stand in for the token.
 """
 
 from __future__ import annotations
 
-import html
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,19 +20,26 @@ import gradio as gr
 
 from modules.errors import AtelierError
 from modules.extension_api import Hook, SettingsSection
+from modules.server_effects import changes_server
 from modules.services.container import Services
-from modules.services.extension_manifest import Manifest, read_manifest
+from modules.services.extension_install import Outcome
+from modules.services.extension_manifest import Manifest
 from modules.services.extensions import ExtensionState
+from modules.services.install_confirmation import Action, Confirmation, Requester
+from modules.ui import escape
+from modules.ui.session import user_of
 
 PRIVATE = "private"  # none of these events belongs in the public API
 
 
-@dataclass
-class _InstallControls:
-    url: gr.Textbox
-    branch: gr.Textbox
-    button: gr.Button
+@dataclass(frozen=True)
+class _Question:
+    """One section's two clicks: ask, see what exactly would be installed, confirm."""
+
+    ask: gr.Button
     result: gr.Textbox
+    token: gr.Textbox  # hidden; the server issued it to this session, and only the server can honour it
+    confirm: gr.Button
 
 
 def _table_html(services: Services) -> str:
@@ -49,7 +59,7 @@ def _table_html(services: Services) -> str:
     if not rows:
         return "<p>No extensions are installed.</p>"
     head = "".join(f"<th>{h}</th>" for h in ("Name", "Version", "Kind", "State", "Error"))
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{escape.text(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     return f'<table class="atelier-params"><tr>{head}</tr>{body}</table>'
 
 
@@ -77,8 +87,67 @@ def _requirements_text(services: Services, name: str | None) -> str:
     if manifest is None:
         return "Choose an extension to see the Python packages it needs."
     if not manifest.requirements:
-        return f"{manifest.name} declares no requirements."
-    return f"{manifest.name} needs: " + ", ".join(f"`{r}`" for r in manifest.requirements)
+        return f"{escape.markdown(manifest.name)} declares no requirements."
+    return f"{escape.markdown(manifest.name)} needs: " + ", ".join(
+        f"<code>{escape.markdown(r)}</code>" for r in manifest.requirements)
+
+
+def _requester(request: gr.Request | None) -> Requester:
+    """Who clicked: the page's Gradio session and its signed-in user, never a form value."""
+    return Requester(str(getattr(request, "session_hash", None) or ""), user_of(request))
+
+
+def _asked(ask: Callable[[], Confirmation]) -> tuple[Any, ...]:
+    """(result text, token, Confirm button) after an ask; a refusal says why and leaves nothing to confirm."""
+    try:
+        confirmation = ask()
+    except AtelierError as exc:
+        gr.Warning(escape.text(exc))
+        return f"Not done: {exc}", "", gr.update(visible=False)
+    minutes = f"{confirmation.expires_in_s / 60:g}"
+    return (f"{confirmation.summary}\nPress Confirm within {minutes} minutes to go ahead.", confirmation.token,
+            gr.update(visible=True))
+
+
+def _outcome_text(outcome: Outcome) -> str:
+    manifest = outcome.manifest
+    if outcome.action is Action.INSTALL:
+        note = " It needs Python packages: see Requirements." if manifest.requirements else ""
+        return f"Installed {manifest.name} {manifest.version} into {manifest.folder}. Restart Atelier to load it.{note}"
+    if outcome.action is Action.UPDATE:
+        return f"{outcome.output.strip()}\nUpdated {manifest.name} to {manifest.version}: restart Atelier to load it."
+    return outcome.output
+
+
+def _confirm_handler(services: Services) -> Callable[..., tuple[Any, ...]]:
+    """The one Confirm handler: it presents the token the server issued to this session for its ask."""
+
+    @changes_server
+    def confirm(token: str | None, request: gr.Request) -> tuple[Any, ...]:
+        try:
+            outcome = services.installer.confirm(token or "", _requester(request))
+        except AtelierError as exc:
+            gr.Warning(escape.text(exc))
+            return f"Not done: {exc}", "", gr.update(visible=False), gr.skip(), gr.skip(), gr.skip()
+        names = sorted(_manifests(services))
+        chosen = outcome.manifest.name if outcome.action is Action.INSTALL else None
+        requirements = gr.update(choices=names, value=chosen) if chosen else gr.update(choices=names)
+        return (_outcome_text(outcome), "", gr.update(visible=False), _table_html(services),
+                gr.update(choices=services.installer.user_folders()), requirements)
+
+    return confirm
+
+
+def _question(ask_label: str, prefix: str, locked: str | None, result: dict[str, Any]) -> _Question:
+    """An ask button, its result box (``result``: the box's arguments), the hidden one-time token the
+    server issues, and the Confirm button that presents it (shown only while there is a question)."""
+    ask = gr.Button(ask_label, elem_id=f"extensions_{prefix}", interactive=not locked)
+    box = gr.Textbox(interactive=False, **result)
+    # In the page but not shown ("hidden" keeps it in the DOM, so the browser sends it back): a
+    # forged event from elsewhere never saw it, and in another session or as another user it is void.
+    token = gr.Textbox(visible="hidden", show_label=False, elem_id=f"extensions_{prefix}_token")
+    confirm = gr.Button("Confirm", variant="stop", visible=False, elem_id=f"extensions_{prefix}_confirm")
+    return _Question(ask, box, token, confirm)
 
 
 def build_tab(services: Services, demo: gr.Blocks) -> None:
@@ -92,114 +161,108 @@ def build_tab(services: Services, demo: gr.Blocks) -> None:
             apply = gr.Button("Apply (takes effect at restart)", variant="primary", elem_id="extensions_apply")
             applied = gr.Markdown(elem_id="extensions_apply_result")
     if locked:
-        gr.Markdown(f"⚠️ {locked}", elem_id="extensions_locked")
-    install = _build_install(locked)
-    update_target = _build_update(services, locked)
-    requirements_for = _build_requirements(services, locked)
+        gr.Markdown(f"⚠️ {escape.markdown(locked)}", elem_id="extensions_locked")
+    install = _build_install(services, locked)
+    update, update_target = _build_update(services, locked)
+    requirements, requirements_for = _build_requirements(services, locked)
     _settings_sections(services)
 
+    @changes_server
     def save(selected: list[str] | None) -> tuple[str, str]:
         chosen = set(selected or [])
         try:
             for name in _switchable(services):
                 services.extensions.set_enabled(name, name in chosen)
         except (AtelierError, OSError) as exc:
-            raise gr.Error(f"Could not save the choice: {exc}") from exc
+            raise gr.Error(f"Could not save the choice: {escape.text(exc)}") from exc
         gr.Info("Saved. Restart Atelier to apply it.")
         return "Saved: restart Atelier to apply it.", _table_html(services)
 
     apply.click(save, inputs=[enabled], outputs=[applied, table], api_visibility=PRIVATE)
-    _wire_install(services, install, [table, update_target, requirements_for])
+    confirm = _confirm_handler(services)
+    for question in (install, update, requirements):
+        question.confirm.click(confirm, inputs=[question.token],
+                               outputs=[question.result, question.token, question.confirm, table, update_target,
+                                        requirements_for], api_visibility=PRIVATE)
     demo.load(lambda: _refresh(services), outputs=[table, enabled, update_target, requirements_for],
               api_visibility=PRIVATE)
 
 
-def _build_install(locked: str | None) -> _InstallControls:
+def _forget(question: _Question, *triggers: Any) -> None:
+    """A changed choice: the question asked about the previous one cannot be confirmed any more."""
+    for trigger in triggers:
+        trigger(lambda: ("", gr.update(visible=False)), outputs=[question.token, question.confirm],
+                show_progress="hidden", api_visibility=PRIVATE)
+
+
+def _build_install(services: Services, locked: str | None) -> _Question:
     with gr.Accordion("Install from URL", open=True):
         with gr.Row():
             url = gr.Textbox(label="Git repository URL", placeholder="https://github.com/owner/extension.git",
                              elem_id="extensions_install_url", interactive=not locked, scale=4)
             branch = gr.Textbox(label="Branch or tag (optional)", elem_id="extensions_install_branch",
                                 interactive=not locked, scale=1)
-        button = gr.Button("Install", variant="primary", elem_id="extensions_install", interactive=not locked)
-        result = gr.Textbox(label="Result", lines=3, interactive=False, elem_id="extensions_install_result",
-                            value=locked or "")
-    return _InstallControls(url, branch, button, result)
+        question = _question("Install", "install", locked, {"label": "Result", "lines": 3, "value": locked or "",
+                                                            "elem_id": "extensions_install_result"})
+
+    @changes_server
+    def ask(url: str | None, branch: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return _asked(lambda: services.installer.ask_install(url or "", _requester(request),
+                                                             (branch or "").strip() or None))
+
+    question.ask.click(ask, inputs=[url, branch], outputs=[question.result, question.token, question.confirm],
+                       api_visibility=PRIVATE)
+    _forget(question, url.input, branch.input)
+    return question
 
 
-def _wire_install(services: Services, controls: _InstallControls, lists: list[Any]) -> None:
-    """Install; on success refresh ``lists`` (table, update dropdown, requirements dropdown)."""
-
-    def run(url: str | None, branch: str | None) -> tuple[Any, ...]:
-        try:
-            folder = services.installer.install(url or "", (branch or "").strip() or None)
-            manifest = read_manifest(folder)
-        except AtelierError as exc:
-            return f"Not installed: {exc}", gr.skip(), gr.skip(), gr.skip()
-        note = " It needs Python packages: see Requirements." if manifest.requirements else ""
-        text = f"Installed {manifest.name} {manifest.version} into {folder}. Restart Atelier to load it.{note}"
-        return (text, _table_html(services), gr.update(choices=services.installer.user_folders()),
-                gr.update(choices=sorted(_manifests(services)), value=manifest.name))
-
-    controls.button.click(run, inputs=[controls.url, controls.branch], outputs=[controls.result, *lists],
-                          api_visibility=PRIVATE)
-
-
-def _build_update(services: Services, locked: str | None) -> gr.Dropdown:
-    """Check for updates / Update for one user extension; returns its dropdown."""
+def _build_update(services: Services, locked: str | None) -> tuple[_Question, gr.Dropdown]:
+    """Check for updates / Update for one user extension; its question and its dropdown."""
     with gr.Accordion("Check for updates / Update", open=True):
         with gr.Row():
             target = gr.Dropdown(label="User extension", choices=services.installer.user_folders(), value=None,
                                  elem_id="extensions_update_target", interactive=not locked, scale=3)
             check = gr.Button("Check for updates", elem_id="extensions_check_updates", interactive=not locked)
-            update = gr.Button("Update", elem_id="extensions_update", interactive=not locked)
-        result = gr.Textbox(label="git", lines=4, interactive=False, elem_id="extensions_update_result")
+        question = _question("Update", "update", locked, {"label": "git", "lines": 4,
+                                                          "elem_id": "extensions_update_result"})
 
+    @changes_server  # git fetch writes the extension's .git (remote refs, objects), though not its code
     def check_for_updates(name: str | None) -> str:
         try:
             return services.installer.check_for_updates(name or "")
         except AtelierError as exc:
             return f"Failed: {exc}"
 
-    def run_update(name: str | None) -> str:
-        try:
-            return services.installer.update(name or "") + "\nUpdated: restart Atelier to load the new code."
-        except AtelierError as exc:
-            return f"Failed: {exc}"
+    @changes_server
+    def ask(name: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return _asked(lambda: services.installer.ask_update(name or "", _requester(request)))
 
-    check.click(check_for_updates, inputs=[target], outputs=[result], api_visibility=PRIVATE)
-    update.click(run_update, inputs=[target], outputs=[result], api_visibility=PRIVATE)
-    return target
+    check.click(check_for_updates, inputs=[target], outputs=[question.result], api_visibility=PRIVATE)
+    question.ask.click(ask, inputs=[target], outputs=[question.result, question.token, question.confirm],
+                       api_visibility=PRIVATE)
+    _forget(question, target.change)
+    return question, target
 
 
-def _build_requirements(services: Services, locked: str | None) -> gr.Dropdown:
-    """An extension's declared requirements, the trust box, and pip's output; returns the dropdown."""
+def _build_requirements(services: Services, locked: str | None) -> tuple[_Question, gr.Dropdown]:
+    """An extension's declared requirements, the question to install them, and pip's output."""
     with gr.Accordion("Requirements", open=True):
         chosen = gr.Dropdown(label="Extension", choices=sorted(_manifests(services)), value=None,
                              elem_id="extensions_requirements_for")
         listing = gr.Markdown(_requirements_text(services, None), elem_id="extensions_requirements")
-        confirm = gr.Checkbox(label="I trust this extension: install its requirements into Atelier's Python "
-                                    "environment", value=False, elem_id="extensions_confirm_requirements",
-                              interactive=not locked)
-        install = gr.Button("Install requirements", elem_id="extensions_install_requirements", interactive=not locked)
-        output = gr.Textbox(label="pip", lines=6, interactive=False, elem_id="extensions_pip_output")
+        question = _question("Install requirements", "install_requirements", locked,
+                             {"label": "pip", "lines": 6, "elem_id": "extensions_pip_output"})
 
-    def run(name: str | None, trusted: bool) -> tuple[str, bool]:
-        if not trusted:
-            return "Not installed: tick 'I trust this extension' first (pip runs the packages' own code).", False
-        manifest = _manifests(services).get(name or "")
-        if manifest is None:
-            return "Not installed: choose an extension first.", False
-        try:
-            return services.installer.install_requirements(manifest), False
-        except AtelierError as exc:
-            return f"Failed: {exc}", False
+    @changes_server
+    def ask(name: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return _asked(lambda: services.installer.ask_requirements(name or "", _requester(request)))
 
-    # Another extension chosen: the trust given to the previous one does not carry over.
-    chosen.change(lambda name: (_requirements_text(services, name), False), inputs=[chosen],
-                  outputs=[listing, confirm], show_progress="hidden", api_visibility=PRIVATE)
-    install.click(run, inputs=[chosen, confirm], outputs=[output, confirm], api_visibility=PRIVATE)
-    return chosen
+    question.ask.click(ask, inputs=[chosen], outputs=[question.result, question.token, question.confirm],
+                       api_visibility=PRIVATE)
+    chosen.change(lambda name: _requirements_text(services, name), inputs=[chosen], outputs=[listing],
+                  show_progress="hidden", api_visibility=PRIVATE)
+    _forget(question, chosen.change)
+    return question, chosen
 
 
 def _settings_sections(services: Services) -> None:
@@ -215,4 +278,5 @@ def _settings_sections(services: Services) -> None:
                 handler.call(SettingsSection(services.extensions.host(record.name)))
             except Exception as exc:  # its bug: shown here, the extension is switched off
                 services.extensions.fail(record.name, Hook.SETTINGS_SECTION.name, exc)
-                gr.Markdown(f"⚠️ The extension {record.name} failed to build its settings: {exc}")
+                gr.Markdown(f"⚠️ The extension {escape.markdown(record.name)} failed to build its settings: "
+                            f"{escape.markdown(exc)}")

@@ -7,6 +7,7 @@ import re
 
 import gradio as gr
 
+from modules.server_effects import changes_server
 from modules.services.addons import AddonFile
 from modules.services.container import Services
 
@@ -59,6 +60,7 @@ def build_browser(prefix: str, services: Services, prompt: gr.Textbox) -> None:
         return (gr.Dataset(samples=_rows(addons.loras.all(), query)),
                 gr.Dataset(samples=_rows(addons.embeddings.all(), query)))
 
+    @changes_server  # rescans the LoRA and embedding folders for everyone
     def on_refresh(query: str) -> tuple[gr.Dataset, gr.Dataset]:
         addons.loras.refresh()
         addons.embeddings.refresh()

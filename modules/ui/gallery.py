@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 
 from modules.errors import AtelierError
+from modules.server_effects import changes_server
 from modules.services.container import Services
 from modules.services.gallery import GalleryPage, GalleryQuery
 from modules.services.images import read_infotext
@@ -95,6 +96,7 @@ def build_tab(services: Services, tab: gr.Tab) -> GalleryTab:
             raise gr.Error("That image is no longer there; press Refresh.") from exc
         return str(path), read_infotext(path) or "", str(path.parent), relatives[index], gr.Row(visible=False)
 
+    @changes_server  # deletes a file from outputs/
     def on_delete(relative: str, number: int, *values: Any) -> tuple[Any, ...]:
         try:
             gallery_service.delete(relative or "")

@@ -21,8 +21,9 @@ from modules.infotext_request import request_from_infotext
 from modules.params import GenerationRequest, GenerationResult
 from modules.samplers import DEFAULT_SAMPLER, RngSource, ScheduleType, sampler_names
 from modules.services.container import Services
+from modules.ui import escape
 from modules.ui.common import progress_html, ui_error, wait_for
-from modules.ui.extension_panels import ExtensionControls, build_extension_controls, run_script
+from modules.ui.extension_panels import ExtensionControls, build_extension_controls, run_script_for
 from modules.ui.extra_networks_ui import build_browser
 from modules.ui.hires_refiner import (
     HiresControls,
@@ -228,8 +229,8 @@ def _wire_token_counters(prefix: str, services: Services, prompt: gr.Textbox, ne
         counters = [gr.HTML("", elem_id=f"{prefix}_token_counter", elem_classes="token-counter"),
                     gr.HTML("", elem_id=f"{prefix}_negative_token_counter", elem_classes="token-counter")]
     for box, counter in zip((prompt, negative), counters, strict=True):
-        box.change(lambda text: f"<span>{services.generation.count_tokens(text, 20)}</span>", inputs=[box],
-                   outputs=[counter], queue=False, trigger_mode="always_last", show_progress="hidden",
+        box.change(lambda text: f"<span>{escape.text(services.generation.count_tokens(text, 20))}</span>",
+                   inputs=[box], outputs=[counter], queue=False, trigger_mode="always_last", show_progress="hidden",
                    api_visibility="private")
 
 
@@ -277,7 +278,8 @@ def wire_generation(form: GenerationForm, services: Services, extra_inputs: list
                                   rng=RngSource(options.randn_source), vae=job_request.vae or options.sd_vae,
                                   extension_params=params)
             if script is not None:
-                for snapshot, image, done in run_script(services, script, tab, job_request, script_values):
+                for snapshot, image, done in run_script_for(services, user_of(request), script, tab, job_request,
+                                                            script_values):
                     if done is not None:
                         result = done
                     elif snapshot is not None:
@@ -292,7 +294,7 @@ def wire_generation(form: GenerationForm, services: Services, extra_inputs: list
         except AtelierError as exc:
             raise ui_error(exc) from exc
         for note in result.warnings:
-            gr.Info(note)
+            gr.Info(escape.text(note))  # warnings quote prompts and file names
         items, infos = _gallery(result)
         note = "Interrupted: kept the images finished before the stop." if result.interrupted else ""
         yield None, note, gr.update(value=None, visible=False), items, infos[0]["infotext"] if infos else "", infos

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import gradio as gr
@@ -10,6 +9,7 @@ from PIL import Image, UnidentifiedImageError
 
 from modules.infotext import parse_infotext
 from modules.services.images import infotext_of
+from modules.ui import escape
 
 
 @dataclass
@@ -23,7 +23,7 @@ def _table(text: str) -> str:
     parsed = parse_infotext(text)
     rows = [("Prompt", parsed.prompt), ("Negative prompt", parsed.negative_prompt),
             *((k, v) for k, v in parsed.params.items() if not k.endswith(("-1", "-2")))]
-    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows if v)
+    cells = "".join(f"<tr><th>{escape.text(k)}</th><td>{escape.text(v)}</td></tr>" for k, v in rows if v)
     return f'<table class="atelier-params">{cells}</table>'
 
 

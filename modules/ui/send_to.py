@@ -9,6 +9,7 @@ import gradio as gr
 
 from modules.infotext import parse_infotext
 from modules.services.container import Services
+from modules.ui import escape
 from modules.ui.generation_form import GenerationForm, fields_from_infotext
 from modules.ui.infotext_fill import switch_to_checkpoint_of
 
@@ -39,7 +40,7 @@ class SendWiring:
                        else [gr.skip()] * len(target.request_fields()))
             warning = switch_to_checkpoint_of(self.services, parse_infotext(text).params) if text else None
             if warning:
-                gr.Warning(warning)
+                gr.Warning(escape.text(warning))  # it quotes the image's checkpoint name
             current = self.services.models.current()
             result.append(gr.update(value=current.title) if current else gr.skip())
             return result + [gr.Tabs(selected=target_id)]

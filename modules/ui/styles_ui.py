@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import gradio as gr
 
 from modules.errors import AtelierError
+from modules.server_effects import changes_server
 from modules.services.container import Services
 from modules.services.styles import PromptStyle
+from modules.ui import escape
 from modules.ui.common import ui_error
 
 
@@ -47,18 +49,20 @@ def build_styles(prefix: str, services: Services, prompt: gr.Textbox, negative: 
         style = store.get(style_name) if style_name else None
         return (style.prompt, style.negative_prompt) if style else (gr.skip(), gr.skip())
 
+    @changes_server  # writes styles.csv
     def on_save(style_name: str | None, text: str, neg: str) -> tuple[dict, dict]:
         try:
             store.save(PromptStyle(name=(style_name or "").strip(), prompt=text or "", negative_prompt=neg or ""))
         except AtelierError as exc:
             raise ui_error(exc) from exc
-        gr.Info(f"Saved style {style_name!r}.")
+        gr.Info(f"Saved style {escape.text(repr(style_name))}.")
         return refreshed(style_name)
 
+    @changes_server  # writes styles.csv
     def on_delete(style_name: str | None) -> tuple[dict, dict]:
         if not style_name or not store.delete(style_name):
             raise gr.Error("Choose a saved style to delete.")
-        gr.Info(f"Deleted style {style_name!r}.")
+        gr.Info(f"Deleted style {escape.text(repr(style_name))}.")
         return refreshed(None)
 
     private = {"api_visibility": "private"}

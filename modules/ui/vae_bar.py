@@ -7,6 +7,7 @@ import gradio as gr
 
 from modules.errors import AtelierError
 from modules.params import VAE_AUTOMATIC, VAE_NONE, GenerationRequest
+from modules.server_effects import changes_server
 from modules.services.container import Services
 from modules.ui.common import ui_error
 
@@ -21,6 +22,7 @@ def build_vae_choice(services: Services) -> gr.Dropdown:
                       elem_id="setting_sd_vae", scale=2)
     refresh = gr.Button("🔄", elem_id="refresh_sd_vae", elem_classes="tool-button", scale=0)
 
+    @changes_server  # writes config.yaml
     def on_select(choice: str) -> None:
         try:
             services.addons.check(GenerationRequest(vae=choice))
@@ -28,6 +30,7 @@ def build_vae_choice(services: Services) -> gr.Dropdown:
         except AtelierError as exc:
             raise ui_error(exc) from exc
 
+    @changes_server  # rescans the VAE folders for everyone
     def on_refresh() -> gr.Dropdown:
         services.addons.vaes.refresh()
         return gr.Dropdown(choices=_choices(services), value=services.options.get().sd_vae)

@@ -13,7 +13,8 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 import app as app_module
-from modules.api.auth import FailureLimiter, load_auth
+from modules.web.credentials import load_auth
+from modules.web.limiter import FailureLimiter
 from modules.cmd_args import parse_flags
 from tests.conftest import make_services
 
@@ -32,7 +33,7 @@ def build(tmp_path: Path, *args: str) -> tuple[TestClient, object]:
     flags = parse_flags(list(args), {})
     services = make_services(tmp_path / "data", tmp_path / "no-models")
     auth = load_auth(flags.gradio_auth, flags.gradio_auth_path, flags.api_auth)
-    return TestClient(app_module._build_app(flags, services, auth)), services
+    return TestClient(app_module._build_app(flags, services, auth), base_url="http://127.0.0.1"), services
 
 
 @pytest.fixture

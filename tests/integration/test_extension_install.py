@@ -1,4 +1,7 @@
-"""Installing, updating and equipping extensions from real (local, bare) git repositories, offline."""
+"""Installing, updating and equipping extensions from real (local, bare) git repositories, offline.
+
+Everything goes through the installer's two steps (ask, then confirm with the token); what a forged
+or mismatched confirmation cannot do is in tests/reliability/test_install_confirmation.py."""
 
 from __future__ import annotations
 
@@ -12,15 +15,32 @@ import pytest
 
 from modules.errors import ExtensionError
 from modules.extension_api import Hook
-from modules.services import extension_install
+from modules.services import extension_install, git_sources
 from modules.services.extension_install import ExtensionInstaller
 from modules.services.extension_manifest import read_manifest
 from modules.services.extensions import ExtensionState
+from modules.services.install_confirmation import Requester
 from tests.conftest import make_services
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
 MAIN = "from modules.extension_api import Hook\n\ndef setup(ext):\n    ext.on(Hook.APP_STARTED, lambda ctx: None)\n"
+ME = Requester("session-me")
+
+
+def install(installer: ExtensionInstaller, url: str, branch: str | None = None,
+            folder_name: str | None = None) -> Path:
+    """Ask, then confirm in the same session: the new extension's folder."""
+    confirmation = installer.ask_install(url, ME, branch, folder_name)
+    return installer.confirm(confirmation.token, ME).manifest.folder
+
+
+def update(installer: ExtensionInstaller, name: str) -> str:
+    return installer.confirm(installer.ask_update(name, ME).token, ME).output
+
+
+def install_requirements(installer: ExtensionInstaller, name: str) -> str:
+    return installer.confirm(installer.ask_requirements(name, ME).token, ME).output
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +85,9 @@ def bare_repo(tmp: Path, name: str, with_manifest: bool = True) -> tuple[Path, P
 def test_install_from_a_path_and_a_file_url(tmp_path: Path) -> None:
     bare, _ = bare_repo(tmp_path, "hello")
     installer = ExtensionInstaller(tmp_path / "extensions")
-    folder = installer.install(str(bare))
+    confirmation = installer.ask_install(str(bare), ME)
+    assert str(bare.name) in confirmation.summary and not (tmp_path / "extensions" / "hello").exists()
+    folder = installer.confirm(confirmation.token, ME).manifest.folder
     assert folder == tmp_path / "extensions" / "hello"
     manifest = read_manifest(folder)
     assert (manifest.name, manifest.version) == ("hello", "1.0.0")
@@ -73,20 +95,22 @@ def test_install_from_a_path_and_a_file_url(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "extensions").iterdir()] == ["hello"]  # no staging folder left
 
     with pytest.raises(ExtensionError, match="already"):
-        installer.install(bare.as_uri())
+        install(installer, bare.as_uri())
     with pytest.raises(ExtensionError, match="already installed"):
-        installer.install(bare.as_uri(), folder_name="hello-again")
+        install(installer, bare.as_uri(), folder_name="hello-again")
+    with pytest.raises(ExtensionError, match="already exists"):  # refused when asking, before any clone
+        installer.ask_install(bare.as_uri(), ME, folder_name="hello")
     assert [p.name for p in (tmp_path / "extensions").iterdir()] == ["hello"]
 
     other = ExtensionInstaller(tmp_path / "other")
-    assert other.install(bare.as_uri(), branch="main", folder_name="renamed").name == "renamed"
+    assert install(other, bare.as_uri(), branch="main", folder_name="renamed").name == "renamed"
 
 
 def test_a_repository_without_manifest_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
     bare, _ = bare_repo(tmp_path, "plain", with_manifest=False)
     installer = ExtensionInstaller(tmp_path / "extensions")
     with pytest.raises(ExtensionError, match="(?s)not an Atelier extension.*no extension.yaml"):
-        installer.install(str(bare))
+        install(installer, str(bare))
     assert list((tmp_path / "extensions").iterdir()) == []
 
 
@@ -94,23 +118,35 @@ def test_a_failed_clone_says_what_git_said(tmp_path: Path) -> None:
     bare, _ = bare_repo(tmp_path, "hello")
     installer = ExtensionInstaller(tmp_path / "extensions")
     with pytest.raises(ExtensionError, match="(?s)git clone failed.*no-such-branch"):
-        installer.install(str(bare), branch="no-such-branch")
+        install(installer, str(bare), branch="no-such-branch")
     assert list((tmp_path / "extensions").iterdir()) == []
 
 
-def test_update_pulls_a_new_commit(tmp_path: Path) -> None:
+def test_update_moves_to_exactly_the_commit_it_asked_about(tmp_path: Path) -> None:
     bare, work = bare_repo(tmp_path, "hello")
     installer = ExtensionInstaller(tmp_path / "extensions")
-    folder = installer.install(bare.as_uri())
+    folder = install(installer, bare.as_uri())
     assert "up to date" in installer.check_for_updates("hello")
+    with pytest.raises(ExtensionError, match="up to date"):
+        installer.ask_update("hello", ME)
 
     write_extension(work, "hello", version="1.1.0")
     git("commit", "-q", "-am", "second", cwd=work)
     git("push", "-q", "origin", "main", cwd=work)
+    asked_about = git("rev-parse", "HEAD", cwd=work).strip()
     assert "1 new commit" in installer.check_for_updates("hello")
-    output = installer.update("hello")
-    assert "Fast-forward" in output or "extension.yaml" in output
-    assert read_manifest(folder).version == "1.1.0"
+    confirmation = installer.ask_update("hello", ME)
+    assert "hello 1.0.0" in confirmation.summary and "version 1.1.0, 1 new commit" in confirmation.summary
+    assert read_manifest(folder).version == "1.0.0"  # asking changes nothing
+
+    write_extension(work, "hello", version="1.2.0")  # pushed after the ask: not what was confirmed
+    git("commit", "-q", "-am", "third", cwd=work)
+    git("push", "-q", "origin", "main", cwd=work)
+    outcome = installer.confirm(confirmation.token, ME)
+    assert "Fast-forward" in outcome.output or "extension.yaml" in outcome.output
+    assert outcome.manifest.version == read_manifest(folder).version == "1.1.0"
+    assert git("rev-parse", "HEAD", cwd=folder).strip() == asked_about
+    assert "version 1.2.0" in installer.ask_update("hello", ME).summary
 
 
 def test_update_refuses_folders_git_does_not_own_and_built_ins(tmp_path: Path) -> None:
@@ -119,26 +155,26 @@ def test_update_refuses_folders_git_does_not_own_and_built_ins(tmp_path: Path) -
     write_extension(builtin / "shipped", "shipped")
     installer = ExtensionInstaller(user, builtin_dir=builtin)
     with pytest.raises(ExtensionError, match="not installed with git"):
-        installer.update("handmade")
+        installer.ask_update("handmade", ME)
     with pytest.raises(ExtensionError, match="built in"):
-        installer.update("shipped")
+        installer.ask_update("shipped", ME)
     with pytest.raises(ExtensionError, match="No user extension"):
-        installer.update("missing")
+        installer.ask_update("missing", ME)
 
 
 def test_network_exposed_refuses_unless_insecure_access_is_allowed(tmp_path: Path) -> None:
     bare, _ = bare_repo(tmp_path, "hello")
     exposed = ExtensionInstaller(tmp_path / "extensions", network_exposed=True)
-    needs = read_manifest(write_extension(tmp_path / "needs", "needs", requirements=["x"]))
+    write_extension(tmp_path / "extensions" / "needs", "needs", requirements=["x"])
     assert exposed.locked_reason and "--enable-insecure-extension-access" in exposed.locked_reason
-    for attempt in (lambda: exposed.install(str(bare)), lambda: exposed.update("hello"),
-                    lambda: exposed.install_requirements(needs)):
+    for attempt in (lambda: exposed.ask_install(str(bare), ME), lambda: exposed.ask_update("hello", ME),
+                    lambda: exposed.ask_requirements("needs", ME)):
         with pytest.raises(ExtensionError, match=r"refused while Atelier serves the network \(--listen/--share\)"):
             attempt()
     assert not (tmp_path / "extensions" / "hello").exists()
     allowed = ExtensionInstaller(tmp_path / "extensions", network_exposed=True, insecure_allowed=True)
     assert allowed.locked_reason is None
-    assert allowed.install(str(bare)).is_dir()
+    assert install(allowed, str(bare)).is_dir()
 
 
 @pytest.mark.parametrize("url", ["--upload-pack=touch x", "-u", "a b", "", "   ", "https://host/x\nmore",
@@ -146,26 +182,26 @@ def test_network_exposed_refuses_unless_insecure_access_is_allowed(tmp_path: Pat
                                  "no-such-folder-here"])
 def test_urls_that_are_not_git_addresses_are_refused(tmp_path: Path, url: str) -> None:
     with pytest.raises(ExtensionError, match="git URL"):
-        ExtensionInstaller(tmp_path / "extensions").install(url)
+        ExtensionInstaller(tmp_path / "extensions").ask_install(url, ME)
     assert not (tmp_path / "extensions").exists()
 
 
 @pytest.mark.parametrize("url", ["https://github.com/owner/repo.git", "http://host:8080/r", "git://host/r",
                                  "ssh://git@host/r.git", "git@github.com:owner/repo.git", "file:///srv/repo.git"])
 def test_git_addresses_are_accepted(url: str) -> None:
-    assert extension_install.checked_url(url) == url
+    assert git_sources.checked_url(url) == url
 
 
 def test_credentials_in_a_url_are_not_repeated() -> None:
-    assert extension_install._redacted("https://user:token@host/r.git") == "https://***@host/r.git"
-    assert extension_install._redacted("git@host:r.git") == "git@host:r.git"
+    assert git_sources.redacted("https://user:token@host/r.git") == "https://***@host/r.git"
+    assert git_sources.redacted("git@host:r.git") == "git@host:r.git"
 
 
 def test_bad_branch_names_are_refused(tmp_path: Path) -> None:
     bare, _ = bare_repo(tmp_path, "hello")
     for branch in ("--orphan", "a b", "x..y"):
         with pytest.raises(ExtensionError, match="branch"):
-            ExtensionInstaller(tmp_path / "extensions").install(str(bare), branch=branch)
+            ExtensionInstaller(tmp_path / "extensions").ask_install(str(bare), ME, branch=branch)
 
 
 def tiny_wheel(folder: Path) -> Path:
@@ -188,14 +224,15 @@ def test_requirements_install_offline_into_a_target(tmp_path: Path, monkeypatch:
     for key, value in (("PIP_TARGET", str(target)), ("PIP_NO_INDEX", "1"), ("PIP_DISABLE_PIP_VERSION_CHECK", "1")):
         monkeypatch.setenv(key, value)
     wheel = tiny_wheel(tmp_path)
-    manifest = read_manifest(write_extension(tmp_path / "ext", "needs", requirements=[str(wheel)]))
-    output = ExtensionInstaller(tmp_path / "extensions").install_requirements(manifest)
+    installer = ExtensionInstaller(tmp_path / "extensions")
+    write_extension(tmp_path / "extensions" / "needs", "needs", requirements=[str(wheel)])
+    output = install_requirements(installer, "needs")
     assert "Successfully installed atelier-tinyreq-0.1" in output
     assert (target / "atelier_tinyreq" / "__init__.py").is_file()
 
-    missing = read_manifest(write_extension(tmp_path / "ext2", "needs2", requirements=["atelier-no-such-pkg-xyz"]))
+    write_extension(tmp_path / "extensions" / "needs2", "needs2", requirements=["atelier-no-such-pkg-xyz"])
     with pytest.raises(ExtensionError, match="(?s)pip could not install.*atelier-no-such-pkg-xyz"):
-        ExtensionInstaller(tmp_path / "extensions").install_requirements(missing)
+        install_requirements(installer, "needs2")
 
 
 def test_requirements_command_and_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,14 +244,22 @@ def test_requirements_command_and_refusals(tmp_path: Path, monkeypatch: pytest.M
         return subprocess.CompletedProcess(command, 0, stdout="ok\n")
 
     monkeypatch.setattr(extension_install.subprocess, "run", fake_run)
-    installer = ExtensionInstaller(tmp_path / "extensions")
-    manifest = read_manifest(write_extension(tmp_path / "ext", "needs", requirements=["numpy>=1.0", "pillow"]))
-    assert installer.install_requirements(manifest) == "ok\n"
+    user = tmp_path / "extensions"
+    installer = ExtensionInstaller(user)
+    write_extension(user / "needs", "needs", requirements=["numpy>=1.0", "pillow"])
+    confirmation = installer.ask_requirements("needs", ME)
+    assert "needs 1.0.0" in confirmation.summary and "numpy>=1.0, pillow" in confirmation.summary
+    assert seen == []  # asking runs nothing
+    assert installer.confirm(confirmation.token, ME).output == "ok\n"
     assert seen == [[sys.executable, "-m", "pip", "install", "numpy>=1.0", "pillow"]]
-    assert "nothing to install" in installer.install_requirements(read_manifest(write_extension(tmp_path / "e", "e")))
-    option = read_manifest(write_extension(tmp_path / "opt", "opt", requirements=["--index-url=http://evil/"]))
+    write_extension(user / "e", "e")
+    with pytest.raises(ExtensionError, match="nothing to install"):
+        installer.ask_requirements("e", ME)
+    write_extension(user / "opt", "opt", requirements=["--index-url=http://evil/"])
     with pytest.raises(ExtensionError, match="pip options are refused"):
-        installer.install_requirements(option)
+        installer.ask_requirements("opt", ME)
+    with pytest.raises(ExtensionError, match="No extension called"):
+        installer.ask_requirements("missing", ME)
     assert len(seen) == 1
 
 

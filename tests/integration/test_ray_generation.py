@@ -149,7 +149,7 @@ def test_the_panel_and_the_api_show_the_workers(cluster) -> None:
 
     services, _handles, _ray = cluster
     app = FastAPI()
-    routes.install(app, services, Flags(api=True), auth_enabled=False)
+    routes.install(app, services, Flags(api=True))
     body = TestClient(app).get("/sdapi/v1/workers").json()
     assert body["mode"] == "ray" and sorted(w["name"] for w in body["workers"]) == ["testhost/gpu0", "testhost/gpu1"]
     assert all(w["jobs_done"] >= 4 and not w["busy"] for w in body["workers"])

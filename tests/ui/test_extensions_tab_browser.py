@@ -82,6 +82,11 @@ def test_install_from_a_local_repository(page, server: Server, tmp_path: Path) -
     open_tab(page)
     page.locator("#extensions_install_url textarea").fill(str(bare))
     page.locator("#extensions_install").click()
+    # The server says what it would install and waits for this page's own confirmation.
+    page.wait_for_function(
+        "() => document.querySelector('#extensions_install_result textarea').value.includes('Press Confirm')")
+    assert not (server.data_dir / "extensions" / "fresh-ext").exists()
+    page.locator("#extensions_install_confirm").click()
     page.wait_for_function(
         "() => document.querySelector('#extensions_install_result textarea').value.includes('Installed fresh-ext')")
     assert "fresh-ext" in page.locator("#extensions_table").inner_text()

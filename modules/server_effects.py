@@ -1,0 +1,37 @@
+"""What a UI event or an API route does to the server, read by the one request guard.
+
+Most requests only read, or start and steer the caller's own jobs. A few change what every user
+of the server gets: settings, the loaded model, the model and style lists, files on disk,
+extensions. Those are marked here with :func:`changes_server`, where the event or route is
+defined, and the guard refuses them from the network while the server has no password
+(``--listen`` without ``--gradio-auth``/``--api-auth``), in one place for every route and event,
+including ones added later and by extensions.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+_MARK = "__atelier_effect__"
+
+
+class Effect(enum.Enum):
+    """How far a request reaches."""
+
+    OWN = "own"  # reads, or starts/steers the caller's own jobs
+    SERVER = "server"  # changes what every user gets (settings, models, lists, files, extensions)
+
+
+def changes_server(fn: F) -> F:
+    """Mark an event handler or route endpoint as changing the server for everyone."""
+    setattr(fn, _MARK, Effect.SERVER)
+    return fn
+
+
+def effect_of(fn: object) -> Effect:
+    """The effect a handler was marked with; unmarked handlers only read or run own jobs."""
+    mark = getattr(fn, _MARK, None)
+    return mark if isinstance(mark, Effect) else Effect.OWN

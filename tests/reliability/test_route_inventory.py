@@ -1,0 +1,236 @@
+"""Category 11, the route inventory: every route and every UI event the server exposes, each with
+its expected rules, tried as an attacker would.
+
+- host: a foreign ``Host`` (DNS rebinding) is 421 on every route, open ones included;
+- auth: with a password, every route but the login page and its assets is 401 without credentials;
+- origin: every state-changing route and UI event is 403 from another site's page;
+- network: with ``--listen`` and no password, what changes the server for everyone is 403 from
+  another machine, and nothing else is.
+
+A route or event missing from the tables below fails the test: a new one must be classified here
+(and marked with :func:`modules.server_effects.changes_server` where it changes the server).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.routing import Mount
+from starlette.testclient import TestClient
+
+import app as app_module
+from modules.cmd_args import parse_flags
+from modules.web.credentials import load_auth
+from tests.conftest import make_services
+from tests.gradio_events import event_name
+
+CATEGORY = "11 request guard"
+PASSWORD = "inventory-password-1"
+LOCAL, LAN = ("127.0.0.1", 41000), ("192.168.1.30", 41000)
+FOREIGN = "http://evil.example"
+
+# Open before a login: Gradio's login page and what it needs to show.
+OPEN = {"/", "/login", "/login/", "/logout", "/favicon.ico", "/manifest.json", "/robots.txt", "/theme.css",
+        "/gradio_api/app_id", "/gradio_api/app_id/", "/pwa_icon", "/gradio_api/login_check",
+        "/gradio_api/login_check/"}  # /config passes the guard too, and Gradio itself says 401 before a login
+OPEN_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon/")
+
+# API routes that change the server for everyone; every other API route reads or runs own jobs.
+SERVER_ROUTES = {
+    ("POST", "/sdapi/v1/options"), ("POST", "/sdapi/v1/refresh-checkpoints"), ("POST", "/sdapi/v1/refresh-vae"),
+    ("POST", "/sdapi/v1/refresh-loras"), ("POST", "/sdapi/v1/refresh-embeddings"),
+    ("POST", "/sdapi/v1/unload-checkpoint"), ("POST", "/sdapi/v1/reload-checkpoint"),
+    # Gradio's own routes that write outside an event.
+    ("POST", "/gradio_api/run-history/connect"), ("POST", "/gradio_api/vibe-edit"), ("POST", "/gradio_api/vibe-edit/"),
+    ("POST", "/gradio_api/undo-vibe-edit"), ("POST", "/gradio_api/undo-vibe-edit/"), ("POST", "/gradio_api/vibe-code"),
+    ("POST", "/gradio_api/vibe-code/"), ("POST", "/gradio_api/vibe-starter-queries"),
+    ("POST", "/gradio_api/vibe-starter-queries/"),
+}
+# Event routes asked to run a function they cannot name: refused rather than guessed.
+UNNAMED_EVENT_ROUTES = {("POST", "/gradio_api/queue/join")} | {
+    ("POST", f"/gradio_api/{kind}/{{api_name}}{slash}") for kind in ("run", "api", "call", "call/v2")
+    for slash in ("", "/")}
+# Gradio's own routes under gradio_api/ read, or run events (classified one by one in UI_EVENTS).
+OWN_API_ROUTES = {
+    ("GET", p) for p in (
+        "/sdapi/v1/cmd-flags", "/sdapi/v1/embeddings", "/sdapi/v1/extensions", "/sdapi/v1/face-restorers",
+        "/sdapi/v1/hypernetworks", "/sdapi/v1/latent-upscale-modes", "/sdapi/v1/loras", "/sdapi/v1/memory",
+        "/sdapi/v1/options", "/sdapi/v1/progress", "/sdapi/v1/prompt-styles", "/sdapi/v1/realesrgan-models",
+        "/sdapi/v1/samplers", "/sdapi/v1/schedulers", "/sdapi/v1/scripts", "/sdapi/v1/sd-models",
+        "/sdapi/v1/sd-vae", "/sdapi/v1/upscalers", "/sdapi/v1/workers", "/docs", "/docs/oauth2-redirect",
+        "/openapi.json")
+} | {("GET", p) for p in ("/config", "/config/", "/monitoring", "/monitoring/summary", "/monitoring/{key}")
+     } | {("POST", p) for p in ("/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/interrupt", "/sdapi/v1/skip",
+                         "/sdapi/v1/png-info")}
+
+# UI events, by handler: True where it changes the server for everyone.
+UI_EVENTS = {
+    "modules.ui.app_ui:_footer.<locals>.text": False,
+    "modules.ui.checkpoints:build_bar.<locals>.on_download": True,
+    "modules.ui.checkpoints:build_bar.<locals>.on_refresh": True,
+    "modules.ui.checkpoints:build_bar.<locals>.on_select": True,
+    "modules.ui.checkpoints:build_bar.<locals>.on_tick": False,
+    "modules.ui.extension_panels:build_extension_controls.<locals>.<lambda>": False,
+    "modules.ui.extensions_tab:_build_install.<locals>.ask": True,
+    "modules.ui.extensions_tab:_build_requirements.<locals>.<lambda>": False,
+    "modules.ui.extensions_tab:_build_requirements.<locals>.ask": True,
+    "modules.ui.extensions_tab:_build_update.<locals>.ask": True,
+    "modules.ui.extensions_tab:_build_update.<locals>.check_for_updates": True,  # git fetch writes .git
+    "modules.ui.extensions_tab:_confirm_handler.<locals>.confirm": True,
+    "modules.ui.extensions_tab:_forget.<locals>.<lambda>": False,
+    "modules.ui.extensions_tab:build_tab.<locals>.<lambda>": False,
+    "modules.ui.extensions_tab:build_tab.<locals>.save": True,
+    "modules.ui.extra_networks_ui:build_browser.<locals>.<lambda>": False,
+    "modules.ui.extra_networks_ui:build_browser.<locals>.filtered": False,
+    "modules.ui.extra_networks_ui:build_browser.<locals>.on_refresh": True,
+    "modules.ui.gallery:build_tab.<locals>.<lambda>": False,
+    "modules.ui.gallery:build_tab.<locals>.on_delete": True,
+    "modules.ui.gallery:build_tab.<locals>.on_refresh": False,
+    "modules.ui.gallery:build_tab.<locals>.on_select": False,
+    "modules.ui.generation_form:_wire_seed_buttons.<locals>.<lambda>": False,
+    "modules.ui.generation_form:_wire_seed_buttons.<locals>.on_select": False,
+    "modules.ui.generation_form:_wire_token_counters.<locals>.<lambda>": False,
+    "modules.ui.generation_form:build_form.<locals>.<lambda>": False,
+    "modules.ui.generation_form:wire_generation.<locals>.on_interrupt": False,
+    "modules.ui.generation_form:wire_generation.<locals>.on_skip": False,
+    "modules.ui.generation_form:wire_generation.<locals>.run": False,
+    "modules.ui.hires_refiner:build_refiner.<locals>.<lambda>": False,
+    "modules.ui.img2img:build_tab.<locals>.extra.<locals>.<lambda>": False,
+    "modules.ui.inpaint:_extra.<locals>.<lambda>": False,
+    "modules.ui.png_info:read": False,
+    "modules.ui.send_to:SendWiring.wire.<locals>.send": False,
+    "modules.ui.styles_ui:build_styles.<locals>.<lambda>": False,
+    "modules.ui.styles_ui:build_styles.<locals>.on_apply": False,
+    "modules.ui.styles_ui:build_styles.<locals>.on_delete": True,
+    "modules.ui.styles_ui:build_styles.<locals>.on_pick": False,
+    "modules.ui.styles_ui:build_styles.<locals>.on_save": True,
+    "modules.ui.vae_bar:build_vae_choice.<locals>.<lambda>": False,
+    "modules.ui.vae_bar:build_vae_choice.<locals>.on_refresh": True,
+    "modules.ui.vae_bar:build_vae_choice.<locals>.on_select": True,
+    "modules.ui.workers_panel:build_panel.<locals>.refresh": False,
+}
+
+
+def basic() -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()}
+
+
+def routes_of(routes: list, prefix: str = "") -> Iterator[tuple[str, str]]:
+    for route in routes:
+        if hasattr(route, "original_router"):  # FastAPI's included routers
+            yield from routes_of(route.original_router.routes, prefix)
+        elif isinstance(route, Mount):
+            yield from routes_of(route.routes, prefix + route.path)
+        else:
+            for method in sorted(getattr(route, "methods", None) or {"GET"}):
+                if method != "HEAD":
+                    yield method, prefix + route.path
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "x", path) or "/"
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN or path.startswith(OPEN_PREFIXES)
+
+
+def build(tmp_path: Path, *args: str) -> tuple[object, object]:
+    flags = parse_flags(["--api", *args], {})
+    services = make_services(tmp_path / "data", tmp_path / "no-models")
+    auth = load_auth(flags.gradio_auth, flags.gradio_auth_path, flags.api_auth)
+    return app_module._build_app(flags, services, auth), services
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[object]:
+    guard, services = build(tmp_path, "--gradio-auth", f"alice:{PASSWORD}")
+    yield guard
+    services.close()
+
+
+@pytest.fixture
+def exposed(tmp_path: Path) -> Iterator[object]:
+    guard, services = build(tmp_path, "--listen")
+    yield guard
+    services.close()
+
+
+def blocks_of(guard: object) -> object:
+    return next(e.blocks for e in guard.faces.effects if hasattr(e, "blocks"))
+
+
+def test_every_route_is_in_the_inventory(secured) -> None:
+    walked = set(routes_of(secured.app.routes))
+    api = {r for r in walked if not r[1].startswith("/gradio_api/") and not is_open(r[1])}
+    classified = SERVER_ROUTES | OWN_API_ROUTES
+    unlisted = sorted(r for r in api if r not in classified)
+    assert unlisted == [], f"classify these routes in the inventory: {unlisted}"
+    assert len(walked) > 100  # the walk really covered Gradio's and the API's routes
+
+
+def test_every_ui_event_is_in_the_inventory(secured) -> None:
+    names = {event_name(f) for f in blocks_of(secured).fns.values()}
+    assert names - set(UI_EVENTS) == set(), "classify these UI events in UI_EVENTS"
+    assert set(UI_EVENTS) - names == set(), "these UI events are gone: drop them from UI_EVENTS"
+
+
+def test_every_route_refuses_a_foreign_host_and_a_stranger(secured) -> None:
+    with TestClient(secured, base_url="http://127.0.0.1:7860", client=LOCAL) as client:
+        for method, path in sorted(set(routes_of(secured.app.routes))):
+            url = concrete(path)
+            rebound = client.request(method, url, headers={"Host": "evil.example:7860"})
+            assert rebound.status_code == 421, (method, path, rebound.status_code)
+            stranger = client.request(method, url)
+            if is_open(url):
+                assert stranger.status_code != 401 or url.startswith("/gradio_api/login_check"), (method, path)
+            else:
+                assert stranger.status_code == 401, (method, path, stranger.status_code)
+
+
+def test_every_state_changing_route_refuses_another_sites_page(secured) -> None:
+    with TestClient(secured, base_url="http://127.0.0.1:7860", client=LOCAL) as client:
+        for method, path in sorted(set(routes_of(secured.app.routes))):
+            if method in ("GET", "HEAD", "OPTIONS"):
+                continue
+            reply = client.request(method, concrete(path), headers={"Origin": FOREIGN, **basic()})
+            assert reply.status_code == 403, (method, path, reply.status_code)
+
+
+def test_every_ui_event_refuses_another_sites_page_a_foreign_host_and_a_stranger(secured) -> None:
+    with TestClient(secured, base_url="http://127.0.0.1:7860", client=LOCAL) as client:
+        assert client.post("/login", data={"username": "alice", "password": PASSWORD}).status_code == 200
+        for index, block_fn in blocks_of(secured).fns.items():
+            body = {"data": [], "fn_index": index, "session_hash": None}
+            assert client.post("/gradio_api/queue/join", json=body, headers={"Origin": FOREIGN}).status_code == 403
+            assert client.post("/gradio_api/queue/join", json=body,
+                               headers={"Host": "evil.example:7860"}).status_code == 421
+            signed_in = client.post("/gradio_api/queue/join", json=body)  # no session hash: Gradio says 400
+            assert signed_in.status_code == 400, (event_name(block_fn), signed_in.status_code)
+        client.cookies.clear()
+        assert client.post("/gradio_api/queue/join", json={"data": [], "fn_index": 0}).status_code == 401
+
+
+def test_the_network_rule_covers_exactly_the_server_changing_routes_and_events(exposed) -> None:
+    with TestClient(exposed, base_url="http://127.0.0.1:7860", client=LAN) as lan:
+        for method, path in sorted(set(routes_of(exposed.app.routes))):
+            if method in ("GET", "HEAD", "OPTIONS"):
+                continue
+            reply = lan.request(method, concrete(path), json={"data": []})
+            expected_refused = (method, path) in SERVER_ROUTES | UNNAMED_EVENT_ROUTES
+            assert (reply.status_code == 403) == expected_refused, (method, path, reply.status_code)
+        for index, block_fn in blocks_of(exposed).fns.items():
+            changes = UI_EVENTS[event_name(block_fn)]
+            for route in ("/gradio_api/queue/join", f"/gradio_api/run/{block_fn.api_name}",
+                          f"/gradio_api/call/{block_fn.api_name}"):
+                body = {"data": [], "fn_index": index, "session_hash": None}
+                reply = lan.post(route, json=body)
+                assert (reply.status_code == 403) == changes, (event_name(block_fn), route, reply.status_code)
+    with TestClient(exposed, base_url="http://127.0.0.1:7860", client=LOCAL) as local:
+        for index, block_fn in blocks_of(exposed).fns.items():
+            body = {"data": [], "fn_index": index, "session_hash": None}
+            assert local.post("/gradio_api/queue/join", json=body).status_code == 400, event_name(block_fn)
