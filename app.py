@@ -197,10 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from modules.config import load_settings
-    from modules.engine.devices import choose_device, device_policy
+    from modules.engine.devices import choose_device
     from modules.errors import ConfigError
     from modules.paths import resolve_paths
     from modules.services.container import build_services
+    from modules.services.device_flags import device_policy
     from modules.web.credentials import load_auth
 
     paths = resolve_paths(flags.data_dir, flags.models_dir, flags.ckpt_dir, lora_dir=flags.lora_dir,

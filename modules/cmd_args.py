@@ -13,14 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class Precision(enum.Enum):
-    """A1111's ``--precision`` values."""
-
-    FULL = "full"
-    HALF = "half"
-    AUTOCAST = "autocast"
-    BF16 = "bf16"  # not A1111's: bfloat16 weights where the device supports them
+from modules.precision import Precision
 
 
 @dataclass(frozen=True)
@@ -105,8 +98,13 @@ SECRET_FLAGS = frozenset({"gradio_auth", "api_auth"})
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="app.py", description="Atelier: a text-to-image studio for Stable Diffusion.",
                                 allow_abbrev=False)  # every flag spelled out, so a secret's value is always found
-    p.add_argument("--listen", action="store_true", help="serve on all interfaces (0.0.0.0) instead of 127.0.0.1")
-    p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+    _add_model_flags(p)
+    _add_device_flags(p)
+    _add_server_flags(p)
+    return p
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", help="checkpoint to load at startup (file name, title, or path)")
     p.add_argument("--ckpt-dir", type=Path, help="extra folder to look for checkpoints in")
     p.add_argument("--lora-dir", type=Path, help="extra folder to look for LoRA files in (besides models/Lora)")
@@ -115,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-dir", type=Path, help="extra folder to look for VAE files in (besides models/VAE)")
     p.add_argument("--data-dir", type=Path, help="where outputs, config and user extensions live (default: the project folder)")
     p.add_argument("--models-dir", type=Path, help="base folder of models (default: <data-dir>/models)")
+    p.add_argument("--disable-all-extensions", action="store_true",
+                   help="start without loading any extension (built-in ones included)")
+
+
+def _add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-id", type=int, help="CUDA device index to use")
     p.add_argument("--use-cpu", nargs="+", default=[], metavar="MODULE", help="run these on the CPU; 'all' for everything")
     p.add_argument("--no-half", action="store_true", help="keep weights in full precision (fp32)")
@@ -131,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--medvram-sdxl", action="store_true", help="--medvram for SDXL models only")
     memory.add_argument("--lowvram", action="store_true", help="move weights to the GPU layer by layer (slowest, "
                         "least memory)")
+    p.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                   help="run jobs on GPU workers through Ray: HOST:PORT of the head (this machine's LAN address "
+                        "starts it here), or 'auto' for the cluster this machine belongs to; see docs/scale-out.md")
+    p.add_argument("--ray-allow-public", action="store_true",
+                   help="allow a Ray address that is not private or loopback (Ray's ports run any code sent to them)")
+
+
+def _add_server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", action="store_true", help="serve on all interfaces (0.0.0.0) instead of 127.0.0.1")
+    p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     p.add_argument("--loglevel", default="INFO", type=str.upper,
                    choices=["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"], help="logging level")
     p.add_argument("--autolaunch", action="store_true", help="open the UI in the default browser once it serves")
@@ -157,14 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="refused: Atelier does not open public tunnels")
     p.add_argument("--enable-insecure-extension-access", action="store_true",
                    help="allow installing extensions even when serving to the network")
-    p.add_argument("--disable-all-extensions", action="store_true",
-                   help="start without loading any extension (built-in ones included)")
-    p.add_argument("--ray-address", metavar="auto|HOST:PORT",
-                   help="run jobs on GPU workers through Ray: HOST:PORT of the head (this machine's LAN address "
-                        "starts it here), or 'auto' for the cluster this machine belongs to; see docs/scale-out.md")
-    p.add_argument("--ray-allow-public", action="store_true",
-                   help="allow a Ray address that is not private or loopback (Ray's ports run any code sent to them)")
-    return p
 
 
 def parse_flags(argv: Sequence[str], environ: Mapping[str, str]) -> Flags:

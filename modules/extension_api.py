@@ -36,15 +36,33 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from modules.errors import FieldError, ValidationError
+from modules.extension_helpers import (
+    decode_png,
+    find_checkpoint,
+    fixed_seed,
+    is_sampler,
+    offset_seed,
+    png_with_infotext,
+    random_seed,
+    with_denoising,
+    with_sampler,
+)
 from modules.labelled_grid import Label, font_size_for, labelled_grid
-from modules.params import GenerationRequest, GenerationResult
+from modules.params import MAX_SEED, GeneratedImage, GenerationRequest, GenerationResult
+from modules.request_checks import validate_request
+from modules.samplers import ScheduleType, find_schedule, sampler_names
 from modules.server_effects import changes_server
 
-# Grid drawing for scripts (X/Y/Z plot, prompt matrix): part of the API.
-__all__ = ["API_VERSION", "AfterImage", "AppStarted", "BeforeGenerate", "ExtensionSettings", "ExtensionSetup",
-           "Handler", "Hook", "Host", "ImageSaved", "Label", "ModelLoaded", "Param", "ParamKind", "Script",
-           "ScriptRun", "SettingsSection", "StepEnd", "UiPanel", "UiTabs", "font_size_for", "frozen_params",
-           "changes_server", "labelled_grid", "with_prompt"]
+# Besides the hooks and their contexts: the request and result types, their validation and errors,
+# samplers and schedules, and helpers scripts share (seeds, checkpoints by name, grids and their PNGs).
+__all__ = ["API_VERSION", "MAX_SEED", "AfterImage", "AppStarted", "BeforeGenerate", "ExtensionSettings",
+           "ExtensionSetup", "FieldError", "GeneratedImage", "GenerationRequest", "GenerationResult", "Handler",
+           "Hook", "Host", "ImageSaved", "Label", "ModelLoaded", "Param", "ParamKind", "ScheduleType", "Script",
+           "ScriptRun", "SettingsSection", "StepEnd", "UiPanel", "UiTabs", "ValidationError", "changes_server",
+           "decode_png", "find_checkpoint", "find_schedule", "fixed_seed", "font_size_for",
+           "frozen_params", "is_sampler", "labelled_grid", "offset_seed", "png_with_infotext", "random_seed",
+           "sampler_names", "validate_request", "with_denoising", "with_prompt", "with_sampler"]
 
 API_VERSION = 1
 

@@ -114,7 +114,7 @@ def _request_params(request: GenerationRequest, seed: int, model: ModelIdentity 
         params["Model hash"] = model.hash
     if model is not None and model.name:
         params["Model"] = model.name
-    if request.clip_skip > 1:  # A1111 leaves out its default of 1
+    if request.clip_skip is not None and request.clip_skip > 1:  # A1111 leaves out its default of 1
         params["Clip skip"] = request.clip_skip
     if request.variation_strength > 0:
         params["Variation seed"] = variation_seed if variation_seed is not None else request.variation_seed
@@ -134,8 +134,8 @@ def _request_params(request: GenerationRequest, seed: int, model: ModelIdentity 
     spec = resolve_sampler(request.sampler)
     if request.eta_noise_seed_delta and spec is not None and spec[0].uses_ensd:
         params["ENSD"] = request.eta_noise_seed_delta
-    if request.rng is not RngSource.GPU:  # A1111 writes RNG only when it is not the default
-        params["RNG"] = request.rng.value
+    if request.rng not in (None, RngSource.GPU):  # A1111 writes RNG only when it is not the default
+        params["RNG"] = request.rng.value  # type: ignore[union-attr]
     if request.seed_resize is not None:
         params["Seed resize from"] = "{}x{}".format(*request.seed_resize)
     params.update(hires_infotext(request))

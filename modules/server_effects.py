@@ -31,7 +31,25 @@ def changes_server(fn: F) -> F:
     return fn
 
 
-def effect_of(fn: object) -> Effect:
-    """The effect a handler was marked with; unmarked handlers only read or run own jobs."""
+def changes_server_when(test: Callable[[bytes], bool]) -> Callable[[F], F]:
+    """Mark a route whose request body decides: it changes the server for everyone when
+    ``test(body)`` says so (an API request whose overrides are to stay after it, say)."""
+
+    def mark(fn: F) -> F:
+        setattr(fn, _MARK, test)
+        return fn
+
+    return mark
+
+
+def effect_of(fn: object, body: bytes = b"") -> Effect:
+    """The effect a handler was marked with (given the request ``body`` for a body-dependent mark);
+    unmarked handlers only read or run own jobs."""
     mark = getattr(fn, _MARK, None)
+    if callable(mark):
+        return Effect.SERVER if mark(body) else Effect.OWN
     return mark if isinstance(mark, Effect) else Effect.OWN
+
+
+def depends_on_body(fn: object) -> bool:
+    return callable(getattr(fn, _MARK, None))

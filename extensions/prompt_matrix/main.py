@@ -9,17 +9,28 @@ differ only by their prompt (or, with "different seeds", by seed + i as A1111 nu
 
 from __future__ import annotations
 
-import io
-import random
 import time
 from dataclasses import replace
 
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
-from modules.errors import FieldError, ValidationError
-from modules.extension_api import ExtensionSetup, Label, Param, Script, ScriptRun, labelled_grid
-from modules.params import MAX_SEED, GeneratedImage, GenerationRequest, GenerationResult
+from modules.extension_api import (
+    ExtensionSetup,
+    FieldError,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    Label,
+    Param,
+    Script,
+    ScriptRun,
+    ValidationError,
+    decode_png,
+    fixed_seed,
+    labelled_grid,
+    offset_seed,
+    png_with_infotext,
+)
 
 TITLE = "Prompt matrix"
 MAX_VARIABLE_PARTS = 10  # 1024 images; more is surely a prompt that uses | for something else
@@ -68,11 +79,11 @@ def _check(run: ScriptRun) -> str:
 
 def _cell_requests(run: ScriptRun, prompt: str) -> list[GenerationRequest]:
     base = run.request
-    seed = base.seed if base.seed != -1 else random.randint(0, MAX_SEED - (1 << MAX_VARIABLE_PARTS))
+    seed = fixed_seed(base.seed, room=1 << MAX_VARIABLE_PARTS)
     prompts = combined_prompts(prompt, run.values["put_at_start"], DELIMITERS[run.values["variations_delimiter"]])
     field = "prompt" if run.values["prompt_type"] == "positive" else "negative_prompt"
     step = 1 if run.values["different_seeds"] else 0
-    return [replace(base, **{field: text}, seed=(seed + i * step) % (MAX_SEED + 1), batch_count=1, batch_size=1)
+    return [replace(base, **{field: text}, seed=offset_seed(seed, i * step), batch_count=1, batch_size=1)
             for i, text in enumerate(prompts)]
 
 
@@ -92,19 +103,6 @@ def draw_matrix(prompt: str, images: list[Image.Image | None], margin: int) -> I
                          gap=margin)
 
 
-def png_with_parameters(image: Image.Image, infotext: str) -> bytes:
-    info = PngInfo()
-    info.add_text("parameters", infotext)  # the key A1111 and every reader of its images look for
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
-
-
-def _decode(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
-
-
 def run_matrix(run: ScriptRun) -> GenerationResult:
     started = time.monotonic()
     prompt = _check(run)
@@ -122,11 +120,11 @@ def run_matrix(run: ScriptRun) -> GenerationResult:
         return GenerationResult(request=run.request, images=(), interrupted=interrupted,
                                 elapsed_seconds=time.monotonic() - started)
     first = done[0]
-    picture = draw_matrix(prompt, [_decode(r.images[0].png) if r else None for r in results], run.values["margin_size"])
+    picture = draw_matrix(prompt, [decode_png(r.images[0].png) if r else None for r in results], run.values["margin_size"])
     infotext = first.images[0].infotext
     path = run.host.save_grid(picture, infotext, img2img=run.request.is_img2img) if run.request.save_images else None
     grid = GeneratedImage(path=path, seed=first.images[0].seed, infotext=infotext, index=-1,
-                          png=png_with_parameters(picture, infotext))
+                          png=png_with_infotext(picture, infotext))
     return GenerationResult(request=first.request, images=tuple(image for r in done for image in r.images), grid=grid,
                             interrupted=interrupted, model_title=first.model_title,
                             elapsed_seconds=time.monotonic() - started,

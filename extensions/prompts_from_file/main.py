@@ -9,15 +9,26 @@ Seeds: "Iterate seed every line" moves the form's seed on by one batch's worth o
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import replace
 
-from prompt_file_lines import QUIET, apply_line, find_checkpoint, parse_lines
+from prompt_file_lines import QUIET, apply_line, parse_lines
 
-from modules.errors import FieldError, ValidationError
-from modules.extension_api import ExtensionSetup, Param, Script, ScriptRun
-from modules.params import MAX_SEED, GeneratedImage, GenerationRequest, GenerationResult, validate_request
+from modules.extension_api import (
+    ExtensionSetup,
+    FieldError,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    Param,
+    Script,
+    ScriptRun,
+    ValidationError,
+    find_checkpoint,
+    offset_seed,
+    random_seed,
+    validate_request,
+)
 
 TITLE = "Prompts from file or textbox"
 WHERE = "script_args.prompt_txt"
@@ -42,7 +53,7 @@ def plan(run: ScriptRun) -> tuple[list[GenerationRequest], list[str]]:
     base = run.request
     iterate = run.values["iterate_seed"]
     if (iterate or run.values["same_seed_each_line"]) and base.seed == -1:
-        base = replace(base, seed=random.randint(0, MAX_SEED - 10_000))  # room to iterate
+        base = replace(base, seed=random_seed(room=10_000))  # room to iterate
     checkpoints = tuple(run.host.checkpoints())
     requests: list[GenerationRequest] = []
     warnings: list[str] = []
@@ -64,7 +75,7 @@ def plan(run: ScriptRun) -> tuple[list[GenerationRequest], list[str]]:
         warnings += [f"Line {line.number}: --{option} is not supported here; it was ignored"
                      for option in line.ignored if option not in QUIET]
         if iterate:  # A1111 moves on by the form's batch, whatever the line asked for
-            base = replace(base, seed=(base.seed + base.batch_size * base.batch_count) % (MAX_SEED + 1))
+            base = replace(base, seed=offset_seed(base.seed, base.batch_size * base.batch_count))
     if errors:
         raise ValidationError(errors)
     return requests, warnings

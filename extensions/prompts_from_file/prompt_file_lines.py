@@ -13,11 +13,16 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import PurePath
 from typing import Any
 
-from modules.params import GenerationRequest
-from modules.samplers import find_schedule, resolve_sampler, sampler_names
+from modules.extension_api import (
+    GenerationRequest,
+    find_schedule,
+    is_sampler,
+    sampler_names,
+    with_denoising,
+    with_sampler,
+)
 
 TEXT_OPTIONS = ("prompt", "negative_prompt")
 
@@ -29,7 +34,7 @@ def _boolean(value: str) -> bool:
 
 
 def _sampler(value: str) -> str:
-    if resolve_sampler(value) is None:
+    if not is_sampler(value):
         raise ValueError(f"unknown sampler {value!r}; valid: {', '.join(sampler_names())}")
     return value
 
@@ -137,15 +142,6 @@ def parse_lines(text: str) -> list[Line]:
     return lines
 
 
-def find_checkpoint(value: str, titles: tuple[str, ...]) -> str | None:
-    """The file name of the checkpoint ``value`` names (title, file name or name without extension)."""
-    for title in titles:
-        name = title.split(" [")[0]
-        if value.lower() in (title.lower(), name.lower(), PurePath(name).stem.lower()):
-            return name
-    return None
-
-
 def _joined(line_text: str, form_text: str, at_start: bool) -> str:
     if not line_text or not form_text:
         return line_text or form_text
@@ -165,15 +161,12 @@ def apply_line(base: GenerationRequest, options: dict[str, Any], at_start: bool)
     request = replace(request, **{field: o[option] for option, field in simple.items() if option in o})
     sampler = o.get("sampler_name", o.get("sampler_index"))
     if sampler is not None:
-        spec, implied = resolve_sampler(sampler)  # type: ignore[misc]
         # A1111's combined names ("DPM++ 2M Karras") bring a schedule, unless the line names one
-        request = replace(request, sampler=spec.name,
-                          schedule=o.get("scheduler") or implied or request.schedule)
+        request = with_sampler(request, sampler)
+        if "scheduler" in o:
+            request = replace(request, schedule=o["scheduler"])
     if o.get("do_not_save_samples"):
         request = replace(request, save_images=False)
     if "denoising_strength" in o:  # txt2img with hires fix: A1111's field is the second pass's
-        if request.hires is not None and not request.is_img2img:
-            request = replace(request, hires=replace(request.hires, denoising_strength=o["denoising_strength"]))
-        else:
-            request = replace(request, denoising_strength=o["denoising_strength"])
+        request = with_denoising(request, o["denoising_strength"])
     return request

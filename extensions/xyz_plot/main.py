@@ -11,22 +11,34 @@ grid shows the first image of each cell and is saved as a grid when the job asks
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import math
-import random
 import time
 from dataclasses import replace
 from typing import Any
 
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 from xyz_axes import NOTHING, AxisInput, PlotAxis, axis_names, find_axis
 
-from modules.errors import FieldError, ValidationError
-from modules.extension_api import ExtensionSetup, Label, Param, Script, ScriptRun, font_size_for, labelled_grid
-from modules.params import MAX_SEED, GeneratedImage, GenerationRequest, GenerationResult, validate_request
+from modules.extension_api import (
+    ExtensionSetup,
+    FieldError,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    Label,
+    Param,
+    Script,
+    ScriptRun,
+    ValidationError,
+    decode_png,
+    fixed_seed,
+    font_size_for,
+    labelled_grid,
+    png_with_infotext,
+    validate_request,
+)
 
 TITLE = "X/Y/Z plot"
 KEYS = ("x", "y", "z")
@@ -45,13 +57,9 @@ PARAMS = (
 )
 
 
-def _random_seed(request: GenerationRequest) -> int:
-    return random.randint(0, MAX_SEED - request.images_per_job)  # room for the batch's seed + i
-
-
 def _fix_seeds(request: GenerationRequest) -> GenerationRequest:
-    return replace(request, seed=_random_seed(request) if request.seed == -1 else request.seed,
-                   variation_seed=_random_seed(request) if request.variation_seed == -1 else request.variation_seed)
+    room = request.images_per_job  # for the batch's seed + i
+    return replace(request, seed=fixed_seed(request.seed, room), variation_seed=fixed_seed(request.variation_seed, room))
 
 
 def _read_axis(key: str, values: Any, given: AxisInput, fix_seeds: bool, errors: list[FieldError]) -> PlotAxis:
@@ -67,7 +75,7 @@ def _read_axis(key: str, values: Any, given: AxisInput, fix_seeds: bool, errors:
     if not found:
         errors.append(FieldError(where, f"{axis.name}: give at least one value"))
     if fix_seeds and axis.is_seed:
-        found = [_random_seed(given.request) if value == -1 else value for value in found]
+        found = [fixed_seed(value, room=given.request.images_per_job) for value in found]
     for value in found:  # each value on the job as it stands: what the service would refuse, refused now
         try:
             validate_request(axis.apply(given.request, value))
@@ -132,11 +140,6 @@ def cell_request(base: GenerationRequest, axes: tuple[PlotAxis, ...], position: 
     return request
 
 
-def _decode(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
-
-
 def draw_plot(axes: tuple[PlotAxis, ...], cells: dict[Position, Image.Image], legend: bool) -> Image.Image:
     """One labelled grid per Z value, side by side under the Z labels; missing cells (skipped, or
     after an interrupt) stay black."""
@@ -180,14 +183,6 @@ def grid_infotext(first: str, axes: tuple[PlotAxis, ...], fixed_seeds: bool) -> 
     return f"{head}{newline}{last}"
 
 
-def png_with_parameters(image: Image.Image, infotext: str) -> bytes:
-    info = PngInfo()
-    info.add_text("parameters", infotext)  # the key A1111 and every reader of its images look for
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
-
-
 def _finish(run: ScriptRun, axes: tuple[PlotAxis, ...], results: dict[Position, GenerationResult],
             interrupted: bool, started: float) -> GenerationResult:
     ordered = [results[position] for position in _reading_order(axes) if position in results]
@@ -197,11 +192,11 @@ def _finish(run: ScriptRun, axes: tuple[PlotAxis, ...], results: dict[Position, 
     first = ordered[0]
     keep = None if run.values["include_sub_images"] else 1
     images = tuple(image for result in ordered for image in result.images[:keep])
-    picture = draw_plot(axes, {p: _decode(r.images[0].png) for p, r in results.items()}, run.values["draw_legend"])
+    picture = draw_plot(axes, {p: decode_png(r.images[0].png) for p, r in results.items()}, run.values["draw_legend"])
     infotext = grid_infotext(first.images[0].infotext, axes, not run.values["no_fixed_seeds"])
     path = run.host.save_grid(picture, infotext, img2img=run.request.is_img2img) if run.request.save_images else None
     grid = GeneratedImage(path=path, seed=first.images[0].seed, infotext=infotext, index=-1,
-                          png=png_with_parameters(picture, infotext))
+                          png=png_with_infotext(picture, infotext))
     warnings = tuple(dict.fromkeys(note for result in ordered for note in result.warnings))
     return GenerationResult(request=first.request, images=images, grid=grid, interrupted=interrupted,
                             model_title=first.model_title, elapsed_seconds=time.monotonic() - started,

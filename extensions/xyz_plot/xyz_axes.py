@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import PurePath
 from typing import Any
 
 from xyz_values import float_values, int_values, show_number, split_values
 
-from modules.params import GenerationRequest
-from modules.samplers import ScheduleType, find_schedule, resolve_sampler
+from modules.extension_api import (
+    GenerationRequest,
+    ScheduleType,
+    find_checkpoint,
+    find_schedule,
+    is_sampler,
+    with_denoising,
+    with_sampler,
+)
 
 
 @dataclass(frozen=True)
@@ -81,16 +87,9 @@ def _apply_prompt_sr(request: GenerationRequest, value: tuple[str, str]) -> Gene
 def _samplers(text: str, _input: AxisInput) -> list[Any]:
     values = split_values(text)
     for value in values:
-        if resolve_sampler(value) is None:
+        if not is_sampler(value):
             raise ValueError(f"unknown sampler {value!r}")
     return values
-
-
-def _apply_sampler(request: GenerationRequest, value: str) -> GenerationRequest:
-    found = resolve_sampler(value)
-    assert found is not None  # checked when read
-    spec, implied = found  # A1111's combined names ("DPM++ 2M Karras") bring their schedule
-    return replace(request, sampler=spec.name, schedule=implied or request.schedule)
 
 
 def _schedules(text: str, _input: AxisInput) -> list[Any]:
@@ -103,21 +102,14 @@ def _schedules(text: str, _input: AxisInput) -> list[Any]:
     return found
 
 
-def _checkpoint_names(title: str) -> tuple[str, str, str]:
-    """A title's forms a user may type: "name [hash]", the name, the name without its extension."""
-    name = title.split(" [")[0]
-    return title, name, PurePath(name).stem if PurePath(name).suffix in (".safetensors", ".ckpt") else name
-
-
 def _checkpoints(text: str, given: AxisInput) -> list[Any]:
     """(as typed, the file name the service looks up); unknown names fail before any work."""
     found = []
     for value in split_values(text):
-        match = next((title for title in given.checkpoints
-                      if value.lower() in (form.lower() for form in _checkpoint_names(title))), None)
-        if match is None:
+        name = find_checkpoint(value, given.checkpoints)
+        if name is None:
             raise ValueError(f"unknown checkpoint {value!r}; available: {', '.join(given.checkpoints) or 'none'}")
-        found.append((value, _checkpoint_names(match)[1]))
+        found.append((value, name))
     return found
 
 
@@ -145,12 +137,6 @@ def _denoising(text: str, given: AxisInput) -> list[Any]:
     return _floats(text, given)
 
 
-def _apply_denoising(request: GenerationRequest, value: float) -> GenerationRequest:
-    if request.hires is not None and not request.is_img2img:  # txt2img: A1111's field is the second pass's
-        return replace(request, hires=replace(request.hires, denoising_strength=value))
-    return replace(request, denoising_strength=value)
-
-
 def _apply_hires_steps(request: GenerationRequest, value: int) -> GenerationRequest:
     assert request.hires is not None  # checked when read
     return replace(request, hires=replace(request.hires, steps=value))
@@ -168,11 +154,11 @@ AXES: tuple[Axis, ...] = (
     Axis("Hires steps", _needs_hires(_ints, "Hires steps"), _apply_hires_steps, _show),
     Axis("CFG Scale", _floats, _field("cfg_scale"), _show),
     Axis("Prompt S/R", _prompt_sr, _apply_prompt_sr, lambda value: value[1], show_name=False),
-    Axis("Sampler", _samplers, _apply_sampler, show_name=False),
+    Axis("Sampler", _samplers, with_sampler, show_name=False),  # combined names bring their schedule
     Axis("Schedule type", _schedules, _field("schedule"), lambda value: value.value),
     Axis("Checkpoint name", _checkpoints, lambda request, value: replace(request, checkpoint=value[1]),
          lambda value: value[0], show_name=False, cost=1),
-    Axis("Denoising", _denoising, _apply_denoising, _show),
+    Axis("Denoising", _denoising, with_denoising, _show),  # txt2img with hires fix: the second pass's
     Axis("Clip skip", _ints, _field("clip_skip"), _show),
     Axis("Size", _sizes, lambda request, value: replace(request, width=value[0], height=value[1]),
          lambda value: f"{value[0]}x{value[1]}"),

@@ -8,8 +8,10 @@ field to travel in and is refused here, naming the field.
 
 Where a value comes from, highest first:
   body field  >  body.override_settings  >  infotext (fields the body left unset)  >  server options
-(the last two only for the per-request settings: checkpoint, clip skip, ENSD, RNG). This is A1111's
-order for ``infotext``: it never overrides what the request itself says.
+(the last two only for the per-request settings: checkpoint, clip skip, ENSD, RNG, VAE). This is
+A1111's order for ``infotext``: it never overrides what the request itself says. The server's
+options are not merged here: a field left unset stays None, and the front fills it in when it
+prepares the job (``modules.services.server_options``), for the UI's jobs and the API's alike.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import binascii
 import enum
 import json
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -35,11 +36,11 @@ from modules.api.schemas import (
     SamplerItem,
     SchedulerItem,
     Txt2ImgBody,
-    coerce_int,
 )
 from modules.errors import FieldError, ValidationError
 from modules.infotext import parse_infotext
 from modules.infotext_request import request_from_infotext
+from modules.options_table import BY_NAME, OPTIONS
 from modules.params import (
     GeneratedImage,
     GenerationRequest,
@@ -52,7 +53,6 @@ from modules.params import (
 from modules.samplers import (
     SAMPLERS,
     SCHEDULE_INFO,
-    RngSource,
     ScheduleType,
     find_schedule,
     resolve_sampler,
@@ -62,14 +62,9 @@ log = logging.getLogger(__name__)
 
 Body = TypeVar("Body", bound=pydantic.BaseModel)
 
-# A1111 option keys a request may override, and the request field each one sets.
-SETTING_FIELDS: Mapping[str, str] = MappingProxyType({
-    "sd_model_checkpoint": "checkpoint",
-    "CLIP_stop_at_last_layers": "clip_skip",
-    "eta_noise_seed_delta": "eta_noise_seed_delta",
-    "randn_source": "rng",
-    "sd_vae": "vae",
-})
+# A1111 option keys a request may override for itself, and the request field each one sets.
+SETTING_FIELDS: Mapping[str, str] = MappingProxyType({o.name: o.field for o in OPTIONS
+                                                      if o.field is not None and "." not in o.field})
 # Request fields an infotext may fill, and the body fields whose presence means "the client chose".
 _INFOTEXT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "prompt": ("prompt",), "negative_prompt": ("negative_prompt",),
@@ -94,8 +89,6 @@ _BODY_FIELDS: Mapping[str, str] = MappingProxyType({
     "hr_denoising_strength": "denoising_strength", "checkpoint": "override_settings.sd_model_checkpoint",
     "eta_noise_seed_delta": "override_settings.eta_noise_seed_delta", "rng": "override_settings.randn_source",
 })
-_CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
-_TITLE = re.compile(r"^(?P<name>.*?)(?:\s*\[(?P<hash>[0-9a-fA-F]+)\])?\s*$")
 
 
 # --- bodies --------------------------------------------------------------------------------------
@@ -157,42 +150,21 @@ def _sampler_and_schedule(body: Txt2ImgBody) -> tuple[str, ScheduleType, bool]:
     return sampler, schedule, False
 
 
-def _setting_value(key: str, value: object, where: str) -> object:
-    """An option value as the request field it sets; a ValidationError naming ``where`` otherwise."""
+def _override(name: str, value: object) -> object:
+    """An ``override_settings`` value as the request field it sets; a ValidationError naming it otherwise."""
     try:
-        if key == "sd_model_checkpoint":
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError("must be a checkpoint title, name, file name or hash")
-            return value.strip()
-        if key == "sd_vae":
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError("must be a VAE file name, 'Automatic' or 'None'")
-            return value.strip()
-        if key == "randn_source":
-            label = str(value).strip().upper()
-            if label not in {r.value for r in RngSource}:
-                raise ValueError(f"must be one of {', '.join(r.value for r in RngSource)}, got {value!r}")
-            return RngSource(label)
-        number = coerce_int(value)
-        if not isinstance(number, int):
-            raise ValueError(f"must be a whole number, got {value!r}")
-        return number
+        return BY_NAME[name].parse(value)
     except ValueError as exc:
-        raise ValidationError([FieldError(where, str(exc))]) from exc
+        raise ValidationError([FieldError(f"override_settings.{name}", str(exc))]) from exc
 
 
-def _settings(body: Txt2ImgBody, overrides: Mapping[str, object]) -> tuple[dict[str, object], dict[str, object]]:
-    """(request-level settings, server-level settings), each as request field -> value."""
-    requested: dict[str, object] = {}
-    server: dict[str, object] = {}
-    for key, field_name in SETTING_FIELDS.items():
-        if overrides.get(key) is not None:
-            server[field_name] = _setting_value(key, overrides[key], key)
-        if body.override_settings.get(key) is not None:
-            requested[field_name] = _setting_value(key, body.override_settings[key], f"override_settings.{key}")
+def _settings(body: Txt2ImgBody) -> dict[str, object]:
+    """The per-request settings a body asks for (body field > override_settings), as request field -> value."""
+    requested = {field_name: _override(key, body.override_settings[key]) for key, field_name in SETTING_FIELDS.items()
+                 if body.override_settings.get(key) is not None}
     if body.clip_skip is not None:
         requested["clip_skip"] = body.clip_skip
-    return requested, server
+    return requested
 
 
 def _apply_infotext(request: GenerationRequest, body: Txt2ImgBody, client_chose: set[str]) -> GenerationRequest:
@@ -236,7 +208,7 @@ def _image_fields(body: Img2ImgBody) -> dict[str, object]:
     }
 
 
-def _hires(body: Txt2ImgBody, save_first_pass: bool) -> HiresFix | None:
+def _hires(body: Txt2ImgBody) -> HiresFix | None:
     """A1111's enable_hr fields; its ``denoising_strength`` is the second pass's."""
     if not body.enable_hr or isinstance(body, Img2ImgBody):
         return None  # A1111 ignores enable_hr on img2img
@@ -251,8 +223,16 @@ def _hires(body: Txt2ImgBody, save_first_pass: bool) -> HiresFix | None:
         upscaler=body.hr_upscaler or "Latent", steps=body.hr_second_pass_steps,
         denoising_strength=0.7 if body.denoising_strength is None else body.denoising_strength,
         sampler=body.hr_sampler_name or None, schedule=hr_schedule,
-        prompt=body.hr_prompt, negative_prompt=body.hr_negative_prompt, save_first_pass=save_first_pass,
+        prompt=body.hr_prompt, negative_prompt=body.hr_negative_prompt,
+        save_first_pass=_save_first_pass(body),
     )
+
+
+def _save_first_pass(body: Txt2ImgBody) -> bool | None:
+    """A1111's save_images_before_highres_fix, when the request overrides it; None: the server's."""
+    key = "save_images_before_highres_fix"
+    value = body.override_settings.get(key)
+    return None if value is None else _override(key, value)  # type: ignore[return-value]
 
 
 def _refiner(body: Txt2ImgBody) -> Refiner | None:
@@ -276,15 +256,14 @@ def _extension_params(body: Txt2ImgBody) -> dict[str, Any]:
     return params
 
 
-def to_generation_request(body: Txt2ImgBody | Img2ImgBody,
-                          overrides: Mapping[str, object] = MappingProxyType({})) -> GenerationRequest:
-    """The :class:`GenerationRequest` a REST body asks for; ``overrides`` holds the server's options.
+def to_generation_request(body: Txt2ImgBody | Img2ImgBody) -> GenerationRequest:
+    """The :class:`GenerationRequest` a REST body asks for; what it leaves to the server stays None.
 
     Raises :class:`ValidationError` for what cannot even be expressed as a request (unknown
     scheduler, bad base64, bad override value); everything else is ``validate_request``'s to judge.
     """
-    # 1. Per-request settings: body field > override_settings > server options.
-    requested, server = _settings(body, overrides)
+    # 1. Per-request settings: body field > override_settings (> the server's, at the front).
+    requested = _settings(body)
     # 2. The body's own fields.
     sampler, schedule, name_chose_schedule = _sampler_and_schedule(body)
     request = GenerationRequest(
@@ -293,9 +272,8 @@ def to_generation_request(body: Txt2ImgBody | Img2ImgBody,
         batch_count=body.n_iter, batch_size=body.batch_size, styles=tuple(body.styles),
         variation_seed=body.subseed, variation_strength=body.subseed_strength,
         seed_resize_from_width=body.seed_resize_from_w, seed_resize_from_height=body.seed_resize_from_h,
-        hires=_hires(body, bool(overrides.get("save_images_before_highres_fix"))), refiner=_refiner(body),
-        extension_params=_extension_params(body),
-        **{**server, **requested},  # type: ignore[arg-type]
+        hires=_hires(body), refiner=_refiner(body), extension_params=_extension_params(body),
+        **requested,  # type: ignore[arg-type]
     )
     # 3. img2img inputs.
     if isinstance(body, Img2ImgBody):
@@ -308,18 +286,6 @@ def to_generation_request(body: Txt2ImgBody | Img2ImgBody,
 
 
 # --- result -> response --------------------------------------------------------------------------
-
-
-def model_name_and_hash(title: str) -> tuple[str, str | None]:
-    """``"sub/v1-5.safetensors [6ce0161689]"`` -> ``("v1-5", "6ce0161689")``, as A1111's info names them."""
-    match = _TITLE.match(title)
-    name, digest = (match["name"], match["hash"]) if match else (title, None)
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    for suffix in _CHECKPOINT_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return name, digest
 
 
 def _echo(body: Txt2ImgBody) -> dict[str, Any]:
@@ -335,7 +301,7 @@ def info_object(result: GenerationResult, body: Txt2ImgBody, now: datetime | Non
     """A1111's ``info`` object (before JSON encoding) for a finished job."""
     request = result.request
     count = len(result.images)
-    name, digest = model_name_and_hash(result.model_title)
+    used = result.models  # the checkpoint and VAE the renderer used, as fields
     shown = ([result.grid] if result.grid is not None else []) + list(result.images)
     started = (now or datetime.now()) - timedelta(seconds=result.elapsed_seconds)
     has_variation_seed = request.variation_seed != -1
@@ -358,10 +324,10 @@ def info_object(result: GenerationResult, body: Txt2ImgBody, now: datetime | Non
         "batch_size": request.batch_size,
         "restore_faces": False,
         "face_restoration_model": None,
-        "sd_model_name": name or None,
-        "sd_model_hash": digest,
-        "sd_vae_name": _infotext_value(result, "VAE"),
-        "sd_vae_hash": _infotext_value(result, "VAE hash"),
+        "sd_model_name": used.checkpoint_name or None,
+        "sd_model_hash": used.checkpoint_hash,
+        "sd_vae_name": used.vae_name,
+        "sd_vae_hash": used.vae_hash,
         "seed_resize_from_w": request.seed_resize_from_width or -1,
         "seed_resize_from_h": request.seed_resize_from_height or -1,
         "denoising_strength": request.denoising_strength if request.is_img2img else
@@ -375,12 +341,6 @@ def info_object(result: GenerationResult, body: Txt2ImgBody, now: datetime | Non
         "is_using_inpainting_conditioning": False,
         "version": VERSION_TEXT,
     }
-
-
-def _infotext_value(result: GenerationResult, key: str) -> str | None:
-    if not result.images:
-        return None
-    return parse_infotext(result.images[0].infotext).params.get(key)
 
 
 def images_response(result: GenerationResult, body: Txt2ImgBody, send_images: bool,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from fastapi.routing import APIRoute
 
-from modules.server_effects import Effect, effect_of
+from modules.server_effects import Effect, depends_on_body, effect_of
 
 
 @dataclass(frozen=True)
@@ -19,14 +19,19 @@ class ApiRouteEffects:
     routes: Sequence[object]
 
     def needs_body(self, method: str, path: str) -> bool:
-        return False
+        route = self._route(method, path)
+        return route is not None and depends_on_body(route.endpoint)
 
     def effect(self, method: str, path: str, body: bytes) -> Effect:
+        route = self._route(method, path)
+        return Effect.OWN if route is None else effect_of(route.endpoint, body)
+
+    def _route(self, method: str, path: str) -> APIRoute | None:
         for prefix, route in _api_routes(self.routes, ""):
             local = path[len(prefix):] if path.startswith(prefix) else None
             if local is not None and method in (route.methods or ()) and route.path_regex.match(local):
-                return effect_of(route.endpoint)
-        return Effect.OWN
+                return route
+        return None
 
 
 def _api_routes(routes: Sequence[object], prefix: str) -> Iterator[tuple[str, APIRoute]]:

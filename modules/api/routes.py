@@ -14,6 +14,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import pydantic
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -39,14 +40,14 @@ from modules.errors import (
     ValidationError,
 )
 from modules.infotext import parse_infotext
-from modules.params import GenerationRequest, GenerationResult
-from modules.server_effects import changes_server
+from modules.params import GenerationResult
+from modules.server_effects import changes_server, changes_server_when
 from modules.services.addons import AddonFile
 from modules.services.container import Services
 from modules.services.extensions import ExtensionState
 from modules.services.image_input import decode_image
 from modules.services.images import infotext_of
-from modules.services.jobs import Job
+from modules.services.job_types import Job
 from modules.services.system_memory import memory_report
 from modules.upscalers import UPSCALERS, UpscalerKind
 
@@ -98,15 +99,13 @@ class ApiFace:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _server_options(self) -> dict[str, object]:
-        opts = self.services.options.get()
-        return {"CLIP_stop_at_last_layers": opts.clip_skip, "eta_noise_seed_delta": opts.eta_noise_seed_delta,
-                "randn_source": opts.randn_source, "sd_vae": opts.sd_vae,
-                "save_images_before_highres_fix": opts.save_images_before_highres_fix}
-
     async def _generate(self, request: Request, body_type: type[schemas.Txt2ImgBody]) -> JSONResponse:
         body = parse_body(body_type, await _json_body(request, required=True))
-        generation = replace(to_generation_request(body, self._server_options()), save_images=body.save_images)
+        generation = replace(to_generation_request(body), save_images=body.save_images)
+        if body.override_settings and not body.override_settings_restore_afterwards:
+            # A1111: the overrides become the server's settings (the guard let this through as a
+            # change to the server); otherwise they are this job's alone.
+            await asyncio.to_thread(self.services.server_options.apply, body.override_settings)
         if body.script_name and body.script_name.strip().lower() not in ("", "none"):
             tab = "img2img" if isinstance(body, schemas.Img2ImgBody) else "txt2img"
             # Every job the script submits is the caller's, as a plain job is.
@@ -148,11 +147,13 @@ class ApiFace:
         s = self.services
 
         @r.post("/txt2img", response_model=schemas.ImagesResponse)
+        @changes_server_when(keeps_overrides)
         async def txt2img(request: Request) -> JSONResponse:
             """Generate images from a prompt. Body: A1111's txt2img fields (unknown fields ignored)."""
             return await self._generate(request, schemas.Txt2ImgBody)
 
         @r.post("/img2img", response_model=schemas.ImagesResponse)
+        @changes_server_when(keeps_overrides)
         async def img2img(request: Request) -> JSONResponse:
             """Rework an init image, optionally inside a mask (inpainting)."""
             return await self._generate(request, schemas.Img2ImgBody)
@@ -177,7 +178,7 @@ class ApiFace:
 
         @r.get("/options")
         def get_options() -> dict:
-            return self._options()
+            return s.server_options.snapshot()
 
         @r.post("/options")
         @changes_server
@@ -185,7 +186,7 @@ class ApiFace:
             data = await _json_body(request)
             if not isinstance(data, dict):
                 raise ValidationError([FieldError("body", "must be a JSON object of option names to values")])
-            await asyncio.to_thread(self._set_options, data)
+            await asyncio.to_thread(s.server_options.apply, data)
             return None
 
         self._register_lists(r)
@@ -263,43 +264,21 @@ class ApiFace:
         async def reload_checkpoint() -> None:
             await asyncio.wrap_future(s.generation.reload_model().future)
 
-    def _options(self) -> dict[str, object]:
-        current = self.services.models.current()
-        return {"sd_model_checkpoint": current.title if current else None,
-                "sd_checkpoint_hash": current.sha256 if current else None,
-                "samples_format": "png", **self._server_options()}
 
-    def _set_options(self, data: dict[str, Any]) -> None:
-        """Apply an options body: the whole GET result sent back with one key changed is fine. Every
-        option sent is checked (type, range) before anything changes; a bad one is a 422 naming it,
-        its allowed range and Atelier's setting; clip skip is checked against the model then loaded."""
-        mapping = {"CLIP_stop_at_last_layers": "clip_skip", "eta_noise_seed_delta": "eta_noise_seed_delta",
-                   "randn_source": "randn_source", "sd_vae": "sd_vae",
-                   "save_images_before_highres_fix": "save_images_before_highres_fix"}
-        option = {setting: key for key, setting in mapping.items()}
-
-        def as_options(exc: ValidationError) -> ValidationError:  # the A1111 option's name, then Atelier's
-            return ValidationError([FieldError(option[e.field], f"{e.message} (setting {e.field})")
-                                    if option.get(e.field, e.field) != e.field else e for e in exc.errors])
-
-        sent = {setting: data[key] for key, setting in mapping.items() if key in data}
-        if isinstance(sent.get("randn_source"), str):
-            sent["randn_source"] = sent["randn_source"].upper()
-        wanted = data.get("sd_model_checkpoint")
-        try:
-            if wanted is not None and not isinstance(wanted, str):
-                raise ValidationError([FieldError("sd_model_checkpoint", f"must be a title, got {wanted!r}")])
-            self.services.options.check(sent)  # 1. every option sent, before the model or a setting changes
-            current = self._options()
-            if "sd_vae" in sent and sent["sd_vae"] != current["sd_vae"]:  # 2. an unknown VAE, before a switch
-                self.services.addons.check(GenerationRequest(vae=sent["sd_vae"]))
-            if wanted and wanted != current["sd_model_checkpoint"]:
-                self.services.generation.switch_model(wanted).future.result()
-            changes = {setting: value for setting, value in sent.items() if value != current[option[setting]]}
-            if changes:  # 3. saved all or none; clip skip within the loaded model's text encoder layers
-                self.services.options.update(changes, model=self.services.models.loaded_model())
-        except ValidationError as exc:
-            raise as_options(exc) from exc
+def keeps_overrides(body: bytes) -> bool:
+    """Whether a generation body's ``override_settings`` are to stay the server's settings after it
+    (``override_settings_restore_afterwards: false``): then the request changes the server."""
+    try:
+        data = json.loads(body) if body.strip() else {}
+    except ValueError:
+        return False  # not a request at all: refused as such by the route
+    if not isinstance(data, dict) or not data.get("override_settings"):
+        return False
+    restore = data.get("override_settings_restore_afterwards")
+    try:  # read as the body model reads it (pydantic's lax booleans); null means the default, true
+        return restore is not None and not pydantic.TypeAdapter(bool).validate_python(restore)
+    except pydantic.ValidationError:
+        return False  # the route refuses the body itself
 
 
 def lora_item(item: AddonFile, metadata: dict[str, str]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from modules.errors import ModelLoadError
 from modules.params import GenerationRequest
-from modules.services.jobs import JobContext, JobSpec
+from modules.services.job_types import JobContext, JobSpec
 
 FAKE_MODEL = "fake.safetensors"
 HANG_ONCE = "hang-once:"

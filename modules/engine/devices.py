@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from modules.cmd_args import Flags, Precision
 from modules.errors import ConfigError
+from modules.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Attention(enum.Enum):
 
 @dataclass(frozen=True)
 class DevicePolicy:
-    """What the user asked for on the command line."""
+    """What the user asked for (the front converts its command-line flags: ``services.device_flags``)."""
 
     use_cpu: bool = False
     device_id: int | None = None
@@ -58,14 +58,6 @@ class DevicePolicy:
     upcast_sampling: bool = False
     xformers: bool = False
     memory: MemoryMode | None = None  # None: chosen from the device
-
-
-def device_policy(flags: Flags) -> DevicePolicy:
-    """The policy the command line asks for."""
-    memory = MemoryMode(flags.memory_mode) if flags.memory_mode else None
-    return DevicePolicy(use_cpu="all" in flags.use_cpu, device_id=flags.device_id, no_half=flags.no_half,
-                        no_half_vae=flags.no_half_vae, precision=flags.precision, upcast_sampling=flags.upcast_sampling,
-                        xformers=flags.xformers, memory=memory)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from modules.atomic import write_text_atomic
 from modules.errors import ExtensionError
 from modules.params import GenerationRequest, GenerationResult
 from modules.services.generation import GenerationService
-from modules.services.images import OutputKind
+from modules.services.images import ImageSaver, OutputKind
 from modules.services.models import CheckpointRegistry
 
 
@@ -55,10 +55,11 @@ class FileSettings:
 
 class ExtensionHost:
     def __init__(self, name: str, generation: GenerationService, registry: CheckpointRegistry,
-                 settings_dir: Path) -> None:
+                 settings_dir: Path, saver: ImageSaver) -> None:
         self.name = name
         self._extensions = generation.extensions
         self._generation = generation
+        self._saver = saver
         self._registry = registry
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
         self._settings = FileSettings(settings_dir / f"{safe}.yaml")
@@ -87,7 +88,7 @@ class ExtensionHost:
 
     def save_grid(self, image: Image.Image, infotext: str, img2img: bool = False) -> Path:
         kind = OutputKind.IMG2IMG_GRID if img2img else OutputKind.TXT2IMG_GRID
-        return self._generation.saver.save(image, infotext, kind).path
+        return self._saver.save(image, infotext, kind).path
 
     def settings(self) -> FileSettings:
         return self._settings

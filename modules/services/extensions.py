@@ -37,14 +37,14 @@ from modules.extension_api import (
     Host,
     ImageSaved,
     ModelLoaded,
-    Param,
     Script,
     StepEnd,
     frozen_params,
 )
 from modules.params import GenerationRequest
 from modules.services.extension_manifest import MANIFEST, Manifest, read_manifest
-from modules.services.jobs import WORKER_THREAD
+from modules.services.extension_params import checked_values
+from modules.services.queue_contract import running_on_worker
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,22 @@ def _folders(root: Path) -> list[Path]:
         return []
     return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))),
                   key=lambda p: p.name.lower())
+
+
+class _Replaceable:
+    """A value each handler of a hook may replace by returning another of ``kind`` (None keeps it)."""
+
+    def __init__(self, value: Any, kind: type, accepted: str) -> None:
+        self.value, self._kind, self._accepted = value, kind, accepted
+
+    def take(self, returned: Any) -> Exception | None:
+        """Keep ``returned`` if it is a replacement; the error to record if it is something else."""
+        if returned is None:
+            return None
+        if not isinstance(returned, self._kind):
+            return TypeError(f"returned {type(returned).__name__}, not {self._accepted}")
+        self.value = returned
+        return None
 
 
 class ExtensionManager:
@@ -240,15 +256,22 @@ class ExtensionManager:
     def has(self, hook: Hook) -> bool:
         return any(h.hook is hook for r in self._active() for h in r.setup.handlers)  # type: ignore[union-attr]
 
-    def call(self, hook: Hook, make_context: Callable[[ExtensionRecord], Any]) -> list[tuple[ExtensionRecord, Any]]:
-        """Run every handler of ``hook`` in order, isolated; (extension, returned value) for those that ran."""
-        results = []
+    def dispatch(self, hook: Hook, make_context: Callable[[ExtensionRecord], Any],
+                 combine: Callable[[Any], Exception | None] | None = None) -> list[tuple[ExtensionRecord, Any]]:
+        """Run every handler of ``hook`` in order, each isolated: one that raises (or whose returned value
+        ``combine`` rejects, with the error to record) marks its extension failed, and the rest run on.
+        ``make_context(extension)`` builds each handler's argument; (extension, returned value) for those that ran."""
+        ran = []
         for record, handler in self.handlers(hook):
             try:
-                results.append((record, handler.call(make_context(record))))
+                returned = handler.call(make_context(record))
             except Exception as exc:  # the extension's bug: it is switched off, the job goes on
                 self.fail(record.name, hook.name, exc)
-        return results
+                continue
+            ran.append((record, returned))
+            if combine is not None and (problem := combine(returned)) is not None:
+                self.fail(record.name, hook.name, problem)
+        return ran
 
     def params_for(self, name: str, request: GenerationRequest) -> Mapping[str, Any]:
         """An extension's values for a job: what the request sent, defaults for the rest."""
@@ -280,17 +303,18 @@ class ExtensionManager:
         return getattr(self._acting, "owner", None)
 
     def app_started(self) -> None:
-        self.call(Hook.APP_STARTED, lambda r: AppStarted(self.host(r.name)))
+        self.dispatch(Hook.APP_STARTED, lambda r: AppStarted(self.host(r.name)))
 
     def model_loaded(self, title: str, architecture: str) -> None:
-        self.call(Hook.MODEL_LOADED, lambda _r: ModelLoaded(title, architecture))
+        self.dispatch(Hook.MODEL_LOADED, lambda _r: ModelLoaded(title, architecture))
 
     def refusal_for_generate(self) -> str | None:
         """Why an extension may not start a generation from where it is now, or None.
 
-        On the worker thread (STEP_END, AFTER_IMAGE, IMAGE_SAVED, MODEL_LOADED) the job would wait for
-        the worker that runs it; inside BEFORE_GENERATE the new job would run the hook again, forever."""
-        if threading.current_thread().name == WORKER_THREAD:
+        On a queue's worker (STEP_END, AFTER_IMAGE, IMAGE_SAVED, MODEL_LOADED: see ``on_worker``) the job
+        would wait for the worker that runs it; inside BEFORE_GENERATE the new job would run the hook again,
+        forever."""
+        if running_on_worker():
             return "host.generate() cannot be called from a hook that runs on the job worker"
         if getattr(self._in_hook, "before_generate", False):
             return "host.generate() cannot be called from a BEFORE_GENERATE hook"
@@ -306,42 +330,26 @@ class ExtensionManager:
             self._in_hook.before_generate = False
 
     def _before_generate(self, request: GenerationRequest, owner: str | None) -> GenerationRequest:
-        for record, handler in self.handlers(Hook.BEFORE_GENERATE):
-            try:
-                changed = handler.call(BeforeGenerate(request, self.params_for(record.name, request),
-                                                      self.host(record.name, owner)))
-            except Exception as exc:
-                self.fail(record.name, Hook.BEFORE_GENERATE.name, exc)
-                continue
-            if changed is not None:
-                if not isinstance(changed, GenerationRequest):
-                    self.fail(record.name, Hook.BEFORE_GENERATE.name,
-                               TypeError(f"returned {type(changed).__name__}, not a GenerationRequest or None"))
-                    continue
-                request = changed
-        return request
+        latest = _Replaceable(request, GenerationRequest, "a GenerationRequest or None")
+        self.dispatch(Hook.BEFORE_GENERATE, lambda r: BeforeGenerate(
+            latest.value, self.params_for(r.name, latest.value), self.host(r.name, owner)), latest.take)
+        return latest.value
 
     def step_end(self, job_id: str, step: int, total: int, request: GenerationRequest,
                  interrupt: Callable[[], None]) -> None:
-        self.call(Hook.STEP_END, lambda r: StepEnd(job_id, step, total, self.params_for(r.name, request), interrupt))
+        self.dispatch(Hook.STEP_END,
+                      lambda r: StepEnd(job_id, step, total, self.params_for(r.name, request), interrupt))
 
     def after_image(self, request: GenerationRequest, image: Image.Image, seed: int, index: int) -> Image.Image:
-        for record, handler in self.handlers(Hook.AFTER_IMAGE):
-            try:
-                changed = handler.call(AfterImage(request, image, seed, index, self.params_for(record.name, request)))
-            except Exception as exc:
-                self.fail(record.name, Hook.AFTER_IMAGE.name, exc)
-                continue
-            if isinstance(changed, Image.Image):
-                image = changed
-            elif changed is not None:
-                self.fail(record.name, Hook.AFTER_IMAGE.name,
-                          TypeError(f"returned {type(changed).__name__}, not an image or None"))
-        return image
+        latest = _Replaceable(image, Image.Image, "an image or None")
+        self.dispatch(Hook.AFTER_IMAGE,
+                      lambda r: AfterImage(request, latest.value, seed, index, self.params_for(r.name, request)),
+                      latest.take)
+        return latest.value
 
     def image_saved(self, request: GenerationRequest, path: Path | None, infotext: str, seed: int, index: int) -> None:
-        self.call(Hook.IMAGE_SAVED,
-                  lambda r: ImageSaved(request, path, infotext, seed, index, self.params_for(r.name, request)))
+        self.dispatch(Hook.IMAGE_SAVED,
+                      lambda r: ImageSaved(request, path, infotext, seed, index, self.params_for(r.name, request)))
 
     # --- params and scripts ---------------------------------------------------------------------
 
@@ -357,35 +365,10 @@ class ExtensionManager:
                 state = "is not installed" if record is None else f"is {record.state.value}"
                 errors.append(FieldError(where, f"extension {name!r} {state}"))
                 continue
-            checked[name] = self._checked(record.setup.params, values, where, errors)
+            checked[name] = checked_values(record.setup.params, values, where, errors)
         if errors:
             raise ValidationError(errors)
         return replace(request, extension_params=frozen_params({k: frozen_params(v) for k, v in checked.items()}))
-
-    @staticmethod
-    def _checked(params: list[Param] | tuple[Param, ...], values: Mapping[str, Any] | list[Any], where: str,
-                 errors: list[FieldError]) -> dict[str, Any]:
-        """Values by name; a list is A1111's positional args, taken in the declared order."""
-        if isinstance(values, (list, tuple)):
-            if len(values) > len(params):
-                errors.append(FieldError(where, f"takes at most {len(params)} values, got {len(values)}"))
-                return {}
-            values = {p.name: v for p, v in zip(params, values)}
-        if not isinstance(values, Mapping):
-            errors.append(FieldError(where, "must be a list of values or an object of name: value"))
-            return {}
-        known = {p.name: p for p in params}
-        result: dict[str, Any] = {}
-        for key, value in values.items():
-            param = known.get(key)
-            if param is None:
-                errors.append(FieldError(f"{where}.{key}", f"unknown parameter; known: {', '.join(known) or 'none'}"))
-                continue
-            try:
-                result[key] = param.coerce(value)
-            except ValueError as exc:
-                errors.append(FieldError(f"{where}.{key}", str(exc)))
-        return result
 
     def scripts(self, tab: str) -> list[tuple[str, Script]]:
         """(extension name, script) for the Script dropdown of ``tab``."""
@@ -400,7 +383,7 @@ class ExtensionManager:
 
     def script_values(self, script: Script, values: Mapping[str, Any] | list[Any]) -> Mapping[str, Any]:
         errors: list[FieldError] = []
-        checked = self._checked(script.params, values, "script_args", errors)
+        checked = checked_values(script.params, values, "script_args", errors)
         if errors:
             raise ValidationError(errors)
         return frozen_params({p.name: checked.get(p.name, p.default) for p in script.params})

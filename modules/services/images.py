@@ -8,7 +8,6 @@ a 5-digit running number per folder, then the seed. Grids go to ``txt2img-grids/
 from __future__ import annotations
 
 import enum
-import io
 import math
 import re
 import threading
@@ -17,9 +16,10 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from modules.atomic import write_atomic
+from modules.extension_helpers import png_with_infotext as png_bytes  # the one PNG encoder, shared with extensions
 
 PARAMETERS_KEY = "parameters"
 _NUMBERED = re.compile(r"^(\d+)-")
@@ -43,15 +43,6 @@ class OutputKind(enum.Enum):
 class SavedImage:
     path: Path
     infotext: str
-
-
-def png_bytes(image: Image.Image, infotext: str) -> bytes:
-    """The image as PNG bytes with ``parameters`` set; what is saved and what the API returns."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text(PARAMETERS_KEY, infotext)  # PIL switches to an iTXt chunk for non-Latin-1 text
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
 
 
 _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286

@@ -165,7 +165,10 @@ class ModelManager:
         self._last_error: str | None = None
         self._last_loaded: CheckpointInfo | None = None
         self._refiner: tuple[LoadedModel, CheckpointInfo] | None = None
-        self._selected: CheckpointInfo | None = None  # scale-out: the checkpoint jobs use, loaded by workers
+        # The server's checkpoint: what jobs naming none run on, what the UI and GET /options show. Only
+        # a switch (the UI's choice, POST /options, the startup load) changes it; a job that names
+        # another checkpoint (an override) loads that one for itself and leaves the selection alone.
+        self._selected: CheckpointInfo | None = None
         self._vae: _VaeInUse | None = None
         self.on_loaded: Callable[[CheckpointInfo, LoadedModel], None] | None = None  # extensions' MODEL_LOADED
 
@@ -185,9 +188,9 @@ class ModelManager:
             return self._loaded[0] if self._loaded else None
 
     def current(self) -> CheckpointInfo | None:
-        """The loaded checkpoint (or, when remote workers do the loading, the selected one)."""
+        """The server's selected checkpoint (before any selection: the loaded one)."""
         with self._lock:
-            return self._loaded[1] if self._loaded else self._selected
+            return self._selected or (self._loaded[1] if self._loaded else None)
 
     def select(self, query: str) -> CheckpointInfo:
         """Make ``query`` the checkpoint that jobs naming none will use, without loading it here:
@@ -196,6 +199,13 @@ class ModelManager:
         with self._lock:
             self._selected, self._last_loaded, self._last_error = info, info, None
         log.info("Checkpoint %s selected for the workers", info.title)
+        return info
+
+    def switch(self, query: str) -> CheckpointInfo:
+        """Load ``query`` and make it the server's checkpoint (a switch, not a job's override)."""
+        info = self.load(query)
+        with self._lock:
+            self._selected = info
         return info
 
     def load(self, query: str) -> CheckpointInfo:
@@ -265,9 +275,13 @@ class ModelManager:
         release_memory(self.device.device)
 
     def acquire(self, query: str | None) -> tuple[LoadedModel, CheckpointInfo]:
-        """The model a job should use: the one asked for, else the loaded one, else the first found."""
-        if query:
-            self.load(query)
+        """The model a job should use: the one asked for, else the server's selected one, else the
+        loaded one, else the first found (which then becomes the selection)."""
+        with self._lock:
+            selected = self._selected
+        wanted = query or (selected.name if selected is not None else None)
+        if wanted:
+            self.load(wanted)
         with self._lock:
             loaded = self._loaded
         if loaded is None:
@@ -288,7 +302,7 @@ class ModelManager:
         first_error: ModelLoadError | None = None
         for info in available:
             try:
-                self.load(info.name)
+                self.switch(info.name)
                 return
             except ModelLoadError as exc:
                 log.warning("Skipping %s: %s", info.name, exc.reason)

@@ -1,9 +1,10 @@
-"""The "store" half of a job: extensions' AFTER_IMAGE hooks, the PNG on disk, IMAGE_SAVED, the grid.
+"""The "store" half of a job, on the front: extensions' AFTER_IMAGE hooks, the PNG on disk,
+IMAGE_SAVED, the grid.
 
-The in-process worker renders and stores in one pass, batch by batch. A remote worker only renders
-(:class:`RenderedJob`: PNG bytes with their infotext, no paths); the front process then stores what
-came back with :meth:`OutputStore.store`, so no folder is shared between hosts and files are named
-by one process.
+In process, the renderer hands each batch to a :class:`StoreSink` as it finishes, so images are on
+disk while the job goes on. A remote worker only renders (:class:`RenderedJob`: PNG bytes with their
+infotext, no paths); the front then stores what came back with :meth:`OutputStore.store`, so no
+folder is shared between hosts and files are named by one process.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
@@ -19,17 +20,9 @@ from modules.extension_api import Hook
 from modules.params import GeneratedImage, GenerationRequest, GenerationResult
 from modules.services.extensions import ExtensionManager
 from modules.services.images import ImageSaver, OutputKind, make_grid, png_bytes
+from modules.services.renderer import RenderedJob, Rendering
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RenderedJob:
-    """What a worker made for a job, before anything is saved; plain values, so it crosses processes."""
-
-    result: GenerationResult  # images carry PNG bytes (parameters inside) and no path; no grid yet
-    first_pass: tuple[GeneratedImage, ...] = ()  # hires fix's first pass, when the request keeps it
-    model_loads: tuple[tuple[str, str], ...] = ()  # (title, architecture) of checkpoints loaded for it
 
 
 def _decode(png: bytes) -> Image.Image:
@@ -111,3 +104,31 @@ class OutputStore:
         output = self.output(request, data, image.infotext, kind, image.seed, image.index, notes)
         self.extensions.image_saved(request, output.path, image.infotext, image.seed, image.index)
         return output, pixels
+
+
+@dataclass
+class StoreSink:
+    """The in-process sink: each batch stored as it finishes (hooks, file), kept for the result."""
+
+    outputs: OutputStore
+    saved: list[GeneratedImage] = field(default_factory=list)
+    pixels: list[Image.Image] = field(default_factory=list)  # what was saved, extensions' changes included
+    notes: list[str] = field(default_factory=list)  # problems the caller should hear of (a failed save)
+
+    def batch(self, request: GenerationRequest, images: list[Image.Image], first: int,
+              texts: list[str]) -> list[Image.Image]:
+        saved, finals = self.outputs.keep(request, images, first, texts, self.notes)
+        self.saved += saved
+        self.pixels += finals
+        return finals
+
+    def first_pass(self, request: GenerationRequest, images: list[Image.Image], first: int, texts: list[str]) -> None:
+        self.outputs.keep(request, images, first, texts, self.notes)
+
+    def result(self, rendering: Rendering) -> GenerationResult:
+        """The job's result: what was stored, a grid for more than one image, every warning."""
+        grid = self.outputs.grid(rendering.request, self.saved, self.pixels, self.notes)
+        return GenerationResult(request=rendering.request, images=tuple(self.saved), grid=grid,
+                                interrupted=rendering.interrupted, model_title=rendering.models.checkpoint_title,
+                                elapsed_seconds=rendering.elapsed_seconds,
+                                warnings=rendering.warnings + tuple(dict.fromkeys(self.notes)), models=rendering.models)

@@ -2,18 +2,51 @@
 
 Two implementations stand behind it: the in-process worker (:class:`modules.services.jobs.JobQueue`,
 the default) and the Ray-backed one (:mod:`modules.services.scaleout.ray_queue`), which spreads jobs
-over GPU workers on several hosts. ``tests/integration/test_job_queue_contract.py`` runs one test
+over GPU workers on several hosts. Both build on :class:`JobQueueBase` (ids, the limit, history,
+owners, steering) and mark where jobs run with :func:`on_worker`. The job types they share live in
+:mod:`modules.services.job_types`. ``tests/integration/test_job_queue_contract.py`` runs one test
 suite against both.
 """
 
 from __future__ import annotations
 
+import abc
+import contextlib
+import contextvars
 import enum
+import itertools
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-if TYPE_CHECKING:  # jobs.py imports this module for WorkerStatus
-    from modules.services.jobs import Job, JobSpec, ProgressSnapshot
+from modules.errors import QueueFullError
+from modules.services.job_types import Job, JobContext, JobSpec, JobStatus, ProgressSnapshot
+
+_HISTORY = 200  # finished jobs kept for lookups by id
+
+# True while the code running is a queue's job (or storing a job's results, with the Ray queue):
+# an extension there must not wait for the queue (see ``ExtensionManager.refusal_for_generate``).
+_running_on_worker: contextvars.ContextVar[bool] = contextvars.ContextVar("running_on_worker", default=False)
+
+
+@contextlib.contextmanager
+def on_worker() -> Iterator[None]:
+    """Mark the code run inside as running on a queue's worker."""
+    token = _running_on_worker.set(True)
+    try:
+        yield
+    finally:
+        _running_on_worker.reset(token)
+
+
+def running_on_worker() -> bool:
+    """Whether the caller runs on a queue's worker (inside :func:`on_worker`)."""
+    return _running_on_worker.get()
 
 
 class QueueMode(enum.Enum):
@@ -86,3 +119,82 @@ class JobQueueContract(Protocol):
 
     def workers(self) -> tuple[WorkerStatus, ...]:
         """The workers that run jobs, for the status panel."""
+
+
+class JobQueueBase(abc.ABC):
+    """Bookkeeping every queue shares: ids, the limit, history, owners, and steering by id."""
+
+    mode = QueueMode.LOCAL
+
+    def __init__(self, limit: int, shared: bool = True) -> None:
+        self._limit = limit
+        # False: with several users signed in, each sees, interrupts and skips only their own jobs.
+        self._shared = shared
+        self._lock = threading.Lock()
+        self._pending: list[Job] = []
+        self._history: OrderedDict[str, Job] = OrderedDict()
+        self._counter = itertools.count(1)
+
+    def may_control(self, job: Job, user: str | None) -> bool:
+        """Whether ``user`` may watch, interrupt or skip ``job``: always on a shared (single-user)
+        instance and for jobs submitted without a user; otherwise only the job's own user."""
+        return self._shared or job.owner is None or job.owner == user
+
+    def _new_job(self, spec: JobSpec, owner: str | None, context: JobContext | None = None) -> Job:
+        """A job added to the waiting list (under the lock), or QueueFullError at the limit."""
+        job_id = f"{next(self._counter)}-{uuid.uuid4().hex[:8]}"
+        job = Job(id=job_id, spec=spec, future=Future(), context=context or JobContext(job_id),
+                  submitted_at=time.time(), owner=owner)
+        job.context.job_id = job_id
+        with self._lock:
+            if len(self._pending) >= self._limit:
+                raise QueueFullError(f"The queue is full ({self._limit} jobs waiting); try again shortly.")
+            self._pending.append(job)
+            self._history[job.id] = job
+            while len(self._history) > _HISTORY + self._limit:
+                self._history.popitem(last=False)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._history.get(job_id)
+
+    @abc.abstractmethod
+    def running(self) -> tuple[Job, ...]:
+        """The jobs running now, oldest first (one with the in-process worker)."""
+
+    def current(self) -> Job | None:
+        running = self.running()
+        return running[0] if running else None
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def position(self, job: Job) -> int:
+        """0 while running (or done), n when n-1 jobs wait ahead of it plus the running one."""
+        with self._lock:
+            return self._pending.index(job) + 1 if job in self._pending else 0
+
+    def snapshot(self, job: Job) -> ProgressSnapshot:
+        return job.context.snapshot(job.id, job.status, self.position(job))
+
+    def visible_current(self, user: str | None) -> Job | None:
+        """The oldest running job ``user`` may see."""
+        return next((job for job in self.running() if self.may_control(job, user)), None)
+
+    def interrupt(self, job_id: str | None = None, user: str | None = None) -> bool:
+        """Interrupt one job (by id) or the running one ``user`` sees, if ``user`` may. A waiting job
+        ends without running."""
+        job = self.get(job_id) if job_id else self.visible_current(user)
+        if job is None or job.future.done() or not self.may_control(job, user):
+            return False
+        job.context.interrupt()
+        return True
+
+    def skip(self, job_id: str | None = None, user: str | None = None) -> bool:
+        job = self.get(job_id) if job_id else self.visible_current(user)
+        if job is None or job.status is not JobStatus.RUNNING or not self.may_control(job, user):
+            return False
+        job.context.skip()
+        return True

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
 
 import gradio as gr
 
@@ -36,7 +35,8 @@ def build_ui(services: Services) -> gr.Blocks:
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 extensions_tab.build_tab(services, demo)
             _extension_tabs(services)
-        _wire_sends(SendWiring(services, tabs, checkpoint), t2i, i2i, inp, gal, png)
+        forms = {"txt2img": t2i, "img2img": i2i, "inpaint": inp}  # by tab id
+        _wire_sends(SendWiring(services, tabs, checkpoint), forms, gal, png)
         workers_panel.build_panel(services)
         _footer(services)
     return demo
@@ -65,20 +65,18 @@ def _extension_tabs(services: Services) -> None:
                             f"{escape.markdown(exc)}")
 
 
-def _wire_sends(send: SendWiring, t2i: GenerationForm, i2i: img2img.Img2ImgTab, inp: inpaint.InpaintTab,
-                gal: gallery.GalleryTab, png: png_info.PngInfoTab) -> None:
-    targets: dict[str, tuple[GenerationForm, Any, bool]] = {
-        "txt2img": (t2i, None, False), "img2img": (i2i.form, i2i.image, False), "inpaint": (inp.form, inp.editor, True)}
-    for source in (t2i, i2i.form, inp.form):
+def _wire_sends(send: SendWiring, forms: Mapping[str, GenerationForm], gal: gallery.GalleryTab,
+                png: png_info.PngInfoTab) -> None:
+    """Every "Send to" button and each form's paste, by target tab id (the forms' prefixes)."""
+    for source in forms.values():
         for target_id in source.send_buttons:
-            form, image, as_editor = targets[target_id]
-            send.from_form(source, target_id, form, image, as_editor)
-        # Paste: an infotext in the prompt box fills this same tab (tab ids are the forms' prefixes).
-        send.wire(source.paste, [source.prompt], _pasted, source.prefix, source)
-    for target_id, (form, image, as_editor) in targets.items():
+            send.from_form(source, target_id, forms[target_id])
+        # Paste: an infotext in the prompt box fills this same tab (its fields; the image stays).
+        send.wire(source.paste, [source.fields["prompt"]], _pasted, source.prefix, source, with_image=False)
+    for target_id, target in forms.items():
         send.wire(png.send_buttons[target_id], [png.image, png.text], lambda path, text: (path, text or ""),
-                  target_id, form, image, as_editor)
-        send.wire(gal.send_buttons[target_id], [gal.selected, gal.info], gal.pick, target_id, form, image, as_editor)
+                  target_id, target)
+        send.wire(gal.send_buttons[target_id], [gal.selected, gal.info], gal.pick, target_id, target)
 
 
 def _pasted(text: str | None) -> tuple[None, str]:

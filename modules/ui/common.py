@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from modules.errors import AtelierError, ValidationError
-from modules.services.jobs import Job, ProgressSnapshot
+from modules.services.job_types import Job, ProgressSnapshot
 from modules.services.queue_contract import JobQueueContract
 from modules.ui import escape
 

@@ -1,7 +1,7 @@
 """Extensions in a generating tab: each one's panel (a collapsible section) and the Script dropdown.
 
-Values travel by name: the panel's components are collected into
-``request.extension_params[extension][param]``, and a chosen script gets its own params by name.
+Values travel by name: each panel's controls are declared by extension and param name and read
+into ``request.extension_params[extension][param]``; a chosen script gets its own params by name.
 An extension that declares params without building a panel gets controls made from its
 :class:`Param` types. A panel builder that raises marks its extension failed; the tab still builds.
 """
@@ -9,7 +9,7 @@ An extension that declares params without building a panel gets controls made fr
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -20,9 +20,10 @@ import gradio as gr
 from modules.extension_api import Hook, Param, ParamKind, UiPanel
 from modules.params import GenerationRequest, GenerationResult
 from modules.services.container import Services
-from modules.services.jobs import ProgressSnapshot
+from modules.services.job_types import ProgressSnapshot
 from modules.ui import escape
 from modules.ui.common import POLL_SECONDS
+from modules.ui.form_fields import Component
 
 NO_SCRIPT = "None"
 
@@ -43,38 +44,33 @@ def param_component(param: Param, elem_id: str) -> Any:
                      elem_id=elem_id)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExtensionControls:
-    """The tab's extension components, flattened for Gradio's inputs, and how to read them back."""
+    """The tab's extension controls by name: each panel's by extension and param, each script's by
+    title and param, and the Script dropdown (None without scripts)."""
 
-    panels: list[tuple[str, list[str]]] = field(default_factory=list)  # (extension, param names)
-    scripts: list[tuple[str, list[str]]] = field(default_factory=list)  # (script title, param names)
-    components: list[Any] = field(default_factory=list)  # panel components, then the dropdown, then scripts'
-    script: Any = None
+    panels: Mapping[str, Mapping[str, Component]] = field(default_factory=dict)
+    scripts: Mapping[str, Mapping[str, Component]] = field(default_factory=dict)
+    script: Component | None = None
 
-    def inputs(self) -> list[Any]:
-        return list(self.components)
+    def inputs(self) -> set[Component]:
+        """Every control, for an event's ``inputs`` set."""
+        chosen = {self.script} if self.script is not None else set()
+        return chosen | {c for group in (*self.panels.values(), *self.scripts.values()) for c in group.values()}
 
-    def read(self, values: list[Any]) -> tuple[dict[str, dict[str, Any]], str | None, dict[str, Any]]:
-        """(extension params by name, chosen script or None, its values by name) from ``values``."""
-        at = 0
-        params: dict[str, dict[str, Any]] = {}
-        for name, names in self.panels:
-            params[name] = dict(zip(names, values[at:at + len(names)]))
-            at += len(names)
-        if self.script is None:
+    def read(self, received: Mapping[Component, Any]) -> tuple[dict[str, dict[str, Any]], str | None, dict[str, Any]]:
+        """(extension params by name, chosen script or None, its values by name) from an event's
+        ``{component: value}``."""
+        params = {name: {param: received[c] for param, c in controls.items()} for name, controls in self.panels.items()}
+        chosen = received[self.script] if self.script is not None else None
+        if not chosen or chosen == NO_SCRIPT:
             return params, None, {}
-        chosen = values[at]
-        at += 1
-        script_values: dict[str, Any] = {}
-        for title, names in self.scripts:
-            if title == chosen:
-                script_values = dict(zip(names, values[at:at + len(names)]))
-            at += len(names)
-        return params, (chosen if chosen and chosen != NO_SCRIPT else None), script_values
+        controls = self.scripts.get(chosen, {})
+        return params, chosen, {param: received[c] for param, c in controls.items()}
 
 
-def _panel(services: Services, name: str, tab: str, prefix: str, controls: ExtensionControls) -> None:
+def _panel(services: Services, name: str, tab: str, prefix: str) -> dict[str, Component] | None:
+    """The extension's accordion; its declared params' controls by name (None when its builder failed)."""
     record = services.extensions.get(name)
     assert record is not None and record.setup is not None
     elem_prefix = f"{prefix}_ext_{name}".replace("-", "_").replace(".", "_")
@@ -88,41 +84,44 @@ def _panel(services: Services, name: str, tab: str, prefix: str, controls: Exten
         except Exception as exc:  # its bug: shown here, the extension is switched off
             services.extensions.fail(name, "UI_PANEL", exc)
             gr.Markdown(f"⚠️ This extension failed to build its panel: {escape.markdown(exc)}")
-            return
+            return None
         declared = {p.name for p in record.setup.params}
         for param in record.setup.params:  # declared params without a control get a typed one
             if param.name not in built:
                 built[param.name] = param_component(param, f"{elem_prefix}_{param.name}")
-        names = [n for n in built if n in declared]
-    controls.panels.append((name, names))
-    controls.components += [built[n] for n in names]
+    return {n: c for n, c in built.items() if n in declared}
+
+
+def _scripts(prefix: str, services: Services, tab: str) -> tuple[Component | None, dict[str, dict[str, Component]]]:
+    """The Script dropdown and each script's controls by title, shown while it is chosen."""
+    scripts = services.extensions.scripts(tab)
+    if not scripts:
+        return None, {}
+    titles = [script.title for _name, script in scripts]
+    chosen = gr.Dropdown([NO_SCRIPT, *titles], value=NO_SCRIPT, label="Script", elem_id=f"{prefix}_script")
+    controls: dict[str, dict[str, Component]] = {}
+    for index, (_name, script) in enumerate(scripts):
+        with gr.Group(visible=False, elem_id=f"{prefix}_script_{index}") as group:
+            controls[script.title] = {p.name: param_component(p, f"{prefix}_script_{index}_{p.name}")
+                                      for p in script.params}
+        chosen.change(lambda picked, title=script.title: gr.Group(visible=picked == title), inputs=[chosen],
+                      outputs=[group], queue=False, show_progress="hidden", api_visibility="private")
+    return chosen, controls
 
 
 def build_extension_controls(prefix: str, tab: str, services: Services) -> ExtensionControls:
     """Panels of every loaded extension with params or a panel, and the Script dropdown."""
-    controls = ExtensionControls()
+    panels: dict[str, dict[str, Component]] = {}
     for record in services.extensions.records():
         setup = record.setup
         if setup is None or record.state.value != "enabled":
             continue
         if setup.params or any(h.hook is Hook.UI_PANEL for h in setup.handlers):
-            _panel(services, record.name, tab, prefix, controls)
-    scripts = services.extensions.scripts(tab)
-    if not scripts:
-        return controls
-    titles = [script.title for _name, script in scripts]
-    controls.script = gr.Dropdown([NO_SCRIPT, *titles], value=NO_SCRIPT, label="Script", elem_id=f"{prefix}_script")
-    controls.components.append(controls.script)
-    groups = []
-    for index, (_name, script) in enumerate(scripts):
-        with gr.Group(visible=False, elem_id=f"{prefix}_script_{index}") as group:
-            components = [param_component(p, f"{prefix}_script_{index}_{p.name}") for p in script.params]
-        groups.append(group)
-        controls.scripts.append((script.title, [p.name for p in script.params]))
-        controls.components += components
-    controls.script.change(lambda chosen: [gr.Group(visible=chosen == t) for t in titles], inputs=[controls.script],
-                           outputs=groups, queue=False, show_progress="hidden", api_visibility="private")
-    return controls
+            controls = _panel(services, record.name, tab, prefix)
+            if controls is not None:
+                panels[record.name] = controls
+    script, scripts = _scripts(prefix, services, tab)
+    return ExtensionControls(panels=panels, scripts=scripts, script=script)
 
 
 def run_script_for(services: Services, owner: str | None, title: str, tab: str, request: GenerationRequest,

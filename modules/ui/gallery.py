@@ -27,15 +27,48 @@ class GalleryTab:
     pick: Callable[[str, str], tuple[str | None, str]]  # for "send to": (checked absolute path, infotext)
 
 
-def _query(text: str, folder: str, date: str, model: str, sampler: str, seed: float | None, size: str) -> GalleryQuery:
-    return GalleryQuery(text=text or "", folder="" if folder in ("", ALL, None) else folder,
-                        date="" if date in ("", ALL, None) else date, model=(model or "").strip(),
-                        sampler=(sampler or "").strip(), seed=None if seed in (None, "") else int(seed),
-                        size=(size or "").strip())
+@dataclass(frozen=True)
+class _Filters:
+    """The search controls, read by name into a :class:`GalleryQuery`."""
+
+    text: gr.Textbox
+    folder: gr.Dropdown
+    date: gr.Dropdown
+    model: gr.Textbox
+    sampler: gr.Textbox
+    seed: gr.Number
+    size: gr.Textbox
+
+    def components(self) -> set[Any]:
+        return {self.text, self.folder, self.date, self.model, self.sampler, self.seed, self.size}
+
+    def query(self, values: dict[Any, Any]) -> GalleryQuery:
+        folder, date, seed = values[self.folder], values[self.date], values[self.seed]
+        return GalleryQuery(text=values[self.text] or "", folder="" if folder in ("", ALL, None) else folder,
+                            date="" if date in ("", ALL, None) else date, model=(values[self.model] or "").strip(),
+                            sampler=(values[self.sampler] or "").strip(), seed=None if seed in (None, "") else int(seed),
+                            size=(values[self.size] or "").strip())
 
 
-def build_tab(services: Services, tab: gr.Tab) -> GalleryTab:
-    gallery_service = services.gallery
+@dataclass(frozen=True)
+class _View:
+    """The page of thumbnails and the selected image's panel."""
+
+    thumbs: gr.Gallery
+    page_info: gr.Markdown
+    previous: gr.Button
+    following: gr.Button
+    full: gr.Image
+    info: gr.Textbox
+    location: gr.Textbox
+    send: dict[str, gr.Button]
+    delete: gr.Button
+    confirm_row: gr.Row
+    confirm: gr.Button
+    cancel: gr.Button
+
+
+def _build_filters() -> tuple[_Filters, gr.Button]:
     with gr.Row():
         folder = gr.Dropdown([ALL], value=ALL, label="Folder", elem_id="gallery_folder")
         date = gr.Dropdown([ALL], value=ALL, label="Date", elem_id="gallery_date")
@@ -47,6 +80,10 @@ def build_tab(services: Services, tab: gr.Tab) -> GalleryTab:
             sampler = gr.Textbox(label="Sampler", elem_id="gallery_sampler")
             seed = gr.Number(label="Seed", precision=0, value=None, elem_id="gallery_seed")
             size = gr.Textbox(label="Size (WxH)", elem_id="gallery_size")
+    return _Filters(text, folder, date, model, sampler, seed, size), refresh
+
+
+def _build_view() -> _View:
     with gr.Row():
         with gr.Column(scale=3):
             thumbs = gr.Gallery(label="Images", columns=6, height=560, allow_preview=False, elem_id="gallery_images")
@@ -65,67 +102,107 @@ def build_tab(services: Services, tab: gr.Tab) -> GalleryTab:
             with gr.Row(visible=False) as confirm_row:
                 confirm = gr.Button("Yes, delete this image", variant="stop", size="sm", elem_id="gallery_delete_confirm")
                 cancel = gr.Button("Cancel", size="sm", elem_id="gallery_delete_cancel")
+    return _View(thumbs, page_info, previous, following, full, info, location, send, delete, confirm_row, confirm,
+                 cancel)
+
+
+def build_tab(services: Services, tab: gr.Tab) -> GalleryTab:
+    filters, refresh = _build_filters()
+    view = _build_view()
     page_no = gr.State(1)
     items = gr.State([])  # relative paths on the page
     selected_relative = gr.State("")
-    filters = [text, folder, date, model, sampler, seed, size]
+    pages = _Pages(services, filters, view, page_no, items)
+    private = {"api_visibility": "private"}
+    searched = filters.components()
+    for trigger in (refresh.click, tab.select):
+        trigger(pages.on_refresh, inputs=searched, outputs={filters.folder, filters.date, *pages.outputs}, **private)
+    for control in (filters.text, filters.folder, filters.date, filters.model, filters.sampler, filters.seed,
+                    filters.size):
+        (control.submit if isinstance(control, (gr.Textbox, gr.Number)) else control.change)(
+            pages.first, inputs=searched, outputs=pages.outputs, **private)
+    view.previous.click(pages.previous, inputs={page_no, *searched}, outputs=pages.outputs, **private)
+    view.following.click(pages.following, inputs={page_no, *searched}, outputs=pages.outputs, **private)
+    _wire_selection(services, view, pages, items, selected_relative, page_no)
+    return GalleryTab(selected=selected_relative, info=view.info, send_buttons=view.send,
+                      pick=lambda relative, text: _pick(services, relative, text))
 
-    def show(page: GalleryPage) -> tuple[Any, ...]:
+
+class _Pages:
+    """Loading a page of thumbnails for the filters' values (handlers take Gradio's named values)."""
+
+    def __init__(self, services: Services, filters: _Filters, view: _View, page_no: gr.State, items: gr.State) -> None:
+        self.gallery = services.gallery
+        self.filters = filters
+        self.view = view
+        self.page_no = page_no
+        self.items = items
+        self.outputs = {view.thumbs, view.page_info, page_no, items}
+
+    def load(self, number: int, values: dict[Any, Any]) -> dict[Any, Any]:
+        page: GalleryPage = self.gallery.page(self.filters.query(values), max(1, int(number)))
         try:
-            thumbs = gallery_service.thumbnails(page.items)  # made in parallel, cached
+            thumbs = self.gallery.thumbnails(page.items)  # made in parallel, cached
         except (OSError, AtelierError) as exc:
             raise gr.Error("Some images changed while loading; press Refresh.") from exc
         shown = [(str(path), item.relative.rsplit("/", 1)[-1]) for path, item in zip(thumbs, page.items, strict=True)]
         label = f"Page {page.page} of {max(page.pages, 1)} · {page.total} image(s)"
-        return shown, label, page.page, [item.relative for item in page.items]
+        return {self.view.thumbs: shown, self.view.page_info: label, self.page_no: page.page,
+                self.items: [item.relative for item in page.items]}
 
-    def load(number: int, *values: Any) -> tuple[Any, ...]:
-        return show(gallery_service.page(_query(*values), max(1, int(number))))
+    def first(self, values: dict[Any, Any]) -> dict[Any, Any]:
+        return self.load(1, values)
 
-    def on_refresh(*values: Any) -> tuple[Any, ...]:
-        gallery_service.refresh()
-        folders = [ALL, *gallery_service.folders()]
-        dates = [ALL, *gallery_service.dates()]
-        return (gr.update(choices=folders), gr.update(choices=dates), *load(1, *values))
+    def previous(self, values: dict[Any, Any]) -> dict[Any, Any]:
+        return self.load(values[self.page_no] - 1, values)
 
-    def on_select(relatives: list[str], evt: gr.SelectData) -> tuple[Any, ...]:
+    def following(self, values: dict[Any, Any]) -> dict[Any, Any]:
+        return self.load(values[self.page_no] + 1, values)
+
+    def on_refresh(self, values: dict[Any, Any]) -> dict[Any, Any]:
+        self.gallery.refresh()
+        return {self.filters.folder: gr.update(choices=[ALL, *self.gallery.folders()]),
+                self.filters.date: gr.update(choices=[ALL, *self.gallery.dates()]), **self.load(1, values)}
+
+
+def _wire_selection(services: Services, view: _View, pages: _Pages, items: gr.State, selected: gr.State,
+                    page_no: gr.State) -> None:
+    """Selecting an image shows it with its parameters; Delete asks, and the confirmed delete removes it."""
+    gallery_service = services.gallery
+    selection = {view.full, view.info, view.location, selected, view.confirm_row}
+
+    def on_select(relatives: list[str], evt: gr.SelectData) -> dict[Any, Any]:
         index = evt.index if isinstance(evt.index, int) else 0
         try:
             path = gallery_service.resolve(relatives[index])
         except (AtelierError, IndexError) as exc:
             raise gr.Error("That image is no longer there; press Refresh.") from exc
-        return str(path), read_infotext(path) or "", str(path.parent), relatives[index], gr.Row(visible=False)
+        return {view.full: str(path), view.info: read_infotext(path) or "", view.location: str(path.parent),
+                selected: relatives[index], view.confirm_row: gr.Row(visible=False)}
 
     @changes_server  # deletes a file from outputs/
-    def on_delete(relative: str, number: int, *values: Any) -> tuple[Any, ...]:
+    def on_delete(values: dict[Any, Any]) -> dict[Any, Any]:
         try:
-            gallery_service.delete(relative or "")
+            gallery_service.delete(values[selected] or "")
         except AtelierError as exc:
             raise ui_error(exc) from exc
         gr.Info("Deleted.")
-        return (None, "", "", "", gr.Row(visible=False), *load(number, *values))
+        return {view.full: None, view.info: "", view.location: "", selected: "",
+                view.confirm_row: gr.Row(visible=False), **pages.load(values[page_no], values)}
 
-    page_outputs = [thumbs, page_info, page_no, items]
     private = {"api_visibility": "private"}
-    for trigger in (refresh.click, tab.select):
-        trigger(on_refresh, inputs=filters, outputs=[folder, date, *page_outputs], **private)
-    for control in (text, folder, date, model, sampler, seed, size):
-        (control.submit if isinstance(control, (gr.Textbox, gr.Number)) else control.change)(
-            lambda *v: load(1, *v), inputs=filters, outputs=page_outputs, **private)
-    previous.click(lambda n, *v: load(n - 1, *v), inputs=[page_no, *filters], outputs=page_outputs, **private)
-    following.click(lambda n, *v: load(n + 1, *v), inputs=[page_no, *filters], outputs=page_outputs, **private)
-    selection = [full, info, location, selected_relative, confirm_row]
-    thumbs.select(on_select, inputs=[items], outputs=selection, **private)
-    delete.click(lambda p: gr.Row(visible=bool(p)), inputs=[selected_relative], outputs=[confirm_row], **private)
-    cancel.click(lambda: gr.Row(visible=False), outputs=[confirm_row], **private)
-    confirm.click(on_delete, inputs=[selected_relative, page_no, *filters], outputs=[*selection, *page_outputs],
-                  **private)
-    def pick(relative: str, text: str) -> tuple[str | None, str]:
-        if not relative:
-            return None, ""
-        try:
-            return str(gallery_service.resolve(relative)), text  # re-checked: the file may be gone
-        except AtelierError as exc:
-            raise ui_error(exc) from exc
+    view.thumbs.select(on_select, inputs=[items], outputs=selection, **private)
+    view.delete.click(lambda p: gr.Row(visible=bool(p)), inputs=[selected], outputs=[view.confirm_row], **private)
+    view.cancel.click(lambda: gr.Row(visible=False), outputs=[view.confirm_row], **private)
+    view.confirm.click(on_delete, inputs={selected, page_no, *pages.filters.components()},
+                       outputs=selection | pages.outputs, **private)
 
-    return GalleryTab(selected=selected_relative, info=info, send_buttons=send, pick=pick)
+
+def _pick(services: Services, relative: str, text: str) -> tuple[str | None, str]:
+    """For "send to": the checked absolute path of the selected image, and its infotext."""
+    if not relative:
+        return None, ""
+    try:
+        return str(services.gallery.resolve(relative)), text  # re-checked: the file may be gone
+    except AtelierError as exc:
+        raise ui_error(exc) from exc

@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 from modules.errors import AtelierError
+from modules.infotext import parse_infotext
+from modules.infotext_request import request_from_infotext
 from modules.services.container import Services
+from modules.ui.form_fields import values_from_request
+
+
+def values_from_infotext(text: str, services: Services) -> dict[str, Any]:
+    """What "send to" and "paste" put in a form, by field name, for an image's parameters text.
+    The refiner shows as the title of the checkpoint it names when that one is here."""
+    request, _warnings = request_from_infotext(parse_infotext(text))
+    if request.refiner is not None:
+        found = services.registry.find(request.refiner.checkpoint)
+        if found is not None:
+            request = replace(request, refiner=replace(request.refiner, checkpoint=found.title))
+    return values_from_request(request)
 
 
 def find_checkpoint(services: Services, params: Mapping[str, str]) -> str | None:

@@ -1,4 +1,8 @@
-""""Send to" buttons: an image and its parameters go to a generating tab (fields, image, checkpoint)."""
+""""Send to" buttons: an image and its parameters go to a generating tab (fields, image, checkpoint).
+
+The target's fields are filled by name from the infotext (:func:`values_from_infotext`); the
+picture goes to the field the target declares as ``init_image`` (img2img's image, inpaint's editor).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,18 @@ import gradio as gr
 from modules.infotext import parse_infotext
 from modules.services.container import Services
 from modules.ui import escape
-from modules.ui.generation_form import GenerationForm, fields_from_infotext
-from modules.ui.infotext_fill import switch_to_checkpoint_of
+from modules.ui.form_fields import Component, filled_names
+from modules.ui.generation_form import GenerationForm
+from modules.ui.infotext_fill import switch_to_checkpoint_of, values_from_infotext
 
 Pick = Callable[..., tuple[str | None, str]]  # (image path or None, infotext) from the button's inputs
+
+
+def _image_value(image: Component, path: str | None) -> Any:
+    """What ``image`` shows for the picked file: an editor gets it as its background."""
+    if isinstance(image, gr.ImageEditor) and path:
+        return {"background": path, "layers": [], "composite": path}
+    return path
 
 
 class SendWiring:
@@ -25,35 +37,38 @@ class SendWiring:
         self.checkpoint = checkpoint
 
     def wire(self, button: gr.Button, inputs: list[Any], pick: Pick, target_id: str, target: GenerationForm,
-             image: Any = None, as_editor: bool = False) -> None:
-        """On click: fill ``target``'s fields from the picked infotext, its ``image``, switch checkpoint and tab."""
-        outputs = ([image] if image is not None else []) + target.request_fields() + [self.checkpoint, self.tabs]
+             with_image: bool = True) -> None:
+        """On click: fill ``target``'s fields from the picked infotext and (``with_image``) its
+        ``init_image`` from the picked file, then switch checkpoint and tab."""
+        image = target.fields.get("init_image") if with_image else None
+        filled = target.fields.components_of(filled_names())
+        outputs = ([image] if image is not None else []) + filled + [self.checkpoint, self.tabs]
 
-        def send(*values: Any) -> list[Any]:
+        def send(*values: Any) -> dict[Component, Any]:
             path, text = pick(*values)
             if not text and path is None:
                 raise gr.Error("Nothing to send: generate or choose an image first.")
-            result: list[Any] = []
+            updates: dict[Component, Any] = {}
             if image is not None:
-                result.append({"background": path, "layers": [], "composite": path} if as_editor and path else path)
-            result += (fields_from_infotext(text, target, self.services) if text
-                       else [gr.skip()] * len(target.request_fields()))
-            warning = switch_to_checkpoint_of(self.services, parse_infotext(text).params) if text else None
-            if warning:
-                gr.Warning(escape.text(warning))  # it quotes the image's checkpoint name
+                updates[image] = _image_value(image, path)
+            if text:
+                updates |= target.fields.fill(values_from_infotext(text, self.services))
+                warning = switch_to_checkpoint_of(self.services, parse_infotext(text).params)
+                if warning:
+                    gr.Warning(escape.text(warning))  # it quotes the image's checkpoint name
             current = self.services.models.current()
-            result.append(gr.update(value=current.title) if current else gr.skip())
-            return result + [gr.Tabs(selected=target_id)]
+            if current is not None:
+                updates[self.checkpoint] = gr.update(value=current.title)
+            updates[self.tabs] = gr.Tabs(selected=target_id)
+            return updates
 
         button.click(send, inputs=inputs, outputs=outputs, api_visibility="private")
 
-    def from_form(self, source: GenerationForm, target_id: str, target: GenerationForm, image: Any = None,
-                  as_editor: bool = False) -> None:
+    def from_form(self, source: GenerationForm, target_id: str, target: GenerationForm) -> None:
         """A result gallery's "Send to" button: the selected image (or the first)."""
 
         def pick(infos: list[dict[str, Any]], index: int) -> tuple[str | None, str]:
             chosen = infos[index] if infos and 0 <= index < len(infos) else None
             return (chosen["path"], chosen["infotext"]) if chosen else (None, "")
 
-        self.wire(source.send_buttons[target_id], [source.infos, source.selected], pick, target_id, target,
-                  image, as_editor)
+        self.wire(source.send_buttons[target_id], [source.infos, source.selected], pick, target_id, target)

@@ -77,7 +77,7 @@ from modules.params import GenerationRequest  # noqa: E402
 from modules.paths import AppPaths, resolve_paths  # noqa: E402
 from modules.services.container import Services, build_services  # noqa: E402
 from modules.services.hashing import HashCache  # noqa: E402
-from modules.services.jobs import JobContext  # noqa: E402
+from modules.services.job_types import JobContext  # noqa: E402
 
 GIB = 1024**3
 PROMPT, NEGATIVE, SEED, CFG = "a photo of a cat", "blurry", 1, 7.0

@@ -32,7 +32,7 @@ def test_batch_of_two_saves_files_seeds_and_infotext(services, checkpoint: str) 
     result = services.generation.generate(request)
 
     assert [img.seed for img in result.images] == [1234, 1235]
-    today = services.generation.saver.folder(
+    today = services.outputs.saver.folder(
         __import__("modules.services.images", fromlist=["OutputKind"]).OutputKind.TXT2IMG)
     for img in result.images:
         assert img.path.parent == today

@@ -44,7 +44,7 @@ def test_hires_fix_gives_the_requested_final_size(services, hires: HiresFix, siz
     assert parsed.params["Hires upscaler"] == hires.upscaler
     assert float(parsed.params["Denoising strength"]) == hires.denoising_strength
     back, warnings = request_from_infotext(parsed)
-    assert warnings == [] and back.hires == replace(hires, save_first_pass=False)
+    assert warnings == [] and back.hires == replace(hires, save_first_pass=None)  # the infotext does not say; the server decides
 
 
 def test_hires_second_pass_changes_the_image_and_its_prompt_matters(services) -> None:
@@ -60,7 +60,7 @@ def test_hires_second_pass_changes_the_image_and_its_prompt_matters(services) ->
 
 
 def test_hires_first_pass_is_saved_when_asked(services) -> None:
-    folder = services.generation.saver.folder(OutputKind.TXT2IMG)
+    folder = services.outputs.saver.folder(OutputKind.TXT2IMG)
     before = set(folder.glob("*.png")) if folder.exists() else set()
     result = services.generation.generate(replace(BASE, save_images=True,
                                                   hires=HiresFix(scale=2.0, steps=2, save_first_pass=True)))

@@ -16,7 +16,8 @@ import pytest
 from modules.devtools.fake_worker import HANG_ONCE, FakeEngine, FakeEngineConfig, FakeHooks
 from modules.errors import ModelLoadError, QueueFullError
 from modules.params import GenerationRequest
-from modules.services.jobs import Job, JobQueue, JobStatus
+from modules.services.job_types import Job, JobStatus
+from modules.services.jobs import JobQueue
 from modules.services.queue_contract import JobQueueContract, QueueMode, WorkerState
 
 STEP = 0.01

@@ -11,13 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from modules.cmd_args import Precision, parse_flags
+from modules.cmd_args import parse_flags
 from modules.config import Settings
-from modules.engine.devices import DevicePolicy, MemoryMode, choose_device, device_policy
+from modules.engine.devices import DevicePolicy, MemoryMode, choose_device
 from modules.errors import ConfigError, OutOfMemoryError
 from modules.params import GenerationRequest
 from modules.paths import resolve_paths
+from modules.precision import Precision
 from modules.services.container import build_services
+from modules.services.device_flags import device_policy
 
 SMALL = GenerationRequest(prompt="a red cube", steps=3, width=64, height=64, seed=5, sampler="Euler",
                           checkpoint="tiny-sd15.safetensors", save_images=False)

@@ -64,7 +64,7 @@ def loads(ray: Any, handles: list[Any]) -> list[int]:
 
 
 def saved_files(services: Any) -> list[Path]:
-    folder = services.generation.saver.folder(OutputKind.TXT2IMG)
+    folder = services.outputs.saver.folder(OutputKind.TXT2IMG)
     return sorted(folder.glob("*.png")) if folder.is_dir() else []
 
 

@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 
 import httpx
@@ -215,13 +215,15 @@ def test_the_server_still_serves_after_the_barrage(client: httpx.Client, running
 # --- the UI's path: form values -> request -> the same service call -----------------------------
 
 
-def _form(**changes: object):  # -> FormValues
-    from modules.ui.generation_form import FormValues
+def _form_request(**changes: object) -> GenerationRequest:
+    """The shared form fields as the browser sends them (sliders send floats), by name, made a request."""
+    from modules.ui.form_fields import request_from_values
 
-    base = FormValues(prompt="a red cube", negative_prompt="", sampler="Euler", schedule="Automatic", steps=2.0,
-                      cfg_scale=7.0, width=64.0, height=64.0, seed=1.0, batch_count=1.0, batch_size=1.0,
-                      clip_skip=1.0)
-    return replace(base, **changes)
+    values = {"prompt": "a red cube", "negative_prompt": "", "sampler": "Euler", "schedule": "Automatic",
+              "steps": 2.0, "cfg_scale": 7.0, "width": 64.0, "height": 64.0, "seed": 1.0, "batch_count": 1.0,
+              "batch_size": 1.0, "clip_skip": 1.0, "styles": [], "variation_seed": -1, "variation_strength": 0.0,
+              "seed_resize_from_width": 0, "seed_resize_from_height": 0}
+    return request_from_values({**values, **changes})
 
 
 UI_CASES = [
@@ -245,7 +247,7 @@ UI_CASES = [
 @pytest.mark.parametrize(("changes", "field"), [c[1:] for c in UI_CASES], ids=[c[0] for c in UI_CASES])
 def test_ui_form_values_are_refused_naming_the_field(services, changes: dict, field: str) -> None:
     with pytest.raises(ValidationError) as refused:
-        services.generation.submit(_form(**changes).to_request())
+        services.generation.submit(_form_request(**changes))
     assert field in [e.field for e in refused.value.errors], refused.value
     assert services.queue.pending_count() == 0 and services.queue.current() is None
 

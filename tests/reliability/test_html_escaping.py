@@ -125,10 +125,11 @@ def test_a_refused_vae_choice_errors_with_its_name_and_the_vae_file_names_escape
 
 def test_a_prompt_naming_a_missing_lora_errors_with_the_lora_file_names_escaped(page: Page) -> None:
     generate = page.block_fn("txt2img_generate", "click")
-    values = [component.value for component in generate.inputs]
-    values[0] = f"{ATTACK} <lora:missing:1>"
+    received = {component: component.value for component in generate.inputs}  # inputs are a set: one dict
+    prompt = next(component for component in generate.inputs if component.elem_id == "txt2img_prompt")
+    received[prompt] = f"{ATTACK} <lora:missing:1>"
     with pytest.raises(gr.Error) as refused:
-        list(generate.fn(None, *values))
+        list(generate.fn(received, None))
     assert "missing" in refused.value.message
     assert_shown_as_text(refused.value.message, FILE_ATTACK)
 

@@ -17,24 +17,19 @@ from PIL import Image
 from modules.api.convert import (
     decode_base64_image,
     images_response,
-    model_name_and_hash,
     parse_body,
     sampler_items,
     scheduler_items,
     to_generation_request,
 )
 from modules.api.schemas import Img2ImgBody, Txt2ImgBody
+from modules.config import Settings
 from modules.errors import ValidationError
-from modules.params import (
-    MAX_SEED,
-    GeneratedImage,
-    GenerationRequest,
-    GenerationResult,
-    MaskedContent,
-    ResizeMode,
-    validate_request,
-)
+from modules.options_table import BY_NAME
+from modules.params import MAX_SEED, GeneratedImage, GenerationRequest, GenerationResult, MaskedContent, ModelsUsed, ResizeMode
+from modules.request_checks import validate_request
 from modules.samplers import SAMPLERS, RngSource, ScheduleType
+from modules.services.server_options import with_server_defaults
 from modules.upscalers import upscaler_names
 
 
@@ -48,12 +43,20 @@ PNG = png(255)
 PNG_B64 = base64.b64encode(PNG).decode("ascii")
 
 
-def txt2img(data: dict, overrides: dict | None = None) -> GenerationRequest:
-    return to_generation_request(parse_body(Txt2ImgBody, data), overrides or {})
+def with_server(request: GenerationRequest, server: dict | None) -> GenerationRequest:
+    """What the front makes of the request on a server whose options are ``server`` (A1111's names)."""
+    if server is None:
+        return request
+    settings = Settings(**{BY_NAME[k].setting: BY_NAME[k].stored(v) for k, v in server.items() if BY_NAME[k].setting})
+    return with_server_defaults(request, settings)
 
 
-def img2img(data: dict, overrides: dict | None = None) -> GenerationRequest:
-    return to_generation_request(parse_body(Img2ImgBody, {"init_images": [PNG_B64], **data}), overrides or {})
+def txt2img(data: dict, server: dict | None = None) -> GenerationRequest:
+    return with_server(to_generation_request(parse_body(Txt2ImgBody, data)), server)
+
+
+def img2img(data: dict, server: dict | None = None) -> GenerationRequest:
+    return with_server(to_generation_request(parse_body(Img2ImgBody, {"init_images": [PNG_B64], **data})), server)
 
 
 def refused_fields(call, *args) -> set[str]:
@@ -175,9 +178,11 @@ SERVER = {"sd_model_checkpoint": "server.safetensors [aaaaaaaaaa]", "CLIP_stop_a
 
 
 def test_server_options_apply_when_the_request_says_nothing() -> None:
-    request = txt2img({}, SERVER)
-    assert (request.checkpoint, request.clip_skip, request.eta_noise_seed_delta, request.rng) == (
-        "server.safetensors [aaaaaaaaaa]", 2, 31337, RngSource.CPU)
+    bare = txt2img({})
+    assert (bare.checkpoint, bare.clip_skip, bare.eta_noise_seed_delta, bare.rng, bare.vae) == (None,) * 5
+    request = txt2img({}, SERVER)  # the front fills them; the checkpoint is the worker's selected one
+    assert (request.checkpoint, request.clip_skip, request.eta_noise_seed_delta, request.rng, request.vae) == (
+        None, 2, 31337, RngSource.CPU, "Automatic")
 
 
 def test_override_settings_win_over_server_options() -> None:
@@ -256,7 +261,7 @@ def test_img2img_maps_images_and_inpaint_fields() -> None:
 
 
 def test_img2img_without_init_image_is_refused() -> None:
-    assert refused_fields(to_generation_request, Img2ImgBody(), {}) == {"init_images"}
+    assert refused_fields(to_generation_request, Img2ImgBody()) == {"init_images"}
 
 
 def test_inpaint_fields_map_to_the_request() -> None:
@@ -286,8 +291,10 @@ def make_result(count: int, grid: bool, variation: float = 0.0) -> GenerationRes
     images = tuple(GeneratedImage(Path(f"{i}.png"), request.seed_for(i), f"cat\nSteps: 20, Seed: {request.seed_for(i)}", i)
                    for i in range(count))
     grid_image = GeneratedImage(Path("grid.png"), 100, images[0].infotext, -1) if grid else None
-    return GenerationResult(request=request, images=images, grid=grid_image,
-                            model_title="sub/v1-5-pruned.safetensors [6ce0161689]", elapsed_seconds=2.0)
+    used = ModelsUsed(checkpoint_title="sub/v1-5-pruned.safetensors [6ce0161689]", checkpoint_name="v1-5-pruned",
+                      checkpoint_hash="6ce0161689", vae_name="vae-ft-mse.safetensors", vae_hash="735e4c3a44")
+    return GenerationResult(request=request, images=images, grid=grid_image, model_title=used.checkpoint_title,
+                            elapsed_seconds=2.0, models=used)
 
 
 def bytes_of(image: GeneratedImage) -> bytes:
@@ -301,6 +308,7 @@ def test_info_has_every_a1111_key_and_per_image_seeds() -> None:
     assert INFO_KEYS <= set(info)
     assert (info["seed"], info["all_seeds"], info["all_prompts"]) == (100, [100, 101, 102], ["cat"] * 3)
     assert (info["sd_model_name"], info["sd_model_hash"], info["clip_skip"]) == ("v1-5-pruned", "6ce0161689", 2)
+    assert (info["sd_vae_name"], info["sd_vae_hash"]) == ("vae-ft-mse.safetensors", "735e4c3a44")  # not from infotext
     assert (info["index_of_first_image"], len(info["infotexts"]), info["job_timestamp"]) == (1, 4, "20240506070808")
     assert info["all_subseeds"] == [-1, -1, -1] and info["denoising_strength"] is None
 
@@ -325,13 +333,6 @@ def test_parameters_echo_the_body_without_input_images() -> None:
     json.dumps(echo)
     kept = parse_body(Img2ImgBody, {"init_images": [PNG_B64], "include_init_images": True})
     assert images_response(make_result(1, grid=False), kept, True, bytes_of).parameters["init_images"] == [PNG_B64]
-
-
-@pytest.mark.parametrize("title, expected", [
-    ("v1-5.safetensors [6ce0161689]", ("v1-5", "6ce0161689")), ("dir\\m.v2.ckpt", ("m.v2", None)), ("", ("", None)),
-])
-def test_model_title_split(title: str, expected: tuple) -> None:
-    assert model_name_and_hash(title) == expected
 
 
 def test_list_items_come_from_the_tables() -> None:
@@ -391,7 +392,7 @@ def test_valid_bodies_convert_to_valid_requests(data: dict, img: bool, data_url:
     if img:
         prefix = "data:image/png;base64," if data_url else ""
         data = {**data, "init_images": [prefix + PNG_B64], "mask": PNG_B64}
-    request = to_generation_request(parse_body(Img2ImgBody if img else Txt2ImgBody, data), SERVER)
+    request = with_server(to_generation_request(parse_body(Img2ImgBody if img else Txt2ImgBody, data)), SERVER)
     validate_request(request)
 
 
@@ -404,6 +405,6 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
 @given(data=st.dictionaries(st.sampled_from(sorted(Img2ImgBody.model_fields) + ["other"]), JSON, max_size=8))
 def test_any_json_body_raises_nothing_but_validation_error(data: dict) -> None:
     try:
-        to_generation_request(parse_body(Img2ImgBody, data), {})
+        to_generation_request(parse_body(Img2ImgBody, data))
     except ValidationError:
         pass

@@ -1,4 +1,5 @@
-"""Arrows point down: faces -> services -> engine. Nothing imports the faces but app.py."""
+"""Arrows point down: faces -> services -> engine. Nothing imports the faces but app.py; no import
+cycles; the engine takes values, not flags; extensions import only the extension API."""
 
 from __future__ import annotations
 
@@ -61,3 +62,109 @@ def test_nothing_runs_at_import_in_app() -> None:
         assert isinstance(node, allowed), ast.dump(node)[:80]
         if isinstance(node, ast.Expr):
             assert isinstance(node.value, ast.Constant)  # the docstring only
+
+
+# --- the module graph: no cycles, the engine free of flags, extensions on the public API only ------
+
+
+def _module_names() -> dict[str, Path]:
+    """Every module under modules/ by dotted name (a package by its own name)."""
+    found = {}
+    for path in modules_under("modules"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imported_modules(path: Path, name: str, known: dict[str, Path]) -> set[str]:
+    """The modules of ``known`` that ``path`` (module ``name``) imports anywhere in it, TYPE_CHECKING
+    blocks and function bodies included; relative imports resolved; ``from package import module``
+    counted as the module."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            targets.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
+                           for alias in node.names)
+    resolved = set()
+    for target in targets:
+        while target and target not in known:  # "modules.x.Class" -> "modules.x"
+            target = target.rpartition(".")[0]
+        if target and target != name:
+            resolved.add(target)
+    return resolved
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (a -> b -> ... -> a), or None."""
+    state: dict[str, str] = {}  # "open" while on the path, "done" after
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state and (cycle := visit(nxt)) is not None:
+                return cycle
+        path.pop()
+        state[node] = "done"
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)) is not None:
+            return cycle
+    return None
+
+
+def test_finding_cycles_and_relative_imports() -> None:
+    """The checker itself: it sees a cycle, and resolves relative imports."""
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+    known = _module_names()
+    jobs = ROOT / "modules/services/jobs.py"
+    assert "modules.services.queue_contract" in _imported_modules(jobs, "modules.services.jobs", known)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    known = _module_names()
+    return {name: _imported_modules(path, name, known) for name, path in known.items()}
+
+
+def _importers(graph: dict[str, set[str]], under: str, imported: str) -> list[str]:
+    return sorted(name for name, deps in graph.items()
+                  if (name == under or name.startswith(under + ".")) and imported in deps)
+
+
+def test_no_import_cycle_among_modules() -> None:
+    cycle = _find_cycle(_module_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_engine_takes_values_not_command_line_flags() -> None:
+    assert _importers(_module_graph(), "modules.engine", "modules.cmd_args") == []
+
+
+def test_scale_out_does_not_import_the_in_process_queue() -> None:
+    assert _importers(_module_graph(), "modules.services.scaleout", "modules.services.jobs") == []
+
+
+def test_extensions_import_only_the_extension_api() -> None:
+    """Every file of every extension: the standard library, third-party packages (PIL, ...), its own
+    sibling modules, and from Atelier only ``modules.extension_api``."""
+    bad = []
+    for path in modules_under("extensions"):
+        siblings = {p.stem for p in path.parent.glob("*.py")}
+        for name in imports_of(path):
+            if name == "modules.extension_api" or name.split(".")[0] in siblings:
+                continue
+            if name.split(".")[0] == "modules":  # anything else is the standard library or third-party
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert bad == []

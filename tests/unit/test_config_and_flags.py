@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from modules.cmd_args import Precision, parse_flags
+from modules.cmd_args import parse_flags
 from modules.config import Settings, load_settings
 from modules.errors import ConfigError
 from modules.paths import resolve_paths
+from modules.precision import Precision
 
 
 def test_defaults_bind_loopback_on_7860() -> None:

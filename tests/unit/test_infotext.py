@@ -125,7 +125,7 @@ def test_parses_a1111_text_with_quoted_value() -> None:
     assert request == GenerationRequest(
         prompt=parsed.prompt, negative_prompt=parsed.negative_prompt, sampler="DPM++ 2M",
         schedule=ScheduleType.KARRAS, steps=25, cfg_scale=7.0, width=512, height=768, seed=1234567890,
-        clip_skip=2, checkpoint="v1-5-pruned-emaonly",
+        clip_skip=2, checkpoint="v1-5-pruned-emaonly", eta_noise_seed_delta=0, rng=RngSource.GPU,
         hires=HiresFix(scale=2.0, steps=10, upscaler="Latent", denoising_strength=0.4),
     )
     assert parsed.params["Model hash"] == "6ce0161689"

@@ -9,7 +9,9 @@ import pytest
 
 from modules.errors import ModelLoadError, QueueFullError
 from modules.params import GenerationRequest
-from modules.services.jobs import JobContext, JobQueue, JobStatus
+from modules.services.job_types import JobContext, JobStatus
+from modules.services.jobs import JobQueue
+from modules.services.queue_contract import on_worker, running_on_worker
 
 
 class FakeExecutor:
@@ -113,3 +115,27 @@ def test_progress_fraction_and_eta() -> None:
     snap = ctx.snapshot("id", JobStatus.RUNNING, 0)
     assert snap.fraction == pytest.approx(0.75)
     assert snap.eta_seconds is not None and snap.eta_seconds >= 0
+
+
+def test_jobs_and_their_callbacks_know_they_run_on_the_worker() -> None:
+    """What ``host.generate`` refusal reads: set on the worker (a context variable), never elsewhere."""
+    seen: list[bool] = []
+    gate = threading.Event()
+
+    def executor(_spec: object, _context: JobContext) -> bool:
+        gate.wait(5)  # until the callback below is in place, so that it runs on the worker
+        return running_on_worker()
+
+    q = JobQueue(executor, limit=1)
+    q.start()
+    try:
+        job = q.submit(GenerationRequest(prompt="w"))
+        job.future.add_done_callback(lambda _f: seen.append(running_on_worker()))
+        gate.set()
+        assert job.future.result(5) is True
+    finally:
+        q.stop(5)
+    assert seen == [True] and not running_on_worker()
+    with on_worker():
+        assert running_on_worker()
+    assert not running_on_worker()

@@ -8,13 +8,8 @@ from dataclasses import replace
 import pytest
 
 from modules.errors import ValidationError
-from modules.params import (
-    MAX_SEED,
-    GenerationLimits,
-    GenerationRequest,
-    normalize_request,
-    validate_request,
-)
+from modules.params import MAX_SEED, GenerationLimits, GenerationRequest
+from modules.request_checks import normalize_request, validate_request
 from modules.samplers import ScheduleType
 
 

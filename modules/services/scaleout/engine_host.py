@@ -1,4 +1,4 @@
-"""The engine a Ray worker runs: the same ModelManager and generation steps as in process, render-only.
+"""The engine a Ray worker runs: the renderer alone, the same one the in-process worker runs.
 
 :class:`EngineConfig` is what a worker host passes to its actors (folders, device policy, cache
 size); each actor builds its :class:`RenderEngine` from it, in its own process, on the GPU Ray gave
@@ -18,17 +18,14 @@ import torch
 
 from modules.engine.devices import DevicePolicy, choose_device
 from modules.engine.loader import LoadedModel
-from modules.params import GenerationLimits, GenerationRequest
+from modules.params import GenerationRequest
 from modules.paths import resolve_paths
 from modules.services.addon_library import AddonLibrary
 from modules.services.addons import AddonKind, AddonRegistry
-from modules.services.extensions import ExtensionManager
-from modules.services.generation import GenerationService
 from modules.services.hashing import HashCache
-from modules.services.images import ImageSaver
-from modules.services.jobs import JobContext
+from modules.services.job_types import JobContext
 from modules.services.models import CheckpointInfo, CheckpointRegistry, ModelManager
-from modules.services.styles import StyleStore
+from modules.services.renderer import EncodingSink, Renderer
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +75,7 @@ class EngineConfig:
 
 
 class RenderEngine:
-    """Checkpoints, add-ons and a render-only GenerationService, built once per worker."""
+    """Checkpoints, add-ons and the renderer, built once per worker."""
 
     def __init__(self, config: EngineConfig) -> None:
         if config.torch_threads:
@@ -98,10 +95,7 @@ class RenderEngine:
                               AddonRegistry(AddonKind.EMBEDDING, paths.embedding_dirs, hashes),
                               AddonRegistry(AddonKind.VAE, paths.vae_dirs, hashes))
         # No extensions here: BEFORE_GENERATE ran on the front, the saving hooks run there too.
-        extensions = ExtensionManager(paths.builtin_extensions_dir, paths.user_extensions_dir,
-                                      paths.extension_state_file, enabled=False)
-        self._generation = GenerationService(self._models, ImageSaver(paths.outputs_dir), StyleStore(paths.styles_file),
-                                             GenerationLimits(), False, addons, extensions, render_only=True)
+        self._renderer = Renderer(self._models, addons)
         log.info("Worker engine on %s; checkpoints in %s", self._device.describe(),
                  ", ".join(str(p) for p in paths.checkpoint_dirs))
 
@@ -117,7 +111,8 @@ class RenderEngine:
             raise TypeError(f"a worker renders generation requests, not {type(spec).__name__}")
         with self._lock:
             self._loaded.clear()
-        rendered = self._generation.render(spec, context)
+        sink = EncodingSink()
+        rendered = sink.rendered(self._renderer.render(spec, context, sink))
         with self._lock:
             loads = tuple(self._loaded)
         return replace(rendered, model_loads=loads)

@@ -16,19 +16,20 @@ from typing import Any
 
 from modules.errors import ConfigError, NoModelLoadedError
 from modules.params import GenerationRequest, GenerationResult
-from modules.services.generation import GenerationService
-from modules.services.jobs import JobContext, JobSpec, ModelSwitch, ModelUnload
-from modules.services.outputs import RenderedJob
+from modules.services.job_types import JobContext, JobSpec, ModelSwitch, ModelUnload
+from modules.services.models import ModelManager
+from modules.services.outputs import OutputStore
+from modules.services.renderer import RenderedJob
 from modules.services.queue_contract import JobQueueContract
 from modules.services.scaleout.slots import DispatchSettings
 
 
 class GenerationFront:
-    """:class:`modules.services.scaleout.slots.FrontHooks` over the front's GenerationService."""
+    """:class:`modules.services.scaleout.slots.FrontHooks` over the front's models and store."""
 
-    def __init__(self, generation: GenerationService) -> None:
-        self._generation = generation
-        self._models = generation.models
+    def __init__(self, models: ModelManager, outputs: OutputStore) -> None:
+        self._outputs = outputs
+        self._models = models
 
     def pin(self, spec: JobSpec) -> JobSpec:
         if not isinstance(spec, GenerationRequest):
@@ -70,7 +71,7 @@ class GenerationFront:
 
     def finish(self, spec: JobSpec, result: Any) -> GenerationResult:
         assert isinstance(result, RenderedJob)
-        return self._generation.store(result)
+        return self._outputs.store(result)
 
     def unrun(self, spec: JobSpec) -> GenerationResult | None:
         if isinstance(spec, GenerationRequest):
@@ -87,9 +88,9 @@ class ScaleOut:
     dispatch: DispatchSettings = DispatchSettings()
 
 
-def build_ray_queue(generation: GenerationService, limit: int, shared: bool,
+def build_ray_queue(models: ModelManager, outputs: OutputStore, limit: int, shared: bool,
                     options: ScaleOut) -> tuple[JobQueueContract, Callable[[], None]]:
-    """The Ray queue over ``generation``, connected (or with the head started) as ``options`` say;
+    """The Ray queue over the front's models and store, connected (or with the head started) as ``options`` say;
     and what to call at exit. Ray is imported only here: it is an optional dependency."""
     from modules.services.scaleout.cluster import RayAddress, connect_front, stop_ray_node
 
@@ -99,5 +100,5 @@ def build_ray_queue(generation: GenerationService, limit: int, shared: bool,
     head = connect_front(RayAddress.parse(options.address), options.allow_public, options.dispatch.namespace)
     from modules.services.scaleout.ray_queue import RayJobQueue  # after connecting: see connect_front
 
-    queue = RayJobQueue(GenerationFront(generation), limit, shared=shared, settings=options.dispatch)
+    queue = RayJobQueue(GenerationFront(models, outputs), limit, shared=shared, settings=options.dispatch)
     return queue, lambda: stop_ray_node(head)

@@ -6,7 +6,8 @@ few times a second, forwards interrupt and skip to the one worker running the jo
 lost workers (an actor error, no answer, or no step for too long). A lost worker's job goes back in
 line, keeping its place, and runs at most ``max_attempts`` times in all; the lost attempt is killed
 so it can never deliver a second result. Finished work is stored (files, hooks) on one front thread
-named like the in-process worker, so extensions see the same rules.
+marked as a worker (:func:`~modules.services.queue_contract.on_worker`), so extensions see the same
+rules as with the in-process queue.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from modules.errors import AtelierError, ModelNotFoundError, RemoteJobError, WorkerLostError
-from modules.services.jobs import WORKER_THREAD, Job, JobQueueBase, JobSpec, JobStatus, ModelUnload, drop_frames
-from modules.services.queue_contract import QueueMode, WorkerStatus
+from modules.services.job_types import Job, JobSpec, JobStatus, ModelUnload, drop_frames
+from modules.services.queue_contract import JobQueueBase, QueueMode, WorkerStatus, on_worker
 from modules.services.scaleout.dispatch import Candidate, Rules, assign, unservable
 from modules.services.scaleout.protocol import RemoteOutcome
 from modules.services.scaleout.roster import Roster
@@ -72,7 +73,7 @@ class RayJobQueue(JobQueueBase):
     def start(self) -> None:
         if not self._threads:
             self._threads = [threading.Thread(target=self._dispatch, name="atelier-dispatch", daemon=True),
-                             threading.Thread(target=self._store, name=WORKER_THREAD, daemon=True)]
+                             threading.Thread(target=self._store, name="atelier-store", daemon=True)]
             for thread in self._threads:
                 thread.start()
 
@@ -314,8 +315,9 @@ class RayJobQueue(JobQueueBase):
     # --- the store thread ---------------------------------------------------------------------
 
     def _store(self) -> None:
-        while (task := self._tasks.get()) is not None:
-            task()
+        with on_worker():  # hooks run here as on the in-process worker: host.generate() is refused
+            while (task := self._tasks.get()) is not None:
+                task()
 
     def _finish(self, job: Job, outcome: RemoteOutcome) -> None:
         result, error = None, outcome.error

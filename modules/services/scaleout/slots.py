@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from modules.services.jobs import Job, JobContext, JobSpec
+from modules.services.job_types import Job, JobContext, JobSpec
 from modules.services.queue_contract import WorkerState, WorkerStatus
 from modules.services.scaleout.dispatch import IdleWorker
 from modules.services.scaleout.protocol import NAMESPACE, RemoteProgress, WorkerDescription

@@ -15,7 +15,8 @@ from collections import deque
 from typing import Any
 
 from modules.errors import AtelierError, RemoteJobError
-from modules.services.jobs import JobContext, JobStatus, drop_frames
+from modules.services.job_types import JobContext, JobStatus, drop_frames
+from modules.services.queue_contract import on_worker
 from modules.services.scaleout.engine_host import EngineFactory, WorkerEngine
 from modules.services.scaleout.protocol import (
     PREVIEW_REDUCTION,
@@ -64,7 +65,8 @@ class RenderWorker:
             result: Any = None
             error: BaseException | None = None
             try:
-                result = self._engine.run(spec, context)
+                with on_worker():
+                    result = self._engine.run(spec, context)
             except AtelierError as exc:
                 log.warning("Job %s failed: %s", job_id, exc)
                 error = exc

@@ -82,8 +82,8 @@ def _start_workers(ns: argparse.Namespace, flags: Flags) -> list[Any]:
     import ray
 
     from modules.config import load_settings
-    from modules.engine.devices import device_policy
     from modules.paths import resolve_paths
+    from modules.services.device_flags import device_policy
     from modules.services.scaleout.engine_host import EngineConfig
     from modules.services.scaleout.pool import WorkerSlots, spawn_workers
     from modules.services.scaleout.protocol import worker_name

@@ -1,0 +1,34 @@
+"""The in-process worker's executor: what the one worker thread does with each job it takes.
+
+A checkpoint switch or unload changes the models; a generation is rendered here and stored here,
+batch by batch (the renderer hands each batch to the front's store as it finishes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modules.extension_api import Hook
+from modules.params import GenerationRequest, GenerationResult
+from modules.services.extensions import ExtensionManager
+from modules.services.job_types import JobContext, JobSpec, ModelSwitch, ModelUnload
+from modules.services.models import CheckpointInfo
+from modules.services.outputs import OutputStore, StoreSink
+from modules.services.renderer import Renderer
+
+
+@dataclass(frozen=True)
+class InProcessExecutor:
+    renderer: Renderer
+    outputs: OutputStore
+    extensions: ExtensionManager
+
+    def __call__(self, spec: JobSpec, context: JobContext) -> GenerationResult | CheckpointInfo | None:
+        if isinstance(spec, ModelSwitch):
+            return self.renderer.models.switch(spec.checkpoint)
+        if isinstance(spec, ModelUnload):
+            return self.renderer.models.unload()
+        assert isinstance(spec, GenerationRequest)
+        sink = StoreSink(self.outputs)
+        step_hook = self.extensions.step_end if self.extensions.has(Hook.STEP_END) else None
+        return sink.result(self.renderer.render(spec, context, sink, step_hook))

@@ -1,0 +1,311 @@
+"""The renderer: the worker side of a job. A prepared request goes in; images with their infotext
+and structured metadata (which checkpoint and VAE made them) come out.
+
+It reads as numbered steps (:meth:`Renderer.render`): model, VAE, LoRAs and embeddings -> inputs ->
+batches (sample, with hires fix and refiner when asked) -> what was made. Finished images leave
+batch by batch through an :class:`ImageSink`: the in-process worker's sink is the front's store
+(saving hooks, files), a Ray worker's collects PNG bytes for the front to store. The renderer saves
+nothing itself and knows no extension manager: the step hook it is given is all it calls, which is
+where sampling-time hooks run, here or on a remote worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from PIL import Image
+
+from modules import VERSION_TEXT
+from modules.engine.generate import ImageTask, RefinerPlan, run_task
+from modules.engine.hires import HiresPlan, run_hires
+from modules.engine.loader import LoadedModel
+from modules.engine.lora import apply_loras
+from modules.engine.memory import is_out_of_memory
+from modules.engine.preview import latents_to_preview
+from modules.engine.sampling.loop import NoisePlan
+from modules.errors import OutOfMemoryError
+from modules.infotext import ModelIdentity, build_infotext
+from modules.extension_helpers import png_with_infotext
+from modules.params import (
+    LATENT_SCALE,
+    VAE_AUTOMATIC,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    ModelsUsed,
+)
+from modules.samplers import resolve_sampler
+from modules.services.addon_library import AddonLibrary, JobEmbeddings, JobPrompts
+from modules.services.addons import AddonFile
+from modules.services.job_inputs import JobInputs
+from modules.services.models import CheckpointInfo, ModelManager
+from modules.upscalers import find_upscaler
+
+log = logging.getLogger(__name__)
+
+# (job id, step, total steps, request, interrupt): extensions' STEP_END, where the front has them.
+StepHook = Callable[[str, int, int, GenerationRequest, Callable[[], None]], None]
+
+
+class JobProgress(Protocol):
+    """What the renderer reports progress to and is stopped by (a job's context)."""
+
+    job_id: str
+
+    @property
+    def interrupted(self) -> bool: ...
+
+    def interrupt(self) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+    def begin_batch(self, index: int, count: int, steps: int) -> None: ...
+
+    def on_step(self, step: int, total: int, latents: Any, render: Callable[[Any], Image.Image]) -> None: ...
+
+
+class ImageSink(Protocol):
+    """Where finished images go, batch by batch: ``texts`` are their infotexts, ``first`` the
+    job index of the first one. ``batch`` answers the final images (for the grid)."""
+
+    def batch(self, request: GenerationRequest, images: list[Image.Image], first: int,
+              texts: list[str]) -> list[Image.Image]: ...
+
+    def first_pass(self, request: GenerationRequest, images: list[Image.Image], first: int,
+                   texts: list[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """What a job's rendering came to; the images themselves went to the sink."""
+
+    request: GenerationRequest  # its checkpoint is the title of the one that ran
+    models: ModelsUsed
+    interrupted: bool
+    elapsed_seconds: float
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RenderedJob:
+    """What a worker made for a job, before anything is saved; plain values, so it crosses processes."""
+
+    result: GenerationResult  # images carry PNG bytes (parameters inside) and no path; no grid yet
+    first_pass: tuple[GeneratedImage, ...] = ()  # hires fix's first pass, when the request keeps it
+    model_loads: tuple[tuple[str, str], ...] = ()  # (title, architecture) of checkpoints loaded for it
+
+
+@dataclass
+class EncodingSink:
+    """A remote worker's sink: each image encoded as a PNG with its infotext, for the front to store."""
+
+    images: list[GeneratedImage] = field(default_factory=list)
+    first_passes: list[GeneratedImage] = field(default_factory=list)
+
+    def batch(self, request: GenerationRequest, images: list[Image.Image], first: int,
+              texts: list[str]) -> list[Image.Image]:
+        self.images += _encoded(request, images, first, texts)
+        return []  # the front makes the grid from what it stores
+
+    def first_pass(self, request: GenerationRequest, images: list[Image.Image], first: int, texts: list[str]) -> None:
+        self.first_passes += _encoded(request, images, first, texts)
+
+    def rendered(self, rendering: Rendering) -> RenderedJob:
+        result = GenerationResult(request=rendering.request, images=tuple(self.images),
+                                  interrupted=rendering.interrupted, model_title=rendering.models.checkpoint_title,
+                                  elapsed_seconds=rendering.elapsed_seconds, warnings=rendering.warnings,
+                                  models=rendering.models)
+        return RenderedJob(result=result, first_pass=tuple(self.first_passes))
+
+
+def _encoded(request: GenerationRequest, images: list[Image.Image], first: int, texts: list[str]) -> list[GeneratedImage]:
+    return [GeneratedImage(path=None, seed=request.seed_for(first + offset), infotext=text, index=first + offset,
+                           png=png_with_infotext(image, text)) for offset, (image, text) in enumerate(zip(images, texts))]
+
+
+class _Observer:
+    """Adapts a job's progress to the engine's step observer, and calls the step hook each step."""
+
+    def __init__(self, context: JobProgress, model: LoadedModel, request: GenerationRequest,
+                 step_hook: StepHook | None) -> None:
+        self._context = context
+        self._arch = model.arch
+        self._request = request
+        self._step_hook = step_hook
+
+    def on_step(self, step: int, total: int, denoised: Any) -> None:
+        self._context.on_step(step, total, denoised, self._render)
+        if self._step_hook is not None:
+            self._step_hook(self._context.job_id, step, total, self._request, self._context.interrupt)
+
+    def should_stop(self) -> bool:
+        return self._context.should_stop()
+
+    def _render(self, latents: Any) -> Image.Image:
+        return latents_to_preview(latents, self._arch)
+
+
+@dataclass(frozen=True)
+class _JobSetup:
+    """What a job runs on, fixed before its first batch."""
+
+    model: LoadedModel
+    info: CheckpointInfo
+    identity: ModelIdentity
+    used: ModelsUsed
+    prompts: JobPrompts
+    embeddings: JobEmbeddings
+    refiner: RefinerPlan | None
+    extra: dict[str, object]  # infotext keys beyond the request's own
+    notes: list[str] = field(default_factory=list)
+
+
+class Renderer:
+    """Renders prepared jobs on this process's device."""
+
+    def __init__(self, models: ModelManager, addons: AddonLibrary) -> None:
+        self.models = models
+        self.addons = addons
+
+    def render(self, request: GenerationRequest, context: JobProgress, sink: ImageSink,
+               step_hook: StepHook | None = None) -> Rendering:
+        """Run a prepared job, calling ``step_hook`` after every sampling step; out of GPU memory,
+        the memory is given back and the error says what to try."""
+        try:
+            return self._render(request, context, sink, step_hook)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+        # Out of the except block, so the traceback's frames (and the tensors they hold) are gone
+        # before the memory is released.
+        self.models.release()
+        width, height = request.output_size
+        raise OutOfMemoryError(
+            f"Out of GPU memory making {request.batch_size} image(s) of {width}x{height}. Try a smaller size or "
+            "batch size, or start Atelier with --medvram (or --lowvram). Memory was released; the next job can run.")
+
+    def _render(self, request: GenerationRequest, context: JobProgress, sink: ImageSink,
+                step_hook: StepHook | None) -> Rendering:
+        started = time.perf_counter()
+        if context.interrupted:  # interrupted while waiting in the queue
+            return Rendering(request, ModelsUsed(), True, 0.0, ())
+        # 1. The model and everything the job adds to it.
+        job = self._setup(request)
+        # 2. Inputs, decoded once for all batches.
+        inputs = JobInputs.of(request)
+        # 3. Each batch: sample, then hand every image with its own infotext to the sink.
+        made = 0
+        for batch_index in range(request.batch_count):
+            if context.interrupted:
+                break
+            images = self._run_batch(request, job, inputs, batch_index, context, sink, step_hook)
+            if images is None:  # interrupted or skipped mid-batch: its images are unfinished
+                continue
+            first = batch_index * request.batch_size
+            sink.batch(request, inputs.finish(images), first, self._texts(request, first, len(images), job))
+            made += len(images)
+        elapsed = time.perf_counter() - started
+        log.info("%s: %d image(s), %s, %d steps, %dx%d, seed %d, %s, %.1f s%s",
+                 "img2img" if request.is_img2img else "txt2img", made, request.sampler, request.steps,
+                 request.width, request.height, request.seed, job.info.title, elapsed,
+                 " (interrupted)" if context.interrupted else "")
+        notes = inputs.notes + tuple(f"{tag} was ignored: Atelier has no handler for that kind of network."
+                                     for tag in job.prompts.ignored_tags) + tuple(dict.fromkeys(job.notes))
+        return Rendering(replace(request, checkpoint=job.info.title), job.used, context.interrupted, elapsed, notes)
+
+    def _texts(self, request: GenerationRequest, first: int, count: int, job: _JobSetup) -> list[str]:
+        texts = []
+        for index in range(first, first + count):
+            variation = request.variation_seed_for(index) if request.variation_strength > 0 else None
+            texts.append(build_infotext(request, request.seed_for(index), job.identity, VERSION_TEXT, extra=job.extra,
+                                        variation_seed=variation))
+        return texts
+
+    def _setup(self, request: GenerationRequest) -> _JobSetup:
+        """The model, its VAE, the LoRAs the prompts name, the embeddings they mention, the refiner."""
+        model, info = self.models.acquire(request.checkpoint)
+        vae = self.addons.vae_file(request.vae or VAE_AUTOMATIC, info.model_name)
+        self.models.use_vae(model, vae)
+        prompts = self.addons.prompts(request)
+        apply_loras(model.pipeline, prompts.loras)
+        embeddings = self.addons.embeddings_for(model, prompts.texts())
+        refiner = refiner_info = None
+        if request.refiner is not None and request.refiner.switch_at < 1.0:
+            refiner_model, refiner_info = self.models.acquire_refiner(request.refiner.checkpoint)
+            refiner = RefinerPlan(refiner_model, request.refiner.switch_at)
+        extra = self._extra_infotext(request, prompts, embeddings, vae, refiner_info)
+        used = ModelsUsed(checkpoint_title=info.title, checkpoint_name=info.model_name, checkpoint_hash=info.shorthash,
+                          vae_name=vae.name if vae is not None else None,
+                          vae_hash=self.addons.vaes.short_hash(vae) if vae is not None else None)
+        return _JobSetup(model, info, ModelIdentity(name=info.model_name, hash=info.shorthash), used, prompts,
+                         embeddings, refiner, extra)
+
+    def _run_batch(self, request: GenerationRequest, job: _JobSetup, inputs: JobInputs, batch_index: int,
+                   context: JobProgress, sink: ImageSink, step_hook: StepHook | None) -> list[Image.Image] | None:
+        """One batch's finished images (hires fix's second pass included), or None when stopped."""
+        first = batch_index * request.batch_size
+        task = _task(request, inputs, first, job.prompts, job.embeddings)
+        observer = _Observer(context, job.model, request, step_hook)
+        if request.hires is None:
+            context.begin_batch(batch_index, request.batch_count, request.steps)
+            return run_task(job.model, task, observer, job.refiner)
+        plan = _hires_plan(request, task, job.prompts)
+        context.begin_batch(batch_index, request.batch_count, request.steps + plan.task.steps)
+        keep_first = None
+        if request.hires.save_first_pass and request.save_images:
+            def keep_first(images: list[Image.Image]) -> None:
+                sink.first_pass(request, images, first, self._texts(request, first, len(images), job))
+        return run_hires(job.model, task, plan, observer, job.refiner, keep_first)
+
+    def _extra_infotext(self, request: GenerationRequest, prompts: JobPrompts, embeddings: JobEmbeddings,
+                        vae: AddonFile | None, refiner: CheckpointInfo | None) -> dict[str, object]:
+        """Infotext keys beyond the request's own: VAE, refiner, hires fix, LoRA and TI hashes."""
+        extra: dict[str, object] = {}
+        if vae is not None:
+            extra["VAE hash"] = self.addons.vaes.short_hash(vae)
+            extra["VAE"] = vae.name
+        if refiner is not None and request.refiner is not None:
+            extra["Refiner"] = f"{refiner.model_name} [{refiner.shorthash}]" if refiner.shorthash else refiner.model_name
+            extra["Refiner switch at"] = request.refiner.switch_at
+        extra["Lora hashes"] = prompts.lora_hashes
+        extra["TI hashes"] = embeddings.ti_hashes
+        return extra
+
+
+def _task(request: GenerationRequest, inputs: JobInputs, first: int, prompts: JobPrompts,
+          embeddings: JobEmbeddings) -> ImageTask:
+    found = resolve_sampler(request.sampler)
+    assert found is not None  # the front normalised it
+    indices = range(first, first + request.batch_size)
+    variations = request.variation_strength > 0
+    resize = request.seed_resize
+    noise = NoisePlan(seeds=tuple(request.seed_for(i) for i in indices), source=request.rng,
+                      variation_seeds=tuple(request.variation_seed_for(i) for i in indices) if variations else None,
+                      variation_strength=request.variation_strength,
+                      eta_noise_seed_delta=request.eta_noise_seed_delta,
+                      resize_from=(resize[1] // LATENT_SCALE, resize[0] // LATENT_SCALE) if resize else None)
+    return ImageTask(prompt=prompts.prompt, negative_prompt=prompts.negative_prompt, sampler=found[0],
+                     schedule=request.schedule, steps=request.steps, cfg_scale=request.cfg_scale,
+                     width=request.width, height=request.height, clip_skip=request.clip_skip, noise=noise,
+                     init_image=inputs.init_image, mask=inputs.mask,
+                     denoising_strength=request.denoising_strength, masked_content=request.masked_content,
+                     embeddings=embeddings.by_name or None)
+
+
+def _hires_plan(request: GenerationRequest, first: ImageTask, prompts: JobPrompts) -> HiresPlan:
+    hires = request.hires
+    assert hires is not None
+    width, height = hires.final_size(request.width, request.height)
+    sampler = resolve_sampler(hires.sampler)[0] if hires.sampler else first.sampler  # type: ignore[index]
+    second = replace(first, prompt=prompts.hires_prompt or first.prompt,
+                     negative_prompt=prompts.hires_negative_prompt or first.negative_prompt,
+                     sampler=sampler, schedule=hires.schedule or first.schedule,
+                     steps=hires.steps or request.steps, width=width, height=height,
+                     denoising_strength=hires.denoising_strength)
+    upscaler = find_upscaler(hires.upscaler)
+    assert upscaler is not None  # validated
+    return HiresPlan(task=second, upscaler=upscaler, upscale_size=hires.upscale_size(request.width, request.height))
