@@ -1,14 +1,16 @@
 """Driving the UI's events the way a browser (or an attacker) does, over Gradio's own protocol:
 POST ``gradio_api/queue/join`` with a function index, then read the event's messages from
-``gradio_api/queue/data``."""
+``gradio_api/queue/data``; and walking every route the app serves."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+from starlette.routing import Mount
 
 
 def fn_indexes(blocks: Any, qualname: str) -> list[int]:
@@ -52,3 +54,16 @@ def upload(client: httpx.Client, content: bytes, name: str, headers: dict[str, s
 
 def file_data(path: str) -> dict[str, Any]:
     return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+
+def routes_of(routes: list, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(method, path) of every route, through FastAPI's included routers and mounted apps."""
+    for route in routes:
+        if hasattr(route, "original_router"):  # FastAPI's included routers
+            yield from routes_of(route.original_router.routes, prefix)
+        elif isinstance(route, Mount):
+            yield from routes_of(route.routes, prefix + route.path)
+        else:
+            for method in sorted(getattr(route, "methods", None) or {"GET"}):
+                if method != "HEAD":
+                    yield method, prefix + route.path

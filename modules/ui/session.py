@@ -3,11 +3,11 @@ of an event (for per-user jobs)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
+
+from modules.web.credentials import basic_credentials
 
 
 def gradio_session_check(gradio_app: Any) -> Callable[[dict[str, Any]], bool]:
@@ -43,11 +43,5 @@ def user_of(request: Any) -> str | None:
         header = dict(request.headers).get("authorization", "")
     except (AttributeError, TypeError):
         return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "basic" or not token.strip():
-        return None
-    try:
-        user, sep, _password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return user if sep else None
+    given = basic_credentials([(b"authorization", header.encode("latin-1", errors="replace"))])
+    return given[0] if given is not None else None

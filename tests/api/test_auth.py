@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 import app as app_module
@@ -17,6 +16,7 @@ from modules.web.credentials import load_auth
 from modules.web.limiter import FailureLimiter
 from modules.cmd_args import parse_flags
 from tests.conftest import make_services
+from tests.gradio_events import routes_of
 
 PASSWORD = "s3cret-pass-words"
 # The only routes a stranger may reach with auth on: Gradio's login page and its static assets.
@@ -41,18 +41,6 @@ def secured(tmp_path: Path) -> Iterator[TestClient]:
     client, services = build(tmp_path, "--api", "--gradio-auth", f"alice:{PASSWORD}")
     yield client
     services.close()
-
-
-def routes_of(routes: list, prefix: str = "") -> Iterator[tuple[str, str]]:
-    for route in routes:
-        if hasattr(route, "original_router"):  # FastAPI's included routers
-            yield from routes_of(route.original_router.routes, prefix)
-        elif isinstance(route, Mount):
-            yield from routes_of(route.routes, prefix + route.path)
-        else:
-            for method in sorted(getattr(route, "methods", None) or {"GET"}):
-                if method != "HEAD":
-                    yield method, prefix + route.path
 
 
 def test_every_route_answers_401_without_credentials_except_the_login_page(secured: TestClient) -> None:

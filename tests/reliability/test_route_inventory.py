@@ -19,14 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 import app as app_module
 from modules.cmd_args import parse_flags
 from modules.web.credentials import load_auth
 from tests.conftest import make_services
-from tests.gradio_events import event_name
+from tests.gradio_events import event_name, routes_of
 
 CATEGORY = "11 request guard"
 PASSWORD = "inventory-password-1"
@@ -120,18 +119,6 @@ UI_EVENTS = {
 
 def basic() -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()}
-
-
-def routes_of(routes: list, prefix: str = "") -> Iterator[tuple[str, str]]:
-    for route in routes:
-        if hasattr(route, "original_router"):  # FastAPI's included routers
-            yield from routes_of(route.original_router.routes, prefix)
-        elif isinstance(route, Mount):
-            yield from routes_of(route.routes, prefix + route.path)
-        else:
-            for method in sorted(getattr(route, "methods", None) or {"GET"}):
-                if method != "HEAD":
-                    yield method, prefix + route.path
 
 
 def concrete(path: str) -> str:
