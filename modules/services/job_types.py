@@ -126,6 +126,12 @@ class JobContext:
         with self._lock:
             self._step, self._total, self._batch, self._batches = step, total, batch_index, batch_count
 
+    def release(self) -> None:
+        """The job is over: let go of its last latents (device memory) and their renderer; the
+        preview already made stays, so a page that asks late still sees it."""
+        with self._lock:
+            self._latents = self._render = None
+
     def clear_skip(self) -> None:
         """The skipped batch is over (a remote worker began the next one)."""
         self._skip.clear()

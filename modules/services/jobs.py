@@ -103,6 +103,7 @@ class JobQueue(JobQueueBase):
         except Exception as exc:  # a bug: keep the worker alive, report it with its traceback
             log.exception("Job %s failed unexpectedly", job.id)
             error = exc
+        job.context.release()  # the 200 finished jobs kept for lookups hold no device memory
         # The job leaves the worker before its caller hears back, so a client that polls
         # progress right after its reply already sees an idle queue.
         with self._lock:

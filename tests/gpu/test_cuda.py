@@ -1,4 +1,4 @@
-"""On a CUDA machine: fp16 by default, finite images, same seed same pixels. Skipped without CUDA."""
+"""On a CUDA machine: fp16 by default, images that are not flat, same seed same pixels. Skipped without CUDA."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def test_cuda_half_precision_generates_reproducible_images(tiny_models, tmp_path
                                         sampler="DPM++ 2M SDE")
             first, second = (services.generation.generate(request).images[0] for _ in range(2))
             a, b = (np.asarray(Image.open(img.path)) for img in (first, second))
-            assert np.isfinite(a).all() and np.array_equal(a, b)
+            # uint8 pixels are always finite: a NaN decode shows as a flat (black) image instead.
+            assert a.std() > 1.0 and a.max() > 0 and np.array_equal(a, b)
     finally:
         services.close()

@@ -168,3 +168,18 @@ def _quietly(client: httpx.Client, body: dict) -> None:
         client.post(f"{API}/txt2img", json=body)
     except httpx.HTTPError:
         pass  # the server was killed under it: expected
+
+
+def test_finished_jobs_kept_for_lookups_hold_no_tensors(services) -> None:
+    seen: list[bool] = []
+    job = services.generation.submit(GenerationRequest(**{**SMALL.__dict__, "steps": 12}))
+    shown = None
+    while not job.future.done():  # while it runs, its context holds the latest latents (for the preview)
+        seen.append(any(isinstance(v, torch.Tensor) for v in vars(job.context).values()))
+        shown = job.context.preview() or shown  # a page watching the job
+        time.sleep(0.01)
+    job.future.result()
+    kept = services.queue.get(job.id)
+    assert kept is job and any(seen)  # in the history, and it did hold latents while it ran...
+    assert not any(isinstance(v, torch.Tensor) for v in vars(kept.context).values())  # ...but no longer
+    assert shown is None or kept.context.preview() is not None  # the last preview made stays

@@ -354,6 +354,7 @@ class RayJobQueue(JobQueueBase):
         self._complete(job, result, error)
 
     def _complete(self, job: Job, result: Any, error: BaseException | None) -> None:
+        job.context.release()
         with self._lock:
             if job in self._running:
                 self._running.remove(job)
