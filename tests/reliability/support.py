@@ -7,9 +7,11 @@ import http.client
 import io
 import re
 import struct
+import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -104,3 +106,27 @@ def rss_bytes(pid: int) -> int:
 def output_pngs(data_dir: Path) -> list[Path]:
     outputs = data_dir / "outputs"
     return sorted(outputs.rglob("*.png")) if outputs.is_dir() else []
+
+
+def start_txt2img(server: Server, auth: tuple[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    """POST txt2img as ``auth`` in a thread of its own; ``outcome["reply"]`` once ``outcome["thread"]`` ends."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        with httpx.Client(base_url=server.url, auth=auth, timeout=300) as client:
+            outcome["reply"] = client.post(f"{API}/txt2img", json=body)
+
+    outcome["thread"] = threading.Thread(target=run, daemon=True)
+    outcome["thread"].start()
+    return outcome
+
+
+def wait_running(client: httpx.Client, timeout: float = 60) -> dict[str, Any]:
+    """The /progress reply once a job this client may see has taken a sampling step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = client.get(f"{API}/progress").json()
+        if state["state"]["sampling_step"] >= 1:
+            return state
+        time.sleep(0.1)
+    raise AssertionError("the job never started")

@@ -4,14 +4,13 @@ the instance is single-user (``shared_jobs: true``)."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.reliability.support import start_txt2img, wait_running
 from tests.server_process import Server, start_server, stop_server
 
 API = "/sdapi/v1"
@@ -33,33 +32,11 @@ def server(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     stop_server(proc)
 
 
-def _start_long_job(server: Server, auth: tuple[str, str]) -> dict:
-    outcome: dict = {}
-
-    def run() -> None:
-        with httpx.Client(base_url=server.url, auth=auth, timeout=300) as client:
-            outcome["reply"] = client.post(f"{API}/txt2img", json=LONG)
-
-    outcome["thread"] = threading.Thread(target=run, daemon=True)
-    outcome["thread"].start()
-    return outcome
-
-
-def _wait_running(client: httpx.Client) -> dict:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        state = client.get(f"{API}/progress").json()
-        if state["state"]["sampling_step"] >= 1:
-            return state
-        time.sleep(0.1)
-    raise AssertionError("the job never started")
-
-
 def test_another_user_cannot_watch_interrupt_or_skip_my_job(server: Server) -> None:
-    job = _start_long_job(server, ALICE)
+    job = start_txt2img(server, ALICE, LONG)
     with httpx.Client(base_url=server.url, auth=ALICE, timeout=60) as alice, \
             httpx.Client(base_url=server.url, auth=BOB, timeout=60) as bob:
-        _wait_running(alice)
+        wait_running(alice)
         seen_by_bob = bob.get(f"{API}/progress").json()
         assert seen_by_bob["state"]["job_count"] == 0 and seen_by_bob["current_image"] is None
         assert bob.post(f"{API}/interrupt").status_code == 200  # answered, but Alice's job goes on
@@ -71,9 +48,9 @@ def test_another_user_cannot_watch_interrupt_or_skip_my_job(server: Server) -> N
 
 
 def test_the_owner_can_interrupt_their_own_job(server: Server) -> None:
-    job = _start_long_job(server, BOB)
+    job = start_txt2img(server, BOB, LONG)
     with httpx.Client(base_url=server.url, auth=BOB, timeout=60) as bob:
-        _wait_running(bob)
+        wait_running(bob)
         assert bob.post(f"{API}/interrupt").status_code == 200
     job["thread"].join(300)
     assert len(json.loads(job["reply"].json()["info"])["all_seeds"]) < 3
@@ -82,9 +59,9 @@ def test_the_owner_can_interrupt_their_own_job(server: Server) -> None:
 def test_a_single_user_instance_shares_jobs(tiny_models, tmp_path: Path) -> None:
     proc, srv = _server(tiny_models, tmp_path / "shared", shared=True)
     try:
-        job = _start_long_job(srv, ALICE)
+        job = start_txt2img(srv, ALICE, LONG)
         with httpx.Client(base_url=srv.url, auth=BOB, timeout=60) as bob:
-            assert _wait_running(bob)["state"]["job_count"] == 3  # Bob sees Alice's job
+            assert wait_running(bob)["state"]["job_count"] == 3  # Bob sees Alice's job
             assert bob.post(f"{API}/interrupt").status_code == 200
         job["thread"].join(300)
         assert len(json.loads(job["reply"].json()["info"])["all_seeds"]) < 3

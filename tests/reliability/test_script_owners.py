@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,9 @@ import httpx
 import pytest
 
 from modules.params import GenerationRequest
-from modules.ui.generation_form import run_script_for
+from modules.ui.extension_panels import run_script_for
 from tests.conftest import TinyModels, make_services
+from tests.reliability.support import start_txt2img, wait_running
 from tests.server_process import Server, start_server, stop_server
 
 CATEGORY = "isolation"
@@ -110,28 +109,6 @@ def server(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) ->
     stop_server(proc)
 
 
-def _start(server: Server, auth: tuple[str, str], body: dict[str, Any]) -> dict[str, Any]:
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        with httpx.Client(base_url=server.url, auth=auth, timeout=300) as client:
-            outcome["reply"] = client.post(f"{API}/txt2img", json=body)
-
-    outcome["thread"] = threading.Thread(target=run, daemon=True)
-    outcome["thread"].start()
-    return outcome
-
-
-def _wait_running(client: httpx.Client) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        state = client.get(f"{API}/progress").json()
-        if state["state"]["sampling_step"] >= 1:
-            return state
-        time.sleep(0.1)
-    raise AssertionError("the script's job never started")
-
-
 def _seeds(job: dict[str, Any]) -> list[int]:
     job["thread"].join(300)
     reply = job["reply"]
@@ -146,24 +123,24 @@ SCRIPTS = {"x/y/z plot": XYZ, **{f"host.generate via {via}": {"script_name": "ow
 
 @pytest.mark.parametrize("script", SCRIPTS.values(), ids=SCRIPTS.keys())
 def test_another_user_cannot_watch_interrupt_or_skip_my_script(server: Server, script: dict[str, Any]) -> None:
-    job = _start(server, ALICE, {**SLOW, **script})
+    job = start_txt2img(server, ALICE, {**SLOW, **script})
     with httpx.Client(base_url=server.url, auth=ALICE, timeout=60) as alice, \
             httpx.Client(base_url=server.url, auth=BOB, timeout=60) as bob:
-        _wait_running(alice)
+        wait_running(alice)
         seen_by_bob = bob.get(f"{API}/progress").json()
         assert seen_by_bob["state"]["job_count"] == 0 and seen_by_bob["current_image"] is None
         assert seen_by_bob["progress"] == 0
         assert bob.post(f"{API}/interrupt").status_code == 200  # answered, but Alice's script goes on
         assert bob.post(f"{API}/skip").status_code == 200
-        assert _wait_running(alice)["state"]["job_count"] == 1  # still running, and hers to see
+        assert wait_running(alice)["state"]["job_count"] == 1  # still running, and hers to see
     assert _seeds(job) == SEEDS  # every cell: nothing was interrupted or skipped
 
 
 @pytest.mark.parametrize("script", [XYZ, SCRIPTS["host.generate via kept host"]], ids=["x/y/z plot", "kept host"])
 def test_the_owner_can_interrupt_their_own_script(server: Server, script: dict[str, Any]) -> None:
-    job = _start(server, BOB, {**SLOW, **script})
+    job = start_txt2img(server, BOB, {**SLOW, **script})
     with httpx.Client(base_url=server.url, auth=BOB, timeout=60) as bob:
-        _wait_running(bob)
+        wait_running(bob)
         assert bob.post(f"{API}/interrupt").status_code == 200
     assert len(_seeds(job)) < len(SEEDS)  # the script stopped at the interrupted job
 
