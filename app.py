@@ -6,20 +6,26 @@ Run ``./webui.sh`` (which installs what is needed) or ``python app.py --help``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
 import threading
 import webbrowser
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modules import __version__
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from modules.cmd_args import Flags
+    from modules.engine.devices import DeviceInfo
     from modules.services.container import Services
+    from modules.services.engine_slot import Engine
     from modules.services.scaleout.front import ScaleOut
     from modules.web.credentials import AuthConfig
     from modules.web.hosts import HostPolicy
@@ -35,46 +41,83 @@ def _quiet_network_environment() -> None:
     os.environ.setdefault("DISABLE_TELEMETRY", "1")
 
 
-def _load_startup_model(services: Services, wanted: str | None) -> None:
-    """Queue the startup model load, so the UI serves at once and the first job waits for it."""
+def _choose_device(flags: Flags) -> DeviceInfo:
+    """The device the flags ask for; imports torch, so it runs on the engine's thread."""
+    from modules.engine.devices import choose_device
+    from modules.services.device_flags import device_policy
+
+    return choose_device(device_policy(flags))
+
+
+def _load_startup_model(engine: Engine, wanted: str | None) -> None:
+    """Load the startup model as the worker's first job, before the engine is handed to anyone: a
+    request that needs the engine (a generation, the API's options) waits for it, so it finds the
+    model loaded, or the reason it is not in the log and the UI."""
     from modules.errors import ModelNotFoundError
 
-    available = services.registry.all()
+    registry = engine.models.registry
+    available = registry.all()
     if not available:
         log.warning("No checkpoint found in %s; the UI will say how to add one",
-                    ", ".join(str(p) for p in services.paths.checkpoint_dirs))
+                    ", ".join(str(p) for p in registry.folders))
         return
     target = wanted or available[0].name
     try:
-        job = services.generation.switch_model(target)
+        engine.generation.switch_model(target).future.result()
     except ModelNotFoundError as exc:
         log.error("--ckpt: %s", exc)
-        return
-    job.future.add_done_callback(
-        lambda f: f.exception() and log.error("Startup model not loaded: %s", f.exception()))
+    except Exception as exc:  # noqa: BLE001  # a broken file, or a bug the worker logged with its traceback
+        log.error("Startup model not loaded: %s", exc)
+
+
+def _engine_built(engine: Engine, wanted: str | None) -> None:
+    """The startup's imports are done: hand their objects to the cyclic GC's permanent generation
+    (it never walks them again) and turn it back on; then load the startup model (collectable)."""
+    gc.freeze()
+    gc.enable()
+    _load_startup_model(engine, wanted)
+
+
+def _serve(server: Any, engine: Future[Engine]) -> int:
+    """Run the server until it stops; 2 when the engine could not be built (bad device flags, as a bad
+    setting stops startup), 1 for any other failure of the build."""
+    from modules.errors import ConfigError
+
+    def stop_on_failure(built: Future[Engine]) -> None:
+        exc = built.exception()
+        if exc is None:
+            return
+        if isinstance(exc, ConfigError):
+            log.error("%s", exc)
+        else:
+            log.error("Atelier could not start its engine", exc_info=exc)
+        server.should_exit = True
+
+    engine.add_done_callback(stop_on_failure)
+    server.run()
+    if engine.done() and engine.exception() is not None:
+        return 2 if isinstance(engine.exception(), ConfigError) else 1
+    return 0
 
 
 def _scale_out(flags: Flags, configured: str) -> ScaleOut | None:
     """Ray workers when ``--ray-address`` (or ``ray_address`` in config.yaml) names a cluster."""
+    address = flags.ray_address or configured
+    if not address:
+        return None
     from modules.services.scaleout.front import ScaleOut
 
-    address = flags.ray_address or configured
-    return ScaleOut(address, allow_public=flags.ray_allow_public) if address else None
+    return ScaleOut(address, allow_public=flags.ray_allow_public)
 
 
 def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
     """The whole server behind one request guard: API routes first (they must precede Gradio's
     catch-all mount), then the UI; the guard in front of both."""
-    import gradio as gr
     from fastapi import FastAPI
     from fastapi.middleware.cors import CORSMiddleware
 
     from modules.api import routes
     from modules.api.route_effects import ApiRouteEffects
-    from modules.ui.app_ui import build_ui, open_paths
-    from modules.ui.common import CSS, HEAD
-    from modules.ui.event_effects import GradioEventEffects
-    from modules.ui.session import gradio_session_check
     from modules.web.guard import Faces, GuardConfig, RequestGuard
 
     docs = flags.serves_api
@@ -83,34 +126,56 @@ def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
     if flags.serves_api:
         routes.install(app, services, flags)
     effects: list[Any] = [ApiRouteEffects(app.router.routes)]
-    gradio_app = None
+    ui: MountedUi | None = None
     if not flags.nowebui:
-        blocks = build_ui(services)
-        app = gr.mount_gradio_app(app, blocks, path=flags.subpath or "/", css=CSS, head=HEAD,
-                                  theme=gr.themes.Default(), auth=auth.ui.as_gradio() if auth.ui else None,
-                                  show_error=True, max_file_size=MAX_UPLOAD, enable_monitoring=False)
-        # Gradio checks that a file an event names was uploaded (or is one the server hands out)
-        # only once its Blocks count as launched, which mounting never marks: without this, any
-        # path on the machine could be sent as an image input and read back from the cache.
-        blocks.has_launched = True
-        gradio_app = next(r.app for r in app.routes if hasattr(getattr(r, "app", None), "tokens"))
-        effects.append(GradioEventEffects(blocks, flags.subpath))
+        app, ui = _mount_ui(app, flags, services, auth)
+        effects.append(ui.effects)
     if flags.cors_allow_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(flags.cors_allow_origins), allow_methods=["*"],
                            allow_headers=["*"], allow_credentials=True)
     api_paths = (routes.PREFIX, "/docs", "/openapi.json")
-    ui_open = open_paths(flags.subpath)
     faces = Faces(
-        is_ui=lambda path: gradio_app is not None and not path.startswith(api_paths),
-        is_open=ui_open if gradio_app is not None else lambda path: False,
-        has_session=gradio_session_check(gradio_app) if gradio_app is not None else lambda scope: False,
-        login_route=lambda path: (flags.subpath + "/login" if gradio_app is not None
+        is_ui=lambda path: ui is not None and not path.startswith(api_paths),
+        is_open=ui.is_open if ui is not None else lambda path: False,
+        has_session=ui.has_session if ui is not None else lambda scope: False,
+        login_route=lambda path: (flags.subpath + "/login" if ui is not None
                                   and _route_key(path, flags.subpath) == "/login" else None),
         effects=tuple(effects))
     config = GuardConfig(auth=auth, listen=flags.listen,
                          hosts=_host_policy(flags),
                          cors_origins=frozenset(o.rstrip("/").lower() for o in flags.cors_allow_origins))
     return RequestGuard(app, config, faces)
+
+
+@dataclass(frozen=True)
+class MountedUi:
+    """The Gradio UI as the request guard sees it."""
+
+    effects: Any  # GradioEventEffects: which events change the server
+    is_open: Callable[[str], bool]  # paths open before a login
+    has_session: Callable[[dict[str, Any]], bool]  # a request with a live Gradio login
+
+
+def _mount_ui(app: Any, flags: Flags, services: Services, auth: AuthConfig) -> tuple[Any, MountedUi]:
+    """``app`` with the Gradio UI mounted on it (Gradio, a few seconds of imports, only comes in here)."""
+    import gradio as gr
+
+    from modules.ui.app_ui import build_ui, open_paths
+    from modules.ui.common import CSS, HEAD
+    from modules.ui.event_effects import GradioEventEffects
+    from modules.ui.session import gradio_session_check
+
+    blocks = build_ui(services)
+    app = gr.mount_gradio_app(app, blocks, path=flags.subpath or "/", css=CSS, head=HEAD,
+                              theme=gr.themes.Default(), auth=auth.ui.as_gradio() if auth.ui else None,
+                              show_error=True, max_file_size=MAX_UPLOAD, enable_monitoring=False)
+    # Gradio checks that a file an event names was uploaded (or is one the server hands out)
+    # only once its Blocks count as launched, which mounting never marks: without this, any
+    # path on the machine could be sent as an image input and read back from the cache.
+    blocks.has_launched = True
+    gradio_app = next(r.app for r in app.routes if hasattr(getattr(r, "app", None), "tokens"))
+    return app, MountedUi(effects=GradioEventEffects(blocks, flags.subpath), is_open=open_paths(flags.subpath),
+                          has_session=gradio_session_check(gradio_app))
 
 
 def _route_key(path: str, subpath: str) -> str:
@@ -192,33 +257,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "on a network you trust, or a reverse proxy with TLS.")
         return 2
 
+    # The imports from here on make a million objects, and the cyclic GC would walk all of them a
+    # dozen times (~0.4 s each, a fifth of the startup): it stays off until the engine is built.
+    gc.disable()
     import shutil
 
-    import uvicorn
-
     from modules.config import load_settings
-    from modules.engine.devices import choose_device
     from modules.errors import ConfigError
     from modules.paths import resolve_paths
-    from modules.services.container import build_services
-    from modules.services.device_flags import device_policy
+    from modules.services.container import start_services
     from modules.web.credentials import load_auth
 
     paths = resolve_paths(flags.data_dir, flags.models_dir, flags.ckpt_dir, lora_dir=flags.lora_dir,
                           embeddings_dir=flags.embeddings_dir, vae_dir=flags.vae_dir)
-    try:  # bad settings, logins, device flags, or a refused or unreachable Ray address
+    try:  # bad settings or logins, or a refused or unreachable Ray address (with Ray: bad device flags too)
         settings = load_settings(paths.config_file)
         auth = load_auth(flags.gradio_auth, flags.gradio_auth_path, flags.api_auth)
-        device = choose_device(device_policy(flags))
-        services = build_services(paths, settings, device, extensions=not flags.disable_all_extensions,
+        # The engine (torch, the device, the models) is built behind the server: see _serve.
+        services = start_services(paths, settings, lambda: _choose_device(flags),
+                                  extensions=not flags.disable_all_extensions,
                                   network_exposed=flags.listen or flags.share,
                                   insecure_extensions=flags.enable_insecure_extension_access,
-                                  scale_out=_scale_out(flags, settings.ray_address))
+                                  scale_out=_scale_out(flags, settings.ray_address),
+                                  on_engine=lambda engine: _engine_built(engine, flags.ckpt))
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
     uploads = _upload_folder(paths.cache_dir)
-    _load_startup_model(services, flags.ckpt)
     app = _build_app(flags, services, auth)
     services.extensions.app_started()
 
@@ -229,19 +294,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         threading.Timer(2.0, webbrowser.open, args=(url,)).start()
     log.info("Running on local URL: %s%s", url, "  (API: /sdapi/v1, docs: /docs)" if flags.serves_api else "")
     try:
-        # Forwarded headers only from the proxies named: otherwise any local process could choose
-        # the address that the login limiter and the network rule see.
-        uvicorn.run(app, host=flags.host, port=flags.port, log_level="warning",
-                    log_config=None,  # uvicorn's messages go through our handlers and their escaping
-                    proxy_headers=bool(flags.forwarded_allow_ips),
-                    forwarded_allow_ips=list(flags.forwarded_allow_ips) or None,
-                    ssl_keyfile=str(flags.tls_keyfile) if flags.tls_keyfile else None,
-                    ssl_certfile=str(flags.tls_certfile) if flags.tls_certfile else None)
+        # The engine starts once the server listens: its imports hold the GIL for seconds, and the
+        # server's own start and first pages come first.
+        return _serve(_server(app, flags, on_listening=services.engine.start), services.engine.future)
     finally:
         services.close()
         if uploads:
             shutil.rmtree(uploads, ignore_errors=True)
-    return 0
+
+
+def _server(app: Any, flags: Flags, on_listening: Callable[[], object]) -> Any:
+    """The uvicorn server for ``app`` as the flags say; ``on_listening`` is called once its socket is open."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[Any] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # False when the port could not be bound (the server then exits)
+                on_listening()
+
+    # Forwarded headers only from the proxies named: otherwise any local process could choose
+    # the address that the login limiter and the network rule see.
+    config = uvicorn.Config(app, host=flags.host, port=flags.port, log_level="warning",
+                            log_config=None,  # uvicorn's messages go through our handlers and their escaping
+                            proxy_headers=bool(flags.forwarded_allow_ips),
+                            forwarded_allow_ips=list(flags.forwarded_allow_ips) or None,
+                            ssl_keyfile=str(flags.tls_keyfile) if flags.tls_keyfile else None,
+                            ssl_certfile=str(flags.tls_certfile) if flags.tls_certfile else None)
+    return Server(config)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ names the key and what it allows, rather than being silently ignored or clamped.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,14 @@ import yaml
 
 from modules.atomic import write_text_atomic
 from modules.errors import ConfigError
-from modules.params import MAX_SEED, GenerationLimits
+from modules.params import (
+    DEFAULT_PREVIEW_EVERY,
+    MAX_SEED,
+    PREVIEW_EVERY_RANGE,
+    GenerationLimits,
+    PreviewMethod,
+    preview_method_problem,
+)
 from modules.samplers import RngSource
 
 
@@ -36,6 +44,9 @@ class Settings:
     randn_source: str = RngSource.GPU.value
     sd_vae: str = "Automatic"  # A1111's option: "Automatic", "None" or a VAE file name
     save_images_before_highres_fix: bool = False  # also save hires fix's first pass
+    # The live preview (A1111's options): how it is drawn, and every how many sampling steps (-1: none).
+    show_progress_type: str = PreviewMethod.APPROX_CHEAP.value
+    show_progress_every_n_steps: int = DEFAULT_PREVIEW_EVERY
     checkpoint_cache: int = 1  # checkpoints kept in RAM besides the loaded one, for fast switching
     fast_path: bool = False  # channels_last + torch.compile of the UNet (CUDA); off until measured
     shared_jobs: bool = False  # true: a single-user instance, every signed-in name sees every job
@@ -55,13 +66,17 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "queue_limit": (1, 1024), "max_image_size": (64, 8192), "max_batch_size": (1, 64),
     "max_batch_count": (1, 1000), "clip_skip": (1, GenerationLimits.max_clip_skip),
     "eta_noise_seed_delta": (0, MAX_SEED), "checkpoint_cache": (0, 8),
+    "show_progress_every_n_steps": PREVIEW_EVERY_RANGE,
 }
 _CHOICES: dict[str, tuple[str, ...]] = {"randn_source": tuple(r.value for r in RngSource)}
+_CHOICE_CHECKS: dict[str, Callable[[object], str | None]] = {"show_progress_type": preview_method_problem}
 _NON_BLANK = frozenset({"sd_vae"})  # a blank VAE name would make every job from the UI invalid
 MAX_TEXT_CHARS = 255  # a file name or HOST:PORT; more is not a plausible setting
 
 
 def _text_problem(key: str, value: object) -> str | None:
+    if key in _CHOICE_CHECKS:
+        return _CHOICE_CHECKS[key](value)
     if key in _CHOICES and value not in _CHOICES[key]:
         return f"must be one of {', '.join(_CHOICES[key])}, got {value!r}"
     if not isinstance(value, str):

@@ -120,3 +120,15 @@ class RemoteJobError(AtelierError):
 
 class OutOfMemoryError(AtelierError):
     """The device ran out of memory during a job; memory was released and the next job can run."""
+
+
+class NotEnoughMemoryError(AtelierError):
+    """A job was refused before it started: its predicted peak memory does not fit the device.
+    The message says what to change (a smaller size or batch, hires fix off, another memory mode)."""
+
+    def __init__(self, message: str, needed_bytes: int, available_bytes: int,
+                 suggestions: tuple[str, ...] = ()) -> None:
+        self.needed_bytes = needed_bytes
+        self.available_bytes = available_bytes
+        self.suggestions = tuple(suggestions)
+        super().__init__(message)

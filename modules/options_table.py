@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from modules.params import PreviewMethod, preview_every_problem, preview_method_problem
 from modules.samplers import RngSource
 
 CHECKPOINT_OPTION = "sd_model_checkpoint"
@@ -47,6 +48,25 @@ def _rng(value: object) -> RngSource:
     return RngSource(label)
 
 
+def _preview_method(value: object) -> PreviewMethod:
+    problem = preview_method_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return PreviewMethod(value)
+
+
+def _preview_every(value: object) -> int:
+    try:
+        number: object = _whole(value)
+    except ValueError:
+        number = value  # refused below, naming the range
+    problem = preview_every_problem(number)
+    if problem is not None:
+        raise ValueError(problem)
+    assert isinstance(number, int)
+    return number
+
+
 def _flag(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false, got {value!r}")
@@ -75,6 +95,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("randn_source", "randn_source", "rng", _rng),
     Option("sd_vae", "sd_vae", "vae", _name("a VAE file name, 'Automatic' or 'None'")),
     Option("save_images_before_highres_fix", "save_images_before_highres_fix", "hires.save_first_pass", _flag),
+    Option("show_progress_type", "show_progress_type", "preview_method", _preview_method),
+    Option("show_progress_every_n_steps", "show_progress_every_n_steps", "preview_every", _preview_every),
 )
 BY_NAME: Mapping[str, Option] = MappingProxyType({option.name: option for option in OPTIONS})
 BY_SETTING: Mapping[str, Option] = MappingProxyType({o.setting: o for o in OPTIONS if o.setting is not None})

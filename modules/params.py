@@ -11,6 +11,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from modules.samplers import (
@@ -48,6 +49,55 @@ class MaskedContent(enum.Enum):
     @property
     def index(self) -> int:
         return list(MaskedContent).index(self)
+
+
+class PreviewMethod(enum.Enum):
+    """How the live preview is drawn (A1111's option show_progress_type); values are A1111's labels."""
+
+    APPROX_CHEAP = "Approx cheap"  # a fixed linear map from latent channels to colours: no network at all
+    TAESD = "TAESD"  # the tiny autoencoder made for the model's latent space
+    FULL = "Full"  # the model's own VAE: what the image will look like, at a VAE decode's cost
+
+
+# A1111's preview methods Atelier does not offer, and why (a request for one is refused with this).
+UNSUPPORTED_PREVIEW_METHODS: Mapping[str, str] = MappingProxyType({
+    "Approx NN": "it needs the weights of a small network that Atelier does not ship",
+})
+PREVIEW_EVERY_RANGE = (-1, 32)  # A1111's range for show_progress_every_n_steps
+DEFAULT_PREVIEW_EVERY = 10  # A1111's default
+NO_LIVE_PREVIEW = -1
+
+
+def preview_method_problem(value: object) -> str | None:
+    """Why ``value`` is not a preview method Atelier draws ("must be one of ..."); None when it is."""
+    labels = [m.value for m in PreviewMethod]
+    if isinstance(value, str) and value in labels:
+        return None
+    problem = f"must be one of {', '.join(labels)}, got {value!r}"
+    reason = UNSUPPORTED_PREVIEW_METHODS.get(value) if isinstance(value, str) else None
+    return f"{problem} ({value} is not offered: {reason})" if reason else problem
+
+
+def preview_every_problem(value: object) -> str | None:
+    """Why ``value`` is not a preview period (whole steps from -1 to 32; -1: no live preview)."""
+    low, high = PREVIEW_EVERY_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return f"must be a whole number from {low} to {high} ({NO_LIVE_PREVIEW}: no live preview), got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class LivePreview:
+    """Which steps of a job get a live preview, and how it is drawn."""
+
+    method: PreviewMethod = PreviewMethod.APPROX_CHEAP
+    every: int = DEFAULT_PREVIEW_EVERY  # steps between previews; 0: every step; -1: none
+
+    def due(self, step: int, total: int) -> bool:
+        """Whether step ``step`` (1-based) of ``total`` gets one: every ``every``-th step and the last."""
+        if self.every == NO_LIVE_PREVIEW:
+            return False
+        return self.every <= 1 or step % self.every == 0 or step >= total
 
 
 LATENT_SCALE = 8  # pixels per latent cell in every SD VAE
@@ -159,12 +209,21 @@ class GenerationRequest:
     seed_resize_from_width: int = 0  # A1111's "resize seed from": noise made at this size, centred; 0 = off
     seed_resize_from_height: int = 0
     vae: str | None = None  # VAE_AUTOMATIC, VAE_NONE or a VAE file name; None = the current setting
+    # The live preview (A1111's options show_progress_type, show_progress_every_n_steps); None = the server's.
+    preview_method: PreviewMethod | None = None
+    preview_every: int | None = None
     # Extensions' values by extension name, then parameter name (A1111's alwayson_scripts, by name).
     extension_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def is_img2img(self) -> bool:
         return self.init_image is not None
+
+    @property
+    def live_preview(self) -> LivePreview:
+        """The live preview this job asked for; what it leaves unset, as A1111's defaults."""
+        return LivePreview(self.preview_method or PreviewMethod.APPROX_CHEAP,
+                           DEFAULT_PREVIEW_EVERY if self.preview_every is None else self.preview_every)
 
     @property
     def seed_resize(self) -> tuple[int, int] | None:

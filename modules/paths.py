@@ -57,6 +57,11 @@ class AppPaths:
         return self.cache_dir / "hashes.json"
 
     @property
+    def taesd_dir(self) -> Path:
+        """models/VAE-taesd (A1111's folder): the tiny autoencoders the TAESD live preview decodes with."""
+        return self.models_dir / "VAE-taesd"
+
+    @property
     def default_checkpoint_dir(self) -> Path:
         """models/Stable-diffusion: where downloads go and where the UI tells users to put files."""
         return self.checkpoint_dirs[0]

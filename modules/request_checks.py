@@ -19,8 +19,11 @@ from modules.params import (
     GenerationRequest,
     HiresFix,
     MaskedContent,
+    PreviewMethod,
     Refiner,
     ResizeMode,
+    preview_every_problem,
+    preview_method_problem,
 )
 from modules.samplers import RngSource, ScheduleType, resolve_sampler, sampler_names
 from modules.upscalers import find_upscaler, upscaler_names
@@ -73,6 +76,11 @@ def _check_variations_and_images(errors: list[FieldError], request: GenerationRe
         _check_int(errors, "eta_noise_seed_delta", request.eta_noise_seed_delta, 0, MAX_SEED)
     if request.rng is not None and not isinstance(request.rng, RngSource):
         errors.append(FieldError("rng", f"must be one of {', '.join(r.value for r in RngSource)}"))
+    if request.preview_method is not None and not isinstance(request.preview_method, PreviewMethod):
+        problem = preview_method_problem(request.preview_method)  # None for a label given as text
+        errors.append(FieldError("show_progress_type", problem or f"must be a PreviewMethod, got {request.preview_method!r}"))
+    if request.preview_every is not None and (problem := preview_every_problem(request.preview_every)):
+        errors.append(FieldError("show_progress_every_n_steps", problem))
     for name in ("init_image", "mask"):
         value = getattr(request, name)
         if value is not None and (not isinstance(value, bytes) or not value):

@@ -36,6 +36,7 @@ from modules.errors import (
     ModelLoadError,
     ModelNotFoundError,
     NoModelLoadedError,
+    NotEnoughMemoryError,
     QueueFullError,
     ValidationError,
 )
@@ -57,6 +58,7 @@ PREFIX = "/sdapi/v1"
 _STATUS: tuple[tuple[type[AtelierError], int], ...] = (
     (ValidationError, 422), (ConfigError, 422), (ModelNotFoundError, 404), (QueueFullError, 503),
     (NoModelLoadedError, 503), (ModelLoadError, 500),
+    (NotEnoughMemoryError, 507),  # refused before it started: the job does not fit the GPU's memory
 )
 
 
@@ -257,12 +259,14 @@ class ApiFace:
         @r.post("/unload-checkpoint")
         @changes_server
         async def unload_checkpoint() -> None:
-            await asyncio.wrap_future(s.generation.unload_model().future)
+            engine = await asyncio.wrap_future(s.engine.start())  # at startup: not on the event loop's thread
+            await asyncio.wrap_future(engine.generation.unload_model().future)
 
         @r.post("/reload-checkpoint")
         @changes_server
         async def reload_checkpoint() -> None:
-            await asyncio.wrap_future(s.generation.reload_model().future)
+            engine = await asyncio.wrap_future(s.engine.start())
+            await asyncio.wrap_future(engine.generation.reload_model().future)
 
 
 def keeps_overrides(body: bytes) -> bool:

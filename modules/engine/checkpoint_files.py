@@ -14,8 +14,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from modules.errors import ModelLoadError, UnsafeCheckpointError
 
@@ -24,6 +23,9 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES + (".ckpt",)
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; larger headers are hostile
 _LFS_MAGIC = b"version https://git-lfs"
+
+if TYPE_CHECKING:  # torch is imported where a pickle is loaded: the checkpoint list needs only the names above
+    import torch
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ def read_safetensors_index(path: Path) -> TensorIndex:
 
 def load_pickle_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a ``.ckpt`` with ``weights_only=True``: plain tensors only, never arbitrary code."""
+    import torch
+
     _check_not_placeholder(path)
     if not zipfile.is_zipfile(path):
         raise _refuse(path, "not a PyTorch checkpoint (not a zip archive); the file may be truncated")

@@ -70,6 +70,9 @@ class DeviceInfo:
     vae_dtype: torch.dtype | None = None  # None: as ``dtype``
     memory: MemoryMode = MemoryMode.FULL
     attention: Attention = Attention.SDPA
+    # True when the user named the memory mode (a flag): jobs keep it. False: it was chosen from the
+    # card's size for loading, and each job's memory plan may pick another.
+    memory_forced: bool = False
 
     @property
     def is_accelerator(self) -> bool:
@@ -116,6 +119,19 @@ def _pick_dtype(policy: DevicePolicy, device: torch.device) -> tuple[torch.dtype
     return torch.float16, "half precision"
 
 
+def _pick_vae_dtype(policy: DevicePolicy, device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
+    """The VAE's precision (None: as the models'). Half precision for every family, bf16 where the
+    card has it (its range does not overflow where fp16's does); a NaN still falls back to fp32 for
+    that VAE. ``--no-half-vae`` forces fp32."""
+    if dtype == torch.float32:
+        return None
+    if policy.no_half_vae:
+        return torch.float32
+    if device.type == "cuda" and dtype == torch.float16 and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 def _pick_memory(policy: DevicePolicy, device: torch.device) -> tuple[MemoryMode, str]:
     if policy.memory not in (None, MemoryMode.FULL) and device.type != "cuda":
         raise ConfigError(f"--{policy.memory.value} moves models between a CUDA GPU and RAM; on {device.type} the "
@@ -150,14 +166,14 @@ def choose_device(policy: DevicePolicy) -> DeviceInfo:
     ConfigError for a combination that cannot work here."""
     device, why = _pick_device(policy)
     dtype, precision_why = _pick_dtype(policy, device)
-    vae_dtype = torch.float32 if policy.no_half_vae and dtype != torch.float32 else None
+    vae_dtype = _pick_vae_dtype(policy, device, dtype)
     memory, memory_why = _pick_memory(policy, device)
     attention = _pick_attention(policy, device)
     reasons = [why, precision_why] + ([memory_why] if memory_why else [])
     if policy.upcast_sampling:
         reasons.append("sampling math in fp32 (it always is: only the UNet runs in the weights' dtype)")
     info = DeviceInfo(device=device, dtype=dtype, reason="; ".join(reasons), vae_dtype=vae_dtype, memory=memory,
-                      attention=attention)
+                      attention=attention, memory_forced=policy.memory is not None)
     label = "xformers" if attention is Attention.XFORMERS else "PyTorch scaled-dot-product (SDPA)"
     log.info("Device: %s; attention: %s", info.describe(), label)
     return info

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
@@ -26,19 +23,17 @@ def image_to_tensor(image: Image.Image, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(device)
 
 
-@contextmanager
-def _vae_in_safe_precision(model: LoadedModel) -> Iterator[torch.dtype]:
-    """The dtype to run the VAE in: fp32 for a VAE that overflows in fp16 (SDXL's), put back after."""
-    vae = model.pipeline.vae
-    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-    if not upcast:
-        yield vae.dtype
-        return
-    vae.to(dtype=torch.float32)
-    try:
-        yield torch.float32
-    finally:
-        vae.to(dtype=torch.float16)
+def _in_full_precision_after_nans(model: LoadedModel, what: str) -> None:
+    """A VAE that overflowed in half precision: log it and convert it to float32 for good (as A1111
+    does), so later images of this VAE do not fail the same way."""
+    log.warning("A tensor with NaNs was produced in the VAE while %s (%s, with %s); the VAE was converted to "
+                "32-bit float, the step retried, and it stays in 32-bit from now on.", what,
+                str(model.pipeline.vae.dtype).removeprefix("torch."), model.path.name)
+    model.pipeline.vae.to(dtype=torch.float32)
+
+
+def _has_nans(tensor: torch.Tensor) -> bool:
+    return bool(torch.isnan(tensor).any())  # one read per batch, after sampling: not in the step loop
 
 
 @torch.inference_mode()
@@ -46,8 +41,11 @@ def encode_image(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     """Scaled latents of a (B, 3, H, W) image batch in [-1, 1]; the distribution's mean, so the
     same image always gives the same latent (sampling it would need yet another seed)."""
     vae = model.pipeline.vae
-    with _vae_in_safe_precision(model) as dtype:
-        latents = vae.encode(pixels.to(vae.device, dtype)).latent_dist.mode()
+    device = model.execution_device  # not vae.device: offloaded weights sit in RAM or on "meta"
+    latents = vae.encode(pixels.to(device, vae.dtype)).latent_dist.mode()
+    if vae.dtype in _HALF_DTYPES and _has_nans(latents):
+        _in_full_precision_after_nans(model, "encoding an image")
+        latents = vae.encode(pixels.to(device, torch.float32)).latent_dist.mode()
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents.float() - shift) * vae.config.scaling_factor
 
@@ -69,26 +67,23 @@ def _decode(model: LoadedModel, latents: torch.Tensor) -> tuple[torch.Tensor, to
     vae = model.pipeline.vae
     _use_tiling(model, latents)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    with _vae_in_safe_precision(model) as dtype:
-        decoded = vae.decode(latents.to(vae.device, dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
-    return decoded, dtype
+    scaled = latents.to(model.execution_device, vae.dtype) / vae.config.scaling_factor + shift
+    return vae.decode(scaled, return_dict=False)[0], vae.dtype
 
 
 @torch.inference_mode()
 def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
     """PIL images of a latent batch.
 
-    A VAE that overflows in half precision decodes to NaN (black images). Then, as A1111 does, the
-    VAE is converted to float32 and the batch decoded again; it stays in float32 so that later images
-    of this model do not fail the same way.
+    The VAE runs in its own dtype: half precision (fp16, or bf16 where the card has it) unless
+    ``--no-half-vae``, for every family; a VAE config's ``force_upcast`` is not obeyed, since it
+    would make every SD1.5 decode fp32. A VAE that overflows in half precision decodes to NaN
+    (black images); then, as A1111 does, it is converted to float32 and the batch decoded again,
+    and it stays in float32 (:func:`_in_full_precision_after_nans`).
     """
     decoded, dtype = _decode(model, latents)
-    if dtype in _HALF_DTYPES and torch.isnan(decoded).any():
-        vae = model.pipeline.vae
-        log.warning("A tensor with NaNs was produced in the VAE (%s, with %s); the VAE was converted to "
-                    "32-bit float and the decode retried, and stays in 32-bit for this model.",
-                    str(dtype).removeprefix("torch."), model.path.name)
-        vae.to(dtype=torch.float32)
+    if dtype in _HALF_DTYPES and _has_nans(decoded):
+        _in_full_precision_after_nans(model, "decoding")
         decoded, _ = _decode(model, latents)
     return model.pipeline.image_processor.postprocess(decoded.float(), output_type="pil")
 

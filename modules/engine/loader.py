@@ -32,8 +32,9 @@ from modules.engine.checkpoint_files import (
     read_safetensors_index,
 )
 from modules.engine.config_folders import prepare_config_folder
-from modules.engine.devices import Attention, DeviceInfo, MemoryMode
+from modules.engine.devices import DeviceInfo
 from modules.engine.model_detect import ModelArch, UnknownArchitecture, infer_dims
+from modules.engine.placement import execution_device, place
 from modules.engine.sampling.schedules import ModelSigmas
 from modules.errors import ModelLoadError
 
@@ -63,7 +64,7 @@ class LoadedModel:
     @property
     def execution_device(self) -> torch.device:
         """Where the models compute: the GPU even when offloading keeps their weights in RAM."""
-        return self.pipeline._execution_device
+        return execution_device(self.pipeline)
 
     @property
     def v_prediction(self) -> bool:
@@ -117,24 +118,10 @@ def _check_materialised(path: Path, pipe: DiffusionPipeline) -> None:
                     raise ModelLoadError(str(path), f"the file has no weights for {name}.{param_name}")
 
 
-def place_pipeline(pipe: DiffusionPipeline, arch: ModelArch, device: DeviceInfo) -> None:
-    """Put a freshly loaded pipeline where it runs: the VAE's own dtype, the attention kernels, and
-    the device, whole or offloaded as the memory mode says."""
-    if device.vae != device.dtype:
-        pipe.vae.to(dtype=device.vae)  # --no-half-vae
-    if device.attention is Attention.XFORMERS:
-        pipe.enable_xformers_memory_efficient_attention()
-    mode = device.memory.offload_for(arch.is_sdxl)
-    if mode is MemoryMode.MEDVRAM:
-        pipe.enable_model_cpu_offload(device=device.device)
-    elif mode is MemoryMode.LOWVRAM:
-        pipe.enable_sequential_cpu_offload(device=device.device)
-    elif device.device.type != "cpu":  # weights load on the CPU; moving there again only warns
-        pipe.to(device.device)
-
-
-def load_model(path: Path, device: DeviceInfo, config_cache: Path) -> LoadedModel:
-    """Load ``path`` onto ``device``; raise :class:`ModelLoadError` if it cannot be used."""
+def load_model(path: Path, device: DeviceInfo, config_cache: Path, placed: bool = True) -> LoadedModel:
+    """Load ``path`` onto ``device`` (``placed=False``: into RAM only, for the caller to place with
+    :func:`modules.engine.placement.place` once the device has room); raise :class:`ModelLoadError`
+    if it cannot be used."""
     started = time.perf_counter()
     try:
         if path.is_dir():
@@ -147,7 +134,8 @@ def load_model(path: Path, device: DeviceInfo, config_cache: Path) -> LoadedMode
         else:
             arch, pipe = _load_single_file(path, device, config_cache)
         _check_materialised(path, pipe)
-        place_pipeline(pipe, arch, device)
+        if placed:
+            place(pipe, arch, device)
     except ModelLoadError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:

@@ -1,8 +1,10 @@
-"""Moving weights between the GPU and RAM, freeing memory, and the optional fast path.
+"""Moving whole models between the GPU and RAM, and freeing memory.
 
-The one place (with the loader's placement) that moves models between devices: a model kept in
-the RAM cache is parked on the CPU and brought back when a job wants it; offloaded models (medvram,
-lowvram) manage their own placement through their hooks and are left alone.
+The one place (with :mod:`modules.engine.placement`) that moves models between devices: a model
+kept in the RAM cache is parked on the CPU and brought back when a job wants it; offloaded models
+(medvram, lowvram) manage their own placement through their hooks and are left alone. On CUDA a
+parked model's weights go to pinned (page-locked) RAM, so bringing them back is one asynchronous copy
+at the bus's full speed.
 """
 
 from __future__ import annotations
@@ -14,35 +16,78 @@ import torch
 
 from modules.engine.devices import MemoryMode
 from modules.engine.loader import LoadedModel
+from modules.engine.placement import effective_mode
 
 log = logging.getLogger(__name__)
 
 
 def _moves_whole(model: LoadedModel) -> bool:
-    mode = model.device.memory.offload_for(model.arch.is_sdxl)
-    return model.device.device.type != "cpu" and mode is MemoryMode.FULL
+    return model.device.device.type != "cpu" and effective_mode(model.device, model.arch) is MemoryMode.FULL
+
+
+def _modules(model: LoadedModel) -> list[torch.nn.Module]:
+    return [m for m in model.pipeline.components.values() if isinstance(m, torch.nn.Module)]
+
+
+def weights_bytes(model: LoadedModel) -> int:
+    """Bytes of every weight and buffer of the pipeline's models."""
+    return sum(t.numel() * t.element_size() for m in _modules(model) for t in (*m.parameters(), *m.buffers()))
+
+
+def _pinned_copy(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.device.type != "cuda":
+        return tensor
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, layout=tensor.layout, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
 
 
 def park(model: LoadedModel) -> None:
-    """Move a model that is not in use to RAM (nothing to do on the CPU or with offloading)."""
-    if _moves_whole(model):
+    """Move a model that is not in use to RAM (nothing to do on the CPU or with offloading). Its
+    device blocks return to the allocator at once, ready for the next model; the caller decides
+    whether to give them back to the driver (:func:`release_memory`)."""
+    if not _moves_whole(model):
+        return
+    if model.device.device.type == "cuda":
+        for module in _modules(model):
+            module._apply(_pinned_copy)  # what Module.to does, into page-locked memory
+        torch.cuda.synchronize(model.device.device)  # the copies are done before the GPU blocks are reused
+    else:
         model.pipeline.to("cpu")
-        release_memory(model.device.device)
 
 
 def unpark(model: LoadedModel) -> None:
-    """Bring a parked model back to its device."""
+    """Bring a parked model back to its device (asynchronously from pinned memory on CUDA: the
+    copies are queued on the stream the job's first kernels run on, so they wait for them)."""
     if _moves_whole(model):
-        model.pipeline.to(model.device.device)
+        for module in _modules(model):
+            module.to(model.device.device, non_blocking=True)
 
 
-def release_memory(device: torch.device) -> None:
-    """Give freed tensors back: Python's garbage first, then the CUDA caching allocator's blocks."""
-    gc.collect()
+def on_device_bytes(model: LoadedModel) -> int:
+    """Bytes of the model's weights that sit on its device now (0 when parked or offloaded)."""
+    device = model.device.device
+    return sum(t.numel() * t.element_size() for m in _modules(model) for t in (*m.parameters(), *m.buffers())
+               if t.device.type == device.type and device.type != "cpu")
+
+
+def release_memory(device: torch.device, collect: bool = True) -> None:
+    """Give freed tensors back: Python's garbage first (``collect``: needed when a model was dropped,
+    whose modules may sit in reference cycles; a tenth of a second or more on a big heap), then the
+    CUDA caching allocator's blocks."""
+    if collect:
+        gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
+
+
+def free_device_bytes(device: torch.device) -> int | None:
+    """Memory the device can still give (free plus what the allocator caches); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -57,16 +102,5 @@ def memory_stats(device: torch.device) -> dict[str, float]:
         return {}
     free, total = torch.cuda.mem_get_info(device)
     return {"free": float(free), "total": float(total), "allocated": float(torch.cuda.memory_allocated(device)),
+            "reserved": float(torch.cuda.memory_reserved(device)),
             "peak": float(torch.cuda.max_memory_allocated(device))}
-
-
-def apply_fast_path(model: LoadedModel) -> None:
-    """channels_last for the UNet (faster convolutions on GPUs), and on CUDA ``torch.compile`` of
-    its forward: compiled once per input shape on first use and reused after (torch caches it)."""
-    unet = model.pipeline.unet
-    unet.to(memory_format=torch.channels_last)
-    if model.device.device.type != "cuda":
-        log.info("Fast path: channels_last only; torch.compile is used on CUDA")
-        return
-    unet.compile(mode="max-autotune-no-cudagraphs", fullgraph=False)
-    log.info("Fast path: UNet compiled (the first image at each size takes longer)")

@@ -234,11 +234,9 @@ def _load(path: Path, arch: ModelArch, device: DeviceInfo, config_cache: Path) -
     # for its offline, meta-device loading against a local config.
     vae = AutoencoderKL.from_single_file(converted, config=str(folder), local_files_only=True,
                                          low_cpu_mem_usage=True)
-    if vae.dtype != device.dtype:  # converting unasked makes diffusers log a warning
-        vae.to(dtype=device.dtype)
-    if vae.device != device.device:
-        vae.to(device.device)
-    return vae
+    if vae.dtype != device.vae:  # the VAE's own precision: --no-half-vae holds for external VAEs too
+        vae.to(dtype=device.vae)
+    return vae  # on the CPU: the pipeline's placement puts it where its scheme says
 
 
 def _reason(exc: Exception) -> str:
@@ -249,7 +247,7 @@ def _reason(exc: Exception) -> str:
 
 
 def load_vae(path: Path, arch: ModelArch, device: DeviceInfo, config_cache: Path) -> AutoencoderKL:
-    """An external VAE for a model of ``arch``, on ``device.device`` in ``device.dtype``.
+    """An external VAE for a model of ``arch``, in RAM, in the VAE precision ``device`` names.
 
     Accepts LDM-named single files (bare or under ``first_stage_model.``), diffusers-named single
     files and diffusers folders; see the module docstring. Raises :class:`AddonLoadError` naming the
@@ -262,7 +260,7 @@ def load_vae(path: Path, arch: ModelArch, device: DeviceInfo, config_cache: Path
         raise AddonLoadError(KIND, str(path), exc.reason) from exc
     except _LOAD_ERRORS as exc:  # includes _Refusal; diffusers reports shape mismatches as ValueError
         raise AddonLoadError(KIND, str(path), _reason(exc)) from exc
-    log.info("Loaded VAE %s for %s (%s)", path.name, arch.label, str(device.dtype).removeprefix("torch."))
+    log.info("Loaded VAE %s for %s (%s)", path.name, arch.label, str(device.vae).removeprefix("torch."))
     return vae
 
 
@@ -273,12 +271,11 @@ def _scale_factor(vae: AutoencoderKL) -> int:
 def swap_vae(pipe: DiffusionPipeline, vae: AutoencoderKL) -> AutoencoderKL:
     """Put ``vae`` into ``pipe`` (its config and image processors follow); return the VAE it replaces.
 
-    ``vae`` is moved to the device of the one it replaces if it is elsewhere; its dtype is kept, since
-    a VAE may rightly run in float32 under a half-precision UNet.
+    Nothing is moved: the caller places the new VAE under the pipeline's memory scheme
+    (:func:`modules.engine.placement.place_component`). Its dtype is kept, since a VAE may rightly run
+    in float32 under a half-precision UNet.
     """
     old: AutoencoderKL = pipe.vae
-    if vae.device != old.device:
-        vae.to(old.device)
     pipe.vae = vae  # DiffusionPipeline records the new component in its config as well
     factor = _scale_factor(vae)
     if getattr(pipe, "vae_scale_factor", factor) != factor:

@@ -10,15 +10,17 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modules.engine.embeddings import Embedding, fits, load_embedding
-from modules.engine.loader import LoadedModel
-from modules.engine.lora import LoraUse, read_lora_metadata
 from modules.errors import AddonLoadError, AddonNotFoundError, FieldError, ValidationError
 from modules.extra_networks import extract_networks
 from modules.params import VAE_AUTOMATIC, VAE_NONE, GenerationRequest
 from modules.services.addons import AddonFile, AddonRegistry
+
+if TYPE_CHECKING:  # the engine modules import torch: only the worker's calls need them, imported there
+    from modules.engine.embeddings import Embedding
+    from modules.engine.loader import LoadedModel
+    from modules.engine.lora import LoraUse
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,8 @@ class AddonLibrary:
             ignored += found.ignored
             for tag in found.loras:
                 tags[tag.name] = tag
+        from modules.engine.lora import LoraUse
+
         uses, pairs = [], []
         for tag in tags.values():
             item = self.loras.require(tag.name)
@@ -115,6 +119,8 @@ class AddonLibrary:
             cached = self._loaded.get(str(item.path))
         if cached is not None and cached[0] == mtime:
             return cached[1]
+        from modules.engine.embeddings import load_embedding
+
         try:
             loaded: Embedding | AddonLoadError = load_embedding(item.path)
         except AddonLoadError as exc:
@@ -126,6 +132,8 @@ class AddonLibrary:
 
     def embeddings_for(self, model: LoadedModel, texts: Iterable[str]) -> JobEmbeddings:
         """The embeddings the texts mention that fit the model (longest names win in the encoder)."""
+        from modules.engine.embeddings import fits
+
         texts = [t for t in texts if t]
         chosen: dict[str, Embedding] = {}
         pairs = []
@@ -133,18 +141,20 @@ class AddonLibrary:
             if item.stem in chosen or not _mentions(item.stem, texts):
                 continue
             embedding = self._embedding(item)
-            if isinstance(embedding, Embedding) and fits(embedding, model.pipeline, model.arch):
+            if not isinstance(embedding, AddonLoadError) and fits(embedding, model.pipeline, model.arch):
                 chosen[embedding.name] = embedding
                 pairs.append((embedding.name, self.embeddings.short_hash(item)))
         return JobEmbeddings(MappingProxyType(chosen), _hash_list(pairs))
 
     def listing(self, model: LoadedModel | None) -> dict[str, Any]:
         """A1111's /embeddings reply: loaded (fit the current model) and skipped, by name."""
+        from modules.engine.embeddings import fits
+
         loaded: dict[str, Any] = {}
         skipped: dict[str, Any] = {}
         for item in self.embeddings.all():
             embedding = self._embedding(item)
-            if not isinstance(embedding, Embedding):
+            if isinstance(embedding, AddonLoadError):
                 continue
             entry = {"step": embedding.step, "sd_checkpoint": None, "sd_checkpoint_name": embedding.checkpoint_name,
                      "shape": embedding.shape, "vectors": embedding.vector_count}
@@ -154,6 +164,8 @@ class AddonLibrary:
 
     def lora_metadata(self, item: AddonFile) -> dict[str, str]:
         """The training metadata a LoRA file carries (kohya's ``ss_*`` keys), read from its header."""
+        from modules.engine.lora import read_lora_metadata
+
         return read_lora_metadata(item.path)
 
     def vae_file(self, choice: str, checkpoint_stem: str) -> AddonFile | None:

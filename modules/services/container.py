@@ -1,33 +1,44 @@
-"""The :class:`Services` object: built once by the composition root and handed to the faces."""
+"""The :class:`Services` object: built once by the composition root and handed to the faces.
+
+It comes in two halves. The front (settings, files, styles, add-ons, extensions, the job queue) is
+built at once and imports no torch. The engine (:mod:`modules.services.engine_slot`: the device,
+the models, the generation front, A1111's options, downloads) needs torch, diffusers and
+transformers, seconds of imports: :func:`start_services` leaves it to a background thread, so the
+server answers while it is built, and whoever asks for one of its parts first waits for it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from modules.config import Settings
-from modules.engine.devices import DeviceInfo
 from modules.paths import AppPaths
 from modules.services.addon_library import AddonLibrary
 from modules.services.addons import AddonKind, AddonRegistry
-from modules.services.downloads import ModelDownloader
+from modules.services.checkpoint_registry import CheckpointRegistry
+from modules.services.engine_slot import Engine, EngineSlot
 from modules.services.extension_host import ExtensionHost
 from modules.services.extension_install import ExtensionInstaller
 from modules.services.extensions import ExtensionManager
 from modules.services.gallery import Gallery
-from modules.services.generation import GenerationService
-from modules.services.in_process import InProcessExecutor
 from modules.services.hashing import HashCache
 from modules.services.images import ImageSaver
-from modules.services.jobs import JobQueue
-from modules.services.models import CheckpointInfo, CheckpointRegistry, ModelManager
+from modules.services.jobs import Executor, JobQueue
 from modules.services.outputs import OutputStore
-from modules.services.queue_contract import JobQueueContract
-from modules.services.renderer import Renderer
-from modules.services.scaleout.front import ScaleOut, build_ray_queue
-from modules.services.server_options import ServerOptions
+from modules.services.queue_contract import JobQueueContract, QueueMode
 from modules.services.settings_store import SettingsStore
 from modules.services.styles import StyleStore
+
+if TYPE_CHECKING:
+    from modules.engine.devices import DeviceInfo
+    from modules.services.downloads import ModelDownloader
+    from modules.services.generation import GenerationService
+    from modules.services.models import ModelManager
+    from modules.services.scaleout.front import ScaleOut
+    from modules.services.server_options import ServerOptions
 
 
 @dataclass(frozen=True)
@@ -35,20 +46,38 @@ class Services:
     paths: AppPaths
     settings: Settings  # as loaded at startup (limits, queue size)
     options: SettingsStore  # the settings in force, changeable at run time
-    server_options: ServerOptions  # the same, as A1111's option names (GET/POST /options)
-    device: DeviceInfo
     registry: CheckpointRegistry
-    models: ModelManager
-    generation: GenerationService  # the front: every face submits jobs through it
     outputs: OutputStore  # the front's store: saving hooks, files, grids
     queue: JobQueueContract  # the in-process worker, or Ray workers (scaleout)
-    downloads: ModelDownloader
     styles: StyleStore
     gallery: Gallery
     addons: AddonLibrary  # LoRAs, embeddings, VAEs
     extensions: ExtensionManager
     installer: ExtensionInstaller  # git clone/pull and pip for users' extensions
+    engine: EngineSlot  # the parts below; reading one waits until the engine is built
     on_close: Callable[[], None] | None = None  # scale-out: stop the Ray head this process started
+
+    @property
+    def device(self) -> DeviceInfo:
+        return self.engine.get().device
+
+    @property
+    def models(self) -> ModelManager:
+        return self.engine.get().models
+
+    @property
+    def generation(self) -> GenerationService:
+        """The front: every face submits jobs through it."""
+        return self.engine.get().generation
+
+    @property
+    def server_options(self) -> ServerOptions:
+        """The settings in force as A1111's option names (GET/POST /options)."""
+        return self.engine.get().server_options
+
+    @property
+    def downloads(self) -> ModelDownloader:
+        return self.engine.get().downloads
 
     def close(self, timeout: float | None = 10.0) -> None:
         self.queue.stop(timeout)
@@ -61,43 +90,104 @@ def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo, exte
                    scale_out: ScaleOut | None = None) -> Services:
     """Wire the services together, load the extensions (``extensions=False``: none, as
     ``--disable-all-extensions``) and start the worker (or, with ``scale_out``, the dispatch to Ray
-    workers). No model is loaded yet. Installing extensions is refused when ``network_exposed``
-    unless ``insecure_extensions``."""
+    workers), the engine included. No model is loaded yet. Installing extensions is refused when
+    ``network_exposed`` unless ``insecure_extensions``."""
+    services = start_services(paths, settings, lambda: device, extensions, network_exposed, insecure_extensions,
+                              scale_out)
+    services.engine.build_now()
+    return services
+
+
+def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[[], DeviceInfo],
+                   extensions: bool = True, network_exposed: bool = False, insecure_extensions: bool = False,
+                   scale_out: ScaleOut | None = None, on_engine: Callable[[Engine], None] | None = None) -> Services:
+    """As :func:`build_services`, but the engine is built when ``services.engine.start()`` (or its first
+    reader) asks: ``choose_device`` first, ``on_engine`` last, before anyone else sees it. With
+    ``scale_out`` the engine is built now: the Ray queue dispatches over the front's models."""
     hashes = HashCache(paths.hash_cache)
     registry = CheckpointRegistry(paths.checkpoint_dirs, hashes)
-    models = ModelManager(registry, device, paths.config_cache, settings.checkpoint_cache, settings.fast_path)
-    styles = StyleStore(paths.styles_file)
     addons = AddonLibrary(AddonRegistry(AddonKind.LORA, paths.lora_dirs, hashes),
                           AddonRegistry(AddonKind.EMBEDDING, paths.embedding_dirs, hashes),
                           AddonRegistry(AddonKind.VAE, paths.vae_dirs, hashes))
     manager = ExtensionManager(paths.builtin_extensions_dir, paths.user_extensions_dir, paths.extension_state_file,
                                enabled=extensions)
-    options = SettingsStore(paths.config_file, settings)
     outputs = OutputStore(ImageSaver(paths.outputs_dir), manager, settings.save_grid)
-    # 1. The queue and its workers: the renderer runs here, or on Ray workers (scale-out).
+    # 1. The engine, over the front built below; the in-process worker's executor as soon as it is made.
+    made: tuple[DeviceInfo, ModelManager] | None = None  # with Ray: the device and models its queue needs
+    executor: Future[Executor] = Future()
+
+    def build() -> Engine:
+        device, models = made if made is not None else _models(paths, settings, registry, choose_device())
+        return _build_engine(services, device, models, executor, on_engine)
+
+    engine = EngineSlot(build)
+    engine.future.add_done_callback(lambda built: _fail_executor(executor, built))
+    # 2. The queue and its workers: the renderer runs here (its jobs wait for the engine), or on Ray workers.
     job_queue: JobQueueContract
     on_close = None
     if scale_out is None:
-        job_queue = JobQueue(InProcessExecutor(Renderer(models, addons), outputs, manager), settings.queue_limit,
-                             shared=settings.shared_jobs, describe=lambda: (device.describe(), _title(models.current())))
+        job_queue = JobQueue(lambda spec, context: executor.result()(spec, context), settings.queue_limit,
+                             shared=settings.shared_jobs, describe=engine.describe)
     else:
-        job_queue, on_close = build_ray_queue(models, outputs, settings.queue_limit, settings.shared_jobs, scale_out)
-    # 2. The front, which every face submits through; then the extensions, whose host submits through it too.
-    generation = GenerationService(models, styles, settings.limits, addons, manager, options, job_queue)
-    models.on_loaded = lambda info, model: manager.model_loaded(info.title, model.arch.label)
-    manager.load_all(lambda name: ExtensionHost(name, generation, registry, paths.extension_settings_dir,
-                                                outputs.saver))
+        from modules.services.scaleout.front import build_ray_queue
+
+        made = _models(paths, settings, registry, choose_device())
+        job_queue, on_close = build_ray_queue(made[1], outputs, settings.queue_limit, settings.shared_jobs, scale_out)
+    services = Services(paths=paths, settings=settings, options=SettingsStore(paths.config_file, settings),
+                        registry=registry, outputs=outputs, queue=job_queue, styles=StyleStore(paths.styles_file),
+                        gallery=Gallery(paths.outputs_dir, paths.cache_dir), addons=addons, extensions=manager,
+                        installer=ExtensionInstaller(paths.user_extensions_dir, network_exposed, insecure_extensions,
+                                                     builtin_dir=paths.builtin_extensions_dir),
+                        engine=engine, on_close=on_close)
+    # 3. The extensions, whose hosts submit through the generation front once it is there.
+    manager.load_all(lambda name: ExtensionHost(name, lambda: services.generation, manager, registry,
+                                                paths.extension_settings_dir, outputs.saver))
     job_queue.start()
-    return Services(paths=paths, settings=settings, options=options,
-                    server_options=ServerOptions(options, models, addons, generation.switch_model), device=device,
-                    registry=registry, models=models,
-                    generation=generation, outputs=outputs, queue=job_queue, downloads=ModelDownloader(paths.default_checkpoint_dir),
-                    styles=styles, gallery=Gallery(paths.outputs_dir, paths.cache_dir), addons=addons,
-                    extensions=manager,
-                    installer=ExtensionInstaller(paths.user_extensions_dir, network_exposed, insecure_extensions,
-                                                 builtin_dir=paths.builtin_extensions_dir),
-                    on_close=on_close)
+    if scale_out is not None:
+        engine.build_now()
+    return services
 
 
-def _title(info: CheckpointInfo | None) -> str | None:
-    return info.title if info is not None else None
+def _fail_executor(executor: Future[Executor], built: Future[Engine]) -> None:
+    """An engine that could not be built fails the jobs waiting for its executor with its error."""
+    error = built.exception()
+    if error is not None and not executor.done():
+        executor.set_exception(error)
+
+
+def _models(paths: AppPaths, settings: Settings, registry: CheckpointRegistry,
+            device: DeviceInfo) -> tuple[DeviceInfo, ModelManager]:
+    # Imported here, on the engine's thread: the models module imports torch, diffusers and transformers.
+    from modules.services.models import ModelManager
+
+    return device, ModelManager(registry, device, paths.config_cache, settings.checkpoint_cache, settings.fast_path)
+
+
+def _build_engine(services: Services, device: DeviceInfo, models: ModelManager, executor: Future[Executor],
+                  on_engine: Callable[[Engine], None] | None) -> Engine:
+    """The engine over the front's services and the models. The in-process worker can run jobs from
+    here on, so ``on_engine`` (before any reader sees the engine) may queue one and wait for it."""
+    from modules.services.downloads import ModelDownloader
+    from modules.services.generation import GenerationService
+    from modules.services.server_options import ServerOptions
+
+    generation = GenerationService(models, services.styles, services.settings.limits, services.addons,
+                                   services.extensions, services.options, services.queue)
+    models.on_loaded = lambda info, model: services.extensions.model_loaded(info.title, model.arch.label)
+    if services.queue.mode is QueueMode.LOCAL:
+        executor.set_result(_in_process_executor(services, models))
+    engine = Engine(device=device, models=models, generation=generation,
+                    server_options=ServerOptions(services.options, models, services.addons, generation.switch_model),
+                    downloads=ModelDownloader(services.paths.default_checkpoint_dir))
+    if on_engine is not None:
+        on_engine(engine)
+    return engine
+
+
+def _in_process_executor(services: Services, models: ModelManager) -> Executor:
+    from modules.services.in_process import InProcessExecutor
+    from modules.services.preview_decoders import PreviewDecoders
+    from modules.services.renderer import Renderer
+
+    renderer = Renderer(models, services.addons, PreviewDecoders(services.paths.taesd_dir))
+    return InProcessExecutor(renderer, services.outputs, services.extensions)

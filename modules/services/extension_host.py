@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from PIL import Image
@@ -23,9 +24,12 @@ from PIL import Image
 from modules.atomic import write_text_atomic
 from modules.errors import ExtensionError
 from modules.params import GenerationRequest, GenerationResult
-from modules.services.generation import GenerationService
+from modules.services.checkpoint_registry import CheckpointRegistry
+from modules.services.extensions import ExtensionManager
 from modules.services.images import ImageSaver, OutputKind
-from modules.services.models import CheckpointRegistry
+
+if TYPE_CHECKING:
+    from modules.services.generation import GenerationService
 
 
 class FileSettings:
@@ -54,11 +58,11 @@ class FileSettings:
 
 
 class ExtensionHost:
-    def __init__(self, name: str, generation: GenerationService, registry: CheckpointRegistry,
-                 settings_dir: Path, saver: ImageSaver) -> None:
+    def __init__(self, name: str, generation: Callable[[], GenerationService], extensions: ExtensionManager,
+                 registry: CheckpointRegistry, settings_dir: Path, saver: ImageSaver) -> None:
         self.name = name
-        self._extensions = generation.extensions
-        self._generation = generation
+        self._extensions = extensions
+        self._generation = generation  # the generation front once the engine is built (asking waits for it)
         self._saver = saver
         self._registry = registry
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
@@ -81,7 +85,7 @@ class ExtensionHost:
             raise ExtensionError(f"Extension {self.name}: {refusal}")
         acting = self._extensions.acting_user()  # a script on this thread: its user, whoever kept this host
         owner = acting if acting is not None else self._owner
-        return self._generation.generate(request, owner=owner)
+        return self._generation().generate(request, owner=owner)
 
     def checkpoints(self) -> list[str]:
         return [info.title for info in self._registry.all()]

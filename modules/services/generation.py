@@ -20,10 +20,12 @@ from modules.errors import AtelierError, ExtensionError, FieldError, NoModelLoad
 from modules.extension_api import ScriptRun
 from modules.params import GenerationLimits, GenerationRequest, GenerationResult
 from modules.request_checks import normalize_request, validate_request
+from modules.services import memory_estimate
 from modules.services.addon_library import AddonLibrary
 from modules.services.extensions import ExtensionManager
 from modules.services.job_inputs import JobInputs
 from modules.services.job_types import Job, ModelSwitch, ModelUnload
+from modules.services.memory_estimate import MemoryEstimate
 from modules.services.models import ModelManager
 from modules.services.queue_contract import JobQueueContract
 from modules.services.server_options import with_server_defaults
@@ -127,6 +129,12 @@ class GenerationService:
     def count_tokens(self, prompt: str, steps: int) -> TokenCount:
         """The prompt's token count and chunk capacity, for the counter beside the prompt box."""
         return count_tokens(prompt or "", max(1, int(steps)))
+
+    def estimate_memory(self, request: GenerationRequest, init_image: bool = False) -> MemoryEstimate:
+        """The predicted peak device memory of one batch of ``request`` on the loaded model, its
+        memory mode and whether it fits, for the text beside the Generate button (``init_image``: the
+        tab sends one, which ``request`` leaves out). Changes nothing; "load a model" without one."""
+        return memory_estimate.estimate(self.models.loaded_model(), request, init_image)
 
     def switch_model(self, checkpoint: str) -> Job:
         self.models.registry.require(checkpoint)

@@ -84,8 +84,10 @@ class JobContext:
         self._skip = threading.Event()
         self._started: float | None = None
         self._step = self._total = self._batch = self._batches = 0
-        self._latents: Any = None
+        self._latents: Any = None  # of the latest step that gets a live preview
+        self._latents_key: tuple[int, int] | None = None  # (batch, step) they are from
         self._render: Callable[[Any], Image.Image] | None = None
+        self._render_lock = threading.Lock()  # one render at a time: a second reader gets the same picture
         self._preview_key: tuple[int, int] | None = None
         self._preview: Image.Image | None = None
 
@@ -118,8 +120,12 @@ class JobContext:
             self._batch, self._batches, self._step, self._total = index, count, 0, steps
 
     def on_step(self, step: int, total: int, latents: Any, render: Callable[[Any], Image.Image]) -> None:
+        """Step ``step`` of ``total`` is done. ``latents``: what its live preview is drawn from (by
+        ``render``, when a reader asks), or None on a step that gets none (the last ones kept stay)."""
         with self._lock:
-            self._step, self._total, self._latents, self._render = step, total, latents, render
+            self._step, self._total = step, total
+            if latents is not None:
+                self._latents, self._latents_key, self._render = latents, (self._batch, step), render
 
     def mirror(self, step: int, total: int, batch_index: int, batch_count: int) -> None:
         """Progress that another process reports (a remote worker); the stop flags stay as they are."""
@@ -138,15 +144,17 @@ class JobContext:
 
     # Reading, from any thread.
     def preview(self) -> Image.Image | None:
-        """The live preview of the latest step, rendered on demand and at most once per step."""
-        with self._lock:
-            key, latents, render = (self._batch, self._step), self._latents, self._render
-            if key == self._preview_key or latents is None or render is None:
-                return self._preview
-        image = render(latents)
-        with self._lock:
-            self._preview_key, self._preview = key, image
-        return image
+        """The live preview of the latest step that gets one, rendered on demand (on the caller's
+        thread, never the worker's) and at most once per such step."""
+        with self._render_lock:
+            with self._lock:
+                key, latents, render = self._latents_key, self._latents, self._render
+                if key == self._preview_key or latents is None or render is None:
+                    return self._preview
+            image = render(latents)
+            with self._lock:
+                self._preview_key, self._preview = key, image
+            return image
 
     def snapshot(self, job_id: str, status: JobStatus, position: int) -> ProgressSnapshot:
         with self._lock:

@@ -1,8 +1,8 @@
-"""Checkpoints: discovering them, naming them as A1111 does, and keeping one loaded.
+"""Checkpoints in use: keeping one loaded (and a refiner), the RAM cache, the VAE swapped in.
 
-Names follow A1111 so that API clients and saved infotexts keep working: ``name`` is the path
-relative to its checkpoint folder, ``title`` is ``name [shorthash]``, ``model_name`` is the stem.
-A failed load never replaces the model that is loaded: the new one is built first.
+The checkpoint files themselves are found and named in :mod:`modules.services.checkpoint_registry`
+(re-exported here). A failed load never replaces the model that is loaded: the new one is built
+first, and placed on the device only once the previous one has left it.
 """
 
 from __future__ import annotations
@@ -15,117 +15,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from modules.engine.checkpoint_files import CHECKPOINT_SUFFIXES
-from modules.engine.devices import DeviceInfo
+import torch
+
+from modules.engine.devices import DeviceInfo, MemoryMode
+from modules.engine.fast_path import apply_fast_path
 from modules.engine.loader import LoadedModel, load_model
-from modules.engine.memory import apply_fast_path, park, release_memory, unpark
+from modules.engine.memory import free_device_bytes, on_device_bytes, park, release_memory, unpark, weights_bytes
+from modules.engine.placement import effective_mode, offload_idle, place, place_component, replace_mode
 from modules.engine.vae import load_vae, swap_vae
-from modules.errors import ModelLoadError, ModelNotFoundError, NoModelLoadedError
+from modules.errors import ModelLoadError, NoModelLoadedError
 from modules.services.addons import AddonFile
-from modules.services.hashing import SHORT_HASH_LENGTH, HashCache
+from modules.services.checkpoint_registry import CheckpointInfo, CheckpointRegistry
+
+__all__ = ["CheckpointInfo", "CheckpointRegistry", "ModelManager", "SwitchReport"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """A checkpoint on disk, by A1111's naming."""
-
-    path: Path
-    name: str
-    model_name: str
-    sha256: str | None = None
-
-    @property
-    def shorthash(self) -> str | None:
-        return self.sha256[:SHORT_HASH_LENGTH] if self.sha256 else None
-
-    @property
-    def title(self) -> str:
-        return f"{self.name} [{self.shorthash}]" if self.shorthash else self.name
-
-    def matches(self, query: str) -> bool:
-        q = query.strip()
-        if q in (self.title, self.name, self.model_name, str(self.path)):
-            return True
-        if q.split(" [")[0] == self.name:  # a title whose hash we have not computed yet
-            return True
-        return bool(self.sha256 and len(q) >= 8 and self.sha256.startswith(q.lower()))
-
-
-def _is_diffusers_folder(path: Path) -> bool:
-    return (path / "model_index.json").is_file() and (path / "unet").is_dir()
-
-
-def _scan_dir(root: Path) -> list[Path]:
-    found: list[Path] = []
-    if not root.is_dir():
-        return found
-    pending = [root]
-    while pending:
-        folder = pending.pop()
-        for entry in sorted(folder.iterdir()):
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                (found if _is_diffusers_folder(entry) else pending).append(entry)
-            elif entry.suffix.lower() in CHECKPOINT_SUFFIXES:
-                found.append(entry)
-    return found
-
-
-class CheckpointRegistry:
-    """The checkpoints found in the configured folders; rescanned on :meth:`refresh`."""
-
-    def __init__(self, folders: tuple[Path, ...], hashes: HashCache) -> None:
-        self._folders = folders
-        self._hashes = hashes
-        self._lock = threading.Lock()
-        self._items: tuple[CheckpointInfo, ...] | None = None
-
-    @property
-    def folders(self) -> tuple[Path, ...]:
-        return self._folders
-
-    def refresh(self) -> tuple[CheckpointInfo, ...]:
-        items = []
-        for root in self._folders:
-            for path in _scan_dir(root):
-                name = path.relative_to(root).as_posix()
-                stem = path.name if path.is_dir() else path.stem
-                items.append(CheckpointInfo(path=path, name=name, model_name=stem, sha256=self._hashes.cached(path)))
-        items.sort(key=lambda i: i.name.lower())
-        with self._lock:
-            self._items = tuple(items)
-        log.info("Found %d checkpoint(s) in %s", len(items), ", ".join(str(f) for f in self._folders))
-        return self._items
-
-    def all(self) -> tuple[CheckpointInfo, ...]:
-        with self._lock:
-            items = self._items
-        return items if items is not None else self.refresh()
-
-    def find(self, query: str) -> CheckpointInfo | None:
-        for info in self.all():
-            if info.matches(query):
-                return info
-        return None
-
-    def require(self, query: str) -> CheckpointInfo:
-        info = self.find(query)
-        if info is None:
-            raise ModelNotFoundError(query, [i.title for i in self.all()])
-        return info
-
-    def hashed(self, info: CheckpointInfo) -> CheckpointInfo:
-        """``info`` with its sha256, computing it once; the registry's entry is updated too."""
-        if info.sha256:
-            return info
-        full = replace(info, sha256=self._hashes.sha256(info.path))
-        with self._lock:
-            if self._items is not None:
-                self._items = tuple(full if i.path == info.path else i for i in self._items)
-        return full
+GIB = 1024**3
+# What a job needs beyond the weights when two checkpoints share the GPU (activations, the VAE decode).
+_ROOM_FOR_A_JOB = 2 * GIB
 
 
 @dataclass(frozen=True)
@@ -170,7 +78,13 @@ class ModelManager:
         # another checkpoint (an override) loads that one for itself and leaves the selection alone.
         self._selected: CheckpointInfo | None = None
         self._vae: _VaeInUse | None = None
+        self._full_precision_vaes: set[Path] = set()  # external VAEs that overflowed in half precision
         self.on_loaded: Callable[[CheckpointInfo, LoadedModel], None] | None = None  # extensions' MODEL_LOADED
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether models get the fast path (compiled UNet, LoRAs merged into the weights)."""
+        return self._fast_path
 
     @property
     def last_error(self) -> str | None:
@@ -219,18 +133,15 @@ class ModelManager:
             cached = self._cache.pop(info.path, None)
         if cached is not None:
             model, info = cached
-            unpark(model)
         else:
-            try:
-                model = load_model(info.path, self.device, self._config_cache)  # the old model stays untouched
+            try:  # read into RAM; the old model stays untouched
+                model = load_model(info.path, self.device, self._config_cache, placed=False)
             except ModelLoadError as exc:
                 with self._lock:
                     self._last_error = str(exc)
                 raise
-            if self._fast_path:
-                apply_fast_path(model)
             info = self.registry.hashed(info)
-        self._make_current(model, info)
+        self._make_current(model, info, fresh=cached is None)
         self.last_switch = SwitchReport(info.title, cached is not None, time.perf_counter() - started)
         log.info("Checkpoint %s %s in %.2f s", info.title, "taken from the RAM cache" if cached else "loaded",
                  self.last_switch.seconds)
@@ -238,25 +149,101 @@ class ModelManager:
             self.on_loaded(info, model)
         return info
 
-    def _make_current(self, model: LoadedModel, info: CheckpointInfo) -> None:
-        """``model`` becomes the loaded one; the previous one goes to the RAM cache (or is freed)."""
+    def _make_current(self, model: LoadedModel, info: CheckpointInfo, fresh: bool) -> None:
+        """``model`` becomes the loaded one. The previous one leaves the device first (to the RAM cache,
+        or freed), unless the GPU has room for both, so a switch never needs two models' memory."""
         with self._lock:
-            previous, self._loaded, self._last_error = self._loaded, (model, info), None
-            self._last_loaded = info
-            vae_state, self._vae = self._vae, None
-        if previous is None:
+            previous, vae_state = self._loaded, self._vae
+        # 1. The previous model, with its own VAE back in, leaves the device.
+        if previous is not None:
+            if vae_state is not None and vae_state.model is previous[0]:
+                self._swap_in(previous[0], vae_state.own)
+            self._retire(previous, model)
+        # 2. The new one takes its place; if that fails, the previous one comes back.
+        try:
+            self._place(model, fresh)
+        except Exception as exc:
+            if previous is not None:
+                self._take_back(previous)
+            with self._lock:
+                self._last_error = f"{info.name}: {exc}"
+            raise ModelLoadError(str(info.path), f"could not be placed on {self.device.device}: {exc}") from exc
+        with self._lock:
+            self._loaded, self._last_error, self._last_loaded = (model, info), None, info
+            self._vae = None
+
+    def _place(self, model: LoadedModel, fresh: bool) -> None:
+        if not fresh:
+            unpark(model)
             return
-        if vae_state is not None and vae_state.model is previous[0]:  # cached with its own VAE back in
-            swap_vae(previous[0].pipeline, vae_state.own)  # type: ignore[arg-type]
+        place(model.pipeline, model.arch, model.device)
+        if self._fast_path:
+            apply_fast_path(model)
+
+    def _room_for_both(self, incoming: LoadedModel) -> bool:
+        """Whether the GPU can hold the incoming model beside the parked one, with room for a job."""
+        free = free_device_bytes(self.device.device)
+        if free is None or effective_mode(self.device, incoming.arch) is not MemoryMode.FULL:
+            return False
+        needed = weights_bytes(incoming) - on_device_bytes(incoming) + _ROOM_FOR_A_JOB
+        return free >= needed
+
+    def _retire(self, previous: tuple[LoadedModel, CheckpointInfo], incoming: LoadedModel) -> None:
+        """The previous model goes to the RAM cache (kept on the GPU when there is room), or is freed."""
         evicted = []
         if self._cache_size > 0:
-            park(previous[0])
+            if not self._room_for_both(incoming):
+                park(previous[0])
             with self._lock:
+                self._loaded = None
                 self._cache[previous[1].path] = previous
                 while len(self._cache) > self._cache_size:
                     evicted.append(self._cache.popitem(last=False)[1])
+        else:
+            with self._lock:
+                self._loaded = None
+        dropped = bool(evicted) or self._cache_size == 0
         del previous, evicted
-        release_memory(self.device.device)
+        release_memory(self.device.device, collect=dropped)
+
+    def _take_back(self, previous: tuple[LoadedModel, CheckpointInfo]) -> None:
+        with self._lock:
+            self._cache.pop(previous[1].path, None)
+            self._loaded = previous
+        unpark(previous[0])
+
+    def make_room(self) -> None:
+        """Park cached models still on the GPU (a job needs their memory), then free what is unused."""
+        with self._lock:
+            cached = [model for model, _info in self._cache.values()]
+        for model in cached:
+            if on_device_bytes(model):
+                park(model)
+        release_memory(self.device.device)  # after a failed job: its dead tensors too
+
+    def use_mode(self, model: LoadedModel, mode: MemoryMode) -> LoadedModel:
+        """``model`` in memory mode ``mode`` for a job (the memory plan's choice); the manager keeps
+        the re-placed model, so the next job starts from it."""
+        if effective_mode(model.device, model.arch) is mode:
+            return model
+        device = replace(model.device, memory=mode)
+        replace_mode(model.pipeline, model.arch, device)
+        moved = replace(model, device=device)
+        with self._lock:
+            if self._loaded is not None and self._loaded[0] is model:
+                self._loaded = (moved, self._loaded[1])
+            if self._vae is not None and self._vae.model is model:
+                self._vae = replace(self._vae, model=moved)
+        return moved
+
+    def job_done(self, model: LoadedModel) -> None:
+        """After a job: under model offload, every component back to RAM until the next one; an
+        external VAE that had to fall back to float32 is remembered, so it loads in float32 next time."""
+        offload_idle(model.pipeline, model.arch, model.device)
+        with self._lock:
+            state = self._vae if self._vae is not None and self._vae.model is model else None
+            if state is not None and state.file is not None and model.pipeline.vae.dtype != self.device.vae:
+                self._full_precision_vaes.add(state.file.path)
 
     def cached_titles(self) -> list[str]:
         """Checkpoints waiting in RAM, least recently used first."""
@@ -271,8 +258,9 @@ class ModelManager:
         release_memory(self.device.device)
 
     def release(self) -> None:
-        """Give back memory after a failed job (an out-of-memory error leaves dead tensors behind)."""
-        release_memory(self.device.device)
+        """Give back memory after a failed job (an out-of-memory error leaves dead tensors behind),
+        with any cached model still on the GPU parked in RAM."""
+        self.make_room()
 
     def acquire(self, query: str | None) -> tuple[LoadedModel, CheckpointInfo]:
         """The model a job should use: the one asked for, else the server's selected one, else the
@@ -334,7 +322,17 @@ class ModelManager:
         if state is None and file is None:
             return  # nothing swapped yet: the checkpoint's own is in place
         vae = own if file is None else load_vae(file.path, model.arch, self.device, self._config_cache)
-        swap_vae(model.pipeline, vae)  # type: ignore[arg-type]
+        if file is not None and file.path in self._full_precision_vaes:
+            vae.to(dtype=torch.float32)  # it overflowed in half precision before
+        self._swap_in(model, vae)
         with self._lock:
             self._vae = _VaeInUse(model, file, own)
         log.info("VAE: %s", file.name if file else "the checkpoint's own")
+
+    def _swap_in(self, model: LoadedModel, vae: object) -> object:
+        """Put ``vae`` into the model under its memory scheme; the one it replaces waits in RAM."""
+        old = swap_vae(model.pipeline, vae)  # type: ignore[arg-type]
+        place_component(model.pipeline, model.arch, model.device, vae)  # type: ignore[arg-type]
+        if old is not vae and effective_mode(model.device, model.arch) is MemoryMode.FULL:
+            old.to("cpu")
+        return old

@@ -13,6 +13,7 @@ import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -20,7 +21,9 @@ from modules.extension_api import Hook
 from modules.params import GeneratedImage, GenerationRequest, GenerationResult
 from modules.services.extensions import ExtensionManager
 from modules.services.images import ImageSaver, OutputKind, make_grid, png_bytes
-from modules.services.renderer import RenderedJob, Rendering
+
+if TYPE_CHECKING:  # the renderer imports torch; the store only reads what it hands over
+    from modules.services.renderer import RenderedJob, Rendering
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,13 @@ from modules.engine.hires import HiresPlan, run_hires
 from modules.engine.loader import LoadedModel
 from modules.engine.lora import apply_loras
 from modules.engine.memory import is_out_of_memory
-from modules.engine.preview import latents_to_preview
 from modules.engine.sampling.loop import NoisePlan
-from modules.errors import OutOfMemoryError
+from modules.errors import NotEnoughMemoryError, OutOfMemoryError
 from modules.infotext import ModelIdentity, build_infotext
 from modules.extension_helpers import png_with_infotext
 from modules.params import (
     LATENT_SCALE,
+    NO_LIVE_PREVIEW,
     VAE_AUTOMATIC,
     GeneratedImage,
     GenerationRequest,
@@ -42,7 +42,9 @@ from modules.samplers import resolve_sampler
 from modules.services.addon_library import AddonLibrary, JobEmbeddings, JobPrompts
 from modules.services.addons import AddonFile
 from modules.services.job_inputs import JobInputs
+from modules.services.memory_estimate import choose_for_request, forced_mode
 from modules.services.models import CheckpointInfo, ModelManager
+from modules.services.preview_decoders import PreviewDecoders
 from modules.upscalers import find_upscaler
 
 log = logging.getLogger(__name__)
@@ -128,25 +130,30 @@ def _encoded(request: GenerationRequest, images: list[Image.Image], first: int, 
 
 
 class _Observer:
-    """Adapts a job's progress to the engine's step observer, and calls the step hook each step."""
+    """Adapts a job's progress to the engine's step observer: hands the job's context the latents of
+    the steps that get a live preview (with how to draw them), and calls the step hook each step."""
 
     def __init__(self, context: JobProgress, model: LoadedModel, request: GenerationRequest,
-                 step_hook: StepHook | None) -> None:
+                 step_hook: StepHook | None, previews: PreviewDecoders) -> None:
         self._context = context
-        self._arch = model.arch
         self._request = request
         self._step_hook = step_hook
+        self._preview = request.live_preview
+        self._render = (previews.renderer(model, self._preview.method)
+                        if self._preview.every != NO_LIVE_PREVIEW else _no_preview)
 
     def on_step(self, step: int, total: int, denoised: Any) -> None:
-        self._context.on_step(step, total, denoised, self._render)
+        kept = denoised if self._preview.due(step, total) else None
+        self._context.on_step(step, total, kept, self._render)
         if self._step_hook is not None:
             self._step_hook(self._context.job_id, step, total, self._request, self._context.interrupt)
 
     def should_stop(self) -> bool:
         return self._context.should_stop()
 
-    def _render(self, latents: Any) -> Image.Image:
-        return latents_to_preview(latents, self._arch)
+
+def _no_preview(latents: Any) -> Image.Image:
+    raise AssertionError("a job without live previews keeps no latents to draw")
 
 
 @dataclass(frozen=True)
@@ -167,9 +174,10 @@ class _JobSetup:
 class Renderer:
     """Renders prepared jobs on this process's device."""
 
-    def __init__(self, models: ModelManager, addons: AddonLibrary) -> None:
+    def __init__(self, models: ModelManager, addons: AddonLibrary, previews: PreviewDecoders | None = None) -> None:
         self.models = models
         self.addons = addons
+        self.previews = previews or PreviewDecoders(None)  # None: TAESD previews fall back to Approx cheap
 
     def render(self, request: GenerationRequest, context: JobProgress, sink: ImageSink,
                step_hook: StepHook | None = None) -> Rendering:
@@ -199,15 +207,18 @@ class Renderer:
         inputs = JobInputs.of(request)
         # 3. Each batch: sample, then hand every image with its own infotext to the sink.
         made = 0
-        for batch_index in range(request.batch_count):
-            if context.interrupted:
-                break
-            images = self._run_batch(request, job, inputs, batch_index, context, sink, step_hook)
-            if images is None:  # interrupted or skipped mid-batch: its images are unfinished
-                continue
-            first = batch_index * request.batch_size
-            sink.batch(request, inputs.finish(images), first, self._texts(request, first, len(images), job))
-            made += len(images)
+        try:
+            for batch_index in range(request.batch_count):
+                if context.interrupted:
+                    break
+                images = self._run_batch(request, job, inputs, batch_index, context, sink, step_hook)
+                if images is None:  # interrupted or skipped mid-batch: its images are unfinished
+                    continue
+                first = batch_index * request.batch_size
+                sink.batch(request, inputs.finish(images), first, self._texts(request, first, len(images), job))
+                made += len(images)
+        finally:
+            self.models.job_done(job.model)
         elapsed = time.perf_counter() - started
         log.info("%s: %d image(s), %s, %d steps, %dx%d, seed %d, %s, %.1f s%s",
                  "img2img" if request.is_img2img else "txt2img", made, request.sampler, request.steps,
@@ -228,10 +239,11 @@ class Renderer:
     def _setup(self, request: GenerationRequest) -> _JobSetup:
         """The model, its VAE, the LoRAs the prompts name, the embeddings they mention, the refiner."""
         model, info = self.models.acquire(request.checkpoint)
+        model = self._memory_mode_for(model, request)
         vae = self.addons.vae_file(request.vae or VAE_AUTOMATIC, info.model_name)
         self.models.use_vae(model, vae)
         prompts = self.addons.prompts(request)
-        apply_loras(model.pipeline, prompts.loras)
+        apply_loras(model.pipeline, prompts.loras, fuse=self.models.fast_path)
         embeddings = self.addons.embeddings_for(model, prompts.texts())
         refiner = refiner_info = None
         if request.refiner is not None and request.refiner.switch_at < 1.0:
@@ -244,12 +256,26 @@ class Renderer:
         return _JobSetup(model, info, ModelIdentity(name=info.model_name, hash=info.shorthash), used, prompts,
                          embeddings, refiner, extra)
 
+    def _memory_mode_for(self, model: LoadedModel, request: GenerationRequest) -> LoadedModel:
+        """The model in the memory mode the job's predicted peak allows (CUDA only; logged). A job that
+        cannot fit is refused before any work, after cached models have left the GPU."""
+        forced = forced_mode(model.device, model.arch)
+        try:
+            choice = choose_for_request(model, request, forced)
+        except NotEnoughMemoryError:
+            self.models.make_room()
+            choice = choose_for_request(model, request, forced)
+        if choice.budget_bytes is None:  # off CUDA: the models share system memory; the mode stays
+            return model
+        log.info("Memory: %s", choice.reason)
+        return self.models.use_mode(model, choice.mode)
+
     def _run_batch(self, request: GenerationRequest, job: _JobSetup, inputs: JobInputs, batch_index: int,
                    context: JobProgress, sink: ImageSink, step_hook: StepHook | None) -> list[Image.Image] | None:
         """One batch's finished images (hires fix's second pass included), or None when stopped."""
         first = batch_index * request.batch_size
         task = _task(request, inputs, first, job.prompts, job.embeddings)
-        observer = _Observer(context, job.model, request, step_hook)
+        observer = _Observer(context, job.model, request, step_hook, self.previews)
         if request.hires is None:
             context.begin_batch(batch_index, request.batch_count, request.steps)
             return run_task(job.model, task, observer, job.refiner)

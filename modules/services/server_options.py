@@ -16,7 +16,7 @@ from typing import Any
 from modules.config import Settings
 from modules.errors import FieldError, ValidationError
 from modules.options_table import BY_SETTING, CHECKPOINT_OPTION, OPTIONS
-from modules.params import GenerationRequest
+from modules.params import GenerationRequest, PreviewMethod
 from modules.samplers import RngSource
 from modules.services.addon_library import AddonLibrary
 from modules.services.models import ModelManager
@@ -36,6 +36,9 @@ def with_server_defaults(request: GenerationRequest, settings: Settings) -> Gene
                               else request.eta_noise_seed_delta),
         rng=RngSource(settings.randn_source) if request.rng is None else request.rng,
         vae=settings.sd_vae if request.vae is None else request.vae,
+        preview_method=(PreviewMethod(settings.show_progress_type) if request.preview_method is None
+                        else request.preview_method),
+        preview_every=settings.show_progress_every_n_steps if request.preview_every is None else request.preview_every,
         hires=hires)
 
 

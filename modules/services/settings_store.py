@@ -11,18 +11,25 @@ import dataclasses
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modules.config import Settings, save_settings, setting_problem
-from modules.engine.loader import LoadedModel
-from modules.engine.prompt_encoding import clip_skip_limit
 from modules.errors import FieldError, ValidationError
+
+if TYPE_CHECKING:
+    from modules.engine.loader import LoadedModel
 
 
 def clip_skip_max_of(model: LoadedModel | None) -> int | None:
     """The loaded model's limit for ``clip_skip`` (its text encoders' fewest layers); None without one
     (a scale-out front: the workers hold the models, and their engine checks it per job)."""
-    return None if model is None else clip_skip_limit(model.pipeline, model.arch)
+    if model is None:
+        return None
+    from modules.engine.prompt_encoding import (
+        clip_skip_limit,  # imports torch: a loaded model has it already
+    )
+
+    return clip_skip_limit(model.pipeline, model.arch)
 
 
 def clip_skip_problem(value: object, maximum: int | None, model: str = "the loaded model") -> str | None:

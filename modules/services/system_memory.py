@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from modules.engine.devices import DeviceInfo
-from modules.engine.memory import memory_stats
+if TYPE_CHECKING:
+    from modules.engine.devices import DeviceInfo
 
 GIB = 1024**3
 
@@ -52,6 +53,13 @@ def _rss() -> int:
         return 0
 
 
-def memory_report(device: DeviceInfo) -> MemoryReport:
+def memory_report(device: DeviceInfo | None) -> MemoryReport:
+    """RAM always; the GPU's memory when there is a device (None: the engine is still starting)."""
     total, free = _meminfo()
+    if device is None:
+        return MemoryReport(ram_total=total, ram_free=free, process_rss=_rss())
+    from modules.engine.memory import (
+        memory_stats,  # imports torch, which a chosen device has loaded already
+    )
+
     return MemoryReport(ram_total=total, ram_free=free, process_rss=_rss(), gpu=memory_stats(device.device))

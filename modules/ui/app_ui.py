@@ -10,8 +10,19 @@ from modules import __version__
 from modules.extension_api import Hook, UiTabs
 from modules.infotext import parse_infotext
 from modules.services.container import Services
+from modules.services.engine_slot import STARTING
 from modules.services.system_memory import memory_report
-from modules.ui import checkpoints, escape, extensions_tab, gallery, img2img, inpaint, png_info, txt2img, workers_panel
+from modules.ui import (
+    checkpoints,
+    escape,
+    extensions_tab,
+    gallery,
+    img2img,
+    inpaint,
+    png_info,
+    txt2img,
+    workers_panel,
+)
 from modules.ui.generation_form import GenerationForm
 from modules.ui.send_to import SendWiring
 
@@ -43,10 +54,14 @@ def build_ui(services: Services) -> gr.Blocks:
 
 
 def _footer(services: Services) -> None:
-    """Version, device and memory use, refreshed every few seconds while the page is open."""
+    """Version, device and memory use, refreshed every few seconds while the page is open (the device
+    reads "starting…" until the engine is built: the page never waits for torch)."""
     def text() -> str:
-        memory = memory_report(services.device).summary()
-        return f"Atelier {__version__} · device: {services.device.describe()}" + (f" · {memory}" if memory else "")
+        engine = services.engine.peek()
+        device = engine.device if engine is not None else None
+        memory = memory_report(device).summary()
+        described = device.describe() if device is not None else STARTING
+        return f"Atelier {__version__} · device: {described}" + (f" · {memory}" if memory else "")
 
     footer = gr.Markdown(text(), elem_id="footer")
     gr.Timer(5.0).tick(text, outputs=[footer], show_progress="hidden", api_visibility="private", queue=False)

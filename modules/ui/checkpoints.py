@@ -77,6 +77,8 @@ def build_bar(services: Services) -> gr.Dropdown:
 
     def on_tick() -> tuple[dict, str, gr.Timer]:
         # Polls until a model is loaded (startup loads in the background), then stops itself.
+        if services.engine.peek() is None:  # torch and the startup model are still on their way
+            return gr.skip(), _status_text(services), gr.Timer(active=True)
         if services.models.current() is None and services.registry.all() and not services.models.last_error:
             return gr.skip(), _status_text(services), gr.Timer(active=True)
         return gr.update(choices=_titles(services), value=_current_title(services)), _status_text(services), \
@@ -93,6 +95,8 @@ def build_bar(services: Services) -> gr.Dropdown:
 
 def _status_text(services: Services) -> str:
     """Markdown: checkpoint titles are file names, and errors quote them, so both are escaped."""
+    if services.engine.peek() is None:
+        return "Loading the model…" if services.registry.all() else ""
     current, error = services.models.current(), services.models.last_error
     title = escape.markdown(current.title) if current else ""
     if error:

@@ -25,7 +25,7 @@ from modules.ui import escape
 from modules.ui.common import progress_html, ui_error, wait_for
 from modules.ui.extension_panels import ExtensionControls, build_extension_controls, run_script_for
 from modules.ui.extra_networks_ui import build_browser
-from modules.ui.form_fields import Component, FormFields, Values
+from modules.ui.form_fields import HIRES, SHARED, Component, FormFields, Values
 from modules.ui.hires_refiner import build_refiner
 from modules.ui.session import user_of
 from modules.ui.styles_ui import build_styles
@@ -56,6 +56,7 @@ class GenerationForm:
     infos: gr.State  # per shown image: {"seed", "infotext", "path"}
     selected: gr.State  # index of the selected image in the gallery
     extensions: ExtensionControls
+    memory_estimate: gr.Markdown  # the predicted peak memory, beside Generate
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,8 @@ class _Results:
     send_buttons: dict[str, gr.Button]
 
 
-def _build_prompts(prefix: str) -> tuple[dict[str, Component], dict[str, gr.Button]]:
-    """The prompt boxes (by field name) and the buttons beside them."""
+def _build_prompts(prefix: str) -> tuple[dict[str, Component], dict[str, Component]]:
+    """The prompt boxes (by field name), and the buttons and memory estimate beside them."""
     with gr.Row():
         with gr.Column(scale=6):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt",
@@ -83,8 +84,9 @@ def _build_prompts(prefix: str) -> tuple[dict[str, Component], dict[str, gr.Butt
                 skip = gr.Button("Skip", elem_id=f"{prefix}_skip", size="sm")
             # A1111's "read generation parameters": a whole infotext pasted into the prompt fills the form.
             paste = gr.Button("↙️ Read parameters from prompt", size="sm", elem_id=f"{prefix}_paste")
+            estimate = gr.Markdown("", elem_id=f"{prefix}_memory_estimate", elem_classes="memory-estimate")
     return ({"prompt": prompt, "negative_prompt": negative},
-            {"generate": generate, "interrupt": interrupt, "skip": skip, "paste": paste})
+            {"generate": generate, "interrupt": interrupt, "skip": skip, "paste": paste, "estimate": estimate})
 
 
 def _build_sampling(prefix: str, services: Services) -> dict[str, Component]:
@@ -172,9 +174,35 @@ def build_form(prefix: str, services: Services, extra: Declare | None = None,
             results = _build_results(prefix, send_to)
     form = GenerationForm(prefix, declared, buttons["generate"], buttons["interrupt"], buttons["skip"],
                           buttons["paste"], results.progress, results.preview, results.gallery, results.info,
-                          results.send_buttons, gr.State(None), gr.State([]), gr.State(0), extensions)
+                          results.send_buttons, gr.State(None), gr.State([]), gr.State(0), extensions,
+                          buttons["estimate"])
     _wire_seed_buttons(form, random_seed, reuse_seed)
+    gr.on(None, **_memory_estimate_event(form, services))  # on page load and whenever its inputs change
     return form
+
+
+# What the memory estimate reads: the sizes, the batch, guidance (CFG 1 halves the UNet's batch) and
+# the hires fix (txt2img). The prompts are left out: they change its estimate little, and on each key.
+_ESTIMATE_FIELDS = ("width", "height", "batch_size", "cfg_scale", *HIRES.keys())
+
+
+def _memory_estimate_event(form: GenerationForm, services: Services) -> dict[str, Any]:
+    """The keyword arguments of an event that shows the predicted peak memory of the form's job
+    beside Generate. It only reads (the loaded model's weights and the device's free memory)."""
+    names = [name for name in _ESTIMATE_FIELDS if name in form.fields]
+    init_image = form.prefix != "txt2img"  # img2img and inpaint always encode an init image
+
+    def estimate(*values: Any) -> str:
+        engine = services.engine.peek()
+        if engine is None:
+            return "Estimated peak memory: Atelier is starting"
+        named = dict(zip(names, values, strict=True))
+        request = GenerationRequest(**{name: SHARED[name].read(named[name]) for name in names if name in SHARED},
+                                    hires=HIRES.read(named))
+        return engine.generation.estimate_memory(request, init_image).summary
+
+    return {"fn": estimate, "inputs": form.fields.components_of(names), "outputs": [form.memory_estimate],
+            "queue": False, "show_progress": "hidden", "trigger_mode": "always_last", "api_visibility": "private"}
 
 
 def _wire_token_counters(prefix: str, services: Services, prompt: gr.Textbox, negative: gr.Textbox) -> None:
@@ -259,8 +287,9 @@ def wire_generation(form: GenerationForm, services: Services, make_request: Make
 
     outputs = [form.job_id, form.progress, form.preview, form.gallery, form.info, form.infos]
     for trigger in triggers or [form.generate.click]:  # Ctrl+Enter presses Generate (see common.HEAD)
-        trigger(run, inputs=form.fields.inputs() | form.extensions.inputs(), outputs=outputs, concurrency_limit=None,
-                show_progress="hidden", api_visibility="private")
+        event = trigger(run, inputs=form.fields.inputs() | form.extensions.inputs(), outputs=outputs,
+                        concurrency_limit=None, show_progress="hidden", api_visibility="private")
+        event.then(**_memory_estimate_event(form, services))  # the job may have loaded another model
     if with_stop_buttons:
         _wire_stop_buttons(form, services)
 

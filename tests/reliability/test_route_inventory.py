@@ -93,6 +93,7 @@ UI_EVENTS = {
     "modules.ui.gallery:_wire_selection.<locals>.<lambda>": False,
     "modules.ui.gallery:_wire_selection.<locals>.on_delete": True,
     "modules.ui.gallery:_wire_selection.<locals>.on_select": False,
+    "modules.ui.generation_form:_memory_estimate_event.<locals>.estimate": False,  # reads: a prediction
     "modules.ui.generation_form:_wire_seed_buttons.<locals>.<lambda>": False,
     "modules.ui.generation_form:_wire_seed_buttons.<locals>.on_select": False,
     "modules.ui.generation_form:_wire_token_counters.<locals>.<lambda>": False,

@@ -40,6 +40,9 @@ def test_brush_stroke_in_the_inpaint_tab_changes_only_what_lies_under_it(page, s
     for step in range(1, 12):
         page.mouse.move(cx - 100, cy - 110 + step * 20)
     page.mouse.up()
+    # The editor composites the stroke into its mask layer asynchronously; on a loaded machine a
+    # click straight after could send the form before the mask is part of it.
+    page.wait_for_timeout(1000)
     for elem_id, value in (("inpaint_width", 64), ("inpaint_height", 64), ("inpaint_steps", 4),
                            ("img2img_mask_blur", 1), ("inpaint_denoising_strength", 1)):
         set_number(page, elem_id, value)

@@ -13,7 +13,7 @@ Callback = Callable[[dict[str, Any]], None] | None
 class NoiseSampler(Protocol):
     """Returns fresh noise shaped like the latents for the step from ``sigma`` to ``sigma_next``."""
 
-    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, sigma: float | torch.Tensor, sigma_next: float | torch.Tensor) -> torch.Tensor: ...
 
 
 def default_noise_sampler(x: torch.Tensor) -> NoiseSampler:
@@ -33,6 +33,20 @@ def append_dims(x: torch.Tensor, target_dims: int) -> torch.Tensor:
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
     """The probability-flow ODE's derivative dx/dsigma in the Karras et al. parametrisation."""
     return (x - denoised) / append_dims(sigma, x.ndim)
+
+
+def sigma_levels(sigmas: torch.Tensor) -> list[float]:
+    """The sigmas as Python floats, read once per job: a sampler branches on these, never on a device
+    tensor (each ``tensor > 0`` in control flow would make the host wait for the device every step)."""
+    return [float(level) for level in sigmas.detach().tolist()]
+
+
+def ancestral_down_level(sigma_from: float, sigma_to: float, eta: float = 1.0) -> float:
+    """``sigma_down`` of :func:`get_ancestral_step` in Python floats, for branching on."""
+    if not eta or sigma_from <= 0:
+        return sigma_to
+    sigma_up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+    return max(sigma_to**2 - sigma_up**2, 0.0) ** 0.5
 
 
 def get_ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor,

@@ -92,6 +92,15 @@ class LatentMask:
         return self.init_latent * self.keep + x * (1 - self.keep)
 
 
+@dataclass(frozen=True)
+class _BatchedInputs:
+    """The model inputs beside x and sigma for one set of prompts, batched for the call."""
+
+    tokens: torch.Tensor
+    added: dict[str, torch.Tensor] | None
+    concat: torch.Tensor | None
+
+
 class GuidedDenoiser:
     """Classifier-free guidance over scheduled, weighted prompts; what the samplers call."""
 
@@ -106,10 +115,28 @@ class GuidedDenoiser:
         self.mask = mask
         self.should_stop = should_stop
         self.calls = 0  # model calls so far: prompt editing counts these, as A1111 does
+        # The batched model inputs of each prompt-schedule part, built once and reused every step.
+        self._inputs: dict[tuple[int, ...], _BatchedInputs] = {}
 
     def _skip_uncond(self) -> bool:
         positive = self.conditioning.positive
         return self.cfg_scale == 1.0 and len(positive) == 1 and positive[0][1] == 1.0
+
+    def begin_step(self, sigma: float) -> None:
+        """The sampler starts a step at ``sigma`` (a Python float); nothing to do with one model."""
+
+    def _batched(self, embeds: list[Embeds], batch: int) -> _BatchedInputs:
+        key = (batch, *map(id, embeds))
+        found = self._inputs.get(key)
+        if found is None:
+            tokens = torch.cat([e.tokens.expand(batch, -1, -1) for e in embeds])
+            added = None
+            if self.added is not None:
+                parts = [self.added(e) for e in embeds]
+                added = {k: torch.cat([p[k].expand(batch, -1) for p in parts]) for k in parts[0]}
+            concat = self.concat.repeat(len(embeds), 1, 1, 1) if self.concat is not None else None
+            found = self._inputs[key] = _BatchedInputs(tokens, added, concat)
+        return found
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
         if self.should_stop():
@@ -119,13 +146,8 @@ class GuidedDenoiser:
         if not self._skip_uncond():
             embeds.append(self.conditioning.negative.at(self.calls))
         groups = len(embeds)
-        tokens = torch.cat([e.tokens.expand(batch, -1, -1) for e in embeds])
-        added = None
-        if self.added is not None:
-            parts = [self.added(e) for e in embeds]
-            added = {k: torch.cat([p[k].expand(batch, -1) for p in parts]) for k in parts[0]}
-        concat = self.concat.repeat(groups, 1, 1, 1) if self.concat is not None else None
-        out = self.inner(x.repeat(groups, 1, 1, 1), sigma.repeat(groups), tokens, added, concat)
+        inputs = self._batched(embeds, batch)
+        out = self.inner(x.repeat(groups, 1, 1, 1), sigma.repeat(groups), inputs.tokens, inputs.added, inputs.concat)
         self.calls += 1
         if self._skip_uncond():
             denoised = out
@@ -139,26 +161,30 @@ class GuidedDenoiser:
 
 class SwitchingDenoiser:
     """Hands the rest of the sampling to a second model (A1111's refiner) once ``switch_at`` of the
-    denoising is done, judged as A1111 does by the timestep: done = (999 - t) / 1000. The second
-    denoiser is built only when the switch happens, and inherits the call count (prompt editing)."""
+    denoising is done, judged as A1111 does by the timestep: done = (999 - t) / 1000. The judgement
+    is made on the Python float of each step's sigma as the step begins (so the device is never
+    read), and a step's extra model calls stay with the model it began on. The second denoiser is
+    built only when the switch happens, and inherits the call count (prompt editing)."""
 
     def __init__(self, first: GuidedDenoiser, make_second: Callable[[], GuidedDenoiser],
                  model_sigmas: ModelSigmas, switch_at: float) -> None:
         self.active = first
         self._make_second = make_second
-        self._sigmas = model_sigmas.sigmas
+        self._levels = model_sigmas.sigmas.tolist()
         self._switch_at = switch_at
         self.switched = False
         self.mask = first.mask
 
-    def _done(self, sigma: torch.Tensor) -> float:
-        t = int(torch.argmin((self._sigmas.to(sigma.device) - sigma.max()).abs()))
-        return (len(self._sigmas) - 1 - t) / len(self._sigmas)
+    def _done(self, sigma: float) -> float:
+        t = min(range(len(self._levels)), key=lambda i: abs(self._levels[i] - sigma))
+        return (len(self._levels) - 1 - t) / len(self._levels)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def begin_step(self, sigma: float) -> None:
         if not self.switched and self._done(sigma) >= self._switch_at:
             calls = self.active.calls
             self.active = self._make_second()
             self.active.calls = calls
             self.switched = True
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return self.active(x, sigma, **kwargs)

@@ -73,14 +73,17 @@ def sampler_sigmas(plan: SamplingPlan, model: ModelSigmas) -> torch.Tensor:
     return sigmas
 
 
-def _sampler_kwargs(fn: Callable[..., Any], plan: SamplingPlan, x: torch.Tensor, sigmas: torch.Tensor,
+def _sampler_kwargs(fn: Callable[..., Any], plan: SamplingPlan, x: torch.Tensor, levels: list[float],
                     noise: ImageNoise) -> dict[str, Any]:
     params = inspect.signature(fn).parameters
     kwargs: dict[str, Any] = dict(plan.sampler.options)
     if "noise_sampler" in params:
         if plan.sampler.noise is NoiseSource.BROWNIAN:
-            positive = sigmas[sigmas > 0]
-            kwargs["noise_sampler"] = BrownianTreeNoise(x, float(positive.min()), float(sigmas.max()), plan.noise.seeds)
+            # A1111's CPU RNG keeps the trees on the CPU (the same noise on any hardware); otherwise
+            # they live on the device, so a step's noise needs no host copy.
+            tree_device = torch.device("cpu") if plan.noise.source is RngSource.CPU else None
+            positive = [level for level in levels if level > 0]
+            kwargs["noise_sampler"] = BrownianTreeNoise(x, min(positive), max(levels), plan.noise.seeds, tree_device)
         else:
             kwargs["noise_sampler"] = noise.sampler()
     return kwargs
@@ -92,8 +95,10 @@ def run_sampling(plan: SamplingPlan, denoiser: GuidedDenoiser | SwitchingDenoise
     """Final latents of the batch, or None when the observer stopped it."""
     if plan.init_latent is not None and plan.denoising_strength == 0:
         return plan.init_latent.to(device)  # nothing to denoise: the init image, through the VAE only
-    # 1. Sigmas.
-    sigmas = sampler_sigmas(plan, model_sigmas).to(device)
+    # 1. Sigmas, and their Python floats read once for the whole job.
+    sigmas = sampler_sigmas(plan, model_sigmas)
+    levels = sigmas.tolist()
+    sigmas = sigmas.to(device)
     total = len(sigmas) - 1
     # 2. Starting latent.
     noise = ImageNoise(plan.latent_shape, plan.noise.seeds, device, plan.noise.source, plan.noise.variation_seeds,
@@ -104,12 +109,17 @@ def run_sampling(plan: SamplingPlan, denoiser: GuidedDenoiser | SwitchingDenoise
     # 3. The sampler's own noise, and 4. the run.
     fn = get_sampler_function(plan.sampler.function)
 
+    denoiser.begin_step(levels[0])
+
     def callback(info: dict[str, Any]) -> None:
-        observer.on_step(min(info["i"] + 1, total), total, info["denoised"])
+        step = info["i"] + 1
+        observer.on_step(min(step, total), total, info["denoised"])
+        if step < len(levels):
+            denoiser.begin_step(levels[step])
 
     try:
         samples = fn(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True,
-                     **_sampler_kwargs(fn, plan, x, sigmas, noise))
+                     **_sampler_kwargs(fn, plan, x, levels, noise))
     except SamplingStopped:
         return None
     if denoiser.mask is not None:

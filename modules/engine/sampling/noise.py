@@ -101,26 +101,31 @@ class _StepNoise:
     def __init__(self, noise: ImageNoise) -> None:
         self._noise = noise
 
-    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    def __call__(self, sigma: float | torch.Tensor, sigma_next: float | torch.Tensor) -> torch.Tensor:
         return self._noise.next()
 
 
 class BrownianTreeNoise:
-    """Noise from one Brownian tree per image over [sigma_min, sigma_max], normalised per step."""
+    """Noise from one Brownian tree per image over [sigma_min, sigma_max], normalised per step.
 
-    def __init__(self, x: torch.Tensor, sigma_min: float, sigma_max: float, seeds: Sequence[int]) -> None:
+    The trees live on ``tree_device``: the compute device by default, so a query never waits for
+    a host copy, or the CPU (A1111's "RNG: CPU"), where the same seed gives the same noise on any
+    hardware. Samplers query them with Python floats, so no device value is read per step.
+    """
+
+    def __init__(self, x: torch.Tensor, sigma_min: float, sigma_max: float, seeds: Sequence[int],
+                 tree_device: torch.device | None = None) -> None:
         if len(seeds) != x.shape[0]:
             raise ValueError(f"need one seed per image: {len(seeds)} seeds for a batch of {x.shape[0]}")
         # torchsde rounds times to 6 digits (its default tolerance); using rounded bounds and
         # clamping queries to them keeps every query inside the tree's span.
         t0, t1 = sorted((round(float(sigma_min), 6), round(float(sigma_max), 6)))
         self._range = (t0, t1)
-        w0 = torch.zeros_like(x[0], device="cpu", dtype=torch.float32)
-        # Trees live on the CPU: the same seed gives the same noise on any device.
+        w0 = torch.zeros_like(x[0], device=tree_device or x.device, dtype=torch.float32)
         self._trees = [torchsde.BrownianTree(t0, w0, t1, entropy=int(s)) for s in seeds]
         self._device, self._dtype = x.device, x.dtype
 
-    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    def __call__(self, sigma: float | torch.Tensor, sigma_next: float | torch.Tensor) -> torch.Tensor:
         # Clamped to the tree's span: float32 sigmas can stray past it by an ulp.
         a, b = (min(max(float(v), self._range[0]), self._range[1]) for v in (sigma, sigma_next))
         low, high, sign = (a, b, 1.0) if a < b else (b, a, -1.0)

@@ -16,10 +16,12 @@ from scipy import integrate
 from modules.engine.sampling.common import (
     Callback,
     NoiseSampler,
+    ancestral_down_level,
     batch_ones,
     default_noise_sampler,
     get_ancestral_step,
     report,
+    sigma_levels,
     to_d,
 )
 
@@ -46,13 +48,14 @@ def sample_euler_ancestral(model: Any, x: torch.Tensor, sigmas: torch.Tensor, ex
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
     s_in = batch_ones(x)
+    levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
-        if sigmas[i + 1] > 0:
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+        if levels[i + 1] > 0:
+            x = x + noise_sampler(levels[i], levels[i + 1]) * s_noise * sigma_up
     return x
 
 
@@ -62,12 +65,13 @@ def sample_heun(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: d
     """Heun's second-order method (Karras et al., algorithm 1); Euler for the last step to 0."""
     extra_args = extra_args or {}
     s_in = batch_ones(x)
+    levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         d = to_d(x, sigmas[i], denoised)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         dt = sigmas[i + 1] - sigmas[i]
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = x + d * dt
             continue
         x_2 = x + d * dt
@@ -86,11 +90,12 @@ def sample_dpm_2(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     """DPM-Solver-2 as in k-diffusion: the derivative is taken at the log-midpoint sigma."""
     extra_args = extra_args or {}
     s_in = batch_ones(x)
+    levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         d = to_d(x, sigmas[i], denoised)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigmas[i])
             continue
         sigma_mid = _log_midpoint(sigmas[i], sigmas[i + 1])
@@ -108,20 +113,21 @@ def sample_dpm_2_ancestral(model: Any, x: torch.Tensor, sigmas: torch.Tensor, ex
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
     s_in = batch_ones(x)
+    levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
         d = to_d(x, sigmas[i], denoised)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigma_down == 0:
+        if ancestral_down_level(levels[i], levels[i + 1], eta) == 0:
             x = x + d * (sigma_down - sigmas[i])
         else:
             sigma_mid = _log_midpoint(sigmas[i], sigma_down)
             x_2 = x + d * (sigma_mid - sigmas[i])
             d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid * s_in, **extra_args))
             x = x + d_2 * (sigma_down - sigmas[i])
-        if sigmas[i + 1] > 0:
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+        if levels[i + 1] > 0:
+            x = x + noise_sampler(levels[i], levels[i + 1]) * s_noise * sigma_up
     return x
 
 
@@ -146,7 +152,7 @@ def sample_lms(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: di
     """Linear multistep (Adams-Bashforth in sigma) over the last ``order`` derivatives."""
     extra_args = extra_args or {}
     s_in = batch_ones(x)
-    sigmas_cpu = sigmas.detach().cpu().double().tolist()
+    sigmas_cpu = sigma_levels(sigmas)
     ds: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
@@ -166,12 +172,13 @@ def sample_lcm(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: di
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
     s_in = batch_ones(x)
+    levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         x = denoised
-        if sigmas[i + 1] > 0:
-            x = x + sigmas[i + 1] * noise_sampler(sigmas[i], sigmas[i + 1])
+        if levels[i + 1] > 0:
+            x = x + sigmas[i + 1] * noise_sampler(levels[i], levels[i + 1])
     return x
 
 
@@ -198,12 +205,13 @@ def sample_plms(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: d
     extra_args = extra_args or {}
     s_in = batch_ones(x)
     old_eps: list[torch.Tensor] = []
+    levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         eps = to_d(x, sigmas[i], denoised)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         dt = sigmas[i + 1] - sigmas[i]
-        if not old_eps and sigmas[i + 1] > 0:
+        if not old_eps and levels[i + 1] > 0:
             x_2 = x + eps * dt
             eps_prime = (eps + to_d(x_2, sigmas[i + 1], model(x_2, sigmas[i + 1] * s_in, **extra_args))) / 2
         else:

@@ -7,6 +7,7 @@ stochastic, r = 1/2), 2M SDE (midpoint or Heun correction) and 3M SDE (third-ord
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -14,11 +15,13 @@ import torch
 from modules.engine.sampling.common import (
     Callback,
     NoiseSampler,
+    ancestral_down_level,
     batch_ones,
     default_noise_sampler,
     get_ancestral_step,
     report,
     sigma_fn,
+    sigma_levels,
     t_fn,
     to_d,
 )
@@ -39,12 +42,13 @@ def sample_dpmpp_2m(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_arg
     extra_args = extra_args or {}
     s_in = batch_ones(x)
     old_denoised = None
+    levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         t, t_next = t_fn(sigmas[i]), t_fn(sigmas[i + 1])
         h = t_next - t
-        if old_denoised is None or sigmas[i + 1] == 0:
+        if old_denoised is None or levels[i + 1] == 0:
             x = (sigma_fn(t_next) / sigma_fn(t)) * x - (-h).expm1() * denoised
         else:
             r = (t - t_fn(sigmas[i - 1])) / h
@@ -62,11 +66,12 @@ def sample_dpmpp_2s_ancestral(model: Any, x: torch.Tensor, sigmas: torch.Tensor,
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
     s_in = batch_ones(x)
+    levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigma_down == 0:
+        if ancestral_down_level(levels[i], levels[i + 1], eta) == 0:
             x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         else:
             t, t_next = t_fn(sigmas[i]), t_fn(sigma_down)
@@ -75,8 +80,8 @@ def sample_dpmpp_2s_ancestral(model: Any, x: torch.Tensor, sigmas: torch.Tensor,
             x_2 = (sigma_fn(s) / sigma_fn(t)) * x - (-h / 2).expm1() * denoised
             denoised_2 = model(x_2, sigma_fn(s) * s_in, **extra_args)
             x = (sigma_fn(t_next) / sigma_fn(t)) * x - (-h).expm1() * denoised_2
-        if sigmas[i + 1] > 0:
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+        if levels[i + 1] > 0:
+            x = x + noise_sampler(levels[i], levels[i + 1]) * s_noise * sigma_up
     return x
 
 
@@ -88,10 +93,11 @@ def sample_dpmpp_sde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_ar
     extra_args = dict(extra_args or {})
     noise_sampler = noise_sampler or _brownian_default(x, sigmas, extra_args)
     s_in = batch_ones(x)
+    levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
             continue
         t, t_next = t_fn(sigmas[i]), t_fn(sigmas[i + 1])
@@ -102,14 +108,16 @@ def sample_dpmpp_sde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_ar
         sd, su = get_ancestral_step(sigma_fn(t), sigma_fn(s), eta)
         s_ = t_fn(sd)
         x_2 = (sigma_fn(s_) / sigma_fn(t)) * x - (t - s_).expm1() * denoised
-        x_2 = x_2 + noise_sampler(sigma_fn(t), sigma_fn(s)) * s_noise * su
+        # The noise's interval in Python floats, so the Brownian tree is queried without a device read.
+        level_s = math.exp(math.log(levels[i]) + r * (math.log(levels[i + 1]) - math.log(levels[i])))
+        x_2 = x_2 + noise_sampler(levels[i], level_s) * s_noise * su
         denoised_2 = model(x_2, sigma_fn(s) * s_in, **extra_args)
         # Step 2: the full step with the combined prediction.
         sd, su = get_ancestral_step(sigma_fn(t), sigma_fn(t_next), eta)
         t_next_ = t_fn(sd)
         denoised_d = (1 - fac) * denoised + fac * denoised_2
         x = (sigma_fn(t_next_) / sigma_fn(t)) * x - (t - t_next_).expm1() * denoised_d
-        x = x + noise_sampler(sigma_fn(t), sigma_fn(t_next)) * s_noise * su
+        x = x + noise_sampler(levels[i], levels[i + 1]) * s_noise * su
     return x
 
 
@@ -125,10 +133,11 @@ def sample_dpmpp_2m_sde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
     noise_sampler = noise_sampler or _brownian_default(x, sigmas, extra_args)
     s_in = batch_ones(x)
     old_denoised, h_last = None, None
+    levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = denoised
         else:
             t, s = -sigmas[i].log(), -sigmas[i + 1].log()
@@ -142,7 +151,7 @@ def sample_dpmpp_2m_sde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
                 else:
                     x = x + 0.5 * (-h - eta_h).expm1().neg() * (1 / r) * (denoised - old_denoised)
             if eta:
-                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * eta_h).expm1().neg().sqrt() * s_noise
+                x = x + noise_sampler(levels[i], levels[i + 1]) * sigmas[i + 1] * (-2 * eta_h).expm1().neg().sqrt() * s_noise
             h_last = h
         old_denoised = denoised
     return x
@@ -158,10 +167,11 @@ def sample_dpmpp_3m_sde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
     s_in = batch_ones(x)
     denoised_1 = denoised_2 = None
     h_1 = h_2 = None
+    levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = denoised
         else:
             t, s = -sigmas[i].log(), -sigmas[i + 1].log()
@@ -181,7 +191,7 @@ def sample_dpmpp_3m_sde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
                 phi_2 = h_eta.neg().expm1() / h_eta + 1
                 x = x + phi_2 * (denoised - denoised_1) / (h_1 / h)
             if eta:
-                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+                x = x + noise_sampler(levels[i], levels[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
             h_1, h_2 = h, h_1
         denoised_1, denoised_2 = denoised, denoised_1
     return x

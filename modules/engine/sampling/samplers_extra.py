@@ -23,6 +23,7 @@ from modules.engine.sampling.common import (
     batch_ones,
     default_noise_sampler,
     report,
+    sigma_levels,
     to_d,
 )
 from modules.engine.sampling.schedules import karras
@@ -78,22 +79,25 @@ def sample_restart(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args
     s_in = batch_ones(x)
     if restart_list is None:
         sigmas, restart_list = default_restart_plan(sigmas)
-    last_sigma = None
-    for i, (sigma, sigma_next) in enumerate(restart_pairs(sigmas, restart_list)):
-        if last_sigma is not None and last_sigma < sigma:
+    last_sigma = last_level = None
+    pairs = restart_pairs(sigmas, restart_list)
+    # Every pair's sigmas as Python floats, read once: branching on them never waits for the device.
+    levels = torch.stack([torch.stack(pair) for pair in pairs]).tolist() if pairs else []
+    for i, ((sigma, sigma_next), (level, next_level)) in enumerate(zip(pairs, levels)):
+        if last_level is not None and last_level < level:
             # Forward diffusion from last_sigma to sigma in one exact jump.
             x = x + noise_sampler(last_sigma, sigma) * s_noise * (sigma**2 - last_sigma**2) ** 0.5
         denoised = model(x, sigma * s_in, **extra_args)
         d = to_d(x, sigma, denoised)
         report(callback, x, i, sigma, sigma, denoised)
         dt = sigma_next - sigma
-        if sigma_next == 0:
+        if next_level == 0:
             x = x + d * dt
         else:
             x_2 = x + d * dt
             d_2 = to_d(x_2, sigma_next, model(x_2, sigma_next * s_in, **extra_args))
             x = x + (d + d_2) / 2 * dt
-        last_sigma = sigma_next
+        last_sigma, last_level = sigma_next, next_level
     return x
 
 
@@ -177,7 +181,7 @@ def sample_unipc(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     def evaluate(x_: torch.Tensor, sigma: float) -> torch.Tensor:
         return model(x_, s_in * sigma, **extra_args)
 
-    levels = [float(s) for s in sigmas]
+    levels = sigma_levels(sigmas)
     to_zero = levels[-1] == 0
     positive = levels[:-1] if to_zero else levels
     updates = len(positive) - 1

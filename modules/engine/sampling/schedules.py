@@ -24,6 +24,14 @@ class ModelSigmas:
         sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
         self.sigmas = sigmas.float()
         self.log_sigmas = self.sigmas.log()
+        # The table on each device it has been used on: copied there once, not at every model call.
+        self._on_device: dict[torch.device, torch.Tensor] = {self.log_sigmas.device: self.log_sigmas}
+
+    def _log_sigmas_on(self, device: torch.device) -> torch.Tensor:
+        table = self._on_device.get(device)
+        if table is None:
+            table = self._on_device[device] = self.log_sigmas.to(device)
+        return table
 
     @property
     def sigma_min(self) -> float:
@@ -36,7 +44,7 @@ class ModelSigmas:
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Fractional timestep of each sigma, by linear interpolation in log-sigma (k-diffusion's
         rule; a binary search instead of its full distance table, since it runs every model call)."""
-        log_sigmas = self.log_sigmas.to(sigma.device)
+        log_sigmas = self._log_sigmas_on(sigma.device)
         log_sigma = sigma.float().log()
         low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(0, log_sigmas.shape[0] - 2)
         high = low + 1
@@ -44,7 +52,7 @@ class ModelSigmas:
         return ((1 - w) * low + w * high).view(sigma.shape)
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        log_sigmas = self.log_sigmas.to(t.device)
+        log_sigmas = self._log_sigmas_on(t.device)
         t = t.float()
         low, high, w = t.floor().long(), t.ceil().long(), t.frac()
         return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp()

@@ -19,10 +19,10 @@ from modules.services.job_types import JobContext, JobStatus, drop_frames
 from modules.services.queue_contract import on_worker
 from modules.services.scaleout.engine_host import EngineFactory, WorkerEngine
 from modules.services.scaleout.protocol import (
-    PREVIEW_REDUCTION,
     RemoteOutcome,
     RemoteProgress,
     WorkerDescription,
+    reduced_preview,
 )
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,8 @@ class RenderWorker:
             return RemoteProgress(job_id=context.job_id if context else None, draining=draining)
         snap = context.snapshot(job_id, JobStatus.RUNNING, 0)
         preview, scale = (context.preview() if want_preview else None), 1
-        if preview is not None and preview.width % PREVIEW_REDUCTION == 0 and preview.height % PREVIEW_REDUCTION == 0:
-            preview, scale = preview.reduce(PREVIEW_REDUCTION), PREVIEW_REDUCTION
+        if preview is not None:
+            preview, scale = reduced_preview(preview)
         return RemoteProgress(job_id=job_id, step=snap.step, total_steps=snap.total_steps,
                               batch_index=snap.batch_index, batch_count=snap.batch_count, preview=preview,
                               preview_scale=scale, draining=draining)
