@@ -6,7 +6,7 @@ cd /d "%~dp0"
 
 if not defined PYTHON set PYTHON=python
 if not defined VENV_DIR set VENV_DIR=venv
-if not defined TORCH_COMMAND set TORCH_COMMAND=pip install torch==2.13.0
+if not defined TORCH_COMMAND set TORCH_COMMAND=pip install torch==2.14.1 torchvision==0.29.1
 
 if not exist "%VENV_DIR%\Scripts\python.exe" (
     echo Creating virtual environment in %VENV_DIR%

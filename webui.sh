@@ -2,11 +2,11 @@
 # Install (first run) and start Atelier.  Usage: ./webui.sh [flags]   (see: ./webui.sh --help)
 # Environment, as in A1111:
 #   COMMANDLINE_ARGS  extra flags, read before the ones given here
-#   TORCH_COMMAND     how torch is installed (default: pip install torch==2.13.0)
+#   TORCH_COMMAND     how torch is installed (default: pip install torch==2.14.1 torchvision==0.29.1)
 #   PYTHON            the Python 3.11+ to create the venv with (default: python3)
 #   VENV_DIR          where the virtual environment lives (default: ./venv)
 #   XFORMERS_PACKAGE  the xformers to install when --xformers is given on a CUDA machine
-#                     (default: xformers==0.0.35, which matches torch 2.13)
+#                     (default: xformers==0.0.35, built for torch >= 2.10)
 #   RAY_PACKAGE       the Ray to install for --ray-address or `./webui.sh worker ...` (default: ray==2.60.0;
 #                     every machine of a cluster needs the same version)
 set -euo pipefail
@@ -14,7 +14,7 @@ cd "$(dirname "$0")"
 
 PYTHON="${PYTHON:-python3}"
 VENV_DIR="${VENV_DIR:-venv}"
-TORCH_COMMAND="${TORCH_COMMAND:-pip install torch==2.13.0}"
+TORCH_COMMAND="${TORCH_COMMAND:-pip install torch==2.14.1 torchvision==0.29.1}"
 
 all_args=" ${COMMANDLINE_ARGS:-} $* "
 

@@ -39,7 +39,7 @@ NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
 # Keys build_infotext derives from its own arguments; an `extra` naming one is a caller bug.
 REQUEST_KEYS = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-     "Clip skip", "Variation seed", "Variation seed strength", "Denoising strength", "ENSD", "RNG",
+     "Clip skip", "Variation seed", "Variation seed strength", "Denoising strength", "ENSD", "RNG", "Tiling",
      "Mask blur", "Mask mode", "Masked content", "Inpaint area", "Masked area padding", "Styles array", VERSION_KEY}
     | {"Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Hires sampler", "Hires schedule type",
        "Hires prompt", "Hires negative prompt", "Seed resize from"}
@@ -136,6 +136,8 @@ def _request_params(request: GenerationRequest, seed: int, model: ModelIdentity 
         params["ENSD"] = request.eta_noise_seed_delta
     if request.rng not in (None, RngSource.GPU):  # A1111 writes RNG only when it is not the default
         params["RNG"] = request.rng.value  # type: ignore[union-attr]
+    if request.tiling:  # A1111 writes it only when on
+        params["Tiling"] = True
     if request.seed_resize is not None:
         params["Seed resize from"] = "{}x{}".format(*request.seed_resize)
     params.update(hires_infotext(request))

@@ -149,6 +149,7 @@ def request_from_infotext(
         only_masked_padding=_read_int(params, "Masked area padding", base.only_masked_padding, warnings),
         eta_noise_seed_delta=_read_int(params, "ENSD", 0, warnings),
         rng=_read_rng(params, warnings),
+        tiling=params.get("Tiling", "").strip().lower() == "true",
         seed_resize_from_width=_read_int(params, "Seed resize from-1", 0, warnings),
         seed_resize_from_height=_read_int(params, "Seed resize from-2", 0, warnings),
         hires=_read_hires(params, base, warnings),

@@ -198,6 +198,7 @@ class GenerationRequest:
     mask_blur: int = 4
     resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
     masked_content: MaskedContent = MaskedContent.ORIGINAL
+    tiling: bool = False  # seamless tiling: the image's opposite edges continue each other
     invert_mask: bool = False  # A1111's mask mode "Inpaint not masked"
     inpaint_only_masked: bool = False  # A1111's inpaint area "Only masked" (inpaint_full_res)
     only_masked_padding: int = 32  # pixels around the mask's box, for "Only masked"

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# A1111's upscaler model folders under the models dir, in the order its upscaler list shows them.
+UPSCALER_FOLDERS = ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT", "ScuNET")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,16 @@ class AppPaths:
     def taesd_dir(self) -> Path:
         """models/VAE-taesd (A1111's folder): the tiny autoencoders the TAESD live preview decodes with."""
         return self.models_dir / "VAE-taesd"
+
+    @property
+    def upscaler_dirs(self) -> tuple[Path, ...]:
+        """models/ESRGAN, models/RealESRGAN, models/SwinIR, models/DAT, models/HAT, models/ScuNET."""
+        return tuple(self.models_dir / name for name in UPSCALER_FOLDERS)
+
+    @property
+    def realesrgan_dir(self) -> Path:
+        """models/RealESRGAN, listed on its own by /sdapi/v1/realesrgan-models."""
+        return self.models_dir / "RealESRGAN"
 
     @property
     def default_checkpoint_dir(self) -> Path:

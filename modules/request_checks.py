@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import replace
 
 from modules.errors import FieldError, ValidationError
@@ -27,7 +28,6 @@ from modules.params import (
 )
 from modules.samplers import RngSource, ScheduleType, resolve_sampler, sampler_names
 from modules.upscalers import find_upscaler, upscaler_names
-
 
 _NOT_UNICODE = "holds an unpaired surrogate (\\ud800-\\udfff), which is not Unicode text"
 
@@ -102,7 +102,8 @@ def _check_sampler_name(errors: list[FieldError], name: str, value: object) -> N
         errors.append(FieldError(name, f"unknown sampler {value!r}; valid: {', '.join(sampler_names())}"))
 
 
-def _check_hires(errors: list[FieldError], request: GenerationRequest, limits: GenerationLimits) -> None:
+def _check_hires(errors: list[FieldError], request: GenerationRequest, limits: GenerationLimits,
+                 upscalers: Sequence[str]) -> None:
     hires = request.hires
     if hires is None:
         return
@@ -121,8 +122,9 @@ def _check_hires(errors: list[FieldError], request: GenerationRequest, limits: G
         w, h = hires.upscale_size(request.width, request.height)
         if max(w, h) > limits.max_size:
             errors.append(FieldError("hr_scale", f"upscales to {w}x{h}; the largest side allowed is {limits.max_size}"))
-    if not isinstance(hires.upscaler, str) or find_upscaler(hires.upscaler) is None:
-        errors.append(FieldError("hr_upscaler", f"unknown upscaler {hires.upscaler!r}; valid: {', '.join(upscaler_names())}"))
+    if not isinstance(hires.upscaler, str) or find_upscaler(hires.upscaler, upscalers) is None:
+        valid = ", ".join(upscaler_names(upscalers))
+        errors.append(FieldError("hr_upscaler", f"unknown upscaler {hires.upscaler!r}; valid: {valid}"))
     _check_int(errors, "hr_second_pass_steps", hires.steps, 0, limits.max_steps)
     _check_range(errors, "hr_denoising_strength", hires.denoising_strength, 0.0, 1.0)
     if hires.sampler is not None:
@@ -136,9 +138,10 @@ def _check_hires(errors: list[FieldError], request: GenerationRequest, limits: G
             errors.append(FieldError(name, _NOT_UNICODE))
 
 
-def _check_extras(errors: list[FieldError], request: GenerationRequest, limits: GenerationLimits) -> None:
+def _check_extras(errors: list[FieldError], request: GenerationRequest, limits: GenerationLimits,
+                  upscalers: Sequence[str]) -> None:
     """Hires fix, refiner, "resize seed from" and the VAE choice."""
-    _check_hires(errors, request, limits)
+    _check_hires(errors, request, limits, upscalers)
     refiner = request.refiner
     if refiner is not None:
         if not isinstance(refiner, Refiner) or not isinstance(refiner.checkpoint, str) or not refiner.checkpoint:
@@ -153,8 +156,10 @@ def _check_extras(errors: list[FieldError], request: GenerationRequest, limits: 
         errors.append(FieldError("sd_vae", "must name a VAE, 'Automatic' or 'None'"))
 
 
-def validate_request(request: GenerationRequest, limits: GenerationLimits = GenerationLimits()) -> None:
-    """Raise :class:`ValidationError` naming every invalid field; return quietly otherwise."""
+def validate_request(request: GenerationRequest, limits: GenerationLimits = GenerationLimits(),
+                     upscalers: Sequence[str] = ()) -> None:
+    """Raise :class:`ValidationError` naming every invalid field; return quietly otherwise.
+    ``upscalers``: the upscaler models' names, which hires fix may use besides the built-ins."""
     errors: list[FieldError] = []
     for name in ("prompt", "negative_prompt"):
         text = getattr(request, name)
@@ -183,12 +188,13 @@ def validate_request(request: GenerationRequest, limits: GenerationLimits = Gene
     if request.checkpoint is not None and not isinstance(request.checkpoint, str):
         errors.append(FieldError("checkpoint", "must be a checkpoint name"))
     _check_variations_and_images(errors, request, limits)
-    _check_extras(errors, request, limits)
+    _check_extras(errors, request, limits, upscalers)
     if errors:
         raise ValidationError(errors)
 
 
-def normalize_request(request: GenerationRequest, rng: random.Random | None = None) -> GenerationRequest:
+def normalize_request(request: GenerationRequest, rng: random.Random | None = None,
+                      upscalers: Sequence[str] = ()) -> GenerationRequest:
     """Canonical form of a valid request: sampler by its table name, combined names split, seed fixed.
 
     ``"DPM++ 2M Karras"`` becomes sampler ``"DPM++ 2M"`` with schedule Karras (unless the request
@@ -210,7 +216,7 @@ def normalize_request(request: GenerationRequest, rng: random.Random | None = No
         variation_seed = source.randint(0, MAX_SEED - request.images_per_job)
     hires = request.hires
     if hires is not None:
-        hires = replace(hires, upscaler=find_upscaler(hires.upscaler).name)  # type: ignore[union-attr]
+        hires = replace(hires, upscaler=find_upscaler(hires.upscaler, upscalers).name)  # type: ignore[union-attr]
         if hires.sampler is not None:
             hr_found = resolve_sampler(hires.sampler)
             assert hr_found is not None  # validated

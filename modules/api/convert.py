@@ -73,7 +73,7 @@ _INFOTEXT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "width": ("width",), "height": ("height",),
     "variation_seed": ("subseed",), "variation_strength": ("subseed_strength",),
     "seed_resize_from_width": ("seed_resize_from_w",), "seed_resize_from_height": ("seed_resize_from_h",),
-    "hires": ("enable_hr",), "refiner": ("refiner_checkpoint",),
+    "hires": ("enable_hr",), "refiner": ("refiner_checkpoint",), "tiling": ("tiling",),
 })
 _IMG2IMG_INFOTEXT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "denoising_strength": ("denoising_strength",), "mask_blur": ("mask_blur",),
@@ -263,6 +263,9 @@ def to_generation_request(body: Txt2ImgBody | Img2ImgBody) -> GenerationRequest:
     scheduler, bad base64, bad override value); everything else is ``validate_request``'s to judge.
     """
     # 1. Per-request settings: body field > override_settings (> the server's, at the front).
+    if body.restore_faces:  # never accepted and then ignored: the client is told
+        raise ValidationError([FieldError("restore_faces", "face restoration is not available in this Atelier "
+                                                           "version; send restore_faces false or leave it out")])
     requested = _settings(body)
     # 2. The body's own fields.
     sampler, schedule, name_chose_schedule = _sampler_and_schedule(body)
@@ -273,6 +276,7 @@ def to_generation_request(body: Txt2ImgBody | Img2ImgBody) -> GenerationRequest:
         variation_seed=body.subseed, variation_strength=body.subseed_strength,
         seed_resize_from_width=body.seed_resize_from_w, seed_resize_from_height=body.seed_resize_from_h,
         hires=_hires(body), refiner=_refiner(body), extension_params=_extension_params(body),
+        tiling=bool(body.tiling),
         **requested,  # type: ignore[arg-type]
     )
     # 3. img2img inputs.

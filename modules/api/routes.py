@@ -28,6 +28,7 @@ from modules.api.convert import (
     scheduler_items,
     to_generation_request,
 )
+from modules.api.upscaler_items import realesrgan_items, upscaler_items
 from modules.cmd_args import Flags
 from modules.errors import (
     AtelierError,
@@ -213,14 +214,14 @@ class ApiFace:
         r.get("/extensions", response_model=list[schemas.ExtensionItem])(lambda: [
             schemas.ExtensionItem(name=rec.name, version=rec.version, enabled=rec.state is ExtensionState.ENABLED,
                                   state=rec.state.value, error=rec.error or "") for rec in ext.records()])
-        r.get("/upscalers")(lambda: [{"name": u.name, "model_name": None, "model_path": None, "model_url": None,
-                                      "scale": 4} for u in UPSCALERS if u.kind is UpscalerKind.IMAGE])
+        upscalers = self.services.upscalers
+        r.get("/upscalers")(lambda: upscaler_items(upscalers))
+        r.get("/realesrgan-models")(lambda: realesrgan_items(upscalers, self.services.paths.realesrgan_dir))
         r.get("/latent-upscale-modes")(lambda: [{"name": u.name} for u in UPSCALERS if u.kind is UpscalerKind.LATENT])
         # Lists clients read at start-up for features Atelier does not have (face restoration,
         # hypernetworks): A1111's shapes, empty.
         r.get("/hypernetworks")(lambda: [])
         r.get("/face-restorers")(lambda: [])
-        r.get("/realesrgan-models")(lambda: [])
         r.get("/cmd-flags")(lambda: self.flags.public_view())
         r.get("/memory", response_model=schemas.MemoryResponse)(lambda: _memory(self.services))
         # Atelier's own: the workers that run jobs (one in process, or Ray workers), as the UI's panel shows them.

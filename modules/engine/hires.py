@@ -1,7 +1,7 @@
 """Hires fix: a txt2img batch made at one size, upscaled, then refined by an img2img pass.
 
 Reads as steps: 1. the first pass's latents; 2. (when asked) its decoded images, for saving or
-for an image upscaler; 3. the upscale, in latent space or on the pixels (then encoded again),
+for an image or model upscaler; 3. the upscale, in latent space or on the pixels (then encoded again),
 cropped to the final size when both sides were given; 4. the second pass, which runs exactly its
 steps over the tail of a longer schedule, with the same seeds at the new size; 5. decoding.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import torch
 from PIL import Image
@@ -21,14 +22,22 @@ from modules.engine.sampling.loop import StepObserver
 from modules.upscalers import UpscalerKind, UpscalerSpec
 
 
+class ImageUpscale(Protocol):
+    """A model upscaler: ``image`` upscaled to exactly ``size`` (width, height), run on ``device``."""
+
+    def __call__(self, image: Image.Image, size: tuple[int, int], device: torch.device) -> Image.Image: ...
+
+
 @dataclass(frozen=True)
 class HiresPlan:
     """The second pass: ``task`` is at the final size and carries its prompt, sampler and steps;
-    the first pass is upscaled to ``upscale_size`` and then cropped to the task's size."""
+    the first pass is upscaled to ``upscale_size`` and then cropped to the task's size.
+    ``upscale_image`` runs the upscaler model when ``upscaler`` is one."""
 
     task: ImageTask
     upscaler: UpscalerSpec
     upscale_size: tuple[int, int]  # (width, height), covers the final size
+    upscale_image: ImageUpscale | None = None
 
 
 class _PassObserver:
@@ -51,9 +60,15 @@ def _centre_crop(latents: torch.Tensor, height: int, width: int) -> torch.Tensor
     return latents[..., top:top + height, left:left + width]
 
 
-def _upscale_images(images: list[Image.Image], spec: UpscalerSpec, size: tuple[int, int]) -> list[Image.Image]:
+def _upscale_images(images: list[Image.Image], plan: HiresPlan, device: torch.device) -> list[Image.Image]:
+    size = plan.upscale_size
+    if plan.upscaler.kind is UpscalerKind.MODEL:
+        if plan.upscale_image is None:
+            raise ValueError(f"hires fix: no model runs the upscaler {plan.upscaler.name!r}")
+        return [plan.upscale_image(image, size, device) for image in images]
     # "None" means no upscaler model: the image is only resized, which A1111 does with Lanczos.
-    resample = Image.Resampling.LANCZOS if spec.mode == "NONE" else Image.Resampling[spec.mode]
+    mode = plan.upscaler.mode
+    resample = Image.Resampling.LANCZOS if mode == "NONE" else Image.Resampling[mode]
     return [image.resize(size, resample) for image in images]
 
 
@@ -67,8 +82,7 @@ def _upscaled_latents(model: LoadedModel, latents: torch.Tensor, first_images: l
     else:
         images = first_images if first_images is not None else lat.decode_latents(model, latents)
         device = model.execution_device
-        pixels = torch.cat([lat.image_to_tensor(image, device) for image in _upscale_images(images, plan.upscaler,
-                                                                                             plan.upscale_size)])
+        pixels = torch.cat([lat.image_to_tensor(image, device) for image in _upscale_images(images, plan, device)])
         up = lat.encode_image(model, pixels)
     task = plan.task
     return _centre_crop(up, task.height // lat.LATENT_SCALE, task.width // lat.LATENT_SCALE)
@@ -86,7 +100,7 @@ def run_hires(model: LoadedModel, first: ImageTask, plan: HiresPlan, observer: S
         return None
     # 2. Its images, when someone needs them.
     first_images = None
-    if on_first_pass is not None or plan.upscaler.kind is UpscalerKind.IMAGE:
+    if on_first_pass is not None or plan.upscaler.kind is not UpscalerKind.LATENT:
         first_images = lat.decode_latents(model, latents)
         if on_first_pass is not None:
             on_first_pass(first_images)

@@ -31,6 +31,7 @@ from modules.services.outputs import OutputStore
 from modules.services.queue_contract import JobQueueContract, QueueMode
 from modules.services.settings_store import SettingsStore
 from modules.services.styles import StyleStore
+from modules.services.upscaler_library import UpscalerLibrary
 
 if TYPE_CHECKING:
     from modules.engine.devices import DeviceInfo
@@ -52,6 +53,7 @@ class Services:
     styles: StyleStore
     gallery: Gallery
     addons: AddonLibrary  # LoRAs, embeddings, VAEs
+    upscalers: UpscalerLibrary  # upscaler models (models/ESRGAN, RealESRGAN, SwinIR, DAT, HAT, ScuNET)
     extensions: ExtensionManager
     installer: ExtensionInstaller  # git clone/pull and pip for users' extensions
     engine: EngineSlot  # the parts below; reading one waits until the engine is built
@@ -135,7 +137,8 @@ def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[
         job_queue, on_close = build_ray_queue(made[1], outputs, settings.queue_limit, settings.shared_jobs, scale_out)
     services = Services(paths=paths, settings=settings, options=SettingsStore(paths.config_file, settings),
                         registry=registry, outputs=outputs, queue=job_queue, styles=StyleStore(paths.styles_file),
-                        gallery=Gallery(paths.outputs_dir, paths.cache_dir), addons=addons, extensions=manager,
+                        gallery=Gallery(paths.outputs_dir, paths.cache_dir), addons=addons,
+                        upscalers=UpscalerLibrary(paths.upscaler_dirs), extensions=manager,
                         installer=ExtensionInstaller(paths.user_extensions_dir, network_exposed, insecure_extensions,
                                                      builtin_dir=paths.builtin_extensions_dir),
                         engine=engine, on_close=on_close)
@@ -172,7 +175,7 @@ def _build_engine(services: Services, device: DeviceInfo, models: ModelManager, 
     from modules.services.server_options import ServerOptions
 
     generation = GenerationService(models, services.styles, services.settings.limits, services.addons,
-                                   services.extensions, services.options, services.queue)
+                                   services.extensions, services.options, services.queue, services.upscalers)
     models.on_loaded = lambda info, model: services.extensions.model_loaded(info.title, model.arch.label)
     if services.queue.mode is QueueMode.LOCAL:
         executor.set_result(_in_process_executor(services, models))
@@ -189,5 +192,5 @@ def _in_process_executor(services: Services, models: ModelManager) -> Executor:
     from modules.services.preview_decoders import PreviewDecoders
     from modules.services.renderer import Renderer
 
-    renderer = Renderer(models, services.addons, PreviewDecoders(services.paths.taesd_dir))
+    renderer = Renderer(models, services.addons, PreviewDecoders(services.paths.taesd_dir), services.upscalers)
     return InProcessExecutor(renderer, services.outputs, services.extensions)

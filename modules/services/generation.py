@@ -31,6 +31,7 @@ from modules.services.queue_contract import JobQueueContract
 from modules.services.server_options import with_server_defaults
 from modules.services.settings_store import SettingsStore, clip_skip_max_of, clip_skip_problem
 from modules.services.styles import StyleStore
+from modules.services.upscaler_library import UpscalerLibrary
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,10 @@ class GenerationService:
     """Validates and completes requests, and queues them with their owner."""
 
     def __init__(self, models: ModelManager, styles: StyleStore, limits: GenerationLimits, addons: AddonLibrary,
-                 extensions: ExtensionManager, options: SettingsStore, queue: JobQueueContract) -> None:
+                 extensions: ExtensionManager, options: SettingsStore, queue: JobQueueContract,
+                 upscalers: UpscalerLibrary | None = None) -> None:
         self.models = models
+        self.upscalers = upscalers  # the upscaler models hires fix may name
         self.addons = addons
         self.extensions = extensions
         self.styles = styles
@@ -54,7 +57,8 @@ class GenerationService:
         """Validate (raises ValidationError naming every bad field) and normalise a request that
         ``owner`` submits (the user its BEFORE_GENERATE hooks' host acts for)."""
         request = self._with_server_defaults(request)
-        validate_request(request, self.limits)
+        upscalers = self.upscalers.names() if self.upscalers is not None and request.hires is not None else []
+        validate_request(request, self.limits, upscalers)
         JobInputs.of(request)  # unreadable or oversized images fail here, before queuing
         if request.checkpoint:
             self.models.registry.require(request.checkpoint)  # a missing model fails before queuing
@@ -68,9 +72,9 @@ class GenerationService:
         changed = self.extensions.before_generate(request, owner)
         if changed is not request:  # an extension's change is held to the same rules
             changed = self._with_server_defaults(changed)
-            validate_request(changed, self.limits)
+            validate_request(changed, self.limits, upscalers)
             self.addons.check(changed)
-        return normalize_request(changed)
+        return normalize_request(changed, upscalers=upscalers)
 
     def _with_server_defaults(self, request: GenerationRequest) -> GenerationRequest:
         """What the request leaves to the server (None), from the settings in force now: the one

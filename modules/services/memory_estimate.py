@@ -48,10 +48,12 @@ def _hires_shape(request: GenerationRequest) -> HiresShape | None:
     hires = request.hires
     if hires is None or request.is_img2img:  # hires fix is txt2img's
         return None
+    # A name that is not built in is a model upscaler (the request was validated): it decodes and
+    # encodes again, as the image resamplers do.
     upscaler = find_upscaler(hires.upscaler)
     return HiresShape(final_size=hires.final_size(request.width, request.height),
                       upscale_size=hires.upscale_size(request.width, request.height),
-                      image_upscaler=upscaler is not None and upscaler.kind is UpscalerKind.IMAGE,
+                      image_upscaler=upscaler is None or upscaler.kind is not UpscalerKind.LATENT,
                       save_first_pass=bool(hires.save_first_pass))
 
 

@@ -26,7 +26,8 @@ from modules.engine.loader import LoadedModel
 from modules.engine.lora import apply_loras
 from modules.engine.memory import is_out_of_memory
 from modules.engine.sampling.loop import NoisePlan
-from modules.errors import NotEnoughMemoryError, OutOfMemoryError
+from modules.engine.tiling import seamless_tiling
+from modules.errors import AddonNotFoundError, NotEnoughMemoryError, OutOfMemoryError
 from modules.infotext import ModelIdentity, build_infotext
 from modules.extension_helpers import png_with_infotext
 from modules.params import (
@@ -45,7 +46,8 @@ from modules.services.job_inputs import JobInputs
 from modules.services.memory_estimate import choose_for_request, forced_mode
 from modules.services.models import CheckpointInfo, ModelManager
 from modules.services.preview_decoders import PreviewDecoders
-from modules.upscalers import find_upscaler
+from modules.services.upscaler_library import UpscalerLibrary
+from modules.upscalers import UpscalerKind, find_upscaler, upscaler_names
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +176,11 @@ class _JobSetup:
 class Renderer:
     """Renders prepared jobs on this process's device."""
 
-    def __init__(self, models: ModelManager, addons: AddonLibrary, previews: PreviewDecoders | None = None) -> None:
+    def __init__(self, models: ModelManager, addons: AddonLibrary, previews: PreviewDecoders | None = None,
+                 upscalers: UpscalerLibrary | None = None) -> None:
         self.models = models
         self.addons = addons
+        self.upscalers = upscalers  # the upscaler models hires fix may use (None: the built-ins only)
         self.previews = previews or PreviewDecoders(None)  # None: TAESD previews fall back to Approx cheap
 
     def render(self, request: GenerationRequest, context: JobProgress, sink: ImageSink,
@@ -276,16 +280,19 @@ class Renderer:
         first = batch_index * request.batch_size
         task = _task(request, inputs, first, job.prompts, job.embeddings)
         observer = _Observer(context, job.model, request, step_hook, self.previews)
+        tiling = seamless_tiling(request.tiling, job.model, job.refiner)  # around sampling and decoding
         if request.hires is None:
             context.begin_batch(batch_index, request.batch_count, request.steps)
-            return run_task(job.model, task, observer, job.refiner)
-        plan = _hires_plan(request, task, job.prompts)
+            with tiling:
+                return run_task(job.model, task, observer, job.refiner)
+        plan = _hires_plan(request, task, job.prompts, self.upscalers)
         context.begin_batch(batch_index, request.batch_count, request.steps + plan.task.steps)
         keep_first = None
         if request.hires.save_first_pass and request.save_images:
             def keep_first(images: list[Image.Image]) -> None:
                 sink.first_pass(request, images, first, self._texts(request, first, len(images), job))
-        return run_hires(job.model, task, plan, observer, job.refiner, keep_first)
+        with tiling:
+            return run_hires(job.model, task, plan, observer, job.refiner, keep_first)
 
     def _extra_infotext(self, request: GenerationRequest, prompts: JobPrompts, embeddings: JobEmbeddings,
                         vae: AddonFile | None, refiner: CheckpointInfo | None) -> dict[str, object]:
@@ -322,7 +329,8 @@ def _task(request: GenerationRequest, inputs: JobInputs, first: int, prompts: Jo
                      embeddings=embeddings.by_name or None)
 
 
-def _hires_plan(request: GenerationRequest, first: ImageTask, prompts: JobPrompts) -> HiresPlan:
+def _hires_plan(request: GenerationRequest, first: ImageTask, prompts: JobPrompts,
+                upscalers: UpscalerLibrary | None = None) -> HiresPlan:
     hires = request.hires
     assert hires is not None
     width, height = hires.final_size(request.width, request.height)
@@ -332,6 +340,13 @@ def _hires_plan(request: GenerationRequest, first: ImageTask, prompts: JobPrompt
                      sampler=sampler, schedule=hires.schedule or first.schedule,
                      steps=hires.steps or request.steps, width=width, height=height,
                      denoising_strength=hires.denoising_strength)
-    upscaler = find_upscaler(hires.upscaler)
-    assert upscaler is not None  # validated
-    return HiresPlan(task=second, upscaler=upscaler, upscale_size=hires.upscale_size(request.width, request.height))
+    models = upscalers.names() if upscalers is not None else []
+    upscaler = find_upscaler(hires.upscaler, models)
+    if upscaler is None:  # validated on the front; the file was removed since
+        raise AddonNotFoundError("upscaler", hires.upscaler, upscaler_names(models))
+    upscale_image = None
+    if upscaler.kind is UpscalerKind.MODEL and upscalers is not None:
+        def upscale_image(image: Image.Image, size: tuple[int, int], device: Any) -> Image.Image:
+            return upscalers.upscale(image, upscaler.name, size, device)
+    return HiresPlan(task=second, upscaler=upscaler, upscale_size=hires.upscale_size(request.width, request.height),
+                     upscale_image=upscale_image)

@@ -128,6 +128,7 @@ SHARED: Mapping[str, Conversion] = MappingProxyType({
     "variation_strength": Conversion(read=lambda value: float(value or 0.0)),
     "seed_resize_from_width": Conversion(read=lambda value: whole(value or 0)),
     "seed_resize_from_height": Conversion(read=lambda value: whole(value or 0)),
+    "tiling": Conversion(read=bool),
 })
 
 

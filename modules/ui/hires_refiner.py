@@ -22,7 +22,8 @@ def build_hires(prefix: str, services: Services) -> dict[str, Component]:
     with gr.Accordion("Hires. fix", open=False, elem_id=f"{prefix}_hr"):
         fields["hires.enable"] = gr.Checkbox(label="Enable", value=False, elem_id=f"{prefix}_enable_hr")
         with gr.Row():
-            fields["hires.upscaler"] = gr.Dropdown(upscaler_names(), value=DEFAULT_UPSCALER, label="Upscaler",
+            fields["hires.upscaler"] = gr.Dropdown(upscaler_names(services.upscalers.names()), value=DEFAULT_UPSCALER,
+                                                   label="Upscaler",
                                                    elem_id=f"{prefix}_hr_upscaler")
             fields["hires.steps"] = gr.Slider(0, limits.max_steps, value=0, step=1,
                                               label="Hires steps (0 = same as sampling steps)",

@@ -372,7 +372,7 @@ VALID_FIELDS = {
     "seed_resize_from_w": st.sampled_from([-1, 0, 256]), "seed_resize_from_h": st.sampled_from([-1, 0, 320]),
     "refiner_checkpoint": st.sampled_from(["", "None", "b.safetensors"]) | st.none(),
     "refiner_switch_at": _float_like(0, 1),
-    "restore_faces": st.booleans() | st.none(), "tiling": st.sampled_from([True, False, "true", "false", None]),
+    "restore_faces": st.sampled_from([False, "false"]) | st.none(), "tiling": st.sampled_from([True, False, "true", "false", None]),
     "enable_hr": st.booleans(), "denoising_strength": _float_like(0, 1),
     "override_settings": st.fixed_dictionaries({}, optional={
         "sd_model_checkpoint": st.sampled_from(["a.safetensors [0123456789]", "b"]),
@@ -408,3 +408,20 @@ def test_any_json_body_raises_nothing_but_validation_error(data: dict) -> None:
         to_generation_request(parse_body(Img2ImgBody, data))
     except ValidationError:
         pass
+
+
+@pytest.mark.parametrize(("sent", "tiled"), [({}, False), ({"tiling": True}, True), ({"tiling": "true"}, True),
+                                             ({"tiling": None}, False), ({"tiling": "false"}, False)])
+def test_tiling_reaches_the_request(sent: dict, tiled: bool) -> None:
+    for body in (Txt2ImgBody, Img2ImgBody):
+        data = {**sent, "init_images": [PNG_B64]} if body is Img2ImgBody else sent
+        assert to_generation_request(parse_body(body, data)).tiling is tiled
+
+
+def test_restore_faces_is_refused_not_ignored() -> None:
+    def convert(data: dict) -> object:
+        return to_generation_request(parse_body(Txt2ImgBody, data))
+
+    assert refused_fields(convert, {"restore_faces": True}) == {"restore_faces"}
+    assert refused_fields(convert, {"restore_faces": "true"}) == {"restore_faces"}
+    assert to_generation_request(parse_body(Txt2ImgBody, {"restore_faces": False})).prompt == ""

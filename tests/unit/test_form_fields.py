@@ -29,7 +29,7 @@ from tests.conftest import make_services
 
 INFOTEXT = ("a lighthouse at dusk\nNegative prompt: fog\n"
             "Steps: 23, Sampler: Euler a, Schedule type: Karras, CFG scale: 6.5, Seed: 1234, Size: 576x448, "
-            "Clip skip: 2, Variation seed: 77, Variation seed strength: 0.25, Seed resize from: 320x256, "
+            "Clip skip: 2, Tiling: True, Variation seed: 77, Variation seed strength: 0.25, Seed resize from: 320x256, "
             "Denoising strength: 0.45, Hires upscale: 1.5, Hires steps: 7, Hires upscaler: Latent, "
             "Hires prompt: sharper, Refiner: other-model [abcd1234], Refiner switch at: 0.6")
 # What sending INFOTEXT fills, by elem_id (the component the declaration binds to each name).
@@ -38,6 +38,7 @@ FILLED = {
     "steps": 23, "cfg_scale": 6.5, "width": 576, "height": 448, "seed": 1234, "clip_skip": 2, "subseed": 77,
     "subseed_strength": 0.25, "seed_resize_from_w": 320, "seed_resize_from_h": 256, "enable_refiner": True,
     "refiner_checkpoint": "other-model", "refiner_switch_at": 0.6,
+    "tiling": True,
 }
 FILLED_HIRES = {
     "enable_hr": True, "hr_upscaler": "Latent", "hires_steps": 7, "denoising_strength": 0.45, "hr_scale": 1.5,
@@ -190,6 +191,7 @@ def test_send_to_fills_each_declared_component_from_an_infotext(forms: Forms) ->
 def test_an_infotext_without_hires_or_refiner_switches_them_off_and_keeps_their_values(forms: Forms) -> None:
     filled = filled_by_elem_id(forms.by_tab["txt2img"], forms.services, "a cat\nSteps: 9, Seed: 5, Size: 64x64")
     assert (filled["enable_hr"], filled["enable_refiner"], filled["steps"]) == (False, False, 9)
+    assert filled["tiling"] is False  # an infotext without "Tiling: True" unticks it
     assert not {"hr_upscaler", "hires_steps", "refiner_checkpoint", "refiner_switch_at"} & set(filled)
 
 
@@ -198,7 +200,7 @@ def test_what_send_to_fills_comes_back_as_the_same_request(forms: Forms) -> None
     request = GenerationRequest(prompt="p", negative_prompt="n", sampler="Euler", schedule=ScheduleType.KARRAS,
                                 steps=9, cfg_scale=5.5, width=320, height=256, seed=42, clip_skip=2,
                                 variation_seed=3, variation_strength=0.5, seed_resize_from_width=64,
-                                seed_resize_from_height=64, refiner=Refiner("r", 0.7),
+                                seed_resize_from_height=64, refiner=Refiner("r", 0.7), tiling=True,
                                 hires=HiresFix(scale=1.5, steps=4, sampler="Euler a", prompt="hp",
                                                save_first_pass=False))  # the checkbox always says
     values = defaults(form) | values_from_request(request)
@@ -296,3 +298,14 @@ def test_paste_fills_the_same_tab_and_leaves_its_image(page: gr.Blocks) -> None:
         handler(page, "img2img_paste")("just a prompt")
     with pytest.raises(gr.Error, match="Nothing to send"):
         handler(page, "pnginfo_send_to_txt2img")(None, "")
+
+
+def test_the_tiling_checkbox_of_each_tab_reaches_its_request(forms: Forms) -> None:
+    makers = {"txt2img": (request_from_values, {}), "img2img": (img2img.img2img_request, {"init_image": picture()}),
+              "inpaint": (inpaint.inpaint_request, {"init_image": editor()})}
+    for tab, (make, inputs) in makers.items():
+        form = forms.by_tab[tab]
+        checkbox = form.fields["tiling"]
+        assert (checkbox.label, checkbox.value, checkbox.elem_id) == ("Tiling", False, f"{tab}_tiling")
+        assert make(defaults(form, **inputs)).tiling is False, tab
+        assert make(defaults(form, tiling=True, **inputs)).tiling is True, tab

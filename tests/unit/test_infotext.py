@@ -59,6 +59,16 @@ def test_writer_leaves_out_empty_negative_default_clip_skip_and_unknown_model() 
     assert "Model: sd," in no_hash and "Model hash" not in no_hash
 
 
+def test_tiling_is_written_after_rng_only_when_on_and_read_back() -> None:
+    request = GenerationRequest(prompt="tiles", sampler="Euler", tiling=True, rng=RngSource.CPU, mask_blur=4)
+    text = build_infotext(request, 3, None, "v1", extra={"Lora hashes": "a: 1"})
+    assert "RNG: CPU, Tiling: True, Lora hashes:" in text
+    assert request_from_infotext(parse_infotext(text))[0].tiling is True
+    untiled = build_infotext(replace(request, tiling=False), 3, None, "v1")
+    assert "Tiling" not in untiled and request_from_infotext(parse_infotext(untiled))[0].tiling is False
+    assert request_from_infotext(parse_infotext(text.replace("Tiling: True", "Tiling: False")))[0].tiling is False
+
+
 def test_writer_places_extra_keys_in_a1111_order() -> None:
     extra = {
         "My extension": "on",
@@ -66,9 +76,8 @@ def test_writer_places_extra_keys_in_a1111_order() -> None:
         "Refiner": "sdxl-refiner [7440042bbd]",
         "Face restoration": None,  # None = left out
         "VAE": "sdxl_vae.safetensors",
-        "Tiling": True,
     }
-    request = GenerationRequest(seed_resize_from_width=64, seed_resize_from_height=64, hires=HiresFix())
+    request = GenerationRequest(seed_resize_from_width=64, seed_resize_from_height=64, hires=HiresFix(), tiling=True)
     text = build_infotext(request, 1, None, "v1", extra)
     assert text.endswith(
         "Size: 512x512, VAE: sdxl_vae.safetensors, Seed resize from: 64x64, Denoising strength: 0.7, Tiling: True, "
@@ -270,6 +279,7 @@ def requests(draw: st.DrawFn) -> GenerationRequest:
         variation_strength=strength, variation_seed=draw(st.integers(0, MAX_SEED)) if strength else -1,
         eta_noise_seed_delta=draw(st.integers(0, MAX_SEED)) if spec.uses_ensd else 0,
         rng=draw(st.sampled_from(list(RngSource))),
+        tiling=draw(st.booleans()),
     )
 
 

@@ -26,6 +26,7 @@ from modules.services.hashing import HashCache
 from modules.services.job_types import JobContext
 from modules.services.models import CheckpointInfo, CheckpointRegistry, ModelManager
 from modules.services.preview_decoders import PreviewDecoders
+from modules.services.upscaler_library import UpscalerLibrary
 from modules.services.renderer import EncodingSink, Renderer
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,8 @@ class RenderEngine:
                               AddonRegistry(AddonKind.EMBEDDING, paths.embedding_dirs, hashes),
                               AddonRegistry(AddonKind.VAE, paths.vae_dirs, hashes))
         # No extensions here: BEFORE_GENERATE ran on the front, the saving hooks run there too.
-        self._renderer = Renderer(self._models, addons, PreviewDecoders(paths.taesd_dir))
+        self._renderer = Renderer(self._models, addons, PreviewDecoders(paths.taesd_dir),
+                                  UpscalerLibrary(paths.upscaler_dirs))
         log.info("Worker engine on %s; checkpoints in %s", self._device.describe(),
                  ", ".join(str(p) for p in paths.checkpoint_dirs))
 
