@@ -25,6 +25,7 @@ from modules.engine.hires import HiresPlan, run_hires
 from modules.engine.loader import LoadedModel
 from modules.engine.lora import apply_loras
 from modules.engine.memory import is_out_of_memory
+from modules.engine.vram_choice import budget_bytes
 from modules.engine.sampling.loop import NoisePlan
 from modules.engine.tiling import seamless_tiling
 from modules.errors import AddonNotFoundError, NotEnoughMemoryError, OutOfMemoryError
@@ -263,14 +264,14 @@ class Renderer:
     def _memory_mode_for(self, model: LoadedModel, request: GenerationRequest) -> LoadedModel:
         """The model in the memory mode the job's predicted peak allows (CUDA only; logged). A job that
         cannot fit is refused before any work, after cached models have left the GPU."""
+        if budget_bytes(model) is None:  # off CUDA the models share system memory: nothing to choose
+            return model
         forced = forced_mode(model.device, model.arch)
         try:
             choice = choose_for_request(model, request, forced)
         except NotEnoughMemoryError:
             self.models.make_room()
             choice = choose_for_request(model, request, forced)
-        if choice.budget_bytes is None:  # off CUDA: the models share system memory; the mode stays
-            return model
         log.info("Memory: %s", choice.reason)
         return self.models.use_mode(model, choice.mode)
 

@@ -158,6 +158,7 @@ def test_a_job_runs_in_the_mode_its_memory_plan_picks(tiny_models, tmp_path: Pat
         request = replace(TXT2IMG, checkpoint="tiny-sd15.safetensors")
         full = image_of(services, request)
         assert not hasattr(services.models.loaded_model().pipeline.unet, "_hf_hook")
+        monkeypatch.setattr(renderer_module, "budget_bytes", lambda model: 8 * 1024**3)  # as on a GPU
         monkeypatch.setattr(renderer_module, "choose_for_request", _choice(MemoryMode.MEDVRAM))
         offloaded = image_of(services, request)
         model = services.models.loaded_model()
@@ -178,6 +179,7 @@ def test_a_job_that_cannot_fit_is_refused_before_work_and_the_server_keeps_servi
     image_of(services, replace(TXT2IMG, checkpoint="tiny-sd15.safetensors"))
     made_room = []
     monkeypatch.setattr(services.models, "make_room", lambda: made_room.append(True))
+    monkeypatch.setattr(renderer_module, "budget_bytes", lambda model: 6 * 1024**3)  # as on a GPU
 
     def refuse(model, request, forced):
         raise NotEnoughMemoryError("This job needs about 9.00 GiB at its peak, and 6.00 GiB is available. "
