@@ -269,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from modules.web.credentials import load_auth
 
     paths = resolve_paths(flags.data_dir, flags.models_dir, flags.ckpt_dir, lora_dir=flags.lora_dir,
-                          embeddings_dir=flags.embeddings_dir, vae_dir=flags.vae_dir)
+                          embeddings_dir=flags.embeddings_dir, vae_dir=flags.vae_dir,
+                          model_folders=dict(flags.model_folders))
     try:  # bad settings or logins, or a refused or unreachable Ray address (with Ray: bad device flags too)
         settings = load_settings(paths.config_file)
         auth = load_auth(flags.gradio_auth, flags.gradio_auth_path, flags.api_auth)

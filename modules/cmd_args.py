@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from modules.paths import MODEL_FOLDER_FLAGS
 from modules.precision import Precision
 
 
@@ -29,6 +30,7 @@ class Flags:
     vae_dir: Path | None = None
     data_dir: Path | None = None
     models_dir: Path | None = None
+    model_folders: tuple[tuple[str, Path], ...] = ()  # (models folder, extra folder) from --esrgan-models-path etc.
     device_id: int | None = None
     use_cpu: tuple[str, ...] = ()
     no_half: bool = False
@@ -86,6 +88,8 @@ class Flags:
                 value = str(value)
             elif isinstance(value, enum.Enum):
                 value = value.value
+            elif name == "model_folders":
+                value = {folder: str(path) for folder, path in value}
             elif isinstance(value, tuple):
                 value = list(value)
             view[name] = value
@@ -113,6 +117,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-dir", type=Path, help="extra folder to look for VAE files in (besides models/VAE)")
     p.add_argument("--data-dir", type=Path, help="where outputs, config and user extensions live (default: the project folder)")
     p.add_argument("--models-dir", type=Path, help="base folder of models (default: <data-dir>/models)")
+    for flag, folder in MODEL_FOLDER_FLAGS.items():
+        p.add_argument(f"--{flag}-models-path", type=Path, metavar="DIR",
+                       help=f"extra folder to look for {folder} models in (besides models/{folder})")
     p.add_argument("--disable-all-extensions", action="store_true",
                    help="start without loading any extension (built-in ones included)")
 
@@ -187,7 +194,7 @@ def parse_flags(argv: Sequence[str], environ: Mapping[str, str]) -> Flags:
     return Flags(
         listen=ns.listen, port=ns.port, ckpt=ns.ckpt, ckpt_dir=ns.ckpt_dir, lora_dir=ns.lora_dir,
         embeddings_dir=ns.embeddings_dir, vae_dir=ns.vae_dir, data_dir=ns.data_dir,
-        models_dir=ns.models_dir, device_id=ns.device_id, use_cpu=tuple(m.lower() for m in ns.use_cpu),
+        models_dir=ns.models_dir, model_folders=_model_folders(ns), device_id=ns.device_id, use_cpu=tuple(m.lower() for m in ns.use_cpu),
         no_half=ns.no_half, no_half_vae=ns.no_half_vae, precision=Precision(ns.precision),
         upcast_sampling=ns.upcast_sampling, xformers=ns.xformers, opt_sdp_attention=ns.opt_sdp_attention,
         medvram=ns.medvram, medvram_sdxl=ns.medvram_sdxl, lowvram=ns.lowvram, loglevel=ns.loglevel,
@@ -200,6 +207,11 @@ def parse_flags(argv: Sequence[str], environ: Mapping[str, str]) -> Flags:
         disable_all_extensions=ns.disable_all_extensions, ray_address=ns.ray_address,
         ray_allow_public=ns.ray_allow_public,
     )
+
+
+def _model_folders(ns: argparse.Namespace) -> tuple[tuple[str, Path], ...]:
+    return tuple((folder, getattr(ns, f"{flag}_models_path")) for flag, folder in MODEL_FOLDER_FLAGS.items()
+                 if getattr(ns, f"{flag}_models_path") is not None)
 
 
 def _items(text: str) -> tuple[str, ...]:

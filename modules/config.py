@@ -19,11 +19,15 @@ import yaml
 from modules.atomic import write_text_atomic
 from modules.errors import ConfigError
 from modules.params import (
+    DEFAULT_CODE_FORMER_WEIGHT,
+    DEFAULT_FACE_RESTORER,
     DEFAULT_PREVIEW_EVERY,
     MAX_SEED,
     PREVIEW_EVERY_RANGE,
     GenerationLimits,
     PreviewMethod,
+    code_former_weight_problem,
+    face_restorer_problem,
     preview_method_problem,
 )
 from modules.samplers import RngSource
@@ -47,6 +51,12 @@ class Settings:
     # The live preview (A1111's options): how it is drawn, and every how many sampling steps (-1: none).
     show_progress_type: str = PreviewMethod.APPROX_CHEAP.value
     show_progress_every_n_steps: int = DEFAULT_PREVIEW_EVERY
+    # Face restoration (A1111's options): which restorer "Restore faces" runs, and CodeFormer's weight.
+    face_restoration_model: str = DEFAULT_FACE_RESTORER
+    code_former_weight: float = DEFAULT_CODE_FORMER_WEIGHT
+    # Upscaler models run in tiles (A1111's ESRGAN_tile, ESRGAN_tile_overlap): side and overlap in px, 0: untiled.
+    esrgan_tile: int = 192
+    esrgan_tile_overlap: int = 8
     checkpoint_cache: int = 1  # checkpoints kept in RAM besides the loaded one, for fast switching
     fast_path: bool = False  # channels_last + torch.compile of the UNet (CUDA); off until measured
     shared_jobs: bool = False  # true: a single-user instance, every signed-in name sees every job
@@ -58,7 +68,8 @@ class Settings:
                                 max_batch_count=self.max_batch_count)
 
 
-_TYPES: dict[str, type] = {f.name: {"bool": bool, "str": str}.get(str(f.type), int) for f in fields(Settings)}
+_TYPES: dict[str, type] = {f.name: {"bool": bool, "str": str, "float": float}.get(str(f.type), int)
+                           for f in fields(Settings)}
 # Every whole-number setting has a range, checked on every path (config.yaml, the API, the UI): a value
 # outside it is refused with the range, never clamped. The maxima keep one bad value from breaking
 # every later job or the server (ENSD is added to a seed, so it stays within what a seed may be).
@@ -66,10 +77,13 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "queue_limit": (1, 1024), "max_image_size": (64, 8192), "max_batch_size": (1, 64),
     "max_batch_count": (1, 1000), "clip_skip": (1, GenerationLimits.max_clip_skip),
     "eta_noise_seed_delta": (0, MAX_SEED), "checkpoint_cache": (0, 8),
-    "show_progress_every_n_steps": PREVIEW_EVERY_RANGE,
+    "show_progress_every_n_steps": PREVIEW_EVERY_RANGE, "esrgan_tile": (0, 512), "esrgan_tile_overlap": (0, 48),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {"randn_source": tuple(r.value for r in RngSource)}
-_CHOICE_CHECKS: dict[str, Callable[[object], str | None]] = {"show_progress_type": preview_method_problem}
+_CHOICE_CHECKS: dict[str, Callable[[object], str | None]] = {"show_progress_type": preview_method_problem,
+                                                              "face_restoration_model": face_restorer_problem}
+# Every number setting says what it allows (its range) in its own check.
+_FLOAT_CHECKS: dict[str, Callable[[object], str | None]] = {"code_former_weight": code_former_weight_problem}
 _NON_BLANK = frozenset({"sd_vae"})  # a blank VAE name would make every job from the UI invalid
 MAX_TEXT_CHARS = 255  # a file name or HOST:PORT; more is not a plausible setting
 
@@ -108,6 +122,8 @@ def setting_problem(key: str, value: object) -> str | None:
         return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
     if expected is str:
         return _text_problem(key, value)
+    if expected is float:
+        return _FLOAT_CHECKS[key](value)
     return _int_problem(key, value)
 
 

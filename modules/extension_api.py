@@ -60,7 +60,7 @@ __all__ = ["API_VERSION", "MAX_SEED", "AfterImage", "AppStarted", "BeforeGenerat
            "ExtensionSetup", "FieldError", "GeneratedImage", "GenerationRequest", "GenerationResult", "Handler",
            "Hook", "Host", "ImageSaved", "Label", "ModelLoaded", "Param", "ParamKind", "ScheduleType", "Script",
            "ScriptRun", "SettingsSection", "StepEnd", "UiPanel", "UiTabs", "ValidationError", "changes_server",
-           "decode_png", "find_checkpoint", "find_schedule", "fixed_seed", "font_size_for",
+           "decode_png", "find_checkpoint", "find_schedule", "find_upscaler_name", "fixed_seed", "font_size_for",
            "frozen_params", "is_sampler", "labelled_grid", "offset_seed", "png_with_infotext", "random_seed",
            "sampler_names", "validate_request", "with_denoising", "with_prompt", "with_sampler"]
 
@@ -87,6 +87,8 @@ class ParamKind(enum.Enum):
     FLOAT = "float"
     TEXT = "text"
     CHOICE = "choice"
+    UPSCALER = "upscaler"  # a name from Host.upscaler_names(), or its index there
+    NOTE = "note"  # a text the UI shows; it carries no value
 
 
 @dataclass(frozen=True)
@@ -126,10 +128,26 @@ class Param:
         return Param(name, ParamKind.CHOICE, default if default is not None else choices[0], label,
                      choices=tuple(choices))
 
+    @staticmethod
+    def upscaler(name: str, default: str = "None", label: str = "") -> Param:
+        """An upscaler of :meth:`Host.upscaler_names`, by name or, as A1111's UI sends it, by its index
+        in that list. The list is the server's (model files come and go), so the value is only checked
+        for its form here; turn it into a name with :func:`find_upscaler_name`. The UI shows a dropdown."""
+        return Param(name, ParamKind.UPSCALER, default, label)
+
+    @staticmethod
+    def note(name: str, text: str) -> Param:
+        """A text the UI shows (A1111 scripts' info labels). It holds the label's place in A1111's
+        positional ``script_args``, so clients' lists line up: any value sent there is accepted and
+        the value seen is always ``text``."""
+        return Param(name, ParamKind.NOTE, text, text)
+
     def coerce(self, value: Any) -> Any:
         """``value`` as this parameter's type; ValueError with a reason a user understands."""
-        if value is None:
+        if value is None or self.kind is ParamKind.NOTE:
             return self.default
+        if self.kind is ParamKind.UPSCALER:
+            return self._upscaler(value)
         if self.kind is ParamKind.BOOL:
             if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
                 return value.strip().lower() in ("true", "1")
@@ -145,6 +163,14 @@ class Param:
         if not isinstance(value, str):
             raise ValueError(f"must be text, got {value!r}")
         return value
+
+    @staticmethod
+    def _upscaler(value: Any) -> str | int:
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer() and value >= 0:
+            return int(value)
+        raise ValueError(f"must be an upscaler's name or its index in the upscaler list, got {value!r}")
 
     def _number(self, value: Any) -> int | float:
         try:
@@ -179,6 +205,23 @@ class Host(Protocol):
 
     def save_grid(self, image: Image.Image, infotext: str, img2img: bool = False) -> Path:
         """Save a grid image (with its parameters text) to txt2img-grids (img2img-grids)."""
+        ...
+
+    def save_image(self, image: Image.Image, infotext: str, seed: int, img2img: bool = False) -> Path:
+        """Save a finished image (with its parameters text) to txt2img-images (img2img-images), named
+        after ``seed`` as the job's own images are. No hook runs for it."""
+        ...
+
+    def upscaler_names(self) -> list[str]:
+        """The upscalers of Extras and SD upscale, as GET /sdapi/v1/upscalers lists them: "None",
+        "Lanczos", "Nearest", then the model files found now."""
+        ...
+
+    def upscale(self, image: Image.Image, upscaler: str, factor: float) -> Image.Image:
+        """``image`` upscaled by ``factor`` with the upscaler named ``upscaler`` (A1111's
+        ``Upscaler.upscale``): the result is ``int(side * factor)`` rounded down to a multiple of 8 on
+        each side. A model upscaler runs as a job in the queue (on the GPU worker), the caller's own;
+        "None" only resizes. Never call it from a STEP_END or AFTER_IMAGE handler."""
         ...
 
     def settings(self) -> ExtensionSettings:
@@ -329,6 +372,14 @@ class ExtensionSetup:
         """A whole tab in the UI, titled ``title``, whose content ``build`` makes."""
         self.tab_title = title
         self.on(Hook.UI_TABS, build)
+
+
+def find_upscaler_name(value: str | int, names: Sequence[str]) -> str | None:
+    """The upscaler among ``names`` (:meth:`Host.upscaler_names`) that a :meth:`Param.upscaler` value
+    means: a name in any case, or an index into ``names``; None when it means none."""
+    if isinstance(value, int):
+        return names[value] if 0 <= value < len(names) else None
+    return next((name for name in names if name.lower() == value.strip().lower()), None)
 
 
 def frozen_params(values: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from modules.params import GenerationRequest
+from modules.params import DEFAULT_FACE_RESTORER, GenerationRequest
 from modules.samplers import RngSource, resolve_sampler
 
 # A1111's fixed order of the parameters line. Keys not listed here (extensions' own) follow them in
@@ -41,6 +41,7 @@ REQUEST_KEYS = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
      "Clip skip", "Variation seed", "Variation seed strength", "Denoising strength", "ENSD", "RNG", "Tiling",
      "Mask blur", "Mask mode", "Masked content", "Inpaint area", "Masked area padding", "Styles array", VERSION_KEY}
+    | {"Face restoration"}
     | {"Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Hires sampler", "Hires schedule type",
        "Hires prompt", "Hires negative prompt", "Seed resize from"}
 )
@@ -110,6 +111,8 @@ def _request_params(request: GenerationRequest, seed: int, model: ModelIdentity 
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
     }
+    if request.restore_faces:  # A1111 names the restorer that ran, only when one did
+        params["Face restoration"] = request.face_restoration_model or DEFAULT_FACE_RESTORER
     if model is not None and model.hash:
         params["Model hash"] = model.hash
     if model is not None and model.name:

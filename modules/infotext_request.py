@@ -6,11 +6,11 @@ adds a warning; it never raises. Pure Python: no torch, no gradio.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from modules.infotext import ParsedInfotext, format_number
-from modules.params import GenerationRequest, HiresFix, MaskedContent, Refiner
+from modules.params import FACE_RESTORERS, GenerationRequest, HiresFix, MaskedContent, Refiner
 from modules.samplers import RngSource, ScheduleType, find_schedule, resolve_sampler
 from modules.upscalers import DEFAULT_UPSCALER, find_upscaler
 
@@ -110,7 +110,7 @@ def _read_sampler(
 
 
 def request_from_infotext(
-    parsed: ParsedInfotext, base: GenerationRequest = GenerationRequest()
+    parsed: ParsedInfotext, base: GenerationRequest = GenerationRequest(), upscaler_models: Sequence[str] | None = None
 ) -> tuple[GenerationRequest, list[str]]:
     """``base`` with every field the infotext names filled in, plus warnings for unusable values.
 
@@ -119,6 +119,8 @@ def request_from_infotext(
     ``base``'s. ``checkpoint`` becomes the ``Model`` name, or the ``Model hash`` when only that is
     given; the caller matches it against names and hashes (``parsed.params`` keeps both). Keys the
     request does not carry are left in ``parsed.params``. Range checks are ``validate_request``'s.
+    ``upscaler_models``: the upscaler model names installed (a hires upscaler not among them, nor
+    built in, falls back to Latent with a warning); None keeps any name for validation to check.
     """
     params = parsed.params
     warnings: list[str] = []
@@ -150,20 +152,37 @@ def request_from_infotext(
         eta_noise_seed_delta=_read_int(params, "ENSD", 0, warnings),
         rng=_read_rng(params, warnings),
         tiling=params.get("Tiling", "").strip().lower() == "true",
+        restore_faces="Face restoration" in params,
+        face_restoration_model=_read_face_restorer(params, base.face_restoration_model, warnings),
         seed_resize_from_width=_read_int(params, "Seed resize from-1", 0, warnings),
         seed_resize_from_height=_read_int(params, "Seed resize from-2", 0, warnings),
-        hires=_read_hires(params, base, warnings),
+        hires=_read_hires(params, base, warnings, upscaler_models),
         refiner=_read_refiner(params, warnings),
         vae=params.get("VAE") or base.vae,
     )
     return request, warnings
 
 
+def _read_face_restorer(params: Mapping[str, str], kept: str | None, warnings: list[str]) -> str | None:
+    """The restorer "Face restoration" names (A1111 writes the one that ran), as A1111 spells it."""
+    label = params.get("Face restoration")
+    if label is None:
+        return kept
+    found = next((name for name in FACE_RESTORERS if name.lower() == label.strip().lower()), None)
+    if found is None:
+        warnings.append(f"Face restoration: {label!r} is not one of {', '.join(FACE_RESTORERS)}; "
+                        "using the server's face restoration model")
+    return found or kept
+
+
 def _has_hires(params: Mapping[str, str]) -> bool:
     return any(key in params for key in ("Hires upscale", "Hires resize", "Hires upscaler", "Hires steps"))
 
 
-def _read_hires(params: Mapping[str, str], base: GenerationRequest, warnings: list[str]) -> HiresFix | None:
+def _read_hires(params: Mapping[str, str], base: GenerationRequest, warnings: list[str],
+                upscaler_models: Sequence[str] | None) -> HiresFix | None:
+    """Hires fix's values. A model upscaler's name is kept when it is one of ``upscaler_models``
+    (None: kept whatever it is, for the caller's validation to name it if it is missing)."""
     if not _has_hires(params):
         return None
     kept = base.hires or HiresFix()
@@ -173,7 +192,7 @@ def _read_hires(params: Mapping[str, str], base: GenerationRequest, warnings: li
         hr_sampler = None
     hr_schedule = find_schedule(params["Hires schedule type"]) if "Hires schedule type" in params else None
     upscaler = params.get("Hires upscaler", kept.upscaler)
-    if find_upscaler(upscaler) is None:
+    if upscaler_models is not None and find_upscaler(upscaler, upscaler_models) is None:
         warnings.append(f"Hires upscaler: {upscaler!r} is not available here; using {DEFAULT_UPSCALER}")
         upscaler = DEFAULT_UPSCALER
     return HiresFix(

@@ -11,7 +11,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from modules.params import PreviewMethod, preview_every_problem, preview_method_problem
+from modules.params import (
+    FACE_RESTORERS,
+    PreviewMethod,
+    code_former_weight_problem,
+    face_restorer_problem,
+    preview_every_problem,
+    preview_method_problem,
+)
 from modules.samplers import RngSource
 
 CHECKPOINT_OPTION = "sd_model_checkpoint"
@@ -67,6 +74,29 @@ def _preview_every(value: object) -> int:
     return number
 
 
+def _face_restorer(value: object) -> str:
+    """A restorer's name in any case ("codeformer") as A1111 spells it; others refused, naming the choices."""
+    wanted = value.strip().lower() if isinstance(value, str) else None
+    found = next((name for name in FACE_RESTORERS if name.lower() == wanted), None)
+    if found is None:
+        raise ValueError(face_restorer_problem(value))
+    return found
+
+
+def _code_former_weight(value: object) -> float:
+    """A number from 0 to 1 (``0.5`` or ``"0.5"``); others refused, naming the range."""
+    number: object = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = value
+    problem = code_former_weight_problem(number)
+    if problem is not None:
+        raise ValueError(problem)
+    return float(number)  # type: ignore[arg-type]
+
+
 def _flag(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false, got {value!r}")
@@ -97,6 +127,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("save_images_before_highres_fix", "save_images_before_highres_fix", "hires.save_first_pass", _flag),
     Option("show_progress_type", "show_progress_type", "preview_method", _preview_method),
     Option("show_progress_every_n_steps", "show_progress_every_n_steps", "preview_every", _preview_every),
+    Option("face_restoration_model", "face_restoration_model", "face_restoration_model", _face_restorer),
+    Option("code_former_weight", "code_former_weight", "code_former_weight", _code_former_weight),
+    Option("ESRGAN_tile", "esrgan_tile", None, _whole),
+    Option("ESRGAN_tile_overlap", "esrgan_tile_overlap", None, _whole),
 )
 BY_NAME: Mapping[str, Option] = MappingProxyType({option.name: option for option in OPTIONS})
 BY_SETTING: Mapping[str, Option] = MappingProxyType({o.setting: o for o in OPTIONS if o.setting is not None})

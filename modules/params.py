@@ -100,6 +100,29 @@ class LivePreview:
         return self.every <= 1 or step % self.every == 0 or step >= total
 
 
+# A1111's face restorers (option face_restoration_model) and CodeFormer's fidelity weight (code_former_weight).
+FACE_RESTORERS = ("CodeFormer", "GFPGAN")
+DEFAULT_FACE_RESTORER = "CodeFormer"
+DEFAULT_CODE_FORMER_WEIGHT = 0.5
+CODE_FORMER_WEIGHT_RANGE = (0.0, 1.0)  # 0: the strongest restoration; 1: closest to the input
+
+
+def face_restorer_problem(value: object) -> str | None:
+    """Why ``value`` is not a face restorer's name ("must be one of ..."); None when it is one."""
+    if isinstance(value, str) and value in FACE_RESTORERS:
+        return None
+    return f"must be one of {', '.join(FACE_RESTORERS)}, got {value!r}"
+
+
+def code_former_weight_problem(value: object) -> str | None:
+    """Why ``value`` is not a CodeFormer weight (a number from 0 to 1); None when it is one."""
+    low, high = CODE_FORMER_WEIGHT_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        return (f"must be a number from {low:g} to {high:g} (0: the strongest restoration, 1: closest to the "
+                f"input), got {value!r}")
+    return None
+
+
 LATENT_SCALE = 8  # pixels per latent cell in every SD VAE
 VAE_AUTOMATIC = "Automatic"  # A1111: a VAE named like the checkpoint if there is one, else the checkpoint's own
 VAE_NONE = "None"  # the checkpoint's own VAE
@@ -199,6 +222,7 @@ class GenerationRequest:
     resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
     masked_content: MaskedContent = MaskedContent.ORIGINAL
     tiling: bool = False  # seamless tiling: the image's opposite edges continue each other
+    restore_faces: bool = False  # A1111's "Restore faces": every face in each image, after it is decoded
     invert_mask: bool = False  # A1111's mask mode "Inpaint not masked"
     inpaint_only_masked: bool = False  # A1111's inpaint area "Only masked" (inpaint_full_res)
     only_masked_padding: int = 32  # pixels around the mask's box, for "Only masked"
@@ -213,6 +237,9 @@ class GenerationRequest:
     # The live preview (A1111's options show_progress_type, show_progress_every_n_steps); None = the server's.
     preview_method: PreviewMethod | None = None
     preview_every: int | None = None
+    # Face restoration (A1111's options face_restoration_model, code_former_weight); None = the server's.
+    face_restoration_model: str | None = None
+    code_former_weight: float | None = None
     # Extensions' values by extension name, then parameter name (A1111's alwayson_scripts, by name).
     extension_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 

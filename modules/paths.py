@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # A1111's upscaler model folders under the models dir, in the order its upscaler list shows them.
 UPSCALER_FOLDERS = ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT", "ScuNET")
+GFPGAN_FOLDER = "GFPGAN"
+CODEFORMER_FOLDER = "Codeformer"
+# A1111's ``--<name>-models-path`` flags: each adds a folder to the models folder of that name.
+MODEL_FOLDER_FLAGS = {"esrgan": "ESRGAN", "realesrgan": "RealESRGAN", "swinir": "SwinIR", "dat": "DAT",
+                      "hat": "HAT", "scunet": "ScuNET", "gfpgan": GFPGAN_FOLDER, "codeformer": CODEFORMER_FOLDER}
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,9 @@ class AppPaths:
     outputs_dir: Path
     cache_dir: Path
     config_file: Path
+    upscaler_dirs: tuple[Path, ...] = ()  # models/ESRGAN, RealESRGAN, SwinIR, DAT, HAT, ScuNET (+ flags' folders)
+    gfpgan_dirs: tuple[Path, ...] = ()  # models/GFPGAN (+ --gfpgan-models-path)
+    codeformer_dirs: tuple[Path, ...] = ()  # models/Codeformer (+ --codeformer-models-path)
 
     @property
     def config_cache(self) -> Path:
@@ -64,14 +73,14 @@ class AppPaths:
         return self.models_dir / "VAE-taesd"
 
     @property
-    def upscaler_dirs(self) -> tuple[Path, ...]:
-        """models/ESRGAN, models/RealESRGAN, models/SwinIR, models/DAT, models/HAT, models/ScuNET."""
-        return tuple(self.models_dir / name for name in UPSCALER_FOLDERS)
-
-    @property
     def realesrgan_dir(self) -> Path:
         """models/RealESRGAN, listed on its own by /sdapi/v1/realesrgan-models."""
         return self.models_dir / "RealESRGAN"
+
+    @property
+    def inputs_dir(self) -> Path:
+        """inputs/: where users put images for the Extras tab's batch from a folder."""
+        return self.data_dir / "inputs"
 
     @property
     def default_checkpoint_dir(self) -> Path:
@@ -91,11 +100,20 @@ def _folders(defaults: list[Path], extra: Path | None) -> tuple[Path, ...]:
 def resolve_paths(data_dir: Path | None = None, models_dir: Path | None = None,
                   ckpt_dir: Path | None = None, project_root: Path = PROJECT_ROOT, *,
                   lora_dir: Path | None = None, embeddings_dir: Path | None = None,
-                  vae_dir: Path | None = None) -> AppPaths:
+                  vae_dir: Path | None = None, model_folders: Mapping[str, Path] | None = None) -> AppPaths:
     """A1111's layout under the data dir: models/Stable-diffusion, models/Lora, models/VAE,
-    embeddings/ (and models/embeddings), outputs/, config.yaml."""
+    embeddings/ (and models/embeddings), outputs/, config.yaml. ``model_folders``: extra folders by
+    the models folder they add to (``{"ESRGAN": path}``, from ``--esrgan-models-path``)."""
     data = (data_dir or project_root).expanduser().resolve()
     models = (models_dir.expanduser().resolve() if models_dir else data / "models")
+    extra = dict(model_folders or {})
+
+    def folders(*names: str) -> tuple[Path, ...]:
+        found: list[Path] = []
+        for name in names:
+            found += [p for p in _folders([models / name], extra.get(name)) if p not in found]
+        return tuple(found)
+
     return AppPaths(
         project_root=project_root,
         data_dir=data,
@@ -107,4 +125,7 @@ def resolve_paths(data_dir: Path | None = None, models_dir: Path | None = None,
         outputs_dir=data / "outputs",
         cache_dir=data / "cache",
         config_file=data / "config.yaml",
+        upscaler_dirs=folders(*UPSCALER_FOLDERS),
+        gfpgan_dirs=folders(GFPGAN_FOLDER),
+        codeformer_dirs=folders(CODEFORMER_FOLDER),
     )

@@ -65,11 +65,10 @@ CONVERTERS: dict[str, Callable[[str], Any]] = {
     "sampler_name": _sampler, "sampler_index": _sampler_index, "scheduler": _schedule,
     "width": int, "height": int, "batch_size": int, "n_iter": int, "clip_skip": int,
     "denoising_strength": float, "seed_resize_from_w": int, "seed_resize_from_h": int,
-    "do_not_save_samples": _boolean,
+    "do_not_save_samples": _boolean, "restore_faces": _boolean, "tiling": _boolean,
 }
 # A1111 options that mean nothing here: accepted so that A1111 files run, with a warning.
-IGNORED = {"outpath_samples", "outpath_grids", "prompt_for_display", "restore_faces", "tiling",
-           "do_not_save_grid"}
+IGNORED = {"outpath_samples", "outpath_grids", "prompt_for_display", "do_not_save_grid"}
 QUIET = {"do_not_save_grid", "prompt_for_display"}  # nothing the user would miss
 
 
@@ -157,7 +156,8 @@ def apply_line(base: GenerationRequest, options: dict[str, Any], at_start: bool)
               "subseed_strength": "variation_strength", "width": "width", "height": "height",
               "batch_size": "batch_size", "n_iter": "batch_count", "clip_skip": "clip_skip",
               "seed_resize_from_w": "seed_resize_from_width", "seed_resize_from_h": "seed_resize_from_height",
-              "styles": "styles", "sd_model": "checkpoint", "scheduler": "schedule"}
+              "styles": "styles", "sd_model": "checkpoint", "scheduler": "schedule",
+              "restore_faces": "restore_faces", "tiling": "tiling"}
     request = replace(request, **{field: o[option] for option, field in simple.items() if option in o})
     sampler = o.get("sampler_name", o.get("sampler_index"))
     if sampler is not None:

@@ -74,6 +74,7 @@ _INFOTEXT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "variation_seed": ("subseed",), "variation_strength": ("subseed_strength",),
     "seed_resize_from_width": ("seed_resize_from_w",), "seed_resize_from_height": ("seed_resize_from_h",),
     "hires": ("enable_hr",), "refiner": ("refiner_checkpoint",), "tiling": ("tiling",),
+    "restore_faces": ("restore_faces",),
 })
 _IMG2IMG_INFOTEXT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "denoising_strength": ("denoising_strength",), "mask_blur": ("mask_blur",),
@@ -162,6 +163,12 @@ def _settings(body: Txt2ImgBody) -> dict[str, object]:
     """The per-request settings a body asks for (body field > override_settings), as request field -> value."""
     requested = {field_name: _override(key, body.override_settings[key]) for key, field_name in SETTING_FIELDS.items()
                  if body.override_settings.get(key) is not None}
+    server_only = [o.name for o in OPTIONS if o.field is None and o.setting is not None and o.name in body.override_settings]
+    if server_only and body.override_settings_restore_afterwards is not False:
+        # No job field carries these (upscaler tiles): for one request they would be ignored.
+        raise ValidationError([FieldError(f"override_settings.{name}", "is a server setting, not one job's: set it with "
+                                          "POST /sdapi/v1/options (or override_settings_restore_afterwards: false)")
+                               for name in server_only])
     if body.clip_skip is not None:
         requested["clip_skip"] = body.clip_skip
     return requested
@@ -263,9 +270,6 @@ def to_generation_request(body: Txt2ImgBody | Img2ImgBody) -> GenerationRequest:
     scheduler, bad base64, bad override value); everything else is ``validate_request``'s to judge.
     """
     # 1. Per-request settings: body field > override_settings (> the server's, at the front).
-    if body.restore_faces:  # never accepted and then ignored: the client is told
-        raise ValidationError([FieldError("restore_faces", "face restoration is not available in this Atelier "
-                                                           "version; send restore_faces false or leave it out")])
     requested = _settings(body)
     # 2. The body's own fields.
     sampler, schedule, name_chose_schedule = _sampler_and_schedule(body)
@@ -276,7 +280,7 @@ def to_generation_request(body: Txt2ImgBody | Img2ImgBody) -> GenerationRequest:
         variation_seed=body.subseed, variation_strength=body.subseed_strength,
         seed_resize_from_width=body.seed_resize_from_w, seed_resize_from_height=body.seed_resize_from_h,
         hires=_hires(body), refiner=_refiner(body), extension_params=_extension_params(body),
-        tiling=bool(body.tiling),
+        tiling=bool(body.tiling), restore_faces=bool(body.restore_faces),
         **requested,  # type: ignore[arg-type]
     )
     # 3. img2img inputs.
@@ -326,8 +330,8 @@ def info_object(result: GenerationResult, body: Txt2ImgBody, now: datetime | Non
         "cfg_scale": request.cfg_scale,
         "steps": request.steps,
         "batch_size": request.batch_size,
-        "restore_faces": False,
-        "face_restoration_model": None,
+        "restore_faces": request.restore_faces,
+        "face_restoration_model": request.face_restoration_model if request.restore_faces else None,
         "sd_model_name": used.checkpoint_name or None,
         "sd_model_hash": used.checkpoint_hash,
         "sd_vae_name": used.vae_name,

@@ -18,7 +18,7 @@ import pydantic
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from modules.api import schemas
+from modules.api import download_api, extras_api, schemas
 from modules.api.convert import (
     body_field,
     decode_base64_image,
@@ -28,11 +28,13 @@ from modules.api.convert import (
     scheduler_items,
     to_generation_request,
 )
+from modules.api.face_restorer_items import face_restorer_items
 from modules.api.upscaler_items import realesrgan_items, upscaler_items
 from modules.cmd_args import Flags
 from modules.errors import (
     AtelierError,
     ConfigError,
+    DownloadError,
     FieldError,
     ModelLoadError,
     ModelNotFoundError,
@@ -60,6 +62,7 @@ _STATUS: tuple[tuple[type[AtelierError], int], ...] = (
     (ValidationError, 422), (ConfigError, 422), (ModelNotFoundError, 404), (QueueFullError, 503),
     (NoModelLoadedError, 503), (ModelLoadError, 500),
     (NotEnoughMemoryError, 507),  # refused before it started: the job does not fit the GPU's memory
+    (DownloadError, 502),  # the place a model comes from did not give it (or gave a file with the wrong hash)
 )
 
 
@@ -194,6 +197,8 @@ class ApiFace:
 
         self._register_lists(r)
         self._register_models(r)
+        extras_api.register(r, s.extras, _json_body, _user)
+        download_api.register(r, s.fetcher, _json_body)
         return r
 
     def _register_lists(self, r: APIRouter) -> None:
@@ -218,10 +223,9 @@ class ApiFace:
         r.get("/upscalers")(lambda: upscaler_items(upscalers))
         r.get("/realesrgan-models")(lambda: realesrgan_items(upscalers, self.services.paths.realesrgan_dir))
         r.get("/latent-upscale-modes")(lambda: [{"name": u.name} for u in UPSCALERS if u.kind is UpscalerKind.LATENT])
-        # Lists clients read at start-up for features Atelier does not have (face restoration,
-        # hypernetworks): A1111's shapes, empty.
+        r.get("/face-restorers")(lambda: face_restorer_items(self.services.face_restorers))
+        # A list clients read at start-up for a feature Atelier does not have: A1111's shape, empty.
         r.get("/hypernetworks")(lambda: [])
-        r.get("/face-restorers")(lambda: [])
         r.get("/cmd-flags")(lambda: self.flags.public_view())
         r.get("/memory", response_model=schemas.MemoryResponse)(lambda: _memory(self.services))
         # Atelier's own: the workers that run jobs (one in process, or Ray workers), as the UI's panel shows them.

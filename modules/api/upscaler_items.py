@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from modules.services.model_downloads import KNOWN_MODELS
 from modules.services.upscaler_library import UpscalerLibrary
 from modules.upscalers import UPSCALERS, UpscalerKind
 
@@ -14,9 +15,10 @@ def upscaler_items(library: UpscalerLibrary) -> list[dict[str, Any]]:
     Nearest), then each model file with the factor it upscales by."""
     items: list[dict[str, Any]] = [{"name": u.name, "model_name": None, "model_path": None, "model_url": None,
                                     "scale": 4} for u in UPSCALERS if u.kind is UpscalerKind.IMAGE]
+    urls = {model.filename.lower(): model.url for model in KNOWN_MODELS}  # where a standard model came from
     for item in library.files():
-        items.append({"name": item.name, "model_name": item.folder, "model_path": str(item.path), "model_url": None,
-                      "scale": library.scale_of(item)})
+        items.append({"name": item.name, "model_name": item.folder, "model_path": str(item.path),
+                      "model_url": urls.get(item.path.name.lower()), "scale": library.scale_of(item)})
     return items
 
 

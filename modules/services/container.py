@@ -23,18 +23,23 @@ from modules.services.engine_slot import Engine, EngineSlot
 from modules.services.extension_host import ExtensionHost
 from modules.services.extension_install import ExtensionInstaller
 from modules.services.extensions import ExtensionManager
+from modules.services.extras import ExtrasService
+from modules.services.extras_run import ExtrasWorker
+from modules.services.face_restorers import FaceRestorers
 from modules.services.gallery import Gallery
 from modules.services.hashing import HashCache
 from modules.services.images import ImageSaver
 from modules.services.jobs import Executor, JobQueue
+from modules.services.model_downloads import ModelFetcher, upscaler_aliases
 from modules.services.outputs import OutputStore
 from modules.services.queue_contract import JobQueueContract, QueueMode
 from modules.services.settings_store import SettingsStore
 from modules.services.styles import StyleStore
-from modules.services.upscaler_library import UpscalerLibrary
+from modules.services.upscaler_library import TileOptions, UpscalerLibrary
 
 if TYPE_CHECKING:
     from modules.engine.devices import DeviceInfo
+    from modules.engine.face_detection import FaceDetector
     from modules.services.downloads import ModelDownloader
     from modules.services.generation import GenerationService
     from modules.services.models import ModelManager
@@ -54,6 +59,9 @@ class Services:
     gallery: Gallery
     addons: AddonLibrary  # LoRAs, embeddings, VAEs
     upscalers: UpscalerLibrary  # upscaler models (models/ESRGAN, RealESRGAN, SwinIR, DAT, HAT, ScuNET)
+    face_restorers: FaceRestorers  # CodeFormer and GFPGAN (models/Codeformer, models/GFPGAN)
+    extras: ExtrasService  # the Extras tab's and API's upscales and face restoration, queued
+    fetcher: ModelFetcher  # the standard upscaler and face restorer models, downloaded on request
     extensions: ExtensionManager
     installer: ExtensionInstaller  # git clone/pull and pip for users' extensions
     engine: EngineSlot  # the parts below; reading one waits until the engine is built
@@ -89,20 +97,22 @@ class Services:
 
 def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo, extensions: bool = True,
                    network_exposed: bool = False, insecure_extensions: bool = False,
-                   scale_out: ScaleOut | None = None) -> Services:
+                   scale_out: ScaleOut | None = None, face_detector: FaceDetector | None = None) -> Services:
     """Wire the services together, load the extensions (``extensions=False``: none, as
     ``--disable-all-extensions``) and start the worker (or, with ``scale_out``, the dispatch to Ray
     workers), the engine included. No model is loaded yet. Installing extensions is refused when
-    ``network_exposed`` unless ``insecure_extensions``."""
+    ``network_exposed`` unless ``insecure_extensions``. ``face_detector``: where faces are found
+    (None: OpenCV's Haar cascade)."""
     services = start_services(paths, settings, lambda: device, extensions, network_exposed, insecure_extensions,
-                              scale_out)
+                              scale_out, face_detector=face_detector)
     services.engine.build_now()
     return services
 
 
 def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[[], DeviceInfo],
                    extensions: bool = True, network_exposed: bool = False, insecure_extensions: bool = False,
-                   scale_out: ScaleOut | None = None, on_engine: Callable[[Engine], None] | None = None) -> Services:
+                   scale_out: ScaleOut | None = None, on_engine: Callable[[Engine], None] | None = None,
+                   face_detector: FaceDetector | None = None) -> Services:
     """As :func:`build_services`, but the engine is built when ``services.engine.start()`` (or its first
     reader) asks: ``choose_device`` first, ``on_engine`` last, before anyone else sees it. With
     ``scale_out`` the engine is built now: the Ray queue dispatches over the front's models."""
@@ -114,6 +124,9 @@ def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[
     manager = ExtensionManager(paths.builtin_extensions_dir, paths.user_extensions_dir, paths.extension_state_file,
                                enabled=extensions)
     outputs = OutputStore(ImageSaver(paths.outputs_dir), manager, settings.save_grid)
+    options = SettingsStore(paths.config_file, settings)
+    upscalers = UpscalerLibrary(paths.upscaler_dirs, lambda: _tiles(options.get()), upscaler_aliases())
+    face_restorers = FaceRestorers(paths.gfpgan_dirs, paths.codeformer_dirs, face_detector)
     # 1. The engine, over the front built below; the in-process worker's executor as soon as it is made.
     made: tuple[DeviceInfo, ModelManager] | None = None  # with Ray: the device and models its queue needs
     executor: Future[Executor] = Future()
@@ -134,21 +147,30 @@ def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[
         from modules.services.scaleout.front import build_ray_queue
 
         made = _models(paths, settings, registry, choose_device())
-        job_queue, on_close = build_ray_queue(made[1], outputs, settings.queue_limit, settings.shared_jobs, scale_out)
-    services = Services(paths=paths, settings=settings, options=SettingsStore(paths.config_file, settings),
+        front_device = made[0].device  # Extras jobs run on the front, on its device
+        job_queue, on_close = build_ray_queue(made[1], outputs, settings.queue_limit, settings.shared_jobs, scale_out,
+                                              ExtrasWorker(upscalers, face_restorers, lambda: front_device))
+    extras = ExtrasService(job_queue, upscalers, face_restorers, outputs.saver, lambda: options.get().max_image_size,
+                           (paths.inputs_dir, paths.outputs_dir))
+    services = Services(paths=paths, settings=settings, options=options,
                         registry=registry, outputs=outputs, queue=job_queue, styles=StyleStore(paths.styles_file),
                         gallery=Gallery(paths.outputs_dir, paths.cache_dir), addons=addons,
-                        upscalers=UpscalerLibrary(paths.upscaler_dirs), extensions=manager,
+                        upscalers=upscalers, extras=extras, fetcher=ModelFetcher(paths.models_dir), extensions=manager,
                         installer=ExtensionInstaller(paths.user_extensions_dir, network_exposed, insecure_extensions,
                                                      builtin_dir=paths.builtin_extensions_dir),
-                        engine=engine, on_close=on_close)
+                        face_restorers=face_restorers, engine=engine, on_close=on_close)
     # 3. The extensions, whose hosts submit through the generation front once it is there.
-    manager.load_all(lambda name: ExtensionHost(name, lambda: services.generation, manager, registry,
-                                                paths.extension_settings_dir, outputs.saver))
+    manager.load_all(lambda name: ExtensionHost(
+        name, lambda: services.generation, manager, registry, paths.extension_settings_dir, outputs.saver,
+        services.upscalers.names, services.extras.upscale))
     job_queue.start()
     if scale_out is not None:
         engine.build_now()
     return services
+
+
+def _tiles(settings: Settings) -> TileOptions:
+    return TileOptions(settings.esrgan_tile, settings.esrgan_tile_overlap)
 
 
 def _fail_executor(executor: Future[Executor], built: Future[Engine]) -> None:
@@ -175,7 +197,8 @@ def _build_engine(services: Services, device: DeviceInfo, models: ModelManager, 
     from modules.services.server_options import ServerOptions
 
     generation = GenerationService(models, services.styles, services.settings.limits, services.addons,
-                                   services.extensions, services.options, services.queue, services.upscalers)
+                                   services.extensions, services.options, services.queue, services.upscalers,
+                                   services.face_restorers)
     models.on_loaded = lambda info, model: services.extensions.model_loaded(info.title, model.arch.label)
     if services.queue.mode is QueueMode.LOCAL:
         executor.set_result(_in_process_executor(services, models))
@@ -192,5 +215,7 @@ def _in_process_executor(services: Services, models: ModelManager) -> Executor:
     from modules.services.preview_decoders import PreviewDecoders
     from modules.services.renderer import Renderer
 
-    renderer = Renderer(models, services.addons, PreviewDecoders(services.paths.taesd_dir), services.upscalers)
-    return InProcessExecutor(renderer, services.outputs, services.extensions)
+    renderer = Renderer(models, services.addons, PreviewDecoders(services.paths.taesd_dir), services.upscalers,
+                        services.face_restorers)
+    extras = ExtrasWorker(services.upscalers, services.face_restorers, lambda: models.device.device)
+    return InProcessExecutor(renderer, services.outputs, services.extensions, extras)

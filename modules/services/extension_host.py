@@ -6,7 +6,7 @@ script runs on the calling thread, whichever host the script calls (its own, or 
 APP_STARTED); elsewhere (a thread the script started) the user the host was handed out for (a
 script's, a BEFORE_GENERATE hook's); None only for a host handed out for nobody (APP_STARTED, the UI
 hooks) used outside a script. Settings are a small YAML file per extension in the data dir, written
-atomically.
+atomically. Upscaling runs the function it was given on the calling thread (a script's own).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from modules.params import GenerationRequest, GenerationResult
 from modules.services.checkpoint_registry import CheckpointRegistry
 from modules.services.extensions import ExtensionManager
 from modules.services.images import ImageSaver, OutputKind
+from modules.upscalers import UpscalerKind, find_upscaler, upscaler_names
 
 if TYPE_CHECKING:
     from modules.services.generation import GenerationService
@@ -57,14 +58,21 @@ class FileSettings:
             write_text_atomic(self._path, yaml.safe_dump(data, sort_keys=True))
 
 
+# (image, upscaler name, factor, owner) -> upscaled: an Extras job of the owner's, on the worker
+Upscale = Callable[[Image.Image, str, float, "str | None"], Image.Image]
+
+
 class ExtensionHost:
     def __init__(self, name: str, generation: Callable[[], GenerationService], extensions: ExtensionManager,
-                 registry: CheckpointRegistry, settings_dir: Path, saver: ImageSaver) -> None:
+                 registry: CheckpointRegistry, settings_dir: Path, saver: ImageSaver,
+                 upscaler_models: Callable[[], list[str]], upscale: Upscale) -> None:
         self.name = name
         self._extensions = extensions
         self._generation = generation  # the generation front once the engine is built (asking waits for it)
         self._saver = saver
         self._registry = registry
+        self._upscaler_models = upscaler_models  # the model files' names, listed again on every call
+        self._upscale = upscale
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
         self._settings = FileSettings(settings_dir / f"{safe}.yaml")
         self._owner: str | None = None  # the user it was handed out for; see generate()
@@ -79,13 +87,20 @@ class ExtensionHost:
         bound._owner = owner
         return bound
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
+    def _job_owner(self) -> str | None:
+        """Who a job submitted now belongs to: the user of a script running on this thread, whoever
+        kept this host; else the user the host was handed out for."""
+        acting = self._extensions.acting_user()
+        return acting if acting is not None else self._owner
+
+    def _refuse_waiting_on_the_worker(self) -> None:
         refusal = self._extensions.refusal_for_generate()
         if refusal is not None:  # it would wait for itself forever
             raise ExtensionError(f"Extension {self.name}: {refusal}")
-        acting = self._extensions.acting_user()  # a script on this thread: its user, whoever kept this host
-        owner = acting if acting is not None else self._owner
-        return self._generation().generate(request, owner=owner)
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        self._refuse_waiting_on_the_worker()
+        return self._generation().generate(request, owner=self._job_owner())
 
     def checkpoints(self) -> list[str]:
         return [info.title for info in self._registry.all()]
@@ -93,6 +108,20 @@ class ExtensionHost:
     def save_grid(self, image: Image.Image, infotext: str, img2img: bool = False) -> Path:
         kind = OutputKind.IMG2IMG_GRID if img2img else OutputKind.TXT2IMG_GRID
         return self._saver.save(image, infotext, kind).path
+
+    def save_image(self, image: Image.Image, infotext: str, seed: int, img2img: bool = False) -> Path:
+        kind = OutputKind.IMG2IMG if img2img else OutputKind.TXT2IMG
+        return self._saver.save(image, infotext, kind, seed).path
+
+    def upscaler_names(self) -> list[str]:
+        # Latent modes resize latents between hires passes; they cannot upscale an image.
+        models = self._upscaler_models()
+        specs = [find_upscaler(name, models) for name in upscaler_names(models)]
+        return [spec.name for spec in specs if spec is not None and spec.kind is not UpscalerKind.LATENT]
+
+    def upscale(self, image: Image.Image, upscaler: str, factor: float) -> Image.Image:
+        self._refuse_waiting_on_the_worker()  # the upscale is queued on the worker too
+        return self._upscale(image, upscaler, factor, self._job_owner())
 
     def settings(self) -> FileSettings:
         return self._settings

@@ -18,11 +18,12 @@ from typing import Any
 from modules.engine.token_count import TokenCount, count_tokens
 from modules.errors import AtelierError, ExtensionError, FieldError, NoModelLoadedError, ValidationError
 from modules.extension_api import ScriptRun
-from modules.params import GenerationLimits, GenerationRequest, GenerationResult
+from modules.params import GenerationLimits, GenerationRequest, GenerationResult, code_former_weight_problem
 from modules.request_checks import normalize_request, validate_request
 from modules.services import memory_estimate
 from modules.services.addon_library import AddonLibrary
 from modules.services.extensions import ExtensionManager
+from modules.services.face_restorers import FaceRestorers
 from modules.services.job_inputs import JobInputs
 from modules.services.job_types import Job, ModelSwitch, ModelUnload
 from modules.services.memory_estimate import MemoryEstimate
@@ -41,9 +42,10 @@ class GenerationService:
 
     def __init__(self, models: ModelManager, styles: StyleStore, limits: GenerationLimits, addons: AddonLibrary,
                  extensions: ExtensionManager, options: SettingsStore, queue: JobQueueContract,
-                 upscalers: UpscalerLibrary | None = None) -> None:
+                 upscalers: UpscalerLibrary | None = None, face_restorers: FaceRestorers | None = None) -> None:
         self.models = models
         self.upscalers = upscalers  # the upscaler models hires fix may name
+        self.face_restorers = face_restorers  # what "Restore faces" runs (None: it is refused)
         self.addons = addons
         self.extensions = extensions
         self.styles = styles
@@ -68,12 +70,14 @@ class GenerationService:
                                               f"checkpoint not found: {request.refiner.checkpoint!r}; available: {names}")])
         self.addons.check(request)
         self._check_clip_skip(request)
+        self._check_face_restoration(request)
         request = self.extensions.check_params(self._apply_styles(request))
         changed = self.extensions.before_generate(request, owner)
         if changed is not request:  # an extension's change is held to the same rules
             changed = self._with_server_defaults(changed)
             validate_request(changed, self.limits, upscalers)
             self.addons.check(changed)
+            self._check_face_restoration(changed)
         return normalize_request(changed, upscalers=upscalers)
 
     def _with_server_defaults(self, request: GenerationRequest) -> GenerationRequest:
@@ -90,6 +94,18 @@ class GenerationService:
         problem = clip_skip_problem(request.clip_skip, clip_skip_max_of(self.models.loaded_model()))
         if problem is not None:
             raise ValidationError([FieldError("clip_skip", problem)])
+
+    def _check_face_restoration(self, request: GenerationRequest) -> None:
+        """A job that asks to restore faces without a model of the chosen restorer is refused, saying
+        which file to put where: it is never accepted and then skipped."""
+        if not request.restore_faces:
+            return
+        if self.face_restorers is None:
+            raise ValidationError([FieldError("restore_faces", "face restoration is not available on this server")])
+        problem = code_former_weight_problem(request.code_former_weight)
+        if problem is not None:
+            raise ValidationError([FieldError("code_former_weight", problem)])
+        self.face_restorers.require(request.face_restoration_model or "", "restore_faces")
 
     def _apply_styles(self, request: GenerationRequest) -> GenerationRequest:
         """Styles go into the prompts once, here; the infotext records their names (A1111's Styles array)."""

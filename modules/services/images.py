@@ -24,6 +24,9 @@ from modules.extension_helpers import png_with_infotext as png_bytes  # the one 
 PARAMETERS_KEY = "parameters"
 _NUMBERED = re.compile(r"^(\d+)-")
 _GRID_NUMBERED = re.compile(r"^grid-(\d+)")
+_EXTRAS_NUMBERED = re.compile(r"^(\d+)[-.]")
+_SAFE_NAME = re.compile(r"[^\w\-. ]+")
+EXTRAS_FOLDER = "extras-images"  # A1111's outdir_extras_samples, undated as A1111 keeps it
 
 
 class OutputKind(enum.Enum):
@@ -127,5 +130,16 @@ class ImageSaver:
             else:
                 name = f"{next_number(folder):05d}-{seed}.png"
             path = folder / name
+            write_atomic(path, lambda fh: fh.write(data))
+        return path
+
+    def save_extras(self, data: bytes, name: str = "") -> Path:
+        """Write an Extras result as ``extras-images/NNNNN.png`` (``NNNNN-name.png`` for a batch
+        image, after its original file name, reduced to safe characters: a name is never a path)."""
+        folder = self.outputs_dir / EXTRAS_FOLDER
+        stem = _SAFE_NAME.sub("_", Path(name.replace("\\", "/")).stem).strip(" .")[:80] if name else ""
+        with self._lock:
+            number = next_number(folder, _EXTRAS_NUMBERED)
+            path = folder / (f"{number:05d}-{stem}.png" if stem else f"{number:05d}.png")
             write_atomic(path, lambda fh: fh.write(data))
         return path

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from modules.extension_api import Hook
 from modules.params import GenerationRequest, GenerationResult
 from modules.services.extensions import ExtensionManager
-from modules.services.job_types import JobContext, JobSpec, ModelSwitch, ModelUnload
+from modules.services.extras_run import ExtrasOutput, ExtrasWorker
+from modules.services.job_types import ExtrasJob, JobContext, JobSpec, ModelSwitch, ModelUnload
 from modules.services.models import CheckpointInfo
 from modules.services.outputs import OutputStore, StoreSink
 from modules.services.renderer import Renderer
@@ -22,8 +23,13 @@ class InProcessExecutor:
     renderer: Renderer
     outputs: OutputStore
     extensions: ExtensionManager
+    extras: ExtrasWorker | None = None
 
-    def __call__(self, spec: JobSpec, context: JobContext) -> GenerationResult | CheckpointInfo | None:
+    def __call__(self, spec: JobSpec, context: JobContext) -> GenerationResult | CheckpointInfo | list[ExtrasOutput] | None:
+        if isinstance(spec, ExtrasJob):
+            if self.extras is None:
+                raise TypeError("this worker runs no Extras jobs")
+            return self.extras(spec, context)
         if isinstance(spec, ModelSwitch):
             return self.renderer.models.switch(spec.checkpoint)
         if isinstance(spec, ModelUnload):

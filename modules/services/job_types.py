@@ -1,7 +1,7 @@
 """What every job queue and its callers share: job specs, statuses, progress, and the job itself.
 
 A job is described entirely by a frozen, serialisable spec (a :class:`GenerationRequest`, a
-:class:`ModelSwitch` or a :class:`ModelUnload`), so the local worker can be swapped for remote ones.
+:class:`ModelSwitch`, a :class:`ModelUnload` or an :class:`ExtrasJob`), so the local worker can be swapped for remote ones.
 A :class:`Job`'s ``future`` carries the result or the error back to the caller; its
 :class:`JobContext` carries progress out and interrupt/skip in. The queues themselves follow
 :class:`modules.services.queue_contract.JobQueueContract`.
@@ -20,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 from modules.params import GenerationRequest
+from modules.services.extras_request import ExtrasRequest
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,15 @@ class ModelUnload:
     """A job that frees the loaded checkpoint (API unload-checkpoint)."""
 
 
-JobSpec = GenerationRequest | ModelSwitch | ModelUnload
+@dataclass(frozen=True)
+class ExtrasJob:
+    """A job that upscales and restores images (the Extras tab, ``/sdapi/v1/extra-*``), queued
+    like a generation so it shares the GPU with no one."""
+
+    request: ExtrasRequest
+
+
+JobSpec = GenerationRequest | ModelSwitch | ModelUnload | ExtrasJob
 
 
 class JobStatus(enum.Enum):

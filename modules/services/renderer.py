@@ -28,10 +28,12 @@ from modules.engine.memory import is_out_of_memory
 from modules.engine.vram_choice import budget_bytes
 from modules.engine.sampling.loop import NoisePlan
 from modules.engine.tiling import seamless_tiling
-from modules.errors import AddonNotFoundError, NotEnoughMemoryError, OutOfMemoryError
+from modules.errors import AddonNotFoundError, FieldError, NotEnoughMemoryError, OutOfMemoryError, ValidationError
 from modules.infotext import ModelIdentity, build_infotext
 from modules.extension_helpers import png_with_infotext
 from modules.params import (
+    DEFAULT_CODE_FORMER_WEIGHT,
+    DEFAULT_FACE_RESTORER,
     LATENT_SCALE,
     NO_LIVE_PREVIEW,
     VAE_AUTOMATIC,
@@ -43,6 +45,7 @@ from modules.params import (
 from modules.samplers import resolve_sampler
 from modules.services.addon_library import AddonLibrary, JobEmbeddings, JobPrompts
 from modules.services.addons import AddonFile
+from modules.services.face_restorers import FaceRestorers
 from modules.services.job_inputs import JobInputs
 from modules.services.memory_estimate import choose_for_request, forced_mode
 from modules.services.models import CheckpointInfo, ModelManager
@@ -178,10 +181,11 @@ class Renderer:
     """Renders prepared jobs on this process's device."""
 
     def __init__(self, models: ModelManager, addons: AddonLibrary, previews: PreviewDecoders | None = None,
-                 upscalers: UpscalerLibrary | None = None) -> None:
+                 upscalers: UpscalerLibrary | None = None, face_restorers: FaceRestorers | None = None) -> None:
         self.models = models
         self.addons = addons
         self.upscalers = upscalers  # the upscaler models hires fix may use (None: the built-ins only)
+        self.face_restorers = face_restorers  # what "Restore faces" runs (None: refused)
         self.previews = previews or PreviewDecoders(None)  # None: TAESD previews fall back to Approx cheap
 
     def render(self, request: GenerationRequest, context: JobProgress, sink: ImageSink,
@@ -196,6 +200,8 @@ class Renderer:
         # Out of the except block, so the traceback's frames (and the tensors they hold) are gone
         # before the memory is released.
         self.models.release()
+        if self.face_restorers is not None:
+            self.face_restorers.release()
         width, height = request.output_size
         raise OutOfMemoryError(
             f"Out of GPU memory making {request.batch_size} image(s) of {width}x{height}. Try a smaller size or "
@@ -220,6 +226,7 @@ class Renderer:
                 if images is None:  # interrupted or skipped mid-batch: its images are unfinished
                     continue
                 first = batch_index * request.batch_size
+                images = self._restore_faces(request, images, job)
                 sink.batch(request, inputs.finish(images), first, self._texts(request, first, len(images), job))
                 made += len(images)
         finally:
@@ -240,6 +247,19 @@ class Renderer:
             texts.append(build_infotext(request, request.seed_for(index), job.identity, VERSION_TEXT, extra=job.extra,
                                         variation_seed=variation))
         return texts
+
+    def _restore_faces(self, request: GenerationRequest, images: list[Image.Image],
+                       job: _JobSetup) -> list[Image.Image]:
+        """A1111's "Restore faces": each decoded image, before the inpainting overlay, extensions'
+        AFTER_IMAGE hooks and saving, on the job's device."""
+        if not request.restore_faces:
+            return images
+        if self.face_restorers is None:  # the front refuses it first; a worker without restorers says so
+            raise ValidationError([FieldError("restore_faces", "face restoration is not available on this worker")])
+        name = request.face_restoration_model or DEFAULT_FACE_RESTORER
+        weight = DEFAULT_CODE_FORMER_WEIGHT if request.code_former_weight is None else request.code_former_weight
+        device = job.model.execution_device
+        return [self.face_restorers.restore(image, name, weight, device) for image in images]
 
     def _setup(self, request: GenerationRequest) -> _JobSetup:
         """The model, its VAE, the LoRAs the prompts name, the embeddings they mention, the refiner."""

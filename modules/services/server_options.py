@@ -39,6 +39,10 @@ def with_server_defaults(request: GenerationRequest, settings: Settings) -> Gene
         preview_method=(PreviewMethod(settings.show_progress_type) if request.preview_method is None
                         else request.preview_method),
         preview_every=settings.show_progress_every_n_steps if request.preview_every is None else request.preview_every,
+        face_restoration_model=(settings.face_restoration_model if request.face_restoration_model is None
+                                else request.face_restoration_model),
+        code_former_weight=(float(settings.code_former_weight) if request.code_former_weight is None
+                            else request.code_former_weight),
         hires=hires)
 
 

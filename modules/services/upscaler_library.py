@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +31,7 @@ KIND = "upscaler"
 
 @dataclass(frozen=True)
 class UpscalerFile:
-    name: str  # the file's stem, as the UI, the API and the infotext write it
+    name: str  # the file's stem (a standard model's A1111 label), as the UI, the API and the infotext write it
     path: Path
     folder: str  # the models folder it is in (ESRGAN, RealESRGAN, ...)
 
@@ -52,9 +52,12 @@ class TileOptions:
 class UpscalerLibrary:
     """Finds, lists, loads and runs the upscaler models in ``folders``."""
 
-    def __init__(self, folders: Sequence[Path], tiles: TileOptions = TileOptions()) -> None:
+    def __init__(self, folders: Sequence[Path], tiles: Callable[[], TileOptions] = TileOptions,
+                 aliases: Mapping[str, str] | None = None) -> None:
         self.folders = tuple(folders)
-        self.tiles = tiles
+        # File name (lower case) -> the label A1111 lists it under ("RealESRGAN_x4plus.pth": "R-ESRGAN 4x+").
+        self.aliases = dict(aliases or {})
+        self.tiles = tiles  # read on every upscale: the settings in force (ESRGAN_tile, ESRGAN_tile_overlap)
         self._lock = threading.Lock()
         self._loaded: tuple[tuple[tuple[str, int, int], str], UpscaleModel] | None = None
         self._scales: dict[tuple[str, int, int], int] = {}
@@ -70,7 +73,8 @@ class UpscalerLibrary:
                 continue
             for path in sorted(directory.rglob("*"), key=lambda p: str(p).lower()):
                 if path.suffix.lower() in SUFFIXES and path.is_file():
-                    found.setdefault(path.stem.lower(), UpscalerFile(path.stem, path, directory.name))
+                    name = self.aliases.get(path.name.lower(), path.stem)
+                    found.setdefault(name.lower(), UpscalerFile(name, path, directory.name))
         return list(found.values())
 
     def names(self) -> list[str]:
@@ -127,7 +131,8 @@ class UpscalerLibrary:
         from modules.engine.upscale_tiles import TileSettings
 
         model = self.model(name, device)
-        return upscale_to(model, image, size, TileSettings(self.tiles.tile, self.tiles.overlap))
+        tiles = self.tiles()
+        return upscale_to(model, image, size, TileSettings(tiles.tile, tiles.overlap))
 
     def release(self) -> None:
         """Forget the loaded model (its memory is freed with it)."""

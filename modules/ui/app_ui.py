@@ -16,6 +16,7 @@ from modules.ui import (
     checkpoints,
     escape,
     extensions_tab,
+    extras_tab,
     gallery,
     img2img,
     inpaint,
@@ -24,7 +25,7 @@ from modules.ui import (
     workers_panel,
 )
 from modules.ui.generation_form import GenerationForm
-from modules.ui.send_to import SendWiring
+from modules.ui.send_to import SendWiring, pick_shown
 
 
 def build_ui(services: Services) -> gr.Blocks:
@@ -39,6 +40,8 @@ def build_ui(services: Services) -> gr.Blocks:
                 i2i = img2img.build_tab(services)
             with gr.Tab("Inpaint", id="inpaint", elem_id="tab_inpaint"):
                 inp = inpaint.build_tab(services)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                extras = extras_tab.build_tab(services)
             with gr.Tab("Gallery", id="gallery", elem_id="tab_gallery") as gallery_tab:
                 gal = gallery.build_tab(services, gallery_tab)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
@@ -47,7 +50,7 @@ def build_ui(services: Services) -> gr.Blocks:
                 extensions_tab.build_tab(services, demo)
             _extension_tabs(services)
         forms = {"txt2img": t2i, "img2img": i2i, "inpaint": inp}  # by tab id
-        _wire_sends(SendWiring(services, tabs, checkpoint), forms, gal, png)
+        _wire_sends(SendWiring(services, tabs, checkpoint), forms, gal, png, extras)
         workers_panel.build_panel(services)
         _footer(services)
     return demo
@@ -81,17 +84,25 @@ def _extension_tabs(services: Services) -> None:
 
 
 def _wire_sends(send: SendWiring, forms: Mapping[str, GenerationForm], gal: gallery.GalleryTab,
-                png: png_info.PngInfoTab) -> None:
+                png: png_info.PngInfoTab, extras: extras_tab.ExtrasTab) -> None:
     """Every "Send to" button and each form's paste, by target tab id (the forms' prefixes)."""
     for source in forms.values():
         for target_id in source.send_buttons:
-            send.from_form(source, target_id, forms[target_id])
+            if target_id == "extras":
+                send.from_form_to_extras(source, extras.image)
+            else:
+                send.from_form(source, target_id, forms[target_id])
         # Paste: an infotext in the prompt box fills this same tab (its fields; the image stays).
         send.wire(source.paste, [source.fields["prompt"]], _pasted, source.prefix, source, with_image=False)
     for target_id, target in forms.items():
         send.wire(png.send_buttons[target_id], [png.image, png.text], lambda path, text: (path, text or ""),
                   target_id, target)
         send.wire(gal.send_buttons[target_id], [gal.selected, gal.info], gal.pick, target_id, target)
+    for target_id, button in extras.send_buttons.items():
+        send.wire(button, [extras.infos, extras.selected], pick_shown, target_id, forms[target_id])
+    send.to_extras(png.send_buttons["extras"], [png.image, png.text], lambda path, text: (path, text or ""),
+                   extras.image)
+    send.to_extras(gal.send_buttons["extras"], [gal.selected, gal.info], gal.pick, extras.image)
 
 
 def _pasted(text: str | None) -> tuple[None, str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules.extension_api import Hook, Param, ParamKind, UiPanel
+from modules.extension_api import Hook, Host, Param, ParamKind, UiPanel
 from modules.params import GenerationRequest, GenerationResult
 from modules.services.container import Services
 from modules.services.job_types import ProgressSnapshot
@@ -28,9 +28,13 @@ from modules.ui.form_fields import Component
 NO_SCRIPT = "None"
 
 
-def param_component(param: Param, elem_id: str) -> Any:
-    """A Gradio control for a typed parameter."""
+def param_component(param: Param, elem_id: str, host: Host) -> Any:
+    """A Gradio control for a typed parameter (``host``: the extension's, for lists the server knows)."""
     label = param.label or param.name.replace("_", " ").capitalize()
+    if param.kind is ParamKind.NOTE:
+        return gr.Markdown(param.default, elem_id=elem_id)
+    if param.kind is ParamKind.UPSCALER:  # the names as the server lists them at start-up
+        return gr.Dropdown(host.upscaler_names(), value=param.default, label=label, elem_id=elem_id)
     if param.kind is ParamKind.BOOL:
         return gr.Checkbox(value=bool(param.default), label=label, elem_id=elem_id)
     if param.kind is ParamKind.CHOICE:
@@ -86,9 +90,10 @@ def _panel(services: Services, name: str, tab: str, prefix: str) -> dict[str, Co
             gr.Markdown(f"⚠️ This extension failed to build its panel: {escape.markdown(exc)}")
             return None
         declared = {p.name for p in record.setup.params}
+        host = services.extensions.host(name)
         for param in record.setup.params:  # declared params without a control get a typed one
             if param.name not in built:
-                built[param.name] = param_component(param, f"{elem_prefix}_{param.name}")
+                built[param.name] = param_component(param, f"{elem_prefix}_{param.name}", host)
     return {n: c for n, c in built.items() if n in declared}
 
 
@@ -100,9 +105,10 @@ def _scripts(prefix: str, services: Services, tab: str) -> tuple[Component | Non
     titles = [script.title for _name, script in scripts]
     chosen = gr.Dropdown([NO_SCRIPT, *titles], value=NO_SCRIPT, label="Script", elem_id=f"{prefix}_script")
     controls: dict[str, dict[str, Component]] = {}
-    for index, (_name, script) in enumerate(scripts):
+    for index, (name, script) in enumerate(scripts):
+        host = services.extensions.host(name)
         with gr.Group(visible=False, elem_id=f"{prefix}_script_{index}") as group:
-            controls[script.title] = {p.name: param_component(p, f"{prefix}_script_{index}_{p.name}")
+            controls[script.title] = {p.name: param_component(p, f"{prefix}_script_{index}_{p.name}", host)
                                       for p in script.params}
         chosen.change(lambda picked, title=script.title: gr.Group(visible=picked == title), inputs=[chosen],
                       outputs=[group], queue=False, show_progress="hidden", api_visibility="private")

@@ -129,6 +129,7 @@ SHARED: Mapping[str, Conversion] = MappingProxyType({
     "seed_resize_from_width": Conversion(read=lambda value: whole(value or 0)),
     "seed_resize_from_height": Conversion(read=lambda value: whole(value or 0)),
     "tiling": Conversion(read=bool),
+    "restore_faces": Conversion(read=bool),
 })
 
 

@@ -97,7 +97,7 @@ def _build_view() -> _View:
             location = gr.Textbox(label="Folder", interactive=False, elem_id="gallery_folder_path", buttons=["copy"])
             with gr.Row():
                 send = {t: gr.Button(f"Send to {t}", size="sm", elem_id=f"gallery_send_to_{t}")
-                        for t in ("txt2img", "img2img", "inpaint")}
+                        for t in ("txt2img", "img2img", "inpaint", "extras")}
             delete = gr.Button("🗑️ Delete", size="sm", variant="stop", elem_id="gallery_delete")
             with gr.Row(visible=False) as confirm_row:
                 confirm = gr.Button("Yes, delete this image", variant="stop", size="sm", elem_id="gallery_delete_confirm")

@@ -112,8 +112,11 @@ def _build_sampling(prefix: str, services: Services) -> dict[str, Component]:
             fields["batch_size"] = gr.Slider(1, limits.max_batch_size, value=1, step=1, label="Batch size",
                                              elem_id=f"{prefix}_batch_size")
     fields["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{prefix}_cfg_scale")
-    # A1111's seamless tiling: the image's opposite edges continue each other.
-    fields["tiling"] = gr.Checkbox(value=False, label="Tiling", elem_id=f"{prefix}_tiling")
+    with gr.Row():
+        # A1111's face restoration (the restorer and CodeFormer's weight are settings), and seamless
+        # tiling: the image's opposite edges continue each other.
+        fields["restore_faces"] = gr.Checkbox(value=False, label="Restore faces", elem_id=f"{prefix}_restore_faces")
+        fields["tiling"] = gr.Checkbox(value=False, label="Tiling", elem_id=f"{prefix}_tiling")
     return fields
 
 

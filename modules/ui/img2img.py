@@ -50,6 +50,6 @@ def img2img_request(values: Values) -> GenerationRequest:
 
 def build_tab(services: Services) -> GenerationForm:
     """The img2img controls and their events; call inside a ``gr.Tab``. "Send to" fills ``init_image``."""
-    form = build_form(PREFIX, services, _controls, send_to=(("txt2img", "txt2img"), ("inpaint", "inpaint")))
+    form = build_form(PREFIX, services, _controls, send_to=(("txt2img", "txt2img"), ("inpaint", "inpaint"), ("extras", "extras")))
     wire_generation(form, services, img2img_request)
     return form

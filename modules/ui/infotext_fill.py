@@ -16,7 +16,7 @@ from modules.ui.form_fields import values_from_request
 def values_from_infotext(text: str, services: Services) -> dict[str, Any]:
     """What "send to" and "paste" put in a form, by field name, for an image's parameters text.
     The refiner shows as the title of the checkpoint it names when that one is here."""
-    request, _warnings = request_from_infotext(parse_infotext(text))
+    request, _warnings = request_from_infotext(parse_infotext(text), upscaler_models=services.upscalers.names())
     if request.refiner is not None:
         found = services.registry.find(request.refiner.checkpoint)
         if found is not None:

@@ -125,7 +125,7 @@ def outpaint_request_from(values: Values, max_size: int) -> GenerationRequest:
 def build_tab(services: Services) -> GenerationForm:
     """The inpaint controls and their events; call inside a ``gr.Tab``. "Send to" fills ``init_image``."""
     buttons: dict[str, gr.Button] = {}
-    form = build_form(PREFIX, services, lambda: _controls(buttons), send_to=(("img2img", "img2img"),))
+    form = build_form(PREFIX, services, lambda: _controls(buttons), send_to=(("img2img", "img2img"), ("extras", "extras")))
     wire_generation(form, services, inpaint_request)
     wire_generation(form, services, lambda values: outpaint_request_from(values, services.settings.limits.max_size),
                     triggers=[buttons["outpaint"].click], with_stop_buttons=False)

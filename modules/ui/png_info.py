@@ -8,6 +8,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from modules.infotext import parse_infotext
+from modules.services.extras_run import POSTPROCESSING_KEY
 from modules.services.images import infotext_of
 from modules.ui import escape
 
@@ -34,11 +35,14 @@ def read(path: str | None) -> tuple[str, str]:
     try:
         with Image.open(path) as image:
             text = infotext_of(image)
+            extras = image.info.get(POSTPROCESSING_KEY)
     except (UnidentifiedImageError, OSError):
         return "", "<p>This file is not an image Atelier can read.</p>"
+    # What the Extras tab did to it (A1111's "postprocessing" text), below its parameters.
+    done = f'<p class="atelier-note">Postprocessing: {escape.text(extras)}</p>' if isinstance(extras, str) else ""
     if not text:
-        return "", "<p>This image carries no generation parameters.</p>"
-    return text, _table(text)
+        return "", (done or "<p>This image carries no generation parameters.</p>")
+    return text, _table(text) + done
 
 
 def build_tab() -> PngInfoTab:
@@ -52,6 +56,6 @@ def build_tab() -> PngInfoTab:
                               elem_id="pnginfo_generation_info")
             with gr.Row():
                 send = {target: gr.Button(f"Send to {target}", elem_id=f"pnginfo_send_to_{target}")
-                        for target in ("txt2img", "img2img", "inpaint")}
+                        for target in ("txt2img", "img2img", "inpaint", "extras")}
     image.change(read, inputs=[image], outputs=[text, table], api_visibility="private")
     return PngInfoTab(image=image, text=text, send_buttons=send)

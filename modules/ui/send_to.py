@@ -67,8 +67,25 @@ class SendWiring:
     def from_form(self, source: GenerationForm, target_id: str, target: GenerationForm) -> None:
         """A result gallery's "Send to" button: the selected image (or the first)."""
 
-        def pick(infos: list[dict[str, Any]], index: int) -> tuple[str | None, str]:
-            chosen = infos[index] if infos and 0 <= index < len(infos) else None
-            return (chosen["path"], chosen["infotext"]) if chosen else (None, "")
+        self.wire(source.send_buttons[target_id], [source.infos, source.selected], pick_shown, target_id, target)
 
-        self.wire(source.send_buttons[target_id], [source.infos, source.selected], pick, target_id, target)
+    def to_extras(self, button: gr.Button, inputs: list[Any], pick: Pick, image: gr.Image) -> None:
+        """A "Send to extras" button: the picked image goes to the Extras tab's single image."""
+
+        def send(*values: Any) -> tuple[str, Any]:
+            path, _text = pick(*values)
+            if path is None:
+                raise gr.Error("Nothing to send: generate or choose an image first.")
+            return path, gr.Tabs(selected="extras")
+
+        button.click(send, inputs=inputs, outputs=[image, self.tabs], api_visibility="private")
+
+    def from_form_to_extras(self, source: GenerationForm, image: gr.Image) -> None:
+        """A result gallery's "Send to extras" button: the selected image (or the first)."""
+        self.to_extras(source.send_buttons["extras"], [source.infos, source.selected], pick_shown, image)
+
+
+def pick_shown(infos: list[dict[str, Any]], index: int) -> tuple[str | None, str]:
+    """The (path, infotext) of the selected result among ``infos`` (the first when none is)."""
+    chosen = infos[index] if infos and 0 <= index < len(infos) else (infos[0] if infos else None)
+    return (chosen["path"], chosen["infotext"]) if chosen else (None, "")

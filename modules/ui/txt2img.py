@@ -12,7 +12,7 @@ PREFIX = "txt2img"
 
 def build_tab(services: Services) -> GenerationForm:
     """The txt2img controls and their events; call inside a ``gr.Tab``."""
-    form = build_form(PREFIX, services, send_to=(("img2img", "img2img"), ("inpaint", "inpaint")),
+    form = build_form(PREFIX, services, send_to=(("img2img", "img2img"), ("inpaint", "inpaint"), ("extras", "extras")),
                       below=lambda: build_hires(PREFIX, services))
     # The request is the shared fields alone: the hires fix is one of their groups (``hires.*``).
     wire_generation(form, services, request_from_values)

@@ -246,5 +246,7 @@ def test_start_up_lists_answer_in_a1111_shape(client: httpx.Client) -> None:
     assert set(upscalers[0]) == {"name", "model_name", "model_path", "model_url", "scale"}
     modes = [m["name"] for m in client.get(f"{API}/latent-upscale-modes").json()]
     assert modes[0] == "Latent" and "Latent (bicubic antialiased)" in modes
-    for route in ("hypernetworks", "face-restorers", "realesrgan-models"):
+    for route in ("hypernetworks", "realesrgan-models"):
         assert client.get(f"{API}/{route}").json() == []
+    assert client.get(f"{API}/face-restorers").json() == [{"name": "CodeFormer", "cmd_dir": None},
+                                                          {"name": "GFPGAN", "cmd_dir": None}]

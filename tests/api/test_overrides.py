@@ -91,3 +91,19 @@ def test_a_bad_override_kept_changes_nothing(served) -> None:
                                             "override_settings": {"CLIP_stop_at_last_layers": 99}})
     assert bad.status_code == 422 and "CLIP_stop_at_last_layers" in bad.text
     assert c.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
+
+
+def test_a_server_only_option_is_refused_for_one_job_and_kept_when_asked(served) -> None:
+    app, services = served
+    c = client(app)
+    one_job = c.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"ESRGAN_tile": 64}})
+    assert one_job.status_code == 422 and "override_settings.ESRGAN_tile" in one_job.text
+    assert "/sdapi/v1/options" in one_job.text
+    kept = c.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings_restore_afterwards": False,
+                                             "override_settings": {"ESRGAN_tile": 64}})
+    assert kept.status_code == 200, kept.text
+    try:
+        assert c.get("/sdapi/v1/options").json()["ESRGAN_tile"] == 64
+        assert services.upscalers.tiles().tile == 64
+    finally:
+        assert c.post("/sdapi/v1/options", json={"ESRGAN_tile": 192}).status_code == 200

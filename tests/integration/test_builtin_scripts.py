@@ -191,7 +191,9 @@ def test_prompts_from_lines_and_options(services: Any) -> None:
     assert parsed[0].params["Seed"] == "11" and parsed[1].params["Seed"] == "42"
     assert (parsed[1].params["CFG scale"], parsed[1].params["Sampler"]) == ("6.5", "Euler a")
     assert result.grid is None
-    assert any("line 3" in note.lower() and "--tiling" in note for note in result.warnings)
+    # --tiling is honoured now (A1111's boolean option), not ignored with a warning.
+    assert parsed[1].params.get("Tiling") == "True" and "Tiling" not in parsed[0].params
+    assert not any("--tiling" in note for note in result.warnings)
 
 
 def test_prompts_from_lines_join_the_form_prompt_and_iterate_the_seed(services: Any) -> None:

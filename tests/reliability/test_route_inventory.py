@@ -43,6 +43,7 @@ SERVER_ROUTES = {
     ("POST", "/sdapi/v1/options"), ("POST", "/sdapi/v1/refresh-checkpoints"), ("POST", "/sdapi/v1/refresh-vae"),
     ("POST", "/sdapi/v1/refresh-loras"), ("POST", "/sdapi/v1/refresh-embeddings"),
     ("POST", "/sdapi/v1/unload-checkpoint"), ("POST", "/sdapi/v1/reload-checkpoint"),
+    ("POST", "/sdapi/v1/download-model"),
     # Gradio's own routes that write outside an event.
     ("POST", "/gradio_api/run-history/connect"), ("POST", "/gradio_api/vibe-edit"), ("POST", "/gradio_api/vibe-edit/"),
     ("POST", "/gradio_api/undo-vibe-edit"), ("POST", "/gradio_api/undo-vibe-edit/"), ("POST", "/gradio_api/vibe-code"),
@@ -60,11 +61,11 @@ OWN_API_ROUTES = {
         "/sdapi/v1/hypernetworks", "/sdapi/v1/latent-upscale-modes", "/sdapi/v1/loras", "/sdapi/v1/memory",
         "/sdapi/v1/options", "/sdapi/v1/progress", "/sdapi/v1/prompt-styles", "/sdapi/v1/realesrgan-models",
         "/sdapi/v1/samplers", "/sdapi/v1/schedulers", "/sdapi/v1/scripts", "/sdapi/v1/sd-models",
-        "/sdapi/v1/sd-vae", "/sdapi/v1/upscalers", "/sdapi/v1/workers", "/docs", "/docs/oauth2-redirect",
+        "/sdapi/v1/sd-vae", "/sdapi/v1/upscalers", "/sdapi/v1/workers", "/sdapi/v1/downloadable-models", "/docs", "/docs/oauth2-redirect",
         "/openapi.json")
 } | {("GET", p) for p in ("/config", "/config/", "/monitoring", "/monitoring/summary", "/monitoring/{key}")
      } | {("POST", p) for p in ("/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/interrupt", "/sdapi/v1/skip",
-                         "/sdapi/v1/png-info")}
+                         "/sdapi/v1/png-info", "/sdapi/v1/extra-single-image", "/sdapi/v1/extra-batch-images")}
 
 # UI events, by handler: True where it changes the server for everyone.
 UI_EVENTS = {
@@ -105,6 +106,14 @@ UI_EVENTS = {
     "modules.ui.img2img:_controls.<locals>.<lambda>": False,
     "modules.ui.inpaint:_image_sources.<locals>.<lambda>": False,
     "modules.ui.png_info:read": False,
+    "modules.ui.extras_tab:_inputs.<locals>.<lambda>": False,  # which input tab is shown
+    "modules.ui.extras_tab:_resize.<locals>.<lambda>": False,
+    "modules.ui.extras_tab:_controls.<locals>.refreshed": False,  # re-lists the upscaler models
+    "modules.ui.extras_tab:build_tab.<locals>.process": False,  # a job, as Generate is
+    "modules.ui.extras_tab:build_tab.<locals>.on_select": False,
+    "modules.ui.send_to:SendWiring.to_extras.<locals>.send": False,
+    "modules.ui.model_downloads_ui:build_panel.<locals>.described": False,
+    "modules.ui.model_downloads_ui:build_panel.<locals>.download": True,  # a model file for everyone
     "modules.ui.send_to:SendWiring.wire.<locals>.send": False,
     "modules.ui.styles_ui:build_styles.<locals>.<lambda>": False,
     "modules.ui.styles_ui:build_styles.<locals>.on_apply": False,

@@ -372,13 +372,16 @@ VALID_FIELDS = {
     "seed_resize_from_w": st.sampled_from([-1, 0, 256]), "seed_resize_from_h": st.sampled_from([-1, 0, 320]),
     "refiner_checkpoint": st.sampled_from(["", "None", "b.safetensors"]) | st.none(),
     "refiner_switch_at": _float_like(0, 1),
-    "restore_faces": st.sampled_from([False, "false"]) | st.none(), "tiling": st.sampled_from([True, False, "true", "false", None]),
+    "restore_faces": st.sampled_from([True, False, "true", "false"]) | st.none(),
+    "tiling": st.sampled_from([True, False, "true", "false", None]),
     "enable_hr": st.booleans(), "denoising_strength": _float_like(0, 1),
     "override_settings": st.fixed_dictionaries({}, optional={
         "sd_model_checkpoint": st.sampled_from(["a.safetensors [0123456789]", "b"]),
         "CLIP_stop_at_last_layers": _int_like(1, 12), "eta_noise_seed_delta": _int_like(0, 100000),
         "randn_source": st.sampled_from(["GPU", "CPU", "cpu"]),
         "sd_vae": st.sampled_from(["Automatic", "None", "vae-ft-mse.safetensors"]),
+        "face_restoration_model": st.sampled_from(["CodeFormer", "GFPGAN", "gfpgan"]),
+        "code_former_weight": _float_like(0, 1),
     }),
     "alwayson_scripts": st.just({}), "send_images": st.booleans(), "infotext": st.just(INFOTEXT) | st.none(),
     "some_client_field": st.text(max_size=5), "mask_blur": _int_like(0, 64),
@@ -418,10 +421,33 @@ def test_tiling_reaches_the_request(sent: dict, tiled: bool) -> None:
         assert to_generation_request(parse_body(body, data)).tiling is tiled
 
 
-def test_restore_faces_is_refused_not_ignored() -> None:
-    def convert(data: dict) -> object:
-        return to_generation_request(parse_body(Txt2ImgBody, data))
+@pytest.mark.parametrize(("sent", "restored"), [({}, False), ({"restore_faces": True}, True),
+                                                ({"restore_faces": "true"}, True), ({"restore_faces": None}, False),
+                                                ({"restore_faces": "false"}, False)])
+def test_restore_faces_reaches_the_request(sent: dict, restored: bool) -> None:
+    for body in (Txt2ImgBody, Img2ImgBody):
+        data = {**sent, "init_images": [PNG_B64]} if body is Img2ImgBody else sent
+        assert to_generation_request(parse_body(body, data)).restore_faces is restored
 
-    assert refused_fields(convert, {"restore_faces": True}) == {"restore_faces"}
-    assert refused_fields(convert, {"restore_faces": "true"}) == {"restore_faces"}
-    assert to_generation_request(parse_body(Txt2ImgBody, {"restore_faces": False})).prompt == ""
+
+def test_face_restoration_options_come_from_the_server_unless_overridden() -> None:
+    served = txt2img({"restore_faces": True}, {"face_restoration_model": "GFPGAN", "code_former_weight": 0.25})
+    assert (served.face_restoration_model, served.code_former_weight) == ("GFPGAN", 0.25)
+    default = txt2img({"restore_faces": True}, {})
+    assert (default.face_restoration_model, default.code_former_weight) == ("CodeFormer", 0.5)
+    own = txt2img({"override_settings": {"face_restoration_model": "codeformer", "code_former_weight": "0.75"}},
+                  {"face_restoration_model": "GFPGAN"})
+    assert (own.face_restoration_model, own.code_former_weight) == ("CodeFormer", 0.75)
+    assert refused_fields(txt2img, {"override_settings": {"face_restoration_model": "RestoreFormer"}}) == {
+        "override_settings.face_restoration_model"}
+    for weight in (1.5, -0.1, "strong", True):
+        assert refused_fields(txt2img, {"override_settings": {"code_former_weight": weight}}) == {
+            "override_settings.code_former_weight"}
+
+
+def test_an_infotext_with_face_restoration_turns_it_on_unless_the_body_says() -> None:
+    text = INFOTEXT.replace("Seed: 1234,", "Seed: 1234, Face restoration: GFPGAN,")
+    pasted = txt2img({"infotext": text})
+    assert pasted.restore_faces and pasted.face_restoration_model == "GFPGAN"
+    assert txt2img({"infotext": text, "restore_faces": False}).restore_faces is False
+    assert txt2img({"infotext": INFOTEXT}).restore_faces is False

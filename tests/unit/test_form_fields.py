@@ -38,7 +38,7 @@ FILLED = {
     "steps": 23, "cfg_scale": 6.5, "width": 576, "height": 448, "seed": 1234, "clip_skip": 2, "subseed": 77,
     "subseed_strength": 0.25, "seed_resize_from_w": 320, "seed_resize_from_h": 256, "enable_refiner": True,
     "refiner_checkpoint": "other-model", "refiner_switch_at": 0.6,
-    "tiling": True,
+    "tiling": True, "restore_faces": False,  # the infotext has no "Face restoration": unticked
 }
 FILLED_HIRES = {
     "enable_hr": True, "hr_upscaler": "Latent", "hires_steps": 7, "denoising_strength": 0.45, "hr_scale": 1.5,
@@ -309,3 +309,16 @@ def test_the_tiling_checkbox_of_each_tab_reaches_its_request(forms: Forms) -> No
         assert (checkbox.label, checkbox.value, checkbox.elem_id) == ("Tiling", False, f"{tab}_tiling")
         assert make(defaults(form, **inputs)).tiling is False, tab
         assert make(defaults(form, tiling=True, **inputs)).tiling is True, tab
+
+
+def test_the_restore_faces_checkbox_of_each_tab_reaches_its_request(forms: Forms) -> None:
+    makers = {"txt2img": (request_from_values, {}), "img2img": (img2img.img2img_request, {"init_image": picture()}),
+              "inpaint": (inpaint.inpaint_request, {"init_image": editor()})}
+    for tab, (make, inputs) in makers.items():
+        form = forms.by_tab[tab]
+        checkbox = form.fields["restore_faces"]
+        assert (checkbox.label, checkbox.value, checkbox.elem_id) == ("Restore faces", False, f"{tab}_restore_faces")
+        assert make(defaults(form, **inputs)).restore_faces is False, tab
+        assert make(defaults(form, restore_faces=True, **inputs)).restore_faces is True, tab
+    pasted = values_from_infotext("a face\nSteps: 9, Seed: 5, Face restoration: GFPGAN, Size: 64x64", forms.services)
+    assert pasted["restore_faces"] is True

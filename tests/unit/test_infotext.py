@@ -74,7 +74,7 @@ def test_writer_places_extra_keys_in_a1111_order() -> None:
         "My extension": "on",
         "Lora hashes": "add_detail: 7c6bad76eb54",
         "Refiner": "sdxl-refiner [7440042bbd]",
-        "Face restoration": None,  # None = left out
+        "Image CFG scale": None,  # None = left out
         "VAE": "sdxl_vae.safetensors",
     }
     request = GenerationRequest(seed_resize_from_width=64, seed_resize_from_height=64, hires=HiresFix(), tiling=True)
@@ -128,8 +128,8 @@ def test_parses_a1111_text_with_quoted_value() -> None:
     assert parsed.params["Version"] == "v1.10.1"
     assert (parsed.params["Size"], parsed.params["Size-1"], parsed.params["Size-2"]) == ("512x768", "512", "768")
 
-    request, warnings = request_from_infotext(parsed)
-    # An upscaler model Atelier does not have is named in a warning; the latent one stands in.
+    request, warnings = request_from_infotext(parsed, upscaler_models=["4x-UltraSharp"])
+    # An upscaler model not installed here is named in a warning; the latent one stands in.
     assert warnings == ["Hires upscaler: 'R-ESRGAN 4x+ Anime6B' is not available here; using Latent"]
     assert request == GenerationRequest(
         prompt=parsed.prompt, negative_prompt=parsed.negative_prompt, sampler="DPM++ 2M",
@@ -138,6 +138,10 @@ def test_parses_a1111_text_with_quoted_value() -> None:
         hires=HiresFix(scale=2.0, steps=10, upscaler="Latent", denoising_strength=0.4),
     )
     assert parsed.params["Model hash"] == "6ce0161689"
+    # Installed, the model is used; with no list given (the API), the name is kept for validation to check.
+    for models in (["r-esrgan 4x+ anime6b"], None):
+        kept, warnings = request_from_infotext(parsed, upscaler_models=models)
+        assert kept.hires is not None and kept.hires.upscaler == "R-ESRGAN 4x+ Anime6B" and warnings == []
 
 
 def test_multiline_prompt_and_negative_prompt() -> None:

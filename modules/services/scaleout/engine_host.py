@@ -22,12 +22,14 @@ from modules.params import GenerationRequest
 from modules.paths import resolve_paths
 from modules.services.addon_library import AddonLibrary
 from modules.services.addons import AddonKind, AddonRegistry
+from modules.services.face_restorers import FaceRestorers
 from modules.services.hashing import HashCache
 from modules.services.job_types import JobContext
+from modules.services.model_downloads import upscaler_aliases
 from modules.services.models import CheckpointInfo, CheckpointRegistry, ModelManager
 from modules.services.preview_decoders import PreviewDecoders
-from modules.services.upscaler_library import UpscalerLibrary
 from modules.services.renderer import EncodingSink, Renderer
+from modules.services.upscaler_library import UpscalerLibrary
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class EngineConfig:
     lora_dir: Path | None = None
     embeddings_dir: Path | None = None
     vae_dir: Path | None = None
+    model_folders: tuple[tuple[str, Path], ...] = ()  # --esrgan-models-path etc.
     policy: DevicePolicy = DevicePolicy()
     checkpoint_cache: int = 1
     fast_path: bool = False
@@ -83,7 +86,8 @@ class RenderEngine:
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         paths = resolve_paths(config.data_dir, config.models_dir, config.ckpt_dir, lora_dir=config.lora_dir,
-                              embeddings_dir=config.embeddings_dir, vae_dir=config.vae_dir)
+                              embeddings_dir=config.embeddings_dir, vae_dir=config.vae_dir,
+                              model_folders=dict(config.model_folders))
         self._device = choose_device(config.policy)
         hashes = HashCache(paths.hash_cache)
         self._registry = CheckpointRegistry(paths.checkpoint_dirs, hashes)
@@ -98,7 +102,8 @@ class RenderEngine:
                               AddonRegistry(AddonKind.VAE, paths.vae_dirs, hashes))
         # No extensions here: BEFORE_GENERATE ran on the front, the saving hooks run there too.
         self._renderer = Renderer(self._models, addons, PreviewDecoders(paths.taesd_dir),
-                                  UpscalerLibrary(paths.upscaler_dirs))
+                                  UpscalerLibrary(paths.upscaler_dirs, aliases=upscaler_aliases()),
+                                  FaceRestorers(paths.gfpgan_dirs, paths.codeformer_dirs))
         log.info("Worker engine on %s; checkpoints in %s", self._device.describe(),
                  ", ".join(str(p) for p in paths.checkpoint_dirs))
 

@@ -16,20 +16,22 @@ from typing import Any
 
 from modules.errors import ConfigError, NoModelLoadedError
 from modules.params import GenerationRequest, GenerationResult
-from modules.services.job_types import JobContext, JobSpec, ModelSwitch, ModelUnload
+from modules.services.extras_run import ExtrasWorker
+from modules.services.job_types import ExtrasJob, JobContext, JobSpec, ModelSwitch, ModelUnload
 from modules.services.models import ModelManager
 from modules.services.outputs import OutputStore
-from modules.services.renderer import RenderedJob
 from modules.services.queue_contract import JobQueueContract
+from modules.services.renderer import RenderedJob
 from modules.services.scaleout.slots import DispatchSettings
 
 
 class GenerationFront:
     """:class:`modules.services.scaleout.slots.FrontHooks` over the front's models and store."""
 
-    def __init__(self, models: ModelManager, outputs: OutputStore) -> None:
+    def __init__(self, models: ModelManager, outputs: OutputStore, extras: ExtrasWorker | None = None) -> None:
         self._outputs = outputs
         self._models = models
+        self._extras = extras  # Extras jobs run on the front, in the order they were queued
 
     def pin(self, spec: JobSpec) -> JobSpec:
         if not isinstance(spec, GenerationRequest):
@@ -67,6 +69,8 @@ class GenerationFront:
             return self._models.select(spec.checkpoint)
         if isinstance(spec, ModelUnload):
             return self._models.unload()
+        if isinstance(spec, ExtrasJob) and self._extras is not None:
+            return self._extras(spec, context)
         raise TypeError(f"not a front job: {type(spec).__name__}")
 
     def finish(self, spec: JobSpec, result: Any) -> GenerationResult:
@@ -89,7 +93,7 @@ class ScaleOut:
 
 
 def build_ray_queue(models: ModelManager, outputs: OutputStore, limit: int, shared: bool,
-                    options: ScaleOut) -> tuple[JobQueueContract, Callable[[], None]]:
+                    options: ScaleOut, extras: ExtrasWorker | None = None) -> tuple[JobQueueContract, Callable[[], None]]:
     """The Ray queue over the front's models and store, connected (or with the head started) as ``options`` say;
     and what to call at exit. Ray is imported only here: it is an optional dependency."""
     from modules.services.scaleout.cluster import RayAddress, connect_front, stop_ray_node
@@ -100,5 +104,5 @@ def build_ray_queue(models: ModelManager, outputs: OutputStore, limit: int, shar
     head = connect_front(RayAddress.parse(options.address), options.allow_public, options.dispatch.namespace)
     from modules.services.scaleout.ray_queue import RayJobQueue  # after connecting: see connect_front
 
-    queue = RayJobQueue(GenerationFront(models, outputs), limit, shared=shared, settings=options.dispatch)
+    queue = RayJobQueue(GenerationFront(models, outputs, extras), limit, shared=shared, settings=options.dispatch)
     return queue, lambda: stop_ray_node(head)
