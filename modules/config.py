@@ -57,6 +57,13 @@ class Settings:
     # Upscaler models run in tiles (A1111's ESRGAN_tile, ESRGAN_tile_overlap): side and overlap in px, 0: untiled.
     esrgan_tile: int = 192
     esrgan_tile_overlap: int = 8
+    # What enlarges an img2img init image to the job's size (A1111's upscaler_for_img2img): None is Lanczos.
+    upscaler_for_img2img: str = "None"
+    # A1111's send_seed / send_size: "Send to" another tab carries the seed / the width and height too.
+    send_seed: bool = True
+    send_size: bool = True
+    # Upscalers whose architecture is only in spandrel's extra package (non-commercial licences): off unless asked.
+    upscaler_extra_architectures: bool = False
     checkpoint_cache: int = 1  # checkpoints kept in RAM besides the loaded one, for fast switching
     fast_path: bool = False  # channels_last + torch.compile of the UNet (CUDA); off until measured
     shared_jobs: bool = False  # true: a single-user instance, every signed-in name sees every job
@@ -84,7 +91,7 @@ _CHOICE_CHECKS: dict[str, Callable[[object], str | None]] = {"show_progress_type
                                                               "face_restoration_model": face_restorer_problem}
 # Every number setting says what it allows (its range) in its own check.
 _FLOAT_CHECKS: dict[str, Callable[[object], str | None]] = {"code_former_weight": code_former_weight_problem}
-_NON_BLANK = frozenset({"sd_vae"})  # a blank VAE name would make every job from the UI invalid
+_NON_BLANK = frozenset({"sd_vae", "upscaler_for_img2img"})  # a blank VAE name would make every job from the UI invalid
 MAX_TEXT_CHARS = 255  # a file name or HOST:PORT; more is not a plausible setting
 
 

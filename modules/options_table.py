@@ -129,6 +129,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("show_progress_every_n_steps", "show_progress_every_n_steps", "preview_every", _preview_every),
     Option("face_restoration_model", "face_restoration_model", "face_restoration_model", _face_restorer),
     Option("code_former_weight", "code_former_weight", "code_former_weight", _code_former_weight),
+    Option("upscaler_for_img2img", "upscaler_for_img2img", "img2img_upscaler",
+           _name("an upscaler's name as /sdapi/v1/upscalers lists it ('None': Lanczos)")),
+    Option("send_seed", "send_seed", None, _flag),
+    Option("send_size", "send_size", None, _flag),
     Option("ESRGAN_tile", "esrgan_tile", None, _whole),
     Option("ESRGAN_tile_overlap", "esrgan_tile_overlap", None, _whole),
 )

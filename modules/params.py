@@ -240,6 +240,9 @@ class GenerationRequest:
     # Face restoration (A1111's options face_restoration_model, code_former_weight); None = the server's.
     face_restoration_model: str | None = None
     code_former_weight: float | None = None
+    # What enlarges an init image to the job's size (A1111's option upscaler_for_img2img): "None" is
+    # Lanczos, or Nearest, or an upscaler model; None = the server's.
+    img2img_upscaler: str | None = None
     # Extensions' values by extension name, then parameter name (A1111's alwayson_scripts, by name).
     extension_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from modules.engine.face_detection import FaceBox, crop_box
-from modules.engine.upscale_models import read_state_dict
+from modules.engine.upscale_models import read_state_dict, with_extra_architectures
 from modules.errors import AddonLoadError
 
 log = logging.getLogger(__name__)
@@ -56,17 +56,6 @@ def _refuse(path: Path, reason: str) -> AddonLoadError:
     return AddonLoadError(KIND, str(path), reason)
 
 
-def _registry() -> object:
-    """spandrel's architectures plus the extra ones (CodeFormer's licence keeps it out of the main
-    package), in a copy: other users of spandrel in this process see the main registry unchanged."""
-    import spandrel
-    import spandrel_extra_arches
-
-    registry = spandrel.MAIN_REGISTRY.copy()
-    registry.add(*spandrel_extra_arches.EXTRA_REGISTRY)
-    return registry
-
-
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
     """The file's tensors; a refusal names the file as a face restorer, not as an upscaler."""
     try:
@@ -83,7 +72,7 @@ def load_face_model(path: Path, expected: FaceArchitecture, device: torch.device
     # 1. The tensors, 2. the architecture spandrel recognises in them, 3. the one asked for.
     state_dict = _tensors(path)
     try:
-        descriptor = ModelLoader(registry=_registry()).load_from_state_dict(  # type: ignore[arg-type]
+        descriptor = ModelLoader(registry=with_extra_architectures()).load_from_state_dict(  # type: ignore[arg-type]
             canonicalize_state_dict(state_dict))
     except UnsupportedModelError as exc:
         raise _refuse(path, f"not a {expected.value} model (spandrel recognises no architecture in it)") from exc

@@ -108,9 +108,32 @@ def _dtype_for(descriptor: object, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def load_upscale_model(path: Path, device: torch.device | str = "cpu") -> UpscaleModel:
+def with_extra_architectures() -> object:
+    """spandrel's registry plus its extra architectures (non-commercial licences, so a separate
+    package: CodeFormer, SRFormer, ...), as a copy: the global registry stays as it is."""
+    import spandrel
+    import spandrel_extra_arches
+
+    registry = spandrel.MAIN_REGISTRY.copy()
+    registry.add(*spandrel_extra_arches.EXTRA_REGISTRY)
+    return registry
+
+
+def _only_in_extras(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The name of the extra architecture ``state_dict`` is, when it is one."""
+    from spandrel import ModelLoader, UnsupportedModelError
+
+    try:
+        return str(ModelLoader(registry=with_extra_architectures()).load_from_state_dict(  # type: ignore[arg-type]
+            state_dict).architecture.name)
+    except (UnsupportedModelError, KeyError, RuntimeError, ValueError):
+        return None
+
+
+def load_upscale_model(path: Path, device: torch.device | str = "cpu", extra_architectures: bool = False) -> UpscaleModel:
     """The upscaler in ``path`` on ``device``; :class:`AddonLoadError` naming the file when it is
-    corrupt, unsafe, or not an image upscaler (a LoRA, a checkpoint, a face restorer...)."""
+    corrupt, unsafe, or not an image upscaler (a LoRA, a checkpoint, a face restorer...).
+    ``extra_architectures``: also spandrel's extra ones (setting ``upscaler_extra_architectures``)."""
     from spandrel import (
         ImageModelDescriptor,
         ModelLoader,
@@ -119,10 +142,16 @@ def load_upscale_model(path: Path, device: torch.device | str = "cpu") -> Upscal
     )
 
     # 1. The tensors, 2. the architecture spandrel recognises in them.
-    state_dict = read_state_dict(path)
+    state_dict = canonicalize_state_dict(read_state_dict(path))
+    loader = ModelLoader(registry=with_extra_architectures()) if extra_architectures else ModelLoader()  # type: ignore[arg-type]
     try:
-        descriptor = ModelLoader().load_from_state_dict(canonicalize_state_dict(state_dict))
+        descriptor = loader.load_from_state_dict(state_dict)
     except UnsupportedModelError as exc:
+        extra = None if extra_architectures else _only_in_extras(state_dict)
+        if extra is not None:
+            raise _refuse(path, f"a {extra} model: its architecture is in spandrel's extra package, under a "
+                                "non-commercial licence; set upscaler_extra_architectures: true in config.yaml "
+                                "to use it") from exc
         raise _refuse(path, "not an upscaler model spandrel knows (ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT, "
                             "SCUNet, ...)") from exc
     except (KeyError, RuntimeError, ValueError) as exc:

@@ -125,7 +125,8 @@ def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[
                                enabled=extensions)
     outputs = OutputStore(ImageSaver(paths.outputs_dir), manager, settings.save_grid)
     options = SettingsStore(paths.config_file, settings)
-    upscalers = UpscalerLibrary(paths.upscaler_dirs, lambda: _tiles(options.get()), upscaler_aliases())
+    upscalers = UpscalerLibrary(paths.upscaler_dirs, lambda: _tiles(options.get()), upscaler_aliases(),
+                                lambda: options.get().upscaler_extra_architectures)
     face_restorers = FaceRestorers(paths.gfpgan_dirs, paths.codeformer_dirs, face_detector)
     # 1. The engine, over the front built below; the in-process worker's executor as soon as it is made.
     made: tuple[DeviceInfo, ModelManager] | None = None  # with Ray: the device and models its queue needs

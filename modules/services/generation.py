@@ -16,7 +16,14 @@ from dataclasses import replace
 from typing import Any
 
 from modules.engine.token_count import TokenCount, count_tokens
-from modules.errors import AtelierError, ExtensionError, FieldError, NoModelLoadedError, ValidationError
+from modules.errors import (
+    AddonNotFoundError,
+    AtelierError,
+    ExtensionError,
+    FieldError,
+    NoModelLoadedError,
+    ValidationError,
+)
 from modules.extension_api import ScriptRun
 from modules.params import GenerationLimits, GenerationRequest, GenerationResult, code_former_weight_problem
 from modules.request_checks import normalize_request, validate_request
@@ -24,6 +31,7 @@ from modules.services import memory_estimate
 from modules.services.addon_library import AddonLibrary
 from modules.services.extensions import ExtensionManager
 from modules.services.face_restorers import FaceRestorers
+from modules.services.image_upscale import image_upscaler
 from modules.services.job_inputs import JobInputs
 from modules.services.job_types import Job, ModelSwitch, ModelUnload
 from modules.services.memory_estimate import MemoryEstimate
@@ -71,6 +79,7 @@ class GenerationService:
         self.addons.check(request)
         self._check_clip_skip(request)
         self._check_face_restoration(request)
+        self._check_img2img_upscaler(request)
         request = self.extensions.check_params(self._apply_styles(request))
         changed = self.extensions.before_generate(request, owner)
         if changed is not request:  # an extension's change is held to the same rules
@@ -94,6 +103,18 @@ class GenerationService:
         problem = clip_skip_problem(request.clip_skip, clip_skip_max_of(self.models.loaded_model()))
         if problem is not None:
             raise ValidationError([FieldError("clip_skip", problem)])
+
+    def _check_img2img_upscaler(self, request: GenerationRequest) -> None:
+        """An init image's upscaler (A1111's upscaler_for_img2img) must be one Extras could use."""
+        name = request.img2img_upscaler
+        if request.init_image is None or not name or name.strip().lower() == "none":
+            return
+        if self.upscalers is None:
+            raise ValidationError([FieldError("upscaler_for_img2img", "no upscaler models on this server")])
+        try:
+            image_upscaler(name, self.upscalers)
+        except AddonNotFoundError as exc:
+            raise ValidationError([FieldError("upscaler_for_img2img", str(exc))]) from exc
 
     def _check_face_restoration(self, request: GenerationRequest) -> None:
         """A job that asks to restore faces without a model of the chosen restorer is refused, saying

@@ -6,6 +6,7 @@ extended canvas. Every function takes and returns PIL images, so each is easy to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image, ImageFilter, ImageOps
@@ -15,26 +16,45 @@ from modules.params import ResizeMode
 LATENT_SCALE = 8
 
 
-def fit_image(image: Image.Image, width: int, height: int, mode: ResizeMode) -> Image.Image:
-    """``image`` fitted to width x height. Latent upscale keeps the image (rounded to multiples of 8):
-    the engine resizes its latent instead."""
+Resize = Callable[[Image.Image, int, int], Image.Image]  # (image, width, height) -> that size
+
+
+def lanczos(image: Image.Image, width: int, height: int) -> Image.Image:
+    """A1111's resize when no img2img upscaler is chosen."""
+    return image if image.size == (width, height) else image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def fit_image(image: Image.Image, width: int, height: int, mode: ResizeMode, resize: Resize = lanczos) -> Image.Image:
+    """``image`` fitted to width x height; ``resize`` does the resizing (an upscaler model for an
+    enlargement: A1111's ``upscaler_for_img2img``). Latent upscale keeps the image (rounded to
+    multiples of 8): the engine resizes its latent instead."""
     if mode is ResizeMode.LATENT_UPSCALE:
         w, h = (max(LATENT_SCALE, v - v % LATENT_SCALE) for v in image.size)
         return image if image.size == (w, h) else image.resize((w, h), Image.Resampling.LANCZOS)
     if image.size == (width, height):
         return image
     if mode is ResizeMode.JUST_RESIZE:
-        return image.resize((width, height), Image.Resampling.LANCZOS)
+        return resize(image, width, height)
     if mode is ResizeMode.CROP_AND_RESIZE:
-        return ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
-    return _resize_and_fill(image, width, height)
+        return _crop_and_resize(image, width, height, resize)
+    return _resize_and_fill(image, width, height, resize)
 
 
-def _resize_and_fill(image: Image.Image, width: int, height: int) -> Image.Image:
+def _crop_and_resize(image: Image.Image, width: int, height: int, resize: Resize) -> Image.Image:
+    """A1111's order: resized to cover width x height (keeping its aspect), then the centre cut out."""
+    ratio, source_ratio = width / height, image.width / image.height
+    cover_w = width if ratio > source_ratio else image.width * height // image.height
+    cover_h = height if ratio <= source_ratio else image.height * width // image.width
+    covered = resize(image, cover_w, cover_h)
+    result = Image.new("RGB", (width, height))
+    result.paste(covered, box=(width // 2 - cover_w // 2, height // 2 - cover_h // 2))
+    return result
+
+
+def _resize_and_fill(image: Image.Image, width: int, height: int, resize: Resize = lanczos) -> Image.Image:
     """Fit inside, then fill the bars by stretching the image's own edge rows or columns (A1111)."""
     scale = min(width / image.width, height / image.height)
-    inner = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                         Image.Resampling.LANCZOS)
+    inner = resize(image, max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     canvas = image.resize((width, height), Image.Resampling.LANCZOS)  # under the bars, not visible after
     left, top = (width - inner.width) // 2, (height - inner.height) // 2
     if left > 0:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from modules.errors import AddonNotFoundError
+from modules.services.image_prep import Resize, lanczos
 from modules.services.upscaler_library import UpscalerLibrary
 from modules.upscalers import UpscalerKind, UpscalerSpec, find_upscaler, upscaler_names
 
@@ -57,3 +58,19 @@ def upscale_by(image: Image.Image, spec: UpscalerSpec, factor: float, library: U
     if image.size != size:
         image = image.resize(size, resample=LANCZOS)
     return image
+
+
+def enlarging_resize(name: str | None, library: UpscalerLibrary | None, device: object = "cpu") -> Resize:
+    """A1111's resize of an img2img init image: Lanczos; with an upscaler chosen
+    (``upscaler_for_img2img``), an enlargement first runs it by the factor that covers the size."""
+    if not name or name.strip().lower() == "none" or library is None:
+        return lanczos
+    spec = image_upscaler(name, library)
+
+    def resize(image: Image.Image, width: int, height: int) -> Image.Image:
+        factor = max(width / image.width, height / image.height)
+        if factor > 1.0:
+            image = upscale_by(image, spec, factor, library, device)
+        return lanczos(image, width, height)
+
+    return resize

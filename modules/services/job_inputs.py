@@ -13,7 +13,7 @@ from modules.engine.latents import blurred_mask, overlay_original
 from modules.errors import FieldError, ValidationError
 from modules.params import GenerationRequest, MaskedContent
 from modules.services.image_input import decode_image
-from modules.services.image_prep import Crop, fill_masked, fit_image
+from modules.services.image_prep import Crop, Resize, fill_masked, fit_image, lanczos
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,15 @@ class JobInputs:
     notes: tuple[str, ...] = ()
 
     @staticmethod
-    def of(request: GenerationRequest) -> JobInputs:
+    def of(request: GenerationRequest, resize: Resize = lanczos) -> JobInputs:
+        """``resize``: what enlarges the init image (the job's img2img upscaler, on the worker; the
+        front checks the inputs with plain Lanczos)."""
         if request.init_image is None:
             return JobInputs()
         image = decode_image(request.init_image, "init_image").convert("RGB")
         if request.mask is None or not request.inpaint_only_masked:
             # "Only masked" keeps the picture's own size: only the crop is fitted to the output size.
-            image = fit_image(image, request.width, request.height, request.resize_mode)
+            image = fit_image(image, request.width, request.height, request.resize_mode, resize)
         if request.mask is None:
             return JobInputs(init_image=image, original=image)
         raw = decode_image(request.mask, "mask").convert("L")

@@ -46,6 +46,7 @@ from modules.samplers import resolve_sampler
 from modules.services.addon_library import AddonLibrary, JobEmbeddings, JobPrompts
 from modules.services.addons import AddonFile
 from modules.services.face_restorers import FaceRestorers
+from modules.services.image_upscale import enlarging_resize
 from modules.services.job_inputs import JobInputs
 from modules.services.memory_estimate import choose_for_request, forced_mode
 from modules.services.models import CheckpointInfo, ModelManager
@@ -215,7 +216,8 @@ class Renderer:
         # 1. The model and everything the job adds to it.
         job = self._setup(request)
         # 2. Inputs, decoded once for all batches.
-        inputs = JobInputs.of(request)
+        inputs = JobInputs.of(request, enlarging_resize(request.img2img_upscaler, self.upscalers,
+                                                        job.model.execution_device))
         # 3. Each batch: sample, then hand every image with its own infotext to the sink.
         made = 0
         try:

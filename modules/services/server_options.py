@@ -43,6 +43,7 @@ def with_server_defaults(request: GenerationRequest, settings: Settings) -> Gene
                                 else request.face_restoration_model),
         code_former_weight=(float(settings.code_former_weight) if request.code_former_weight is None
                             else request.code_former_weight),
+        img2img_upscaler=settings.upscaler_for_img2img if request.img2img_upscaler is None else request.img2img_upscaler,
         hires=hires)
 
 

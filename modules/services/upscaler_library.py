@@ -53,8 +53,10 @@ class UpscalerLibrary:
     """Finds, lists, loads and runs the upscaler models in ``folders``."""
 
     def __init__(self, folders: Sequence[Path], tiles: Callable[[], TileOptions] = TileOptions,
-                 aliases: Mapping[str, str] | None = None) -> None:
+                 aliases: Mapping[str, str] | None = None, extra_architectures: Callable[[], bool] = bool) -> None:
         self.folders = tuple(folders)
+        # Whether spandrel's extra (non-commercial) architectures may load: the setting in force.
+        self.extra_architectures = extra_architectures
         # File name (lower case) -> the label A1111 lists it under ("RealESRGAN_x4plus.pth": "R-ESRGAN 4x+").
         self.aliases = dict(aliases or {})
         self.tiles = tiles  # read on every upscale: the settings in force (ESRGAN_tile, ESRGAN_tile_overlap)
@@ -103,7 +105,7 @@ class UpscalerLibrary:
         from modules.engine.upscale_models import load_upscale_model
 
         try:
-            return load_upscale_model(item.path).scale
+            return load_upscale_model(item.path, extra_architectures=self.extra_architectures()).scale
         except AddonLoadError as exc:
             log.warning("%s", exc)
             return DEFAULT_SCALE
@@ -115,12 +117,13 @@ class UpscalerLibrary:
         from modules.engine.upscale_models import load_upscale_model
 
         item = self.require(name)
-        key = (item.version(), str(device))
+        extra = self.extra_architectures()
+        key = (item.version(), f"{device}{' +extra' if extra else ''}")
         with self._lock:
             if self._loaded is not None and self._loaded[0] == key:
                 return self._loaded[1]
             self._loaded = None  # the previous model's memory goes before the next one loads
-            loaded = load_upscale_model(item.path, device)  # type: ignore[arg-type]
+            loaded = load_upscale_model(item.path, device, extra)  # type: ignore[arg-type]
             self._loaded = (key, loaded)
             self._scales[item.version()] = loaded.scale
             return loaded

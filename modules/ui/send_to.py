@@ -37,9 +37,11 @@ class SendWiring:
         self.checkpoint = checkpoint
 
     def wire(self, button: gr.Button, inputs: list[Any], pick: Pick, target_id: str, target: GenerationForm,
-             with_image: bool = True) -> None:
+             with_image: bool = True, between_tabs: bool = False) -> None:
         """On click: fill ``target``'s fields from the picked infotext and (``with_image``) its
-        ``init_image`` from the picked file, then switch checkpoint and tab."""
+        ``init_image`` from the picked file, then switch checkpoint and tab. ``between_tabs``: a
+        result sent from one tab to another, which carries the seed and the size only when the
+        settings say so (A1111's send_seed, send_size)."""
         image = target.fields.get("init_image") if with_image else None
         filled = target.fields.components_of(filled_names())
         outputs = ([image] if image is not None else []) + filled + [self.checkpoint, self.tabs]
@@ -52,7 +54,10 @@ class SendWiring:
             if image is not None:
                 updates[image] = _image_value(image, path)
             if text:
-                updates |= target.fields.fill(values_from_infotext(text, self.services))
+                values = values_from_infotext(text, self.services)
+                if between_tabs:
+                    values = self._kept_by_settings(values)
+                updates |= target.fields.fill(values)
                 warning = switch_to_checkpoint_of(self.services, parse_infotext(text).params)
                 if warning:
                     gr.Warning(escape.text(warning))  # it quotes the image's checkpoint name
@@ -67,7 +72,14 @@ class SendWiring:
     def from_form(self, source: GenerationForm, target_id: str, target: GenerationForm) -> None:
         """A result gallery's "Send to" button: the selected image (or the first)."""
 
-        self.wire(source.send_buttons[target_id], [source.infos, source.selected], pick_shown, target_id, target)
+        self.wire(source.send_buttons[target_id], [source.infos, source.selected], pick_shown, target_id, target,
+                  between_tabs=True)
+
+    def _kept_by_settings(self, values: dict[str, Any]) -> dict[str, Any]:
+        settings = self.services.options.get()
+        dropped = ({"seed"} if not settings.send_seed else set()) | ({"width", "height"} if not settings.send_size
+                                                                      else set())
+        return {name: value for name, value in values.items() if name not in dropped}
 
     def to_extras(self, button: gr.Button, inputs: list[Any], pick: Pick, image: gr.Image) -> None:
         """A "Send to extras" button: the picked image goes to the Extras tab's single image."""

@@ -109,6 +109,15 @@ def test_options_switch_the_checkpoint_and_accept_the_whole_get_back(client: htt
     assert client.get(f"{API}/options").json()["sd_model_checkpoint"].startswith("tiny-sd15.safetensors")
 
 
+def test_a1111s_options_write_case_flips_send_seed_and_reads_it_back(client: httpx.Client) -> None:
+    before = client.get(f"{API}/options").json()["send_seed"]
+    assert client.post(f"{API}/options", json={"send_seed": not before}).status_code == 200
+    assert client.get(f"{API}/options").json()["send_seed"] is (not before)
+    refused = client.post(f"{API}/options", json={"send_seed": "maybe"})
+    assert refused.status_code == 422 and "send_seed" in refused.text
+    assert client.post(f"{API}/options", json={"send_seed": before}).status_code == 200
+
+
 def test_progress_while_a_job_runs_and_interrupt(client: httpx.Client, server: Server) -> None:
     idle = client.get(f"{API}/progress").json()
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0

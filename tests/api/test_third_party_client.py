@@ -40,3 +40,15 @@ def test_webuiapi_txt2img_img2img_png_info_and_model_switch(api) -> None:
     assert [s["name"] for s in api.get_samplers()][0] == "DPM++ 2M"
     api.interrupt()
     api.skip()
+
+
+def test_webuiapi_extras_single_and_batch(api) -> None:
+    source = Image.new("RGB", (40, 24), "teal")
+    ImageDraw.Draw(source).ellipse((4, 4, 20, 20), fill="orange")
+    single = api.extra_single_image(image=source, upscaler_1="Lanczos", upscaling_resize=2)
+    assert single.image.size == (80, 48)
+    assert single.info == "<p>Postprocess upscale by: 2, Postprocess upscaler: Lanczos</p>"
+    batch = api.extra_batch_images(images=[source, source.resize((16, 16))], upscaler_1="Nearest",
+                                   resize_mode=1, upscaling_resize_w=64, upscaling_resize_h=32)
+    assert [image.size for image in batch.images] == [(64, 32), (64, 32)]
+    assert api.extra_single_image(image=source).image.size == (40, 24)  # only an image: returned as it was

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,11 @@ from PIL.PngImagePlugin import PngInfo
 
 from modules.devtools.tiny_upscaler import write_tiny_upscaler
 from modules.errors import ValidationError
+from modules.params import GenerationRequest
+from modules.params import ResizeMode as FitResize
 from modules.services.extras_request import ExtrasImage, ExtrasRequest, ResizeMode, output_size
+from modules.services.image_prep import fit_image
+from modules.services.image_upscale import enlarging_resize
 from modules.ui import png_info
 
 
@@ -116,3 +121,18 @@ def test_a_4x_model_upscale_tiled_and_untiled_agree_away_from_seams(services) ->
         services.server_options.apply({"ESRGAN_tile": 192, "ESRGAN_tile_overlap": 8})
     assert whole.shape == tiled.shape == (192, 256, 3)
     assert np.abs(whole - tiled).max() <= 1  # 8-bit rounding of the blend
+
+
+def test_img2img_enlarges_its_init_image_with_the_chosen_upscaler(services) -> None:
+    small = Image.open(io.BytesIO(_png((16, 16), seed=8))).convert("RGB")
+    nearest = enlarging_resize("Nearest", services.upscalers)
+    # A1111: Nearest by the covering factor (2), already the size asked: Lanczos has nothing to do.
+    assert np.array_equal(np.asarray(fit_image(small, 32, 32, FitResize.JUST_RESIZE, nearest)),
+                          np.asarray(small.resize((32, 32), Image.Resampling.NEAREST)))
+    base = GenerationRequest(prompt="x", steps=2, width=64, height=64, seed=3, init_image=_png((32, 32), seed=9),
+                             denoising_strength=0.3, sampler="Euler")
+    plain = services.generation.generate(replace(base, img2img_upscaler="None"))
+    upscaled = services.generation.generate(replace(base, img2img_upscaler="Nearest"))
+    assert plain.images[0].png != upscaled.images[0].png
+    with pytest.raises(ValidationError, match="upscaler_for_img2img.*8x-nothing"):
+        services.generation.generate(replace(base, img2img_upscaler="8x-nothing"))

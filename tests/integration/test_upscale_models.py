@@ -124,3 +124,24 @@ def test_unknown_hires_upscaler_lists_the_models(model_services) -> None:
     message = str(caught.value)
     assert "hr_upscaler" in message and "4x-missing" in message
     assert "tiny-esrgan-4x" in message and "Lanczos" in message
+
+
+def test_an_extra_architecture_loads_only_when_the_setting_allows_it(tmp_path: Path) -> None:
+    from spandrel_extra_arches.architectures.SRFormer import SRFormer
+
+    torch.manual_seed(0)
+    net = SRFormer(embed_dim=12, depths=(1,), num_heads=(2,), window_size=4, upscale=2, img_size=16,
+                   upsampler="pixelshuffledirect")
+    path = tmp_path / "ESRGAN" / "srformer-2x.pth"
+    path.parent.mkdir()
+    torch.save(net.state_dict(), path)
+    with pytest.raises(AddonLoadError, match="SRFormer.*upscaler_extra_architectures") as refused:
+        load_upscale_model(path)
+    assert str(path) in str(refused.value)
+    allowed = {"extra": False}
+    library = UpscalerLibrary([path.parent], extra_architectures=lambda: allowed["extra"])
+    with pytest.raises(AddonLoadError):
+        library.model("srformer-2x")
+    allowed["extra"] = True
+    image = library.upscale(Image.new("RGB", (16, 16), "gray"), "srformer-2x", (32, 32))
+    assert image.size == (32, 32)

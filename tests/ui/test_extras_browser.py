@@ -92,3 +92,27 @@ def test_send_a_txt2img_result_to_extras_then_on_to_img2img(page, server) -> Non
     page.locator("#extras_send_to_img2img").click()
     page.wait_for_function("() => document.querySelector('#img2img_prompt textarea')?.value === 'a lighthouse at dusk'")
     page.locator("#img2img_init_image img, #img2img_image img").first.wait_for()
+
+
+def test_batch_from_files_saves_each_under_its_own_name(page, server, tmp_path: Path) -> None:
+    files = []
+    for i, size in enumerate(((24, 16), (16, 16))):
+        path = tmp_path / f"shot{i}.png"
+        Image.new("RGB", size, ("red", "blue")[i]).save(path)
+        files.append(str(path))
+    page.get_by_role("tab", name="Extras").click()
+    page.get_by_role("tab", name="Batch Process").click()
+    page.locator("#extras_image_batch input[type=file]").set_input_files(files)
+    page.wait_for_function("() => document.querySelectorAll('#extras_image_batch .file-preview tr, "
+                           "#extras_image_batch tbody tr').length >= 2")
+    choose(page, "extras_upscaler_1", "Nearest")
+    before = len(saved_extras(server))
+    page.locator("#extras_generate").click()
+    deadline = time.monotonic() + 60
+    while len(saved_extras(server)) < before + 2:
+        assert time.monotonic() < deadline, "the batch was not saved"
+        time.sleep(0.2)
+    made = saved_extras(server)[-2:]
+    assert [p.name[6:] for p in made] == ["shot0.png", "shot1.png"]
+    assert [Image.open(p).size for p in made] == [(48, 32), (32, 32)]
+    page.wait_for_function("() => document.querySelectorAll('#extras_gallery img').length >= 2")
