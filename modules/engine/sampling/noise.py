@@ -20,12 +20,14 @@ from modules.samplers import RngSource
 
 
 def slerp(strength: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation of two noise tensors (A1111's variation seeds)."""
+    """Spherical interpolation of two noise tensors, exactly as A1111 does it for variation seeds:
+    on one image's (C, H, W) noise, with norms taken over dim 1 (the rows), and A1111's own fallback
+    for nearly parallel noise (which weighs ``low`` by ``strength``)."""
     low_norm = low / torch.norm(low, dim=1, keepdim=True)
     high_norm = high / torch.norm(high, dim=1, keepdim=True)
     dot = (low_norm * high_norm).sum(1)
-    if dot.mean() > 0.9995:  # nearly parallel: plain linear interpolation is exact enough
-        return low * (1 - strength) + high * strength
+    if dot.mean() > 0.9995:
+        return low * strength + high * (1 - strength)
     omega = torch.acos(dot)
     so = torch.sin(omega)
     return (torch.sin((1.0 - strength) * omega) / so).unsqueeze(1) * low + \
@@ -67,7 +69,7 @@ class ImageNoise:
             noise = self._randn(self._generator(seed), self.source_shape) if resized else self._randn(generator)
             if self.variation_seeds is not None and self.variation_strength:
                 variation = self._randn(self._generator(self.variation_seeds[i]), self.source_shape)
-                noise = slerp(self.variation_strength, noise.unsqueeze(0), variation.unsqueeze(0))[0]
+                noise = slerp(self.variation_strength, noise, variation)  # per image, (C, H, W), as A1111
             if resized:
                 noise = _paste_centred(noise, self._randn(generator))
             noises.append(noise)
@@ -84,11 +86,13 @@ class ImageNoise:
 
 
 def _paste_centred(small: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
-    """``full`` with ``small``'s centre over its centre (each side cropped where it is larger)."""
+    """``full`` with ``small``'s centre over its centre (each side cropped where it is larger), with
+    A1111's arithmetic: where ``small`` is larger by an odd amount, its last row or column that
+    would fit is not pasted (``full``'s stays), as A1111's ``sh + 2 * dy`` makes it."""
     out = full.clone()
     (sh, sw), (fh, fw) = small.shape[-2:], full.shape[-2:]
     dy, dx = (fh - sh) // 2, (fw - sw) // 2
-    h, w = min(sh, fh), min(sw, fw)
+    h, w = (sh if dy >= 0 else sh + 2 * dy), (sw if dx >= 0 else sw + 2 * dx)
     ty, tx = max(dy, 0), max(dx, 0)  # where it lands in full
     sy, sx = max(-dy, 0), max(-dx, 0)  # where it is taken from in small
     out[:, ty:ty + h, tx:tx + w] = small[:, sy:sy + h, sx:sx + w]
