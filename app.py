@@ -168,7 +168,8 @@ def _mount_ui(app: Any, flags: Flags, services: Services, auth: AuthConfig) -> t
     blocks = build_ui(services)
     app = gr.mount_gradio_app(app, blocks, path=flags.subpath or "/", css=CSS, head=HEAD,
                               theme=gr.themes.Default(), auth=auth.ui.as_gradio() if auth.ui else None,
-                              show_error=True, max_file_size=MAX_UPLOAD, enable_monitoring=False)
+                              show_error=True, max_file_size=MAX_UPLOAD, enable_monitoring=False,
+                              footer_links=[], run_history=False)  # the Settings tab replaces Gradio's panel
     # Gradio checks that a file an event names was uploaded (or is one the server hands out)
     # only once its Blocks count as launched, which mounting never marks: without this, any
     # path on the machine could be sent as an image input and read back from the cache.

@@ -9,17 +9,22 @@ names the key and what it allows, rather than being silently ignored or clamped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from modules.a1111_extra import extras_problem
 from modules.atomic import write_text_atomic
 from modules.errors import ConfigError
+from modules.output_dirs import OUTDIR_DEFAULTS, outdir_problem
 from modules.params import (
+    CODE_FORMER_WEIGHT_RANGE,
     DEFAULT_CODE_FORMER_WEIGHT,
+    DEFAULT_EMPHASIS,
     DEFAULT_FACE_RESTORER,
     DEFAULT_PREVIEW_EVERY,
     MAX_SEED,
@@ -27,10 +32,18 @@ from modules.params import (
     GenerationLimits,
     PreviewMethod,
     code_former_weight_problem,
+    emphasis_problem,
     face_restorer_problem,
     preview_method_problem,
 )
+from modules.sampler_params import NAMES as SAMPLER_PARAM_NAMES
+from modules.sampler_params import RANGES as SAMPLER_PARAM_RANGES
+from modules.sampler_params import param_problem as sampler_param_problem
 from modules.samplers import RngSource
+
+IMAGE_FORMATS = ("png", "jpg", "jpeg", "webp")  # A1111's samples_format / grid_format (files and API)
+REPLACE_ACTIONS = ("Replace", "Add number suffix")  # A1111's save_images_replace_action
+QUICKSETTINGS_DEFAULT = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")  # A1111's default
 
 
 @dataclass(frozen=True)
@@ -42,10 +55,12 @@ class Settings:
     max_image_size: int = 2048  # largest width or height accepted
     max_batch_size: int = 8
     max_batch_count: int = 100
+    confirm_images_above: int = 64  # the UI asks before starting a job of more images than this
     # Defaults for every job (A1111's options CLIP_stop_at_last_layers, eta_noise_seed_delta, randn_source).
     clip_skip: int = 1
     eta_noise_seed_delta: int = 0
     randn_source: str = RngSource.GPU.value
+    emphasis: str = DEFAULT_EMPHASIS  # A1111's option: how prompt weights change the text encoder's output
     sd_vae: str = "Automatic"  # A1111's option: "Automatic", "None" or a VAE file name
     save_images_before_highres_fix: bool = False  # also save hires fix's first pass
     # The live preview (A1111's options): how it is drawn, and every how many sampling steps (-1: none).
@@ -65,9 +80,45 @@ class Settings:
     # Upscalers whose architecture is only in spandrel's extra package (non-commercial licences): off unless asked.
     upscaler_extra_architectures: bool = False
     checkpoint_cache: int = 1  # checkpoints kept in RAM besides the loaded one, for fast switching
+    # A1111's sampler parameters (its "Sampler parameters" options; ranges in modules.sampler_params).
+    eta_ancestral: float = 1.0
+    eta_ddim: float = 0.0
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0
+    s_noise: float = 1.0
+    sigma_min: float = 0.0
+    sigma_max: float = 0.0
+    rho: float = 0.0
+    img2img_fix_steps: bool = False  # A1111's option: img2img runs exactly ``steps``, not steps x denoising
+    live_previews_enable: bool = True  # A1111's option: False, no job gets a live preview
     fast_path: bool = False  # channels_last + torch.compile of the UNet (CUDA); off until measured
     shared_jobs: bool = False  # true: a single-user instance, every signed-in name sees every job
     ray_address: str = ""  # "auto" or HOST:PORT: run jobs on Ray workers (--ray-address wins); "" in process
+    # A1111's quicksettings_list: the options shown in the bar at the top of the page, by A1111 name.
+    quicksettings_list: tuple[str, ...] = QUICKSETTINGS_DEFAULT
+    # Saving images (A1111's options of these names; docs/options.md): format, names, folders, grids.
+    samples_format: str = "png"
+    jpeg_quality: int = 80
+    samples_filename_pattern: str = ""  # "" is "[seed]" (the NNNNN-SEED names Atelier has always written)
+    save_images_add_number: bool = True
+    save_images_replace_action: str = "Replace"
+    save_to_dirs: bool = True
+    grid_save_to_dirs: bool = True
+    directories_filename_pattern: str = "[date]"
+    save_txt: bool = False
+    grid_format: str = "png"
+    return_grid: bool = True
+    n_rows: int = -1
+    outdir_samples: str = OUTDIR_DEFAULTS["outdir_samples"]
+    outdir_txt2img_samples: str = OUTDIR_DEFAULTS["outdir_txt2img_samples"]
+    outdir_img2img_samples: str = OUTDIR_DEFAULTS["outdir_img2img_samples"]
+    outdir_extras_samples: str = OUTDIR_DEFAULTS["outdir_extras_samples"]
+    outdir_grids: str = OUTDIR_DEFAULTS["outdir_grids"]
+    outdir_txt2img_grids: str = OUTDIR_DEFAULTS["outdir_txt2img_grids"]
+    outdir_img2img_grids: str = OUTDIR_DEFAULTS["outdir_img2img_grids"]
+    # A1111 options Atelier has no use for, kept as sent and echoed by GET /sdapi/v1/options (no effect).
+    a1111_extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def limits(self) -> GenerationLimits:
@@ -75,22 +126,34 @@ class Settings:
                                 max_batch_count=self.max_batch_count)
 
 
-_TYPES: dict[str, type] = {f.name: {"bool": bool, "str": str, "float": float}.get(str(f.type), int)
-                           for f in fields(Settings)}
+_TYPES: dict[str, type] = {f.name: {"bool": bool, "str": str, "float": float, "tuple[str, ...]": tuple,
+                               "dict[str, Any]": dict}.get(
+    str(f.type), int) for f in fields(Settings)}
 # Every whole-number setting has a range, checked on every path (config.yaml, the API, the UI): a value
 # outside it is refused with the range, never clamped. The maxima keep one bad value from breaking
 # every later job or the server (ENSD is added to a seed, so it stays within what a seed may be).
 INT_RANGES: dict[str, tuple[int, int]] = {
     "queue_limit": (1, 1024), "max_image_size": (64, 8192), "max_batch_size": (1, 64),
-    "max_batch_count": (1, 1000), "clip_skip": (1, GenerationLimits.max_clip_skip),
+    "max_batch_count": (1, 1000), "confirm_images_above": (1, 100_000),
+    "clip_skip": (1, GenerationLimits.max_clip_skip),
     "eta_noise_seed_delta": (0, MAX_SEED), "checkpoint_cache": (0, 8),
     "show_progress_every_n_steps": PREVIEW_EVERY_RANGE, "esrgan_tile": (0, 512), "esrgan_tile_overlap": (0, 48),
+    "jpeg_quality": (1, 100), "n_rows": (-1, 16),
 }
-_CHOICES: dict[str, tuple[str, ...]] = {"randn_source": tuple(r.value for r in RngSource)}
+_CHOICES: dict[str, tuple[str, ...]] = {"randn_source": tuple(r.value for r in RngSource), "samples_format": IMAGE_FORMATS,
+                                        "grid_format": IMAGE_FORMATS, "save_images_replace_action": REPLACE_ACTIONS}
 _CHOICE_CHECKS: dict[str, Callable[[object], str | None]] = {"show_progress_type": preview_method_problem,
-                                                              "face_restoration_model": face_restorer_problem}
+                                                              "face_restoration_model": face_restorer_problem,
+                                                              "emphasis": emphasis_problem,
+                                                              **{key: functools.partial(outdir_problem, key)
+                                                                 for key in OUTDIR_DEFAULTS}}
 # Every number setting says what it allows (its range) in its own check.
-_FLOAT_CHECKS: dict[str, Callable[[object], str | None]] = {"code_former_weight": code_former_weight_problem}
+_FLOAT_CHECKS: dict[str, Callable[[object], str | None]] = {
+    "code_former_weight": code_former_weight_problem,
+    **{name: (lambda value, name=name: sampler_param_problem(name, value)) for name in SAMPLER_PARAM_NAMES}}
+FLOAT_RANGES: dict[str, tuple[float, float]] = {"code_former_weight": CODE_FORMER_WEIGHT_RANGE,
+                                                **SAMPLER_PARAM_RANGES}  # shown by the UI
+MAX_LIST_ITEMS = 64
 _NON_BLANK = frozenset({"sd_vae", "upscaler_for_img2img"})  # a blank VAE name would make every job from the UI invalid
 MAX_TEXT_CHARS = 255  # a file name or HOST:PORT; more is not a plausible setting
 
@@ -131,7 +194,23 @@ def setting_problem(key: str, value: object) -> str | None:
         return _text_problem(key, value)
     if expected is float:
         return _FLOAT_CHECKS[key](value)
+    if expected is tuple:
+        return _names_problem(value)
+    if expected is dict:
+        return extras_problem(value)
     return _int_problem(key, value)
+
+
+def _names_problem(value: object) -> str | None:
+    """Why ``value`` is not a list of option names (quicksettings_list)."""
+    from modules.options_table import BY_NAME  # the one table of option names
+
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_LIST_ITEMS:
+        return f"must be a list of at most {MAX_LIST_ITEMS} option names, got {value!r}"
+    unknown = [name for name in value if not isinstance(name, str) or name not in BY_NAME]
+    if unknown:
+        return f"must name options ({', '.join(BY_NAME)}); unknown: {', '.join(map(repr, unknown))}"
+    return None
 
 
 def check_setting(path: Path | str, key: str, value: Any) -> None:
@@ -165,11 +244,15 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(f"{path}: expected a mapping of setting names to values")
     for key, value in data.items():
         check_setting(path, key, value)
-    return dataclasses.replace(Settings(), **data)
+    return dataclasses.replace(Settings(), **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def save_settings(path: Path, settings: Settings) -> None:
     """Write the settings that differ from the defaults, atomically (a crash keeps the old file)."""
-    changed = {f.name: getattr(settings, f.name) for f in fields(Settings)
+    changed = {f.name: _plain(getattr(settings, f.name)) for f in fields(Settings)
                if getattr(settings, f.name) != getattr(Settings(), f.name)}
     write_text_atomic(path, yaml.safe_dump(changed, sort_keys=True) if changed else "")
+
+
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value  # YAML's list, as safe_load reads it back

@@ -89,6 +89,7 @@ class ParamKind(enum.Enum):
     CHOICE = "choice"
     UPSCALER = "upscaler"  # a name from Host.upscaler_names(), or its index there
     NOTE = "note"  # a text the UI shows; it carries no value
+    TEXTS = "texts"  # a list of texts (A1111's multi-select dropdowns)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,9 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     lines: int = 1  # text boxes: how many lines the UI shows
+    # Choices: a list whose positions clients may send instead of a name (A1111's index dropdowns,
+    # e.g. the X/Y/Z plot's axis types); its names pass too, for the extension to judge.
+    indexed: tuple[str, ...] = ()
 
     @staticmethod
     def bool(name: str, default: bool = False, label: str = "") -> Param:
@@ -124,9 +128,15 @@ class Param:
         return Param(name, ParamKind.TEXT, default, label, lines=lines)
 
     @staticmethod
-    def choice(name: str, choices: Sequence[str], default: str | None = None, label: str = "") -> Param:
+    def choice(name: str, choices: Sequence[str], default: str | None = None, label: str = "",
+               indexed: Sequence[str] = ()) -> Param:
         return Param(name, ParamKind.CHOICE, default if default is not None else choices[0], label,
-                     choices=tuple(choices))
+                     choices=tuple(choices), indexed=tuple(indexed))
+
+    @staticmethod
+    def texts(name: str, label: str = "") -> Param:
+        """A list of texts (``[]`` by default), as A1111's multi-select dropdowns send them."""
+        return Param(name, ParamKind.TEXTS, (), label)
 
     @staticmethod
     def upscaler(name: str, default: str = "None", label: str = "") -> Param:
@@ -157,11 +167,22 @@ class Param:
         if self.kind in (ParamKind.INT, ParamKind.FLOAT):
             return self._number(value)
         if self.kind is ParamKind.CHOICE:
-            if value not in self.choices:
-                raise ValueError(f"must be one of {', '.join(self.choices)}, got {value!r}")
-            return value
+            return self._choice(value)
+        if self.kind is ParamKind.TEXTS:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+                raise ValueError(f"must be a list of texts, got {value!r}")
+            return tuple(value)
         if not isinstance(value, str):
             raise ValueError(f"must be text, got {value!r}")
+        return value
+
+    def _choice(self, value: Any) -> str:
+        if self.indexed and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not float(value).is_integer() or not 0 <= value < len(self.indexed):
+                raise ValueError(f"must be a name or a position from 0 to {len(self.indexed) - 1}, got {value!r}")
+            return self.indexed[int(value)]
+        if value not in self.choices and value not in self.indexed:
+            raise ValueError(f"must be one of {', '.join(self.choices)}, got {value!r}")
         return value
 
     @staticmethod
@@ -184,8 +205,16 @@ class Param:
                 raise ValueError(f"must be a whole number, got {value!r}")
             number = int(number)
         if self.minimum is not None and number < self.minimum or self.maximum is not None and number > self.maximum:
-            raise ValueError(f"must be between {self.minimum:g} and {self.maximum:g}, got {value!r}")
+            raise ValueError(f"must be {self.range_text()}, got {value!r}")
         return number
+
+    def range_text(self) -> str:
+        """The range a number must be in, as the UI and a refusal state it ("" when it has none)."""
+        if self.minimum is not None and self.maximum is not None:
+            return f"between {self.minimum:g} and {self.maximum:g}"
+        if self.minimum is not None:
+            return f"at least {self.minimum:g}"
+        return f"at most {self.maximum:g}" if self.maximum is not None else ""
 
 
 # --- the host: what an extension may ask of Atelier ---------------------------------------------

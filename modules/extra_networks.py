@@ -75,3 +75,9 @@ def extract_networks(text: str, field: str = "prompt") -> ExtractedNetworks:
 
     cleaned = _TAG.sub(take, text)
     return ExtractedNetworks(cleaned, tuple(found.values()), tuple(ignored))
+
+
+def strip_tags(text: str) -> str:
+    """``text`` without any extra-network tag, malformed weights included (for counting tokens,
+    where A1111 drops every ``<kind:...>`` tag before tokenizing; never raises)."""
+    return _TAG.sub("", text)

@@ -19,7 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from modules.params import DEFAULT_FACE_RESTORER, GenerationRequest
+from modules import prompt_parser
+from modules.params import DEFAULT_EMPHASIS, DEFAULT_FACE_RESTORER, GenerationRequest
+from modules.sampler_params import INFOTEXT_KEYS as SAMPLER_PARAM_KEYS
+from modules.sampler_params import from_values as sampler_params_from
+from modules.sampler_params import infotext_params as sampler_param_infotext
 from modules.samplers import RngSource, resolve_sampler
 
 # A1111's fixed order of the parameters line. Keys not listed here (extensions' own) follow them in
@@ -31,7 +35,8 @@ INFOTEXT_KEY_ORDER: tuple[str, ...] = (
     # Feature keys, in the order A1111 added them.
     "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Mask blur", "Mask mode", "Masked content",
     "Inpaint area", "Masked area padding", "Hires sampler", "Hires schedule type", "Hires prompt",
-    "Hires negative prompt", "Refiner", "Refiner switch at", "Lora hashes", "TI hashes", "Styles array",
+    "Hires negative prompt", "Refiner", "Refiner switch at", "Lora hashes", "TI hashes", "Emphasis",
+    *SAMPLER_PARAM_KEYS.values(), "Styles array",
 )
 VERSION_KEY = "Version"
 NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
@@ -41,9 +46,10 @@ REQUEST_KEYS = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
      "Clip skip", "Variation seed", "Variation seed strength", "Denoising strength", "ENSD", "RNG", "Tiling",
      "Mask blur", "Mask mode", "Masked content", "Inpaint area", "Masked area padding", "Styles array", VERSION_KEY}
-    | {"Face restoration"}
+    | {"Face restoration", "Emphasis"}
     | {"Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Hires sampler", "Hires schedule type",
        "Hires prompt", "Hires negative prompt", "Seed resize from"}
+    | set(SAMPLER_PARAM_KEYS.values())
 )
 
 # A1111's reader pattern, verbatim: a last line is parameters only if it matches 3+ times.
@@ -143,10 +149,27 @@ def _request_params(request: GenerationRequest, seed: int, model: ModelIdentity 
         params["Tiling"] = True
     if request.seed_resize is not None:
         params["Seed resize from"] = "{}x{}".format(*request.seed_resize)
+    if spec is not None:  # A1111's keys for the sampler parameters that reached it and differ from its defaults
+        used = sampler_param_infotext(spec[0], request.schedule, sampler_params_from(request))
+        params.update({key: format_number(value) for key, value in used.items()})
     params.update(hires_infotext(request))
+    if request.emphasis not in (None, DEFAULT_EMPHASIS) and _prompts_have_brackets(request):
+        params["Emphasis"] = request.emphasis  # as A1111: only a mode other than its default, and only
+        # when a text the prompts are scheduled to holds "(" or "["
     if request.applied_styles:
         params["Styles array"] = json.dumps(list(request.applied_styles), ensure_ascii=False)
     return params
+
+
+def _prompts_have_brackets(request: GenerationRequest) -> bool:
+    """Whether the texts the job's prompts are scheduled to (steps as A1111 counts model calls) hold
+    a bracket: A1111 notes the emphasis mode only then."""
+    spec = resolve_sampler(request.sampler)
+    steps = request.steps * 2 if spec is not None and spec[0].second_order else request.steps
+    texts = [request.prompt, request.negative_prompt]
+    if request.hires is not None:
+        texts += [request.hires.prompt, request.hires.negative_prompt]
+    return any(prompt_parser.has_brackets(text, steps) for text in texts if text)
 
 
 def hires_infotext(request: GenerationRequest) -> dict[str, object]:

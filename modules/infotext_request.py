@@ -8,11 +8,29 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from types import MappingProxyType
 
+from modules import prompt_parser
 from modules.infotext import ParsedInfotext, format_number
-from modules.params import FACE_RESTORERS, GenerationRequest, HiresFix, MaskedContent, Refiner
+from modules.params import (
+    DEFAULT_EMPHASIS,
+    EMPHASIS_MODES,
+    FACE_RESTORERS,
+    GenerationRequest,
+    HiresFix,
+    MaskedContent,
+    Refiner,
+)
+from modules.sampler_params import INFOTEXT_KEYS as SAMPLER_PARAM_KEYS
 from modules.samplers import RngSource, ScheduleType, find_schedule, resolve_sampler
 from modules.upscalers import DEFAULT_UPSCALER, find_upscaler
+
+# A1111's infotext keys of the options one job may override (its ``override_settings``), and the
+# request field each fills; the forms offer those they have no control for as "Override settings".
+OPTION_KEYS: Mapping[str, str] = MappingProxyType({
+    "Clip skip": "clip_skip", "Emphasis": "emphasis", "ENSD": "eta_noise_seed_delta", "RNG": "rng", "VAE": "vae",
+    **{key: name for name, key in SAMPLER_PARAM_KEYS.items()},
+})
 
 
 def _to_int(text: str) -> int | None:
@@ -46,6 +64,18 @@ def _read_float(params: Mapping[str, str], key: str, kept: float, warnings: list
         value = math.nan
     if not math.isfinite(value):
         warnings.append(f"{key}: {params[key]!r} is not a number; kept {format_number(kept)}")
+        return kept
+    return value
+
+
+def _read_optional_float(params: Mapping[str, str], key: str, kept: float | None, warnings: list[str]) -> float | None:
+    """A number the text may name; missing or unusable keeps ``kept`` (None: the server's)."""
+    if key not in params:
+        return kept
+    value = _read_float(params, key, math.nan, [])
+    if math.isnan(value):
+        shown = "the server's" if kept is None else format_number(kept)
+        warnings.append(f"{key}: {params[key]!r} is not a number; kept {shown}")
         return kept
     return value
 
@@ -159,8 +189,25 @@ def request_from_infotext(
         hires=_read_hires(params, base, warnings, upscaler_models),
         refiner=_read_refiner(params, warnings),
         vae=params.get("VAE") or base.vae,
+        emphasis=_read_emphasis(parsed, base.emphasis, warnings),
+        # A1111's sampler parameters; as in A1111, a missing one keeps the base's (the server's option).
+        **{name: _read_optional_float(params, key, getattr(base, name), warnings)
+           for name, key in SAMPLER_PARAM_KEYS.items()},
     )
     return request, warnings
+
+
+def _read_emphasis(parsed: ParsedInfotext, kept: str | None, warnings: list[str]) -> str | None:
+    """A1111's ``Emphasis`` key; without it, "Original" when the prompts weigh some words (A1111
+    writes the key only for another mode), else ``kept``."""
+    label = parsed.params.get("Emphasis")
+    if label is None:
+        return DEFAULT_EMPHASIS if prompt_parser.uses_weights(parsed.prompt, parsed.negative_prompt) else kept
+    if label.strip() in EMPHASIS_MODES:
+        return label.strip()
+    warnings.append(f"Emphasis: {label!r} is not one of {', '.join(EMPHASIS_MODES)}; "
+                    f"keeping {kept or 'the server setting'}")
+    return kept
 
 
 def _read_face_restorer(params: Mapping[str, str], kept: str | None, warnings: list[str]) -> str | None:

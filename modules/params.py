@@ -101,6 +101,20 @@ class LivePreview:
 
 
 # A1111's face restorers (option face_restoration_model) and CodeFormer's fidelity weight (code_former_weight).
+# A1111's option "emphasis": how (x:1.2) weights change the text encoder's output. "Original" scales
+# the hidden states and restores their mean (A1111's default), "No norm" scales without restoring,
+# "Ignore" reads the brackets but ignores the weights, "None" reads brackets and BREAK as plain text.
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
+DEFAULT_EMPHASIS = "Original"
+
+
+def emphasis_problem(value: object) -> str | None:
+    """Why ``value`` is not an emphasis mode (naming the modes); None when it is one."""
+    if value in EMPHASIS_MODES:
+        return None
+    return f"must be one of {', '.join(EMPHASIS_MODES)}, got {value!r}"
+
+
 FACE_RESTORERS = ("CodeFormer", "GFPGAN")
 DEFAULT_FACE_RESTORER = "CodeFormer"
 DEFAULT_CODE_FORMER_WEIGHT = 0.5
@@ -124,6 +138,10 @@ def code_former_weight_problem(value: object) -> str | None:
 
 
 LATENT_SCALE = 8  # pixels per latent cell in every SD VAE
+# Ranges the request checks (modules.request_checks) apply, and the UI states beside each field.
+MIN_CFG_SCALE = 1.0  # the largest is GenerationLimits.max_cfg_scale
+FRACTION_RANGE = (0.0, 1.0)  # strengths, visibilities, weights and the refiner's switch point
+HIRES_SCALE_RANGE = (1.0, 8.0)  # A1111's hr_scale
 VAE_AUTOMATIC = "Automatic"  # A1111: a VAE named like the checkpoint if there is one, else the checkpoint's own
 VAE_NONE = "None"  # the checkpoint's own VAE
 
@@ -243,6 +261,22 @@ class GenerationRequest:
     # What enlarges an init image to the job's size (A1111's option upscaler_for_img2img): "None" is
     # Lanczos, or Nearest, or an upscaler model; None = the server's.
     img2img_upscaler: str | None = None
+    emphasis: str | None = None  # one of EMPHASIS_MODES (A1111's option "emphasis"); None = the server's
+    # (k, n): this job is job k of a script's n (an X/Y/Z plot's cells), for the progress shown.
+    part_of: tuple[int, int] | None = None
+    # A1111's sampler parameters (options eta_ancestral, eta_ddim, s_churn, s_tmin, s_tmax, s_noise,
+    # sigma_min, sigma_max, rho; see modules.sampler_params); None = the server's.
+    eta_ancestral: float | None = None
+    eta_ddim: float | None = None
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    rho: float | None = None
+    img2img_fix_steps: bool | None = None  # A1111's option: img2img runs exactly ``steps``; None = the server's
+    live_previews: bool | None = None  # A1111's live_previews_enable; False: no live preview; None = the server's
     # Extensions' values by extension name, then parameter name (A1111's alwayson_scripts, by name).
     extension_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -253,8 +287,9 @@ class GenerationRequest:
     @property
     def live_preview(self) -> LivePreview:
         """The live preview this job asked for; what it leaves unset, as A1111's defaults."""
+        every = DEFAULT_PREVIEW_EVERY if self.preview_every is None else self.preview_every
         return LivePreview(self.preview_method or PreviewMethod.APPROX_CHEAP,
-                           DEFAULT_PREVIEW_EVERY if self.preview_every is None else self.preview_every)
+                           NO_LIVE_PREVIEW if self.live_previews is False else every)
 
     @property
     def seed_resize(self) -> tuple[int, int] | None:

@@ -4,7 +4,8 @@ Three layers, as A1111 applies them:
 1. ``AND`` splits a prompt into weighted sub-prompts (``a cat AND a dog :0.5``), composed at
    sampling time (composable diffusion).
 2. Prompt editing and alternation make each sub-prompt a schedule of plain texts over the steps:
-   ``[a:b:N]`` (a until step N, then b; N < 1 is a fraction of the steps), ``[a::N]`` (remove),
+   ``[a:b:N]`` (a until step N, then b; N written with a "." is a fraction of the steps, as in
+   A1111's default scheduling, so ``1.0`` is the last step and ``1`` the first), ``[a::N]`` (remove),
    ``[a:N]`` (add), ``[a|b]`` (alternate every step).
 3. Emphasis turns each text into weighted fragments: ``(x)`` x1.1, ``((x))`` x1.21, ``[x]`` /1.1,
    ``(x:1.3)``, ``\\(`` literal, ``BREAK`` starts a new 75-token chunk.
@@ -66,15 +67,25 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
     return parts
 
 
-def _collect_steps(tree: lark.Tree, steps: int) -> list[int]:
+def _resolve_step(number: str, steps: int, hires_base: int | None) -> int:
+    """The step a ``[a:b:N]`` switches at, as A1111 (v1.10, default scheduling) computes it: a number
+    written with a "." is a fraction of the steps, one without is a step count. In hires fix's
+    second pass (``hires_base`` = the first pass's steps) both count on from the first pass: ``N``
+    is ``N - hires_base``, ``0.5`` already passed and ``1.5`` is half of this pass's steps."""
+    value = float(number)
+    int_offset, float_offset = (0, 0.0) if hires_base is None else (hires_base, 1.0)
+    value = (value - float_offset) * steps if "." in number else value - int_offset
+    return min(steps, int(value))
+
+
+def _collect_steps(tree: lark.Tree, steps: int, hires_base: int | None) -> list[int]:
     found = [steps]
 
     class Collect(lark.Visitor):
         def scheduled(self, node: lark.Tree) -> None:
-            value = float(node.children[-2])
-            step = int(value * steps) if value < 1 else int(value)
+            step = _resolve_step(str(node.children[-2]), steps, hires_base)
             node.children[-2] = step  # resolved once; at_step reads it
-            if step < steps:
+            if step >= 1:  # a switch at step 0 or before: the second text from the start
                 found.append(step)
 
         def alternate(self, node: lark.Tree) -> None:
@@ -114,13 +125,30 @@ def _text_at(tree: lark.Tree, step: int) -> str:
     return AtStep().transform(tree)
 
 
-def schedule(text: str, steps: int) -> list[ScheduledText]:
-    """The plain texts ``text`` becomes over ``steps`` steps; the whole text when it does not parse."""
+def schedule(text: str, steps: int, hires_base: int | None = None) -> list[ScheduledText]:
+    """The plain texts ``text`` becomes over ``steps`` steps; the whole text when it does not parse.
+
+    ``hires_base``: hires fix's second pass, scheduled over its own ``steps`` after a first pass of
+    ``hires_base`` steps (A1111's ``hires_steps`` schedules)."""
     try:
         tree = _parser().parse(text)
     except lark.exceptions.LarkError:
         return [ScheduledText(steps, text)]
-    return [ScheduledText(step, _text_at(tree, step)) for step in _collect_steps(tree, steps)]
+    return [ScheduledText(step, _text_at(tree, step)) for step in _collect_steps(tree, steps, hires_base)]
+
+
+def has_brackets(prompt: str, steps: int, hires_base: int | None = None) -> bool:
+    """Whether a text ``prompt`` is scheduled to (its ``AND`` parts over ``steps``) holds "(" or "[":
+    A1111 records a non-default emphasis mode in the infotext only then."""
+    return any("(" in entry.text or "[" in entry.text
+               for text, _weight in split_and(prompt) for entry in schedule(text, steps, hires_base))
+
+
+def uses_weights(*texts: str) -> bool:
+    """Whether any of ``texts`` gives some words a weight other than 1 (A1111 reads an infotext
+    without an ``Emphasis`` key as "Original" only then)."""
+    return any(weight not in (1.0, -1.0) or (weight == -1.0 and fragment != BREAK_MARK)
+               for text in texts for fragment, weight in parse_attention(text))
 
 
 def parse_attention(text: str) -> list[tuple[str, float]]:

@@ -14,8 +14,11 @@ from dataclasses import replace
 
 from modules.errors import FieldError, ValidationError
 from modules.params import (
+    FRACTION_RANGE,
+    HIRES_SCALE_RANGE,
     LATENT_SCALE,
     MAX_SEED,
+    MIN_CFG_SCALE,
     GenerationLimits,
     GenerationRequest,
     HiresFix,
@@ -26,6 +29,7 @@ from modules.params import (
     preview_every_problem,
     preview_method_problem,
 )
+from modules.sampler_params import request_problems as sampler_param_problems
 from modules.samplers import RngSource, ScheduleType, resolve_sampler, sampler_names
 from modules.upscalers import find_upscaler, upscaler_names
 
@@ -71,7 +75,7 @@ def _check_variations_and_images(errors: list[FieldError], request: GenerationRe
                                  limits: GenerationLimits) -> None:
     if not _is_int(request.variation_seed) or not (request.variation_seed == -1 or 0 <= request.variation_seed <= MAX_SEED):
         errors.append(FieldError("variation_seed", f"must be -1 (random) or between 0 and {MAX_SEED}"))
-    _check_range(errors, "variation_strength", request.variation_strength, 0.0, 1.0)
+    _check_range(errors, "variation_strength", request.variation_strength, *FRACTION_RANGE)
     if request.eta_noise_seed_delta is not None:
         _check_int(errors, "eta_noise_seed_delta", request.eta_noise_seed_delta, 0, MAX_SEED)
     if request.rng is not None and not isinstance(request.rng, RngSource):
@@ -87,7 +91,7 @@ def _check_variations_and_images(errors: list[FieldError], request: GenerationRe
             errors.append(FieldError(name, "must be an encoded image (PNG, JPEG or WEBP bytes)"))
     if request.mask is not None and request.init_image is None:
         errors.append(FieldError("mask", "a mask needs an init image to paint on"))
-    _check_range(errors, "denoising_strength", request.denoising_strength, 0.0, 1.0)
+    _check_range(errors, "denoising_strength", request.denoising_strength, *FRACTION_RANGE)
     _check_int(errors, "mask_blur", request.mask_blur, 0, limits.max_mask_blur)
     if not isinstance(request.resize_mode, ResizeMode):
         errors.append(FieldError("resize_mode", f"must be one of {', '.join(m.value for m in ResizeMode)}"))
@@ -113,7 +117,7 @@ def _check_hires(errors: list[FieldError], request: GenerationRequest, limits: G
     if request.init_image is not None:
         errors.append(FieldError("hires", "hires fix is for txt2img; img2img already works at the size asked for"))
     before = len(errors)
-    _check_range(errors, "hr_scale", hires.scale, 1.0, 8.0)
+    _check_range(errors, "hr_scale", hires.scale, *HIRES_SCALE_RANGE)
     for name, value in (("hr_resize_x", hires.resize_width), ("hr_resize_y", hires.resize_height)):
         if value != 0:
             _check_size(errors, name, value, limits)
@@ -126,7 +130,7 @@ def _check_hires(errors: list[FieldError], request: GenerationRequest, limits: G
         valid = ", ".join(upscaler_names(upscalers))
         errors.append(FieldError("hr_upscaler", f"unknown upscaler {hires.upscaler!r}; valid: {valid}"))
     _check_int(errors, "hr_second_pass_steps", hires.steps, 0, limits.max_steps)
-    _check_range(errors, "hr_denoising_strength", hires.denoising_strength, 0.0, 1.0)
+    _check_range(errors, "hr_denoising_strength", hires.denoising_strength, *FRACTION_RANGE)
     if hires.sampler is not None:
         _check_sampler_name(errors, "hr_sampler_name", hires.sampler)
     if hires.schedule is not None and not isinstance(hires.schedule, ScheduleType):
@@ -147,7 +151,7 @@ def _check_extras(errors: list[FieldError], request: GenerationRequest, limits: 
         if not isinstance(refiner, Refiner) or not isinstance(refiner.checkpoint, str) or not refiner.checkpoint:
             errors.append(FieldError("refiner_checkpoint", "must name a checkpoint"))
         else:
-            _check_range(errors, "refiner_switch_at", refiner.switch_at, 0.0, 1.0)
+            _check_range(errors, "refiner_switch_at", refiner.switch_at, *FRACTION_RANGE)
     for name in ("seed_resize_from_width", "seed_resize_from_height"):
         value = getattr(request, name)
         if not _is_int(value) or not (value <= 0 or LATENT_SCALE <= value <= limits.max_size):
@@ -174,7 +178,7 @@ def validate_request(request: GenerationRequest, limits: GenerationLimits = Gene
         valid = ", ".join(s.value for s in ScheduleType)
         errors.append(FieldError("schedule", f"unknown schedule type {request.schedule!r}; valid: {valid}"))
     _check_int(errors, "steps", request.steps, 1, limits.max_steps)
-    _check_range(errors, "cfg_scale", request.cfg_scale, 1.0, limits.max_cfg_scale)
+    _check_range(errors, "cfg_scale", request.cfg_scale, MIN_CFG_SCALE, limits.max_cfg_scale)
     _check_size(errors, "width", request.width, limits)
     _check_size(errors, "height", request.height, limits)
     if not _is_int(request.seed) or not (request.seed == -1 or 0 <= request.seed <= MAX_SEED):
@@ -189,6 +193,7 @@ def validate_request(request: GenerationRequest, limits: GenerationLimits = Gene
         errors.append(FieldError("checkpoint", "must be a checkpoint name"))
     _check_variations_and_images(errors, request, limits)
     _check_extras(errors, request, limits, upscalers)
+    errors.extend(FieldError(name, problem) for name, problem in sampler_param_problems(request))
     if errors:
         raise ValidationError(errors)
 

@@ -3,7 +3,10 @@ values, and a grid with the X values as column headers, the Y values as row labe
 grid per Z value, side by side under the Z values.
 
 Everything is checked before the first image: every value of every axis is read and applied to the
-job, and a job that would be refused is reported as a ValidationError naming the script argument.
+job, and a job that would be refused is reported as a ValidationError naming the field as the form
+names it ("X values", "Y type"). The values take A1111's positional ``script_args`` order, axis
+types their positions in A1111's lists (see xyz_a1111). Each cell's job carries its number in the
+plot, so the progress shows "image k of n" (the API's ``state.job``: "k out of n", as A1111's).
 A -1 seed is fixed once first (unless "Keep -1 for seeds"), so cells differ only by their axes.
 Each cell is an ordinary job through the host (saved by the service with its own parameters); the
 grid shows the first image of each cell and is saved as a grid when the job asks to save images.
@@ -11,6 +14,8 @@ grid shows the first image of each cell and is saved as a grid when the job asks
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import math
@@ -19,7 +24,8 @@ from dataclasses import replace
 from typing import Any
 
 from PIL import Image
-from xyz_axes import NOTHING, AxisInput, PlotAxis, axis_names, find_axis
+from xyz_a1111 import WITH_CHOICES, axis_list
+from xyz_axes import NOTHING, Axis, AxisInput, PlotAxis, axis_names, find_axis
 
 from modules.extension_api import (
     ExtensionSetup,
@@ -43,18 +49,33 @@ from modules.extension_api import (
 TITLE = "X/Y/Z plot"
 KEYS = ("x", "y", "z")
 MAX_CELLS = 10_000  # beyond this a plot is a typo, not a plan; refused before any work
+TABS = ("txt2img", "img2img")
 
-PARAMS = (
-    Param.choice("x_type", axis_names(), "Seed", "X type"),
-    Param.text("x_values", "", "X values"),
-    Param.choice("y_type", axis_names(), "Nothing", "Y type"),
-    Param.text("y_values", "", "Y values"),
-    Param.choice("z_type", axis_names(), "Nothing", "Z type"),
-    Param.text("z_values", "", "Z values"),
-    Param.bool("draw_legend", True, "Draw legend"),
-    Param.bool("include_sub_images", False, "Return every image of each cell (not only the one in the grid)"),
-    Param.bool("no_fixed_seeds", False, "Keep -1 for seeds"),
-)
+
+def params_for(tab: str) -> tuple[Param, ...]:
+    """The script's values in A1111's positional order (its ``run`` arguments), so clients' lists of
+    ``script_args`` line up; the axis types also take A1111's positions in ``tab``'s axis list.
+    ``include_sub_images`` (every image of each cell) is Atelier's own, after A1111's."""
+    def axis_params(key: str, default: str) -> tuple[Param, ...]:
+        name = key.upper()
+        return (Param.choice(f"{key}_type", axis_names(), default, f"{name} type", indexed=axis_list(tab)),
+                Param.text(f"{key}_values", "", f"{name} values"),
+                Param.texts(f"{key}_values_dropdown", f"{name} values, picked from a list (A1111's dropdown)"))
+
+    return (
+        *axis_params("x", "Seed"), *axis_params("y", "Nothing"), *axis_params("z", "Nothing"),
+        Param.bool("draw_legend", True, "Draw legend"),
+        # A1111's UI starts with this off (only the grid comes back); Atelier shows the cells too.
+        Param.bool("include_lone_images", True, "Include Sub Images (the cells besides the grid)"),
+        Param.bool("include_sub_grids", False, "Include Sub Grids (each Z value's grid as well)"),
+        Param.bool("no_fixed_seeds", False, "Keep -1 for seeds"),
+        Param.bool("vary_seeds_x", False, "Vary seeds for X"),
+        Param.bool("vary_seeds_y", False, "Vary seeds for Y"),
+        Param.bool("vary_seeds_z", False, "Vary seeds for Z"),
+        Param.int("margin_size", 0, "Grid margins (px)", minimum=0, maximum=500),
+        Param.bool("csv_mode", False, "Use text inputs instead of dropdowns"),
+        Param.bool("include_sub_images", False, "Return every image of each cell (not only the one in the grid)"),
+    )
 
 
 def _fix_seeds(request: GenerationRequest) -> GenerationRequest:
@@ -62,11 +83,29 @@ def _fix_seeds(request: GenerationRequest) -> GenerationRequest:
     return replace(request, seed=fixed_seed(request.seed, room), variation_seed=fixed_seed(request.variation_seed, room))
 
 
+def _axis_text(key: str, axis: Axis, values: Any) -> str:
+    """What the axis reads: A1111 takes a list axis's values from its dropdown unless "Use text
+    inputs" is on; an empty dropdown leaves the text (where A1111 would plot nothing)."""
+    picked = values[f"{key}_values_dropdown"]
+    if axis.name in WITH_CHOICES and not values["csv_mode"] and picked:
+        with io.StringIO() as out:
+            csv.writer(out).writerow(picked)
+            return out.getvalue().strip()
+    return values[f"{key}_values"]
+
+
 def _read_axis(key: str, values: Any, given: AxisInput, fix_seeds: bool, errors: list[FieldError]) -> PlotAxis:
-    axis, text = find_axis(values[f"{key}_type"]), values[f"{key}_values"]
-    where = f"script_args.{key}_values"
+    where = f"{key.upper()} values"  # the user's words for the field, on the form and in A1111's UI
+    chosen = values[f"{key}_type"]
+    try:
+        axis = find_axis(chosen)
+    except KeyError:  # one of A1111's axes (sent by its position or name) that Atelier does not have
+        errors.append(FieldError(f"{key.upper()} type", f"A1111's axis {chosen!r} is not available here; "
+                                                        f"available: {', '.join(axis_names())}"))
+        return PlotAxis(key, NOTHING, "", (None,))
     if axis is NOTHING:
         return PlotAxis(key, NOTHING, "", (None,))
+    text = _axis_text(key, axis, values)
     try:
         found = axis.read(text, given)
     except ValueError as exc:
@@ -90,12 +129,12 @@ def _check_shape(axes: tuple[PlotAxis, ...], errors: list[FieldError]) -> None:
         name = plot_axis.axis.name
         # Two Prompt S/R axes are fine (two different search texts); any other axis twice is a mistake.
         if plot_axis.axis is not NOTHING and name != "Prompt S/R" and name in seen:
-            errors.append(FieldError(f"script_args.{plot_axis.key}_type",
+            errors.append(FieldError(f"{plot_axis.key.upper()} type",
                                      f"{name} is already the {seen[name].upper()} axis"))
         seen.setdefault(name, plot_axis.key)
     cells = math.prod(len(plot_axis.values) for plot_axis in axes)
     if cells > MAX_CELLS:
-        errors.append(FieldError("script_args", f"the plot has {cells} cells; at most {MAX_CELLS}"))
+        errors.append(FieldError("X/Y/Z plot", f"the plot has {cells} cells; at most {MAX_CELLS}"))
 
 
 def plan(run: ScriptRun) -> tuple[GenerationRequest, tuple[PlotAxis, ...]]:
@@ -133,16 +172,26 @@ def _reading_order(axes: tuple[PlotAxis, ...]) -> list[Position]:
     return [(ix, iy, iz) for iz in range(z) for iy in range(y) for ix in range(x)]
 
 
-def cell_request(base: GenerationRequest, axes: tuple[PlotAxis, ...], position: Position) -> GenerationRequest:
+def cell_request(base: GenerationRequest, axes: tuple[PlotAxis, ...], position: Position,
+                 vary: tuple[bool, bool, bool] = (False, False, False)) -> GenerationRequest:
+    """The cell's job: the axes' values applied, X, then Y, then Z, as A1111 applies them; with
+    "Vary seeds" A1111's offsets (x, y * X count, z * X count * Y count; an axis not varied counts 1)."""
     request = base
-    for plot_axis, index in zip(axes, position, strict=True):  # X, then Y, then Z, as A1111 applies them
+    for plot_axis, index in zip(axes, position, strict=True):
         request = plot_axis.axis.apply(request, plot_axis.values[index])
+    x_count = len(axes[0].values) if vary[0] else 1
+    y_count = len(axes[1].values) if vary[1] else 1
+    offset = (position[0] if vary[0] else 0) + (position[1] * x_count if vary[1] else 0) \
+        + (position[2] * x_count * y_count if vary[2] else 0)
+    if offset and request.seed >= 0:  # a random seed stays random
+        request = replace(request, seed=request.seed + offset)
     return request
 
 
-def draw_plot(axes: tuple[PlotAxis, ...], cells: dict[Position, Image.Image], legend: bool) -> Image.Image:
-    """One labelled grid per Z value, side by side under the Z labels; missing cells (skipped, or
-    after an interrupt) stay black."""
+def z_grids(axes: tuple[PlotAxis, ...], cells: dict[Position, Image.Image], legend: bool,
+            margin: int = 0) -> list[Image.Image]:
+    """One labelled X/Y grid per Z value (``margin`` pixels between its cells); missing cells
+    (skipped, or after an interrupt) stay black."""
     x, y, z = axes
     sample = next(iter(cells.values()))
     blank = Image.new("RGB", sample.size, "black")
@@ -152,10 +201,18 @@ def draw_plot(axes: tuple[PlotAxis, ...], cells: dict[Position, Image.Image], le
     grids = []
     for iz in range(len(z.values)):
         images = [cells.get((ix, iy, iz), blank) for iy in range(len(y.values)) for ix in range(len(x.values))]
-        grids.append(labelled_grid(images, len(x.values), heads, rows, font_size))
+        grids.append(labelled_grid(images, len(x.values), heads, rows, font_size, gap=margin))
+    return grids
+
+
+def draw_plot(axes: tuple[PlotAxis, ...], cells: dict[Position, Image.Image], legend: bool,
+              margin: int = 0, grids: list[Image.Image] | None = None) -> Image.Image:
+    """The plot: the Z values' grids (:func:`z_grids`) side by side under the Z labels."""
+    grids = grids if grids is not None else z_grids(axes, cells, legend, margin)
     if len(grids) == 1:
         return grids[0]
-    titles = [[Label(text)] for text in z.labels] if legend else []
+    font_size = font_size_for(*next(iter(cells.values())).size)
+    titles = [[Label(text)] for text in axes[2].labels] if legend else []
     return labelled_grid(grids, len(grids), titles, [], font_size, gap=font_size)
 
 
@@ -192,15 +249,26 @@ def _finish(run: ScriptRun, axes: tuple[PlotAxis, ...], results: dict[Position, 
     first = ordered[0]
     keep = None if run.values["include_sub_images"] else 1
     images = tuple(image for result in ordered for image in result.images[:keep])
-    picture = draw_plot(axes, {p: decode_png(r.images[0].png) for p, r in results.items()}, run.values["draw_legend"])
+    if not run.values["include_lone_images"] and not run.values["include_sub_images"]:
+        images = ()  # A1111's "Include Sub Images" off: the grid alone
+    cells = {p: decode_png(r.images[0].png) for p, r in results.items()}
+    grids = z_grids(axes, cells, run.values["draw_legend"], run.values["margin_size"])
     infotext = grid_infotext(first.images[0].infotext, axes, not run.values["no_fixed_seeds"])
-    path = run.host.save_grid(picture, infotext, img2img=run.request.is_img2img) if run.request.save_images else None
-    grid = GeneratedImage(path=path, seed=first.images[0].seed, infotext=infotext, index=-1,
-                          png=png_with_infotext(picture, infotext))
+    grid = _grid_image(run, draw_plot(axes, cells, run.values["draw_legend"], grids=grids), infotext, first)
+    if run.values["include_sub_grids"] and len(grids) > 1:  # A1111: each Z value's grid after the plot
+        images = tuple(_grid_image(run, picture, infotext, first) for picture in grids) + images
     warnings = tuple(dict.fromkeys(note for result in ordered for note in result.warnings))
-    return GenerationResult(request=first.request, images=images, grid=grid, interrupted=interrupted,
+    return GenerationResult(request=replace(first.request, part_of=None), images=images, grid=grid,
+                            interrupted=interrupted,
                             model_title=first.model_title, elapsed_seconds=time.monotonic() - started,
                             warnings=warnings)
+
+
+def _grid_image(run: ScriptRun, picture: Image.Image, infotext: str, first: GenerationResult) -> GeneratedImage:
+    """A grid of the plot as a returned image, saved with the grids when the job saves its images."""
+    path = run.host.save_grid(picture, infotext, img2img=run.request.is_img2img) if run.request.save_images else None
+    return GeneratedImage(path=path, seed=first.images[0].seed, infotext=infotext, index=-1,
+                          png=png_with_infotext(picture, infotext))
 
 
 def run_plot(run: ScriptRun) -> GenerationResult:
@@ -208,8 +276,12 @@ def run_plot(run: ScriptRun) -> GenerationResult:
     base, axes = plan(run)
     results: dict[Position, GenerationResult] = {}
     interrupted = False
-    for position in _run_order(axes):
-        result = run.host.generate(cell_request(base, axes, position))
+    order = _run_order(axes)
+    vary = (run.values["vary_seeds_x"], run.values["vary_seeds_y"], run.values["vary_seeds_z"])
+    for number, position in enumerate(order, start=1):
+        # Each cell is a job of its own; its progress says which of the plot's jobs it is.
+        request = replace(cell_request(base, axes, position, vary), part_of=(number, len(order)))
+        result = run.host.generate(request)
         if result.images:  # a skipped cell has none: it stays blank in the grid
             results[position] = result
         if result.interrupted:
@@ -219,4 +291,5 @@ def run_plot(run: ScriptRun) -> GenerationResult:
 
 
 def setup(ext: ExtensionSetup) -> None:
-    ext.add_script(Script(title=TITLE, run=run_plot, params=PARAMS))
+    for tab in TABS:  # A1111's axis positions differ between the tabs
+        ext.add_script(Script(title=TITLE, run=run_plot, params=params_for(tab), tabs=frozenset({tab})))

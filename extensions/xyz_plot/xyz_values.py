@@ -1,10 +1,20 @@
 """Reading X/Y/Z plot value lists the way A1111 users type them.
 
 A list is comma-separated, CSV style, so a value holding a comma is written in double quotes
-(``"a, b", c``); newlines separate values too. Number axes also take ranges: ``1-5`` (every whole
-number), ``1-10 (+2)`` (a step), ``1-10 [3]`` (that many values spread evenly, ends included), and
-the same with decimals on float axes. Unlike A1111, a range runs downwards when its end is below
-its start (``5-1``), and a step range always includes an end it lands on exactly.
+(``"a, b", c``); newlines separate values too. Number axes also take ranges, read as A1111's
+scripts/xyz_grid.py reads them:
+
+- whole numbers: ``1-5`` is ``range(1, 5 + 1)``; ``1-10 (+2)`` is ``range(1, 10 + 1, 2)``, and with a
+  negative step ``10-1 (-3)`` is ``range(10, 1 + 1, -3)`` = 10, 7, 4 (a downward range stops before
+  end + 1); ``1-10 [3]`` is ``numpy.linspace(1, 10, 3)`` truncated to whole numbers (1, 5, 10);
+- decimals: ``1-2 (+0.5)`` is ``numpy.arange(1, 2 + 0.5, 0.5)``; ``1-3`` steps by 1; ``0-1 [5]`` is
+  ``numpy.linspace(0, 1, 5)``.
+
+Where A1111's result is empty or broken, the range is refused with the reason instead: a range
+with no values (``5-1``: A1111 counts up only, unless given a negative step), a zero step, a count
+of 0. One deliberate difference: A1111's decimal ranges can overshoot their end (``1-2 (+0.3)``
+gives 2.2 there); values past the end are left out here. A step may also be written without its
+sign (``(2)``), which A1111 does not read.
 
 Pure Python with no Atelier imports, so it is easy to test on its own. Errors are ValueError with a
 message fit to show the user; the script turns them into a ValidationError naming the field.
@@ -17,6 +27,8 @@ import io
 import math
 import re
 from collections.abc import Iterable
+
+import numpy as np
 
 MAX_VALUES = 1000  # per axis: a typo such as 1-100000 must not build a list of a hundred thousand cells
 
@@ -52,42 +64,51 @@ def _check_count(count: int, item: str) -> None:
         raise ValueError(f"{item!r} gives {count} values; an axis takes at most {MAX_VALUES}")
 
 
+def _empty(item: str, values: list) -> None:
+    if not values:
+        raise ValueError(f"{item!r} gives no values: a range counts up from its start to its end unless its step "
+                         "is negative, e.g. '10-1 (-3)' is 10, 7, 4 (as in A1111, counting down stops before "
+                         "end + 1)")
+
+
+def _count(text: str, item: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise ValueError(f"{item!r}: the count in [...] must be at least 1")
+    _check_count(count, item)
+    return count
+
+
 def _int_range(match: re.Match[str], item: str) -> list[int]:
     start, end = int(_number(match.group(1))), int(_number(match.group(2)))
-    if match.group(4) is not None:
-        return [int(round(v, 9)) for v in _spread(float(start), float(end), int(match.group(4)), item)]
-    step = int(_number(match.group(3))) if match.group(3) is not None else (1 if end >= start else -1)
-    if step == 0 or (end - start) * step < 0:
-        raise ValueError(f"{item!r}: the step must go from the start towards the end")
-    count = (end - start) // step + 1
-    _check_count(count, item)
-    return [start + i * step for i in range(count)]
+    if match.group(4) is not None:  # A1111: numpy.linspace, each value truncated by int()
+        return [int(value) for value in np.linspace(start, end, _count(match.group(4), item)).tolist()]
+    step = int(_number(match.group(3))) if match.group(3) is not None else 1
+    if step == 0:
+        raise ValueError(f"{item!r}: the step must not be 0")
+    found = range(start, end + 1, step)  # A1111's, end + 1 even when counting down
+    _check_count(len(found), item)
+    _empty(item, list(found))
+    return list(found)
 
 
 def _float_range(match: re.Match[str], item: str) -> list[float]:
     start, end = float(_number(match.group(1))), float(_number(match.group(2)))
     if match.group(4) is not None:
-        return _spread(start, end, int(match.group(4)), item)
-    step = float(_number(match.group(3))) if match.group(3) is not None else (1.0 if end >= start else -1.0)
-    if step == 0 or (end - start) * step < 0:
-        raise ValueError(f"{item!r}: the step must go from the start towards the end")
-    # The small allowance keeps an end that the step reaches up to rounding (0.1 steps and the like).
-    count = math.floor((end - start) / step + 1e-9) + 1
-    _check_count(count, item)
-    return [round(start + i * step, 10) for i in range(count)]
-
-
-def _spread(start: float, end: float, count: int, item: str) -> list[float]:
-    if count < 1:
-        raise ValueError(f"{item!r}: the count in [...] must be at least 1")
-    _check_count(count, item)
-    if count == 1:
-        return [start]
-    return [round(start + (end - start) * i / (count - 1), 10) for i in range(count)]
+        return list(np.linspace(start, end, _count(match.group(4), item)).tolist())
+    step = float(_number(match.group(3))) if match.group(3) is not None else 1.0
+    if step == 0 or not math.isfinite(step) or not math.isfinite(start) or not math.isfinite(end):
+        raise ValueError(f"{item!r}: the step must not be 0")
+    _check_count(math.ceil((end + step - start) / step), item)
+    # A1111's numpy.arange(start, end + step, step), less values past the end (rounding aside).
+    allowance = abs(step) * 1e-9
+    found = [value for value in np.arange(start, end + step, step).tolist() if (value - end) * step <= allowance]
+    _empty(item, found)
+    return found
 
 
 def int_values(items: Iterable[str]) -> list[int]:
-    """Whole numbers and integer ranges. A1111 truncates spread values (``1-10 [3]`` is 1, 5, 10)."""
+    """Whole numbers and integer ranges, as A1111 reads them."""
     result: list[int] = []
     for item in items:
         match = _INT_RANGE.fullmatch(item)

@@ -50,6 +50,7 @@ from modules.params import (
     Refiner,
     ResizeMode,
 )
+from modules.sampler_params import param_problem, parse_param
 from modules.samplers import (
     SAMPLERS,
     SCHEDULE_INFO,
@@ -171,7 +172,24 @@ def _settings(body: Txt2ImgBody) -> dict[str, object]:
                                for name in server_only])
     if body.clip_skip is not None:
         requested["clip_skip"] = body.clip_skip
+    requested.update(_body_sampler_params(body))
     return requested
+
+
+def _body_sampler_params(body: Txt2ImgBody) -> dict[str, float]:
+    """A1111's body fields eta (the job's sampler's eta, ancestral or DDIM), s_churn, s_tmin, s_tmax, s_noise."""
+    sent = {name: getattr(body, name) for name in ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise")
+            if getattr(body, name) is not None}
+    try:
+        values = {name: parse_param("eta_ancestral" if name == "eta" else name, value) for name, value in sent.items()}
+    except ValueError as exc:
+        bad = next(name for name, value in sent.items()
+                   if param_problem("eta_ancestral" if name == "eta" else name, value) is not None)
+        raise ValidationError([FieldError(bad, str(exc))]) from exc
+    if "eta" in values:
+        eta = values.pop("eta")
+        values.update(eta_ancestral=eta, eta_ddim=eta)
+    return values
 
 
 def _apply_infotext(request: GenerationRequest, body: Txt2ImgBody, client_chose: set[str]) -> GenerationRequest:

@@ -1,8 +1,9 @@
 """A1111's Extras routes: ``POST /sdapi/v1/extra-single-image`` and ``/extra-batch-images``.
 
 Bodies in A1111's field names and defaults; replies ``{html_info, image}`` / ``{html_info,
-images}``, the images as raw base64 PNG carrying the source's ``parameters`` and what was done
-under ``postprocessing``. As in A1111's API, results are returned, not saved. A body with only an
+images}``, the images as raw base64 in ``samples_format`` (as A1111's API encodes them): PNG
+carrying the source's ``parameters`` and what was done under ``postprocessing``, JPEG/WebP both in
+EXIF UserComment. As in A1111's API, results are returned, not saved. A body with only an
 image does nothing to it and returns it.
 """
 
@@ -96,8 +97,8 @@ async def _run(service: ExtrasService, request: ExtrasRequest, owner: str | None
     return service.finish(request, job)
 
 
-def _b64(png: bytes) -> str:
-    return base64.b64encode(png).decode("ascii")
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def register(r: APIRouter, service: ExtrasService, json_body: JsonBody, user: Callable[[Request], str | None]) -> None:
@@ -113,7 +114,7 @@ def register(r: APIRouter, service: ExtrasService, json_body: JsonBody, user: Ca
         result = await _run(service, to_extras_request(body, images), user(request))
         if not result.outputs:
             raise ValidationError([FieldError("image", "the job was interrupted before it finished")])
-        return ExtrasSingleReply(html_info=plaintext_to_html(result.infotext), image=_b64(result.outputs[0].png))
+        return ExtrasSingleReply(html_info=plaintext_to_html(result.infotext), image=_b64(result.encoded[0]))
 
     @r.post("/extra-batch-images", response_model=ExtrasBatchReply)
     async def extra_batch_images(request: Request) -> ExtrasBatchReply:
@@ -125,4 +126,4 @@ def register(r: APIRouter, service: ExtrasService, json_body: JsonBody, user: Ca
                        for i, item in enumerate(body.imageList))
         result = await _run(service, to_extras_request(body, images), user(request))
         return ExtrasBatchReply(html_info=plaintext_to_html(result.infotext),
-                                images=[_b64(output.png) for output in result.outputs])
+                                images=[_b64(data) for data in result.encoded])

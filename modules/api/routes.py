@@ -29,6 +29,7 @@ from modules.api.convert import (
     to_generation_request,
 )
 from modules.api.face_restorer_items import face_restorer_items
+from modules.api.saving_api import refuse_unhonoured_overrides, reply_image_bytes
 from modules.api.upscaler_items import realesrgan_items, upscaler_items
 from modules.cmd_args import Flags
 from modules.errors import (
@@ -107,6 +108,8 @@ class ApiFace:
 
     async def _generate(self, request: Request, body_type: type[schemas.Txt2ImgBody]) -> JSONResponse:
         body = parse_body(body_type, await _json_body(request, required=True))
+        refuse_unhonoured_overrides(body.override_settings, body.override_settings_restore_afterwards is not False,
+                                    self.services.server_options)
         generation = replace(to_generation_request(body), save_images=body.save_images)
         if body.override_settings and not body.override_settings_restore_afterwards:
             # A1111: the overrides become the server's settings (the guard let this through as a
@@ -122,7 +125,7 @@ class ApiFace:
             # Off the event loop: preparing decodes images and runs extensions' BEFORE_GENERATE hooks.
             job = await asyncio.to_thread(self.services.generation.submit, generation, _user(request))
             result = await asyncio.wrap_future(job.future)
-        reply = images_response(result, body, body.send_images, lambda image: image.png)
+        reply = images_response(result, body, body.send_images, reply_image_bytes(self.services.options.get()))
         return JSONResponse(reply.model_dump())
 
     def _progress(self, skip_current_image: bool, user: str | None) -> schemas.ProgressResponse:
@@ -142,6 +145,11 @@ class ApiFace:
             skipped=snap.skipped, interrupted=snap.interrupted, job="txt2img" if not _is_img2img(job) else "img2img",
             job_count=max(snap.batch_count, 1), job_no=snap.batch_index, sampling_step=snap.step,
             sampling_steps=snap.total_steps, job_timestamp=str(int(job.submitted_at)))
+        if snap.part_of is not None:  # a script's job k of n: A1111's X/Y/Z plot says "k out of n"
+            number, count = snap.part_of
+            batches = max(snap.batch_count, 1)
+            state = state.model_copy(update={"job": f"{number} out of {count}", "job_count": count * batches,
+                                             "job_no": (number - 1) * batches + snap.batch_index})
         relative = (eta / (snap.elapsed_seconds + eta)) if eta is not None and snap.elapsed_seconds + eta > 0 else 0.0
         return schemas.ProgressResponse(progress=snap.fraction, eta_relative=relative, state=state,
                                         current_image=image, textinfo=None)

@@ -34,6 +34,7 @@ from modules.engine.sampling.loop import (
 )
 from modules.engine.sampling.noise import ImageNoise
 from modules.params import MaskedContent
+from modules.sampler_params import SamplerParams
 from modules.samplers import SamplerSpec, ScheduleType
 
 _REFINER_AESTHETIC_SCORE = (6.0, 2.5)  # SDXL refiner's positive and negative aesthetic scores
@@ -68,6 +69,10 @@ class ImageTask:
     init_latent: torch.Tensor | None = None  # instead of init_image: hires fix's upscaled first pass
     exact_steps: bool = False  # img2img that runs ``steps`` exactly (hires fix's second pass)
     embeddings: Mapping[str, Any] | None = None  # textual inversion, by name, already checked to fit
+    sampler_params: SamplerParams = SamplerParams()  # A1111's sampler parameters (eta, churn, schedule range)
+    # Hires fix's second pass: the first pass's model calls, after which its prompt editing counts on.
+    hires_base_steps: int | None = None
+    emphasis: str = "Original"  # A1111's emphasis mode (see prompt_encoding.EMPHASIS_MODES)
 
     @property
     def batch(self) -> int:
@@ -114,12 +119,17 @@ def _masked_start(task: ImageTask, init_latent: torch.Tensor, keep: torch.Tensor
     return init_latent
 
 
+def prompt_steps(task: ImageTask) -> int:
+    """The steps prompt editing is scheduled over: model calls, as A1111 counts them (its
+    ``total_steps``: twice the steps for a second-order sampler)."""
+    return task.steps * 2 if task.sampler.second_order else task.steps
+
+
 def _guided(model: LoadedModel, task: ImageTask, observer: StepObserver, mask: LatentMask | None) -> GuidedDenoiser:
     """The model's guided denoiser for the task: its own conditioning, size ids and inpaint channels."""
-    # Prompt editing counts model calls, as A1111 does: a second-order sampler makes about two a step.
-    schedule_steps = task.steps * 2 - 1 if task.sampler.second_order else task.steps
     conditioning = build_conditioning(model.pipeline, model.arch, task.prompt, task.negative_prompt, task.clip_skip,
-                                      schedule_steps, embeddings=task.embeddings)
+                                      prompt_steps(task), embeddings=task.embeddings,
+                                      hires_base_steps=task.hires_base_steps, emphasis=task.emphasis)
     concat = None
     if model.arch is ModelArch.SD1_INPAINT:
         concat = lat.inpaint_conditioning(model, task.init_image, task.mask, task.width, task.height, task.batch)
@@ -150,7 +160,7 @@ def sample_task(model: LoadedModel, task: ImageTask, observer: StepObserver,
     plan = SamplingPlan(sampler=task.sampler, schedule=task.schedule, steps=task.steps, noise=task.noise,
                         latent_shape=(channels, task.height // lat.LATENT_SCALE, task.width // lat.LATENT_SCALE),
                         init_latent=init_latent, denoising_strength=task.denoising_strength,
-                        is_sdxl=model.arch.is_sdxl, exact_steps=task.exact_steps)
+                        is_sdxl=model.arch.is_sdxl, exact_steps=task.exact_steps, params=task.sampler_params)
     return run_sampling(plan, denoiser, model.sigmas, device, observer)
 
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from modules.engine import latents as lat
-from modules.engine.generate import ImageTask, RefinerPlan, sample_task
+from modules.engine.generate import ImageTask, RefinerPlan, prompt_steps, sample_task
 from modules.engine.loader import LoadedModel
 from modules.engine.sampling.loop import StepObserver
 from modules.upscalers import UpscalerKind, UpscalerSpec
@@ -106,7 +106,8 @@ def run_hires(model: LoadedModel, first: ImageTask, plan: HiresPlan, observer: S
             on_first_pass(first_images)
     # 3. Upscale, 4. second pass.
     init_latent = _upscaled_latents(model, latents, first_images, plan)
-    second = replace(plan.task, init_latent=init_latent, exact_steps=True)
+    # Its prompt editing has its own schedule over its own steps, counting on from the first pass (A1111).
+    second = replace(plan.task, init_latent=init_latent, exact_steps=True, hires_base_steps=prompt_steps(first))
     samples = sample_task(model, second, _PassObserver(observer, first.steps, 0), refiner)
     if samples is None:
         return None

@@ -3,9 +3,12 @@
 Atelier encodes prompts itself rather than through the pipeline because (a) the pipeline's
 ``clip_skip`` crashes on SD1 with transformers 5.x, and (b) A1111's prompt language needs it:
 ``AND`` sub-prompts, prompt editing and alternation (a schedule of texts over the steps), emphasis
-weights on the token embeddings (with the chunk's mean restored, A1111's "Original" emphasis),
+weights on the token embeddings (A1111's option ``emphasis``, see :func:`apply_emphasis`),
 ``BREAK``, and prompts of any length in 75-token chunks, each wrapped in start/end tokens and
 padded to 77. Every text of a job is padded to the same number of chunks so CFG can batch them.
+
+As in A1111, the texts one prompt is scheduled to (prompt editing, alternation) are encoded
+together: "Original" emphasis restores the mean of all of them at once, chunk by chunk.
 
 Textual inversion embeddings are named in the prompt (whole words, any case). Each takes as many
 positions as it has vectors, never split across chunks, weighted like the text around it; while
@@ -14,8 +17,9 @@ the encoder runs, its vectors replace the token embeddings looked up at those po
 
 from __future__ import annotations
 
+import collections
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -29,6 +33,11 @@ from modules.engine.model_detect import ModelArch
 from modules.engine.sampling.denoiser import Conditioning, CondSchedule, Embeds
 from modules.errors import AddonLoadError, FieldError, ValidationError
 
+# A1111's emphasis modes (option "emphasis"): "Original" scales each token's output by its weight
+# and restores the mean, "No norm" only scales, "Ignore" reads the brackets but not the weights,
+# "None" reads brackets and BREAK as plain text.
+ORIGINAL, NO_NORM, IGNORE, NONE = "Original", "No norm", "Ignore", "None"
+EMPHASIS_MODES = (ORIGINAL, NO_NORM, IGNORE, NONE)
 CHUNK_TOKENS = 75  # 77 positions minus the start and end tokens
 COMMA_BACKTRACK = 20  # a full chunk breaks after a comma this close to its end (A1111's default)
 # Token id held by an embedding's positions until its vectors replace the looked-up rows ("!").
@@ -134,16 +143,18 @@ class _ChunkBuilder:
 
 
 def weighted_chunks(tokenizer: CLIPTokenizer, text: str,
-                    embeddings: Mapping[str, Embedding] | None = None) -> list[Chunk]:
+                    embeddings: Mapping[str, Embedding] | None = None, literal: bool = False) -> list[Chunk]:
     """``text`` (with emphasis and BREAK) as 75-token chunks of ids and their weights.
 
     Names of ``embeddings`` written in the text become placeholders, one per vector, with the
-    weight of the text around them; the chunks' ``fixes`` say where their vectors go."""
+    weight of the text around them; the chunks' ``fixes`` say where their vectors go.
+    ``literal``: brackets and BREAK are plain text (A1111's emphasis "None")."""
     pattern = _embedding_pattern(embeddings) if embeddings else None
     # Names equal but for case are one name to the prompt; the first in sorted order wins.
     by_key = {_name_key(name): (name, emb) for name, emb in sorted((embeddings or {}).items(), reverse=True)}
     builder = _ChunkBuilder(tokenizer.convert_tokens_to_ids(",</w>"))
-    for fragment, weight in prompt_parser.parse_attention(text):
+    fragments = [(text, 1.0)] if literal else prompt_parser.parse_attention(text)
+    for fragment, weight in fragments:
         if weight == -1:  # BREAK: the rest of this chunk stays empty
             builder.close()
             continue
@@ -174,36 +185,42 @@ def _final_norm(encoder: torch.nn.Module) -> torch.nn.Module:
     return inner.final_layer_norm
 
 
-def _emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Scale each token's embedding by its weight, then restore each chunk's mean (A1111 "Original").
+def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor, mode: str) -> torch.Tensor:
+    """A1111's emphasis on the texts one prompt is scheduled to, encoded together.
+
+    ``hidden``: (texts, chunks, 77, width), each distinct text once; ``weights``: (texts, chunks, 77);
+    ``counts``: how many times each text is in the schedule (A1111 encodes the schedule's list,
+    repeats included, so a text's share of the mean is its count). "Original", chunk by chunk:
+    mean over the whole batch, multiply by the weights, rescale so the batch's mean is the one before.
     A random or degenerate encoder can have a mean near 0; then only the scaling applies."""
-    if bool((weights == 1.0).all()):
+    if mode in (IGNORE, NONE) or bool((weights == 1.0).all()):
         return hidden
     weights = weights.to(hidden.device, hidden.dtype)
-    original = hidden.mean(dim=(1, 2), keepdim=True)
     scaled = hidden * weights[..., None]
-    new = scaled.mean(dim=(1, 2), keepdim=True)
+    if mode == NO_NORM:
+        return scaled
+    share = (counts / counts.sum()).to(hidden.device, hidden.dtype)[:, None]  # (texts, 1)
+    original = (hidden.mean(dim=(2, 3)) * share).sum(dim=0)  # (chunks,): each chunk's batch mean
+    new = (scaled.mean(dim=(2, 3)) * share).sum(dim=0)
     safe = new.abs() > 1e-6 * hidden.abs().mean()
-    return torch.where(safe, scaled * (original / torch.where(safe, new, torch.ones_like(new))), scaled)
+    ratio = torch.where(safe, original / torch.where(safe, new, torch.ones_like(new)), torch.ones_like(new))
+    return scaled * ratio[None, :, None, None]
 
 
-def _encode_sd(encoder: torch.nn.Module, rows: list[list[int]], weights: torch.Tensor, clip_skip: int,
+def _encode_sd(encoder: torch.nn.Module, rows: list[list[int]], clip_skip: int,
                device: torch.device) -> torch.Tensor:
     """SD1/SD2: output of layer -clip_skip, through the final layer norm as the last layer has."""
     out = encoder(torch.tensor(rows, device=device), output_hidden_states=clip_skip > 1)
-    hidden = _final_norm(encoder)(out.hidden_states[-clip_skip]) if clip_skip > 1 else out.last_hidden_state
-    hidden = _emphasis(hidden, weights)
-    return hidden.reshape(1, -1, hidden.shape[-1])
+    return _final_norm(encoder)(out.hidden_states[-clip_skip]) if clip_skip > 1 else out.last_hidden_state
 
 
-def _encode_sdxl_part(encoder: torch.nn.Module, rows: list[list[int]], weights: torch.Tensor, clip_skip: int,
+def _encode_sdxl_part(encoder: torch.nn.Module, rows: list[list[int]], clip_skip: int,
                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """SDXL: penultimate layer by default (clip skip N uses layer -(N+1)), no final norm; the pooled
-    vector of the first chunk."""
+    vector of the first chunk (emphasis never changes it)."""
     out = encoder(torch.tensor(rows, device=device), output_hidden_states=True)
-    hidden = _emphasis(out.hidden_states[-(clip_skip + 1)], weights)
     pooled = getattr(out, "text_embeds", None)
-    return hidden.reshape(1, -1, hidden.shape[-1]), (pooled[:1] if pooled is not None else None)
+    return out.hidden_states[-(clip_skip + 1)], (pooled[:1] if pooled is not None else None)
 
 
 def _main_tokenizer(pipe: DiffusionPipeline) -> CLIPTokenizer:
@@ -269,45 +286,91 @@ def check_clip_skip(pipe: DiffusionPipeline, arch: ModelArch, clip_skip: int) ->
                                                        f"model's text encoder has {limit} layers, got {clip_skip}")])
 
 
+@dataclass(frozen=True)
+class _Raw:
+    """One text through one encoder, before emphasis: (chunks, 77, width), its weights, pooled."""
+
+    hidden: torch.Tensor
+    weights: torch.Tensor
+    pooled: torch.Tensor | None
+
+
+def _raw(pipe: DiffusionPipeline, arch: ModelArch, text: str, count: int, clip_skip: int,
+         embeddings: Mapping[str, Embedding], literal: bool) -> list[_Raw]:
+    """``text`` through each of the model's text encoders, padded to ``count`` chunks."""
+    device = pipe._execution_device  # the GPU even when weights wait in RAM (offload)
+    found = []
+    for slot, tokenizer, encoder in _encoders(pipe, arch):
+        chunks = weighted_chunks(tokenizer, text, embeddings, literal)
+        rows, weights = _padded(tokenizer, chunks, count)
+        pooled = None
+        with _vectors_placed(encoder, _placements(chunks, embeddings, slot, encoder_width(encoder))):
+            if arch.is_sdxl:
+                hidden, pooled = _encode_sdxl_part(encoder, rows, clip_skip, device)
+            else:
+                hidden = _encode_sd(encoder, rows, clip_skip, device)
+        found.append(_Raw(hidden, weights, pooled))
+    return found
+
+
 @torch.inference_mode()
-def encode_texts(pipe: DiffusionPipeline, arch: ModelArch, texts: list[str], clip_skip: int,
-                 embeddings: Mapping[str, Embedding] | None = None) -> dict[str, Embeds]:
-    """Embeddings of each text (emphasis applied), all with the same number of chunks.
+def encode_groups(pipe: DiffusionPipeline, arch: ModelArch, groups: Sequence[Sequence[str]], clip_skip: int,
+                  embeddings: Mapping[str, Embedding] | None = None,
+                  emphasis: str = ORIGINAL) -> list[dict[str, Embeds]]:
+    """Each group's texts as embeddings (emphasis applied over the group, as A1111 applies it to the
+    texts of one prompt's schedule), all with the same number of chunks. A group lists its texts
+    as the schedule does, repeats included.
 
     ``embeddings`` (by name) are the textual inversions the prompt may use; each must fit the model."""
+    if emphasis not in EMPHASIS_MODES:
+        raise ValueError(f"emphasis must be one of {', '.join(EMPHASIS_MODES)}, got {emphasis!r}")
     check_clip_skip(pipe, arch, clip_skip)
-    device = pipe._execution_device  # the GPU even when weights wait in RAM (offload)
-    embeddings = embeddings or {}
-    count = max(len(weighted_chunks(_main_tokenizer(pipe), text, embeddings)) for text in texts)
-    result: dict[str, Embeds] = {}
-    for text in dict.fromkeys(texts):
-        parts, pooled = [], None
-        for slot, tokenizer, encoder in _encoders(pipe, arch):
-            chunks = weighted_chunks(tokenizer, text, embeddings)
-            rows, weights = _padded(tokenizer, chunks, count)
-            with _vectors_placed(encoder, _placements(chunks, embeddings, slot, encoder_width(encoder))):
-                if arch.is_sdxl:
-                    hidden, pooled = _encode_sdxl_part(encoder, rows, weights, clip_skip, device)
-                else:
-                    hidden = _encode_sd(encoder, rows, weights, clip_skip, device)
-            parts.append(hidden)
-        result[text] = Embeds(tokens=torch.cat(parts, dim=-1), pooled=pooled)
+    embeddings, literal = embeddings or {}, emphasis == NONE
+    texts = list(dict.fromkeys(text for group in groups for text in group))
+    count = max(len(weighted_chunks(_main_tokenizer(pipe), text, embeddings, literal)) for text in texts)
+    raw = {text: _raw(pipe, arch, text, count, clip_skip, embeddings, literal) for text in texts}
+    result = []
+    for group in groups:
+        counts = collections.Counter(group)
+        members = list(counts)
+        parts = []
+        for index in range(len(raw[members[0]])):  # per encoder: A1111 weighs each encoder's output alone
+            hidden = torch.stack([raw[text][index].hidden.reshape(count, CHUNK_TOKENS + 2, -1) for text in members])
+            weights = torch.stack([raw[text][index].weights for text in members])
+            parts.append(apply_emphasis(hidden, weights, torch.tensor([counts[t] for t in members]), emphasis))
+        # (chunks, 77, width) of each encoder, side by side, as one (1, chunks * 77, widths) sequence.
+        result.append({text: Embeds(tokens=torch.cat([part[i] for part in parts], dim=-1).flatten(0, 1)[None],
+                                    pooled=raw[text][-1].pooled) for i, text in enumerate(members)})
     return result
 
 
+def encode_texts(pipe: DiffusionPipeline, arch: ModelArch, texts: list[str], clip_skip: int,
+                 embeddings: Mapping[str, Embedding] | None = None, emphasis: str = ORIGINAL) -> dict[str, Embeds]:
+    """Embeddings of each text on its own (emphasis applied), all with the same number of chunks."""
+    groups = encode_groups(pipe, arch, [[text] for text in dict.fromkeys(texts)], clip_skip, embeddings, emphasis)
+    return {text: embeds for group in groups for text, embeds in group.items()}
+
+
 def build_conditioning(pipe: DiffusionPipeline, arch: ModelArch, prompt: str, negative: str, clip_skip: int,
-                       steps: int, embeddings: Mapping[str, Embedding] | None = None) -> Conditioning:
-    """The job's conditioning: AND-weighted sub-prompts and the negative, each scheduled over ``steps``.
+                       steps: int, embeddings: Mapping[str, Embedding] | None = None, *,
+                       hires_base_steps: int | None = None, emphasis: str = ORIGINAL) -> Conditioning:
+    """The job's conditioning: AND-weighted sub-prompts and the negative, each scheduled over ``steps``
+    (model calls, as A1111 counts them) and encoded with its own schedule's texts.
 
-    ``embeddings`` are the textual inversions offered to the prompt and the negative, by name."""
-    positives = [(prompt_parser.schedule(text, steps), weight) for text, weight in prompt_parser.split_and(prompt)]
-    negatives = prompt_parser.schedule(negative, steps)
-    texts = [entry.text for schedule, _ in positives for entry in schedule] + [entry.text for entry in negatives]
-    embeds = encode_texts(pipe, arch, texts, clip_skip, embeddings)
+    ``embeddings`` are the textual inversions offered to the prompt and the negative, by name.
+    ``hires_base_steps``: hires fix's second pass, whose prompt editing counts on from a first pass
+    of that many model calls (see :func:`prompt_parser.schedule`). ``emphasis``: A1111's mode."""
+    positives = [(prompt_parser.schedule(text, steps, hires_base_steps), weight)
+                 for text, weight in prompt_parser.split_and(prompt)]
+    negatives = prompt_parser.schedule(negative, steps, hires_base_steps)
+    schedules = [entries for entries, _weight in positives] + [negatives]
+    encoded = encode_groups(pipe, arch, [[entry.text for entry in entries] for entries in schedules], clip_skip,
+                            embeddings, emphasis)
 
-    def scheduled(entries: list[prompt_parser.ScheduledText]) -> CondSchedule:
+    def scheduled(entries: list[prompt_parser.ScheduledText], embeds: Mapping[str, Embeds]) -> CondSchedule:
         # A1111 uses an entry while the step (counting model calls from 0) is <= its end step.
         return CondSchedule(parts=tuple((entry.end_at_step + 1, embeds[entry.text]) for entry in entries))
 
-    return Conditioning(positive=tuple((scheduled(s), weight) for s, weight in positives),
-                        negative=scheduled(negatives))
+    return Conditioning(positive=tuple((scheduled(entries, embeds), weight)
+                                       for (entries, weight), embeds in zip(positives, encoded, strict=False)),
+                        negative=scheduled(negatives, encoded[-1]))

@@ -16,6 +16,7 @@ from modules.errors import AddonLoadError, AddonNotFoundError, FieldError, Valid
 from modules.extra_networks import extract_networks
 from modules.params import VAE_AUTOMATIC, VAE_NONE, GenerationRequest
 from modules.services.addons import AddonFile, AddonRegistry
+from modules.services.network_cards import NetworkCards
 
 if TYPE_CHECKING:  # the engine modules import torch: only the worker's calls need them, imported there
     from modules.engine.embeddings import Embedding
@@ -68,6 +69,7 @@ class AddonLibrary:
         self.vaes = vaes
         self._lock = threading.Lock()
         self._loaded: dict[str, tuple[int, Embedding | AddonLoadError]] = {}
+        self.cards = NetworkCards()  # what the extra-networks browser shows of these files
 
     # --- before queuing ------------------------------------------------------------------------
 
@@ -130,8 +132,9 @@ class AddonLibrary:
             self._loaded[str(item.path)] = (mtime, loaded)
         return loaded
 
-    def embeddings_for(self, model: LoadedModel, texts: Iterable[str]) -> JobEmbeddings:
-        """The embeddings the texts mention that fit the model (longest names win in the encoder)."""
+    def embeddings_for(self, model: LoadedModel | None, texts: Iterable[str], hashes: bool = True) -> JobEmbeddings:
+        """The embeddings the texts mention that fit the model (longest names win in the encoder);
+        without a model, every readable one they mention (what the token counter needs)."""
         from modules.engine.embeddings import fits
 
         texts = [t for t in texts if t]
@@ -141,9 +144,12 @@ class AddonLibrary:
             if item.stem in chosen or not _mentions(item.stem, texts):
                 continue
             embedding = self._embedding(item)
-            if not isinstance(embedding, AddonLoadError) and fits(embedding, model.pipeline, model.arch):
+            if isinstance(embedding, AddonLoadError):
+                continue
+            if model is None or fits(embedding, model.pipeline, model.arch):
                 chosen[embedding.name] = embedding
-                pairs.append((embedding.name, self.embeddings.short_hash(item)))
+                if hashes:
+                    pairs.append((embedding.name, self.embeddings.short_hash(item)))
         return JobEmbeddings(MappingProxyType(chosen), _hash_list(pairs))
 
     def listing(self, model: LoadedModel | None) -> dict[str, Any]:

@@ -123,8 +123,8 @@ def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[
                           AddonRegistry(AddonKind.VAE, paths.vae_dirs, hashes))
     manager = ExtensionManager(paths.builtin_extensions_dir, paths.user_extensions_dir, paths.extension_state_file,
                                enabled=extensions)
-    outputs = OutputStore(ImageSaver(paths.outputs_dir), manager, settings.save_grid)
     options = SettingsStore(paths.config_file, settings)
+    outputs = OutputStore(ImageSaver(paths.outputs_dir, settings=options.get, data_dir=paths.data_dir), manager)
     upscalers = UpscalerLibrary(paths.upscaler_dirs, lambda: _tiles(options.get()), upscaler_aliases(),
                                 lambda: options.get().upscaler_extra_architectures)
     face_restorers = FaceRestorers(paths.gfpgan_dirs, paths.codeformer_dirs, face_detector)

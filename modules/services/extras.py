@@ -6,7 +6,8 @@ The front owns a job until it is queued and after it is done (:meth:`ExtrasServi
 upscaler, a face restorer or a result size that cannot be had is a 422 naming it; 2. the job is
 queued like a generation, so upscaler models share the GPU with no one; 3. what comes back is
 saved to ``outputs/extras-images`` when the request says so (the UI's results; A1111's API does not
-save). Folders a batch may read from are the inputs and outputs folders only.
+save), in ``samples_format`` as A1111 saves them. Folders a batch may read from are the inputs and
+outputs folders only.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from modules.services.extras_request import (
     check_values,
     output_size,
 )
-from modules.services.extras_run import ExtrasOutput
+from modules.services.extras_run import ExtrasOutput, encode_as
 from modules.services.image_input import decode_image
 from modules.services.image_upscale import image_upscaler, upscale_by
 from modules.services.images import ImageSaver
@@ -47,9 +48,11 @@ class FaceChecks(Protocol):
 
 @dataclass(frozen=True)
 class ExtrasResult:
-    """The processed images (PNG bytes with their texts) and where each was saved (None: not saved)."""
+    """The processed images (PNG bytes with their texts), each encoded as ``samples_format`` said
+    when the job finished, and where each was saved (None: not saved)."""
 
     outputs: tuple[ExtrasOutput, ...]
+    encoded: tuple[bytes, ...]
     paths: tuple[Path | None, ...]
     interrupted: bool = False
 
@@ -126,10 +129,15 @@ class ExtrasService:
         return self.queue.submit(ExtrasJob(self.prepare(request)), owner)
 
     def finish(self, request: ExtrasRequest, job: Job) -> ExtrasResult:
-        """The stored result of a finished job (saved when the request says so)."""
+        """The stored result of a finished job: each image encoded as ``samples_format`` (at
+        ``jpeg_quality``) and saved so when the request says so."""
         outputs = tuple(job.future.result())
-        paths = tuple(self.saver.save_extras(o.png, o.name) if request.save else None for o in outputs)
-        return ExtrasResult(outputs, paths, interrupted=len(outputs) < len(request.images))
+        settings = self.saver.settings()
+        files = [encode_as(output, settings.samples_format, settings.jpeg_quality) for output in outputs]
+        paths = tuple(self.saver.save_extras(data, output.name, fmt) if request.save else None
+                      for output, (data, fmt) in zip(outputs, files))
+        return ExtrasResult(outputs, tuple(data for data, _ in files), paths,
+                            interrupted=len(outputs) < len(request.images))
 
     def run(self, request: ExtrasRequest, owner: str | None = None) -> ExtrasResult:
         """Check, queue, wait, store: for callers on their own thread (the UI, extensions)."""
@@ -182,12 +190,14 @@ class ExtrasService:
         """Every image of ``folder``, :data:`MAX_BATCH` per job, in order."""
         files = self.folder_images(folder)
         outputs: list[ExtrasOutput] = []
+        encoded: list[bytes] = []
         paths: list[Path | None] = []
         for start in range(0, len(files), MAX_BATCH):
             chunk = tuple(ExtrasImage(path.read_bytes(), path.name) for path in files[start:start + MAX_BATCH])
             result = self.run(replace(request, images=chunk), owner)
             outputs += result.outputs
+            encoded += result.encoded
             paths += result.paths
             if result.interrupted:
-                return ExtrasResult(tuple(outputs), tuple(paths), interrupted=True)
-        return ExtrasResult(tuple(outputs), tuple(paths))
+                return ExtrasResult(tuple(outputs), tuple(encoded), tuple(paths), interrupted=True)
+        return ExtrasResult(tuple(outputs), tuple(encoded), tuple(paths))

@@ -13,9 +13,10 @@ import math
 from dataclasses import dataclass
 
 from modules.errors import FieldError, ValidationError
+from modules.params import FRACTION_RANGE
 
 NO_UPSCALER = "None"  # A1111: upscaler 1 "None" switches the upscale off
-MAX_FACTOR = 8.0  # A1111's upscaling_resize bound
+MIN_FACTOR, MAX_FACTOR = 1.0, 8.0  # A1111's upscaling_resize bounds
 MAX_BATCH = 64  # images in one Extras job
 
 
@@ -63,8 +64,9 @@ class ExtrasRequest:
 
 
 def _fraction(errors: list[FieldError], field: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
-        errors.append(FieldError(field, f"must be between 0 and 1, got {value!r}"))
+    low, high = FRACTION_RANGE
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+        errors.append(FieldError(field, f"must be between {low:g} and {high:g}, got {value!r}"))
 
 
 def check_values(request: ExtrasRequest, max_size: int) -> None:
@@ -75,11 +77,11 @@ def check_values(request: ExtrasRequest, max_size: int) -> None:
     if len(request.images) > MAX_BATCH:
         errors.append(FieldError("imageList", f"has {len(request.images)} images; at most {MAX_BATCH} per request"))
     factor = request.upscaling_resize
-    if not (math.isfinite(factor) and 1.0 <= factor <= MAX_FACTOR):
-        errors.append(FieldError("upscaling_resize", f"must be between 1 and {MAX_FACTOR:g}, got {factor!r}"))
+    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and MIN_FACTOR <= factor <= MAX_FACTOR):
+        errors.append(FieldError("upscaling_resize", f"must be between {MIN_FACTOR:g} and {MAX_FACTOR:g}, got {factor!r}"))
     for field in ("upscaling_resize_w", "upscaling_resize_h"):
         side = getattr(request, field)
-        if not 1 <= side <= max_size:
+        if not (isinstance(side, int) and 1 <= side <= max_size):
             errors.append(FieldError(field, f"must be between 1 and {max_size} (max_image_size), got {side}"))
     for field in ("upscaler_2_visibility", "gfpgan_visibility", "codeformer_visibility", "codeformer_weight"):
         _fraction(errors, "extras_upscaler_2_visibility" if field == "upscaler_2_visibility" else field,

@@ -5,7 +5,8 @@ by its visibility) unless ``upscale_first``; 2. the upscale (by a factor, or to 
 optional centred crop; upscaler 2 upscales the same input and is blended in by its visibility);
 3. face restoration here instead when ``upscale_first``. What was done is written as A1111's
 postprocessing infotext (``Postprocess upscale by: 2, Postprocess upscaler: Lanczos``); the
-image's own parameters are kept beside it.
+image's own parameters are kept beside it. The worker hands back PNG; :func:`encode_as` turns a
+result into ``samples_format`` (JPEG/WebP carry one text, in EXIF UserComment: :func:`exif_text`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Protocol
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from modules.infotext import parse_infotext
+from modules.services import image_format
 from modules.services.extras_request import ExtrasRequest, ResizeMode
 from modules.services.image_input import decode_image
 from modules.services.image_upscale import image_upscaler, upscale_by
@@ -134,6 +137,32 @@ def encode_output(image: Image.Image, infotext: str, source_parameters: str | No
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=chunks)
     return buffer.getvalue()
+
+
+def exif_text(infotext: str, source_parameters: str | None) -> str:
+    """The one text a JPEG or WebP result carries. A1111 saves the postprocessing text alone, which
+    loses the source's generation parameters; here those are kept, with what Extras did added to
+    their parameters line (a new line when the source has none), so PNG Info reads both."""
+    source = (source_parameters or "").rstrip()
+    if not source.strip():
+        return infotext
+    if not infotext:
+        return source
+    joiner = ", " if parse_infotext(source).params else "\n"
+    return f"{source}{joiner}{infotext}"
+
+
+def encode_as(output: ExtrasOutput, fmt: str, quality: int) -> tuple[bytes, str]:
+    """``output`` encoded as ``fmt`` (``samples_format``) at ``quality`` (``jpeg_quality``), and the
+    format written: PNG keeps its ``parameters`` and ``postprocessing`` chunks; JPEG and WebP carry
+    :func:`exif_text` in EXIF UserComment; an image too large for its format stays PNG, as in A1111."""
+    with Image.open(io.BytesIO(output.png)) as image:
+        image.load()
+    text = exif_text(output.infotext, output.source_parameters)
+    fmt = image_format.effective_format(fmt, image.size, text)
+    if fmt == "png":
+        return output.png, fmt
+    return image_format.encode(image, text, fmt, quality), fmt
 
 
 def run_extras(request: ExtrasRequest, library: UpscalerLibrary, faces: FaceRestoring | None, device: object,

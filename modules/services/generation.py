@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from modules.engine.token_count import TokenCount, count_tokens
+from modules.engine.token_count import TokenCount
 from modules.errors import (
     AddonNotFoundError,
     AtelierError,
@@ -40,6 +40,7 @@ from modules.services.queue_contract import JobQueueContract
 from modules.services.server_options import with_server_defaults
 from modules.services.settings_store import SettingsStore, clip_skip_max_of, clip_skip_problem
 from modules.services.styles import StyleStore
+from modules.services.token_counter import count_prompt_tokens
 from modules.services.upscaler_library import UpscalerLibrary
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class GenerationService:
 
     def count_tokens(self, prompt: str, steps: int) -> TokenCount:
         """The prompt's token count and chunk capacity, for the counter beside the prompt box."""
-        return count_tokens(prompt or "", max(1, int(steps)))
+        return count_prompt_tokens(prompt or "", steps, self.addons, self.models.loaded_model())
 
     def estimate_memory(self, request: GenerationRequest, init_image: bool = False) -> MemoryEstimate:
         """The predicted peak device memory of one batch of ``request`` on the loaded model, its

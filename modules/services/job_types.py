@@ -67,6 +67,7 @@ class ProgressSnapshot:
     queue_position: int = 0  # 0 = running now
     interrupted: bool = False
     skipped: bool = False
+    part_of: tuple[int, int] | None = None  # (k, n): the job is a script's job k of n (X/Y/Z plot cells)
 
     @property
     def fraction(self) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import contextvars
+import dataclasses
 import enum
 import itertools
 import threading
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from modules.errors import QueueFullError
+from modules.params import GenerationRequest, GenerationResult
 from modules.services.job_types import Job, JobContext, JobSpec, JobStatus, ProgressSnapshot
 
 _HISTORY = 200  # finished jobs kept for lookups by id
@@ -117,6 +119,13 @@ class JobQueueContract(Protocol):
 
     def skip(self, job_id: str | None = None, user: str | None = None) -> bool: ...
 
+    def waiting(self, user: str | None) -> tuple[Job, ...]:
+        """The jobs still waiting that ``user`` may see, first in line first."""
+
+    def cancel(self, job_id: str, user: str | None) -> bool:
+        """End a job that has not started without running it (its caller gets an interrupted, empty
+        result); False for a running or finished job, an unknown id, or another user's job."""
+
     def workers(self) -> tuple[WorkerStatus, ...]:
         """The workers that run jobs, for the status panel."""
 
@@ -177,7 +186,9 @@ class JobQueueBase(abc.ABC):
             return self._pending.index(job) + 1 if job in self._pending else 0
 
     def snapshot(self, job: Job) -> ProgressSnapshot:
-        return job.context.snapshot(job.id, job.status, self.position(job))
+        snap = job.context.snapshot(job.id, job.status, self.position(job))
+        part_of = getattr(job.spec, "part_of", None)  # a script's job k of n (X/Y/Z plot cells)
+        return dataclasses.replace(snap, part_of=part_of) if part_of else snap
 
     def visible_current(self, user: str | None) -> Job | None:
         """The oldest running job ``user`` may see."""
@@ -198,3 +209,30 @@ class JobQueueBase(abc.ABC):
             return False
         job.context.skip()
         return True
+
+    def waiting(self, user: str | None) -> tuple[Job, ...]:
+        with self._lock:
+            return tuple(job for job in self._pending if self.may_control(job, user))
+
+    def cancel(self, job_id: str, user: str | None) -> bool:
+        """Take a waiting job out of line (the workers skip a job no longer waiting) and end it unrun."""
+        with self._lock:
+            job = self._history.get(job_id)
+            if job is None or job not in self._pending or not self.may_control(job, user):
+                return False
+            self._pending.remove(job)
+        job.context.interrupt()
+        self._end_unrun(job)
+        return True
+
+    def _end_unrun(self, job: Job) -> None:
+        """Give a job that never ran its result: an empty, interrupted generation (None for other jobs)."""
+        with self._lock:
+            job.status = JobStatus.FINISHED
+        if not job.future.done():
+            job.future.set_result(unrun_result(job.spec))
+
+
+def unrun_result(spec: JobSpec) -> GenerationResult | None:
+    """What a job ended before it ran returns: a generation without images, marked interrupted."""
+    return GenerationResult(request=spec, images=(), interrupted=True) if isinstance(spec, GenerationRequest) else None

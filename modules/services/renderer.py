@@ -25,14 +25,15 @@ from modules.engine.hires import HiresPlan, run_hires
 from modules.engine.loader import LoadedModel
 from modules.engine.lora import apply_loras
 from modules.engine.memory import is_out_of_memory
-from modules.engine.vram_choice import budget_bytes
 from modules.engine.sampling.loop import NoisePlan
 from modules.engine.tiling import seamless_tiling
+from modules.engine.vram_choice import budget_bytes
 from modules.errors import AddonNotFoundError, FieldError, NotEnoughMemoryError, OutOfMemoryError, ValidationError
-from modules.infotext import ModelIdentity, build_infotext
 from modules.extension_helpers import png_with_infotext
+from modules.infotext import ModelIdentity, build_infotext
 from modules.params import (
     DEFAULT_CODE_FORMER_WEIGHT,
+    DEFAULT_EMPHASIS,
     DEFAULT_FACE_RESTORER,
     LATENT_SCALE,
     NO_LIVE_PREVIEW,
@@ -42,6 +43,7 @@ from modules.params import (
     GenerationResult,
     ModelsUsed,
 )
+from modules.sampler_params import from_values as sampler_params_from
 from modules.samplers import resolve_sampler
 from modules.services.addon_library import AddonLibrary, JobEmbeddings, JobPrompts
 from modules.services.addons import AddonFile
@@ -349,7 +351,9 @@ def _task(request: GenerationRequest, inputs: JobInputs, first: int, prompts: Jo
                      width=request.width, height=request.height, clip_skip=request.clip_skip, noise=noise,
                      init_image=inputs.init_image, mask=inputs.mask,
                      denoising_strength=request.denoising_strength, masked_content=request.masked_content,
-                     embeddings=embeddings.by_name or None)
+                     embeddings=embeddings.by_name or None,
+                     emphasis=request.emphasis or DEFAULT_EMPHASIS, sampler_params=sampler_params_from(request),
+                     exact_steps=bool(request.img2img_fix_steps))
 
 
 def _hires_plan(request: GenerationRequest, first: ImageTask, prompts: JobPrompts,

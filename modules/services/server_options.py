@@ -13,10 +13,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from modules.a1111_extra import extra_value_problem, key_problem
 from modules.config import Settings
 from modules.errors import FieldError, ValidationError
-from modules.options_table import BY_SETTING, CHECKPOINT_OPTION, OPTIONS
+from modules.options_table import BY_NAME, BY_SETTING, CHECKPOINT_OPTION, OPTIONS
 from modules.params import GenerationRequest, PreviewMethod
+from modules.sampler_params import NAMES as SAMPLER_PARAM_NAMES
 from modules.samplers import RngSource
 from modules.services.addon_library import AddonLibrary
 from modules.services.models import ModelManager
@@ -44,6 +46,12 @@ def with_server_defaults(request: GenerationRequest, settings: Settings) -> Gene
         code_former_weight=(float(settings.code_former_weight) if request.code_former_weight is None
                             else request.code_former_weight),
         img2img_upscaler=settings.upscaler_for_img2img if request.img2img_upscaler is None else request.img2img_upscaler,
+        emphasis=settings.emphasis if request.emphasis is None else request.emphasis,
+        **{name: float(getattr(settings, name)) if getattr(request, name) is None else getattr(request, name)
+           for name in SAMPLER_PARAM_NAMES},
+        img2img_fix_steps=(settings.img2img_fix_steps if request.img2img_fix_steps is None
+                           else request.img2img_fix_steps),
+        live_previews=settings.live_previews_enable if request.live_previews is None else request.live_previews,
         hires=hires)
 
 
@@ -60,9 +68,10 @@ class ServerOptions:
         """``GET /options``: the selected checkpoint and every option in the table."""
         current = self.models.current()
         settings = self.store.get()
-        values: dict[str, object] = {CHECKPOINT_OPTION: current.title if current else None,
-                                     "sd_checkpoint_hash": current.sha256 if current else None, "samples_format": "png"}
-        values.update({o.name: getattr(settings, o.setting) for o in OPTIONS if o.setting is not None})
+        values: dict[str, object] = dict(settings.a1111_extra)  # kept A1111 options, no effect
+        values.update({CHECKPOINT_OPTION: current.title if current else None,
+                       "sd_checkpoint_hash": current.sha256 if current else None})
+        values.update({o.name: o.shown(getattr(settings, o.setting)) for o in OPTIONS if o.setting is not None})
         return values
 
     def apply(self, data: Mapping[str, Any]) -> None:
@@ -74,17 +83,43 @@ class ServerOptions:
         try:
             if wanted is not None and not isinstance(wanted, str):
                 raise ValidationError([FieldError(CHECKPOINT_OPTION, f"must be a title, got {wanted!r}")])
+            kept = self._kept(data)  # unknown A1111 keys, kept with no effect
+            if kept is not None:
+                sent["a1111_extra"] = kept
             self.store.check(sent)  # 1. every option sent, before the model or a setting changes
             current = self.snapshot()
             if "sd_vae" in sent and sent["sd_vae"] != current["sd_vae"]:  # 2. an unknown VAE, before a switch
                 self.addons.check(GenerationRequest(vae=sent["sd_vae"]))
             if wanted and wanted != current[CHECKPOINT_OPTION]:
                 self.switch_model(wanted).future.result()
-            changes = {s: v for s, v in sent.items() if v != current[BY_SETTING[s].name]}
+            changes = {s: v for s, v in sent.items()
+                       if s in BY_SETTING and v != BY_SETTING[s].stored(current[BY_SETTING[s].name])}
+            if kept is not None and kept != self.store.get().a1111_extra:
+                changes["a1111_extra"] = kept
             if changes:  # 3. saved all or none; clip skip within the loaded model's text encoder layers
                 self.store.update(changes, model=self.models.loaded_model())
         except ValidationError as exc:
             raise _as_options(exc) from exc
+
+    def _kept(self, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The stored no-effect options with the unknown keys of ``data`` merged in (None: none sent);
+        a key or value that cannot be kept is a ValidationError naming it."""
+        unknown = {k: v for k, v in data.items() if k not in BY_NAME and k not in READ_ONLY}
+        if not unknown:
+            return None
+        errors = [FieldError(str(k)[:100], problem) for k, v in unknown.items()
+                  if (problem := key_problem(k) or extra_value_problem(v)) is not None]
+        if errors:
+            raise ValidationError(errors[:20])
+        return {**self.store.get().a1111_extra, **unknown}
+
+    def unhonoured_overrides(self, overrides: Mapping[str, Any]) -> list[str]:
+        """The ``override_settings`` keys of one job that Atelier neither knows nor keeps as no-effect options."""
+        kept = self.store.get().a1111_extra
+        return [k for k in overrides if k not in BY_NAME and k not in READ_ONLY and k not in kept]
+
+
+READ_ONLY = frozenset({"sd_checkpoint_hash"})  # in GET's answer; sent back, it changes nothing
 
 
 def _as_options(exc: ValidationError) -> ValidationError:

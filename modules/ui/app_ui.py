@@ -1,4 +1,4 @@
-"""The whole page: the checkpoint bar on top, then one tab per feature."""
+"""The whole page: the checkpoint bar and quicksettings on top, then one tab per feature, Settings last."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ from modules.ui import (
     extensions_tab,
     extras_tab,
     gallery,
+    icons,
     img2img,
     inpaint,
     png_info,
+    settings_tab,
     txt2img,
     workers_panel,
 )
@@ -32,7 +34,7 @@ def build_ui(services: Services) -> gr.Blocks:
     """Build the Blocks. Outputs are served in place (no copy into Gradio's cache)."""
     gr.set_static_paths(paths=[services.paths.outputs_dir, services.paths.cache_dir / "thumbnails"])
     with gr.Blocks(title="Atelier", analytics_enabled=False) as demo:
-        checkpoint = checkpoints.build_bar(services)
+        checkpoint = checkpoints.build_bar(services, demo)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.build_tab(services)
@@ -49,6 +51,8 @@ def build_ui(services: Services) -> gr.Blocks:
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 extensions_tab.build_tab(services, demo)
             _extension_tabs(services)
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                settings_tab.build_tab(services, demo)
         forms = {"txt2img": t2i, "img2img": i2i, "inpaint": inp}  # by tab id
         _wire_sends(SendWiring(services, tabs, checkpoint), forms, gal, png, extras)
         workers_panel.build_panel(services)
@@ -79,7 +83,7 @@ def _extension_tabs(services: Services) -> None:
                 handler.call(UiTabs(services.extensions.host(record.name)))
             except Exception as exc:  # its bug: shown in its tab, the extension is switched off
                 services.extensions.fail(record.name, "UI_TABS", exc)
-                gr.Markdown(f"⚠️ The extension {escape.markdown(record.name)} failed to build this tab: "
+                gr.Markdown(f"{icons.WARNING} The extension {escape.markdown(record.name)} failed to build this tab: "
                             f"{escape.markdown(exc)}")
 
 

@@ -10,8 +10,9 @@ from modules.errors import AtelierError
 from modules.server_effects import changes_server
 from modules.services.container import Services
 from modules.services.queue_contract import QueueMode
-from modules.ui import escape
+from modules.ui import escape, icons
 from modules.ui.common import ui_error
+from modules.ui.quicksettings import build_quicksettings
 from modules.ui.vae_bar import build_vae_choice
 
 log = logging.getLogger(__name__)
@@ -29,18 +30,21 @@ def _current_title(services: Services) -> str | None:
 def _no_model_notice(services: Services) -> str:
     folder = escape.markdown(services.paths.default_checkpoint_dir)  # a code span would not escape it
     return (f"**No checkpoint found.** Copy a Stable Diffusion checkpoint (`.safetensors`, `.ckpt`, or a diffusers "
-            f"folder) into <code>{folder}</code> and press 🔄, or download Stable Diffusion 1.5 from the Hugging "
+            f"folder) into <code>{folder}</code> and press {icons.REFRESH} (refresh), or download Stable Diffusion 1.5 from the Hugging "
             "Face hub with the button below (needs internet).")
 
 
-def build_bar(services: Services) -> gr.Dropdown:
-    """The dropdown ``setting_sd_model_checkpoint`` with its refresh button and the empty-state help."""
-    with gr.Row():
+def build_bar(services: Services, demo: gr.Blocks) -> gr.Dropdown:
+    """The dropdown ``setting_sd_model_checkpoint`` with its refresh button, the VAE and the other
+    quicksettings (shown when ``demo`` loads), and the empty-state help."""
+    with gr.Row(elem_id="quicksettings"):
         checkpoint = gr.Dropdown(choices=_titles(services), value=None,
                                  label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint", scale=4)
-        refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", elem_classes="tool-button", scale=0)
+        refresh = gr.Button(icons.REFRESH, elem_id="refresh_sd_model_checkpoint", elem_classes="tool-button",
+                            scale=0)
         build_vae_choice(services)
-        status = gr.Markdown("", elem_id="sd_model_status")
+        build_quicksettings(services, demo)
+    status = gr.Markdown("", elem_id="sd_model_status")
     with gr.Group(visible=not services.registry.all()) as empty:
         gr.Markdown(_no_model_notice(services), elem_id="no_checkpoint_notice")
         download = gr.Button("Download Stable Diffusion 1.5 (about 4 GB)", elem_id="download_default_checkpoint")
@@ -101,7 +105,7 @@ def _status_text(services: Services) -> str:
     title = escape.markdown(current.title) if current else ""
     if error:
         kept = f" Still loaded: {title}." if current else ""
-        return f"⚠️ {escape.markdown(error)}.{kept}"
+        return f"{icons.WARNING} {escape.markdown(error)}.{kept}"
     if current is None:
         return "Loading the model…" if services.registry.all() else ""
     if services.queue.mode is QueueMode.RAY:  # the front loads nothing; each worker loads what its jobs need

@@ -39,13 +39,18 @@ def param_component(param: Param, elem_id: str, host: Host) -> Any:
         return gr.Checkbox(value=bool(param.default), label=label, elem_id=elem_id)
     if param.kind is ParamKind.CHOICE:
         return gr.Dropdown(list(param.choices), value=param.default, label=label, elem_id=elem_id)
+    if param.kind is ParamKind.TEXTS:
+        return gr.Dropdown([], value=list(param.default), multiselect=True, allow_custom_value=True, label=label,
+                           elem_id=elem_id)
     if param.kind is ParamKind.TEXT:
         return gr.Textbox(value=param.default, label=label, lines=param.lines, elem_id=elem_id)
-    if param.minimum is not None and param.maximum is not None:
-        step = 1 if param.kind is ParamKind.INT else (param.maximum - param.minimum) / 100
-        return gr.Slider(param.minimum, param.maximum, value=param.default, step=step, label=label, elem_id=elem_id)
-    return gr.Number(value=param.default, label=label, precision=0 if param.kind is ParamKind.INT else None,
-                     elem_id=elem_id)
+    # A number box with no limits or rounding of its own (either would change a typed value silently):
+    # the range is stated, and the param's own check refuses a value outside it next to the box.
+    whole = "a whole number" if param.kind is ParamKind.INT else ""
+    info = ", ".join(part for part in (whole, param.range_text()) if part) or None
+    step = 1 if param.kind is ParamKind.INT or param.minimum is None or param.maximum is None \
+        else (param.maximum - param.minimum) / 100
+    return gr.Number(value=param.default, label=label, info=info, step=step, elem_id=elem_id)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The Extensions tab: what is installed and in which state, switching extensions on and off,
-installing and updating them from git, their pip requirements, and each one's own settings section.
+installing and updating them from git, their pip requirements; and each one's own settings section,
+which the Settings tab shows.
 
 Enabling and disabling goes through the extension manager and applies at the next start; git and
 pip go through the installer, which refuses them while Atelier serves the network without
@@ -60,7 +61,7 @@ def _table_html(services: Services) -> str:
         return "<p>No extensions are installed.</p>"
     head = "".join(f"<th>{h}</th>" for h in ("Name", "Version", "Kind", "State", "Error"))
     body = "".join("<tr>" + "".join(f"<td>{escape.text(cell)}</td>" for cell in row) + "</tr>" for row in rows)
-    return f'<table class="atelier-params"><tr>{head}</tr>{body}</table>'
+    return f'<table class="atelier-table"><tr>{head}</tr>{body}</table>'
 
 
 def _switchable(services: Services) -> list[str]:
@@ -165,7 +166,7 @@ def build_tab(services: Services, demo: gr.Blocks) -> None:
     install = _build_install(services, locked)
     update, update_target = _build_update(services, locked)
     requirements, requirements_for = _build_requirements(services, locked)
-    _settings_sections(services)
+    gr.Markdown("Each extension's own settings are in the Settings tab, in a section named after it.")
 
     @changes_server
     def save(selected: list[str] | None) -> tuple[str, str]:
@@ -265,12 +266,12 @@ def _build_requirements(services: Services, locked: str | None) -> tuple[_Questi
     return question, chosen
 
 
-def _settings_sections(services: Services) -> None:
-    """Each loaded extension's SETTINGS_SECTION, in its own accordion; a builder that raises shows why."""
+def extension_settings_sections(services: Services) -> None:
+    """Each loaded extension's SETTINGS_SECTION (the Settings tab's last sections), in its own
+    accordion; a builder that raises shows why."""
     handlers = services.extensions.handlers(Hook.SETTINGS_SECTION)
     if not handlers:
         return
-    gr.Markdown("### Extension settings")
     for record, handler in handlers:
         safe = re.sub(r"[^A-Za-z0-9_-]", "_", record.name)
         with gr.Accordion(record.name, open=False, elem_id=f"extensions_settings_{safe}"):

@@ -18,11 +18,22 @@ from typing import Any
 import gradio as gr
 
 from modules.errors import AtelierError, FieldError, ValidationError
+from modules.params import FRACTION_RANGE
 from modules.services.container import Services
 from modules.services.extras import ExtrasResult
-from modules.services.extras_request import MAX_BATCH, MAX_FACTOR, ExtrasImage, ExtrasRequest, ResizeMode
+from modules.services.extras_request import (
+    MAX_BATCH,
+    MAX_FACTOR,
+    MIN_FACTOR,
+    ExtrasImage,
+    ExtrasRequest,
+    ResizeMode,
+    check_values,
+)
 from modules.ui import escape, model_downloads_ui
 from modules.ui.common import progress_html, ui_error, wait_for
+from modules.ui.form_checks import ranged_number, span
+from modules.ui.form_fields import number
 from modules.ui.session import user_of
 from modules.upscalers import UpscalerKind, find_upscaler, upscaler_names
 
@@ -51,22 +62,29 @@ class _Controls:
     files: gr.File
     folder: gr.Textbox
     show_results: gr.Checkbox
-    factor: gr.Slider
+    factor: gr.Number
     width: gr.Number
     height: gr.Number
     crop: gr.Checkbox
     upscaler_1: gr.Dropdown
     upscaler_2: gr.Dropdown
-    upscaler_2_visibility: gr.Slider
-    gfpgan_visibility: gr.Slider
-    codeformer_visibility: gr.Slider
-    codeformer_weight: gr.Slider
+    upscaler_2_visibility: gr.Number
+    gfpgan_visibility: gr.Number
+    codeformer_visibility: gr.Number
+    codeformer_weight: gr.Number
     upscale_first: gr.Checkbox
 
     def inputs(self) -> list[Any]:
         return [self.mode, self.resize, self.image, self.files, self.folder, self.show_results, self.factor,
                 self.width, self.height, self.crop, self.upscaler_1, self.upscaler_2, self.upscaler_2_visibility,
                 self.gfpgan_visibility, self.codeformer_visibility, self.codeformer_weight, self.upscale_first]
+
+    def targets(self) -> dict[str, Any]:
+        """The control each field name of a refusal belongs to (A1111's API names, and the tab's)."""
+        return {"upscaling_resize": self.factor, "upscaling_resize_w": self.width, "Width": self.width,
+                "upscaling_resize_h": self.height, "Height": self.height, "upscaler_2": self.upscaler_2,
+                "extras_upscaler_2_visibility": self.upscaler_2_visibility, "gfpgan_visibility": self.gfpgan_visibility,
+                "codeformer_visibility": self.codeformer_visibility, "codeformer_weight": self.codeformer_weight}
 
 
 def image_upscaler_names(services: Services) -> list[str]:
@@ -93,15 +111,15 @@ def _inputs(services: Services) -> tuple[gr.State, gr.Image, gr.File, gr.Textbox
     return mode, image, files, folder, show_results
 
 
-def _resize() -> tuple[gr.State, gr.Slider, gr.Number, gr.Number, gr.Checkbox]:
+def _resize(max_size: int) -> tuple[gr.State, gr.Number, gr.Number, gr.Number, gr.Checkbox]:
     resize = gr.State(int(ResizeMode.SCALE_BY))
     with gr.Tabs(elem_id="extras_resize_mode"):
         with gr.Tab("Scale by", id="extras_scale_by", elem_id="extras_scale_by_tab") as by_tab:
-            factor = gr.Slider(1.0, MAX_FACTOR, value=2.0, step=0.05, label="Resize", elem_id="extras_upscaling_resize")
+            factor = ranged_number("Resize", 2.0, span(MIN_FACTOR, MAX_FACTOR), "extras_upscaling_resize", step=0.05)
         with gr.Tab("Scale to", id="extras_scale_to", elem_id="extras_scale_to_tab") as to_tab:
             with gr.Row():
-                width = gr.Number(value=512, precision=0, minimum=1, label="Width", elem_id="extras_upscaling_resize_w")
-                height = gr.Number(value=512, precision=0, minimum=1, label="Height", elem_id="extras_upscaling_resize_h")
+                width = ranged_number("Width", 512, span(1, max_size), "extras_upscaling_resize_w")
+                height = ranged_number("Height", 512, span(1, max_size), "extras_upscaling_resize_h")
                 crop = gr.Checkbox(value=True, label="Crop to fit", elem_id="extras_upscaling_crop")
     for tab, value in ((by_tab, ResizeMode.SCALE_BY), (to_tab, ResizeMode.SCALE_TO)):
         tab.select(lambda chosen=int(value): chosen, outputs=[resize], api_visibility="private", queue=False)
@@ -111,20 +129,24 @@ def _resize() -> tuple[gr.State, gr.Slider, gr.Number, gr.Number, gr.Checkbox]:
 def _controls(services: Services) -> tuple[_Controls, gr.Button]:
     mode, image, files, folder, show_results = _inputs(services)
     run = gr.Button("Generate", variant="primary", elem_id="extras_generate")
-    resize, factor, width, height, crop = _resize()
+    resize, factor, width, height, crop = _resize(services.options.get().max_image_size)
+    fraction = span(*FRACTION_RANGE)
     names = image_upscaler_names(services)
     with gr.Row():
-        upscaler_1 = gr.Dropdown(names, value="None", label="Upscaler 1", elem_id="extras_upscaler_1")
-        upscaler_2 = gr.Dropdown(names, value="None", label="Upscaler 2", elem_id="extras_upscaler_2")
+        # Custom values pass the dropdown: the list is refreshed while the page is open, and the field
+        # check sees the choices the tab was built with. The job's own check refuses an unknown name.
+        upscaler_1 = gr.Dropdown(names, value="None", label="Upscaler 1", elem_id="extras_upscaler_1",
+                                 allow_custom_value=True)
+        upscaler_2 = gr.Dropdown(names, value="None", label="Upscaler 2", elem_id="extras_upscaler_2",
+                                 allow_custom_value=True)
         refresh = gr.Button("Refresh", size="sm", elem_id="extras_refresh_upscalers", scale=0)
-    upscaler_2_visibility = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="Upscaler 2 visibility",
-                                      elem_id="extras_upscaler_2_visibility")
+    upscaler_2_visibility = ranged_number("Upscaler 2 visibility", 0.0, fraction, "extras_upscaler_2_visibility",
+                                          step=0.001)
     with gr.Accordion("Face restoration", open=False, elem_id="extras_face_restoration"):
-        gfpgan = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="GFPGAN visibility", elem_id="extras_gfpgan_visibility")
-        codeformer = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="CodeFormer visibility",
-                               elem_id="extras_codeformer_visibility")
-        weight = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="CodeFormer weight (0 = maximum effect, 1 = minimum "
-                           "effect)", elem_id="extras_codeformer_weight")
+        gfpgan = ranged_number("GFPGAN visibility", 0.0, fraction, "extras_gfpgan_visibility", step=0.001)
+        codeformer = ranged_number("CodeFormer visibility", 0.0, fraction, "extras_codeformer_visibility", step=0.001)
+        weight = ranged_number("CodeFormer weight (0 = maximum effect, 1 = minimum effect)", 0.0, fraction,
+                               "extras_codeformer_weight", step=0.001)
         first = gr.Checkbox(value=False, label="Upscale before restoring faces", elem_id="extras_upscale_before_face_fix")
 
     def refreshed(one: str, two: str) -> tuple[Any, Any]:
@@ -149,12 +171,32 @@ def _whole(value: Any, field: str) -> int:
 def _request(values: list[Any], images: tuple[ExtrasImage, ...]) -> ExtrasRequest:
     (_mode, resize, _image, _files, _folder, _show, factor, width, height, crop, one, two, two_visibility,
      gfpgan, codeformer, weight, first) = values
-    return ExtrasRequest(images=images, resize_mode=ResizeMode(int(resize)), upscaling_resize=float(factor),
+    return ExtrasRequest(images=images, resize_mode=ResizeMode(int(resize)), upscaling_resize=number(factor),
                          upscaling_resize_w=_whole(width, "Width"), upscaling_resize_h=_whole(height, "Height"),
                          upscaling_crop=bool(crop), upscaler_1=one or "None", upscaler_2=two or "None",
-                         upscaler_2_visibility=float(two_visibility), gfpgan_visibility=float(gfpgan),
-                         codeformer_visibility=float(codeformer), codeformer_weight=float(weight),
+                         upscaler_2_visibility=number(two_visibility), gfpgan_visibility=number(gfpgan),
+                         codeformer_visibility=number(codeformer), codeformer_weight=number(weight),
                          upscale_first=bool(first), save=True)
+
+
+def _validator(controls: _Controls, services: Services) -> Any:
+    """A Gradio ``validator``: each value the Extras check refuses gets its message (with the range)
+    next to its control, and the job does not start. The inputs' own problems (no image) are the job's."""
+    inputs, targets = controls.inputs(), controls.targets()
+
+    def validate(*values: Any) -> list[Any]:
+        errors: list[FieldError] = []
+        try:
+            check_values(_request(list(values), ()), services.options.get().max_image_size)
+        except ValidationError as exc:
+            errors = list(exc.errors)
+        messages: dict[int, list[str]] = {}
+        for error in errors:
+            if error.field in targets:
+                messages.setdefault(id(targets[error.field]), []).append(f"{error.field}: {error.message}")
+        return [gr.validate(id(c) not in messages, "; ".join(messages.get(id(c), []))) for c in inputs]
+
+    return validate
 
 
 def _uploaded(mode: InputMode, image: str | None, files: list[Any] | None) -> tuple[ExtrasImage, ...]:
@@ -224,7 +266,8 @@ def build_tab(services: Services) -> ExtrasTab:
                info: f"<p>{text}</p><p class='atelier-note'>{saved}</p>"}
 
     run.click(process, inputs=controls.inputs(), outputs=[progress, gallery, infos, selected, info],
-              concurrency_limit=None, show_progress="hidden", api_visibility="private")
+              validator=_validator(controls, services), concurrency_limit=None, show_progress="hidden",
+              api_visibility="private")
 
     def on_select(evt: gr.SelectData) -> int:
         return int(evt.index) if isinstance(evt.index, int) else 0

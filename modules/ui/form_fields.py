@@ -8,7 +8,7 @@ declaration by name: Gradio's inputs (a set: the handler receives ``{component: 
 values a tab's request is built from, and the controls "send to" and "paste" fill from an infotext.
 Nothing depends on the order in which controls are declared or created.
 
-The conversions of the fields every generating tab shares (slider floats to ints, labels to enums,
+The conversions of the fields every generating tab shares (number boxes' floats to ints, labels to enums,
 the hires fix and refiner groups) live here too, both ways, one line per field.
 """
 
@@ -77,8 +77,13 @@ class FormFields:
 
 
 def whole(value: Any) -> Any:
-    """Sliders send floats; a non-integral value is kept so that validation names the field."""
+    """Number boxes send floats; a non-integral or empty value is kept so that validation names the field."""
     return int(value) if isinstance(value, (int, float)) and float(value).is_integer() else value
+
+
+def number(value: Any) -> Any:
+    """A number box's value as a float; an empty box (None) is kept so that validation names the field."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def _same(value: Any) -> Any:
@@ -116,7 +121,7 @@ SHARED: Mapping[str, Conversion] = MappingProxyType({
     "sampler": Conversion(),
     "schedule": Conversion(read=_schedule, show=_label),
     "steps": Conversion(read=whole),
-    "cfg_scale": Conversion(read=float),
+    "cfg_scale": Conversion(read=number),
     "width": Conversion(read=whole),
     "height": Conversion(read=whole),
     "seed": Conversion(read=_seed),
@@ -125,9 +130,9 @@ SHARED: Mapping[str, Conversion] = MappingProxyType({
     "clip_skip": Conversion(read=whole),
     "styles": Conversion(read=lambda chosen: tuple(chosen or ()), show=None),
     "variation_seed": Conversion(read=_seed),
-    "variation_strength": Conversion(read=lambda value: float(value or 0.0)),
-    "seed_resize_from_width": Conversion(read=lambda value: whole(value or 0)),
-    "seed_resize_from_height": Conversion(read=lambda value: whole(value or 0)),
+    "variation_strength": Conversion(read=number),
+    "seed_resize_from_width": Conversion(read=whole),
+    "seed_resize_from_height": Conversion(read=whole),
     "tiling": Conversion(read=bool),
     "restore_faces": Conversion(read=bool),
 })
@@ -162,8 +167,8 @@ class Group:
 HIRES = Group("hires", HiresFix, MappingProxyType({
     "upscaler": Conversion(read=lambda name: name or DEFAULT_UPSCALER),
     "steps": Conversion(read=whole),
-    "denoising_strength": Conversion(read=float),
-    "scale": Conversion(read=float),
+    "denoising_strength": Conversion(read=number),
+    "scale": Conversion(read=number),
     "resize_width": Conversion(read=whole),
     "resize_height": Conversion(read=whole),
     "sampler": Conversion(read=lambda name: None if name in (None, "", SAME) else name,
@@ -176,9 +181,21 @@ HIRES = Group("hires", HiresFix, MappingProxyType({
 }))
 REFINER = Group("refiner", Refiner, MappingProxyType({
     "checkpoint": Conversion(read=_text),
-    "switch_at": Conversion(read=float),
+    "switch_at": Conversion(read=number),
 }))
 GROUPS = (HIRES, REFINER)
+
+# The names the request checks (and A1111's API) give the fields a form names otherwise: a refusal
+# of one is shown next to the form's control.
+ERROR_FIELDS: Mapping[str, str] = MappingProxyType({
+    "hr_scale": "hires.scale", "hr_resize_x": "hires.resize_width", "hr_resize_y": "hires.resize_height",
+    "hr_upscaler": "hires.upscaler", "hr_second_pass_steps": "hires.steps",
+    "hr_denoising_strength": "hires.denoising_strength", "hr_sampler_name": "hires.sampler",
+    "hr_scheduler": "hires.schedule", "hr_prompt": "hires.prompt", "hr_negative_prompt": "hires.negative_prompt",
+    "refiner_checkpoint": "refiner.checkpoint", "refiner_switch_at": "refiner.switch_at",
+    **{f"outpaint_{side}": "outpaint.pixels" for side in ("left", "right", "up", "down")},
+    "outpaint": "outpaint.pixels",
+})
 
 
 def request_from_values(values: Values) -> GenerationRequest:

@@ -14,6 +14,7 @@ from modules.server_effects import changes_server
 from modules.services.container import Services
 from modules.services.gallery import GalleryPage, GalleryQuery
 from modules.services.images import read_infotext
+from modules.ui import icons
 from modules.ui.common import ui_error
 
 ALL = "All"
@@ -72,8 +73,9 @@ def _build_filters() -> tuple[_Filters, gr.Button]:
     with gr.Row():
         folder = gr.Dropdown([ALL], value=ALL, label="Folder", elem_id="gallery_folder")
         date = gr.Dropdown([ALL], value=ALL, label="Date", elem_id="gallery_date")
-        text = gr.Textbox(label="Search prompts", elem_id="gallery_search", scale=2)
-        refresh = gr.Button("🔄 Refresh", elem_id="gallery_refresh", scale=0)
+        text = gr.Textbox(label="Search prompts (press Enter)", placeholder="Type words, then press Enter",
+                          elem_id="gallery_search", scale=2)
+        refresh = gr.Button(f"{icons.REFRESH} Refresh", elem_id="gallery_refresh", scale=0)
     with gr.Accordion("Search by parameter", open=False):
         with gr.Row():
             model = gr.Textbox(label="Model", elem_id="gallery_model")
@@ -88,9 +90,9 @@ def _build_view() -> _View:
         with gr.Column(scale=3):
             thumbs = gr.Gallery(label="Images", columns=6, height=560, allow_preview=False, elem_id="gallery_images")
             with gr.Row():
-                previous = gr.Button("◀ Previous", size="sm", elem_id="gallery_prev")
+                previous = gr.Button("\u2039 Previous", size="sm", elem_id="gallery_prev")
                 page_info = gr.Markdown("", elem_id="gallery_page_info")
-                following = gr.Button("Next ▶", size="sm", elem_id="gallery_next")
+                following = gr.Button("Next \u203a", size="sm", elem_id="gallery_next")
         with gr.Column(scale=2):
             full = gr.Image(label="Selected", type="filepath", interactive=False, elem_id="gallery_full", height=420)
             info = gr.Textbox(label="Parameters", lines=5, interactive=False, buttons=["copy"], elem_id="gallery_info")
@@ -98,7 +100,7 @@ def _build_view() -> _View:
             with gr.Row():
                 send = {t: gr.Button(f"Send to {t}", size="sm", elem_id=f"gallery_send_to_{t}")
                         for t in ("txt2img", "img2img", "inpaint", "extras")}
-            delete = gr.Button("🗑️ Delete", size="sm", variant="stop", elem_id="gallery_delete")
+            delete = gr.Button(f"{icons.DELETE} Delete", size="sm", variant="stop", elem_id="gallery_delete")
             with gr.Row(visible=False) as confirm_row:
                 confirm = gr.Button("Yes, delete this image", variant="stop", size="sm", elem_id="gallery_delete_confirm")
                 cancel = gr.Button("Cancel", size="sm", elem_id="gallery_delete_cancel")
@@ -145,7 +147,7 @@ class _Pages:
             thumbs = self.gallery.thumbnails(page.items)  # made in parallel, cached
         except (OSError, AtelierError) as exc:
             raise gr.Error("Some images changed while loading; press Refresh.") from exc
-        shown = [(str(path), item.relative.rsplit("/", 1)[-1]) for path, item in zip(thumbs, page.items, strict=True)]
+        shown = [(str(path), item.caption) for path, item in zip(thumbs, page.items, strict=True)]
         label = f"Page {page.page} of {max(page.pages, 1)} · {page.total} image(s)"
         return {self.view.thumbs: shown, self.view.page_info: label, self.page_no: page.page,
                 self.items: [item.relative for item in page.items]}

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import gradio as gr
 
+from modules.params import FRACTION_RANGE, HIRES_SCALE_RANGE
 from modules.samplers import ScheduleType, sampler_names
 from modules.services.container import Services
+from modules.ui.form_checks import ranged_number, span
 from modules.ui.form_fields import SAME, Component
 from modules.upscalers import DEFAULT_UPSCALER, upscaler_names
 
@@ -25,20 +27,18 @@ def build_hires(prefix: str, services: Services) -> dict[str, Component]:
             fields["hires.upscaler"] = gr.Dropdown(upscaler_names(services.upscalers.names()), value=DEFAULT_UPSCALER,
                                                    label="Upscaler",
                                                    elem_id=f"{prefix}_hr_upscaler")
-            fields["hires.steps"] = gr.Slider(0, limits.max_steps, value=0, step=1,
-                                              label="Hires steps (0 = same as sampling steps)",
-                                              elem_id=f"{prefix}_hires_steps")
-            fields["hires.denoising_strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Denoising strength",
-                                                           elem_id=f"{prefix}_denoising_strength")
+            fields["hires.steps"] = ranged_number("Hires steps (0 = same as sampling steps)", 0,
+                                                  span(0, limits.max_steps), f"{prefix}_hires_steps")
+            fields["hires.denoising_strength"] = ranged_number("Denoising strength", 0.7, span(*FRACTION_RANGE),
+                                                               f"{prefix}_denoising_strength", step=0.01)
         with gr.Row():
-            fields["hires.scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by",
-                                              elem_id=f"{prefix}_hr_scale")
-            fields["hires.resize_width"] = gr.Slider(0, limits.max_size, value=0, step=8,
-                                                     label="Resize width to (0 = by factor)",
-                                                     elem_id=f"{prefix}_hr_resize_x")
-            fields["hires.resize_height"] = gr.Slider(0, limits.max_size, value=0, step=8,
-                                                      label="Resize height to (0 = by factor)",
-                                                      elem_id=f"{prefix}_hr_resize_y")
+            fields["hires.scale"] = ranged_number("Upscale by", 2.0, span(*HIRES_SCALE_RANGE), f"{prefix}_hr_scale",
+                                                  step=0.05)
+            size = f"0 or a multiple of 8, {span(limits.min_size, limits.max_size)}"
+            fields["hires.resize_width"] = ranged_number("Resize width to (0 = by factor)", 0, size,
+                                                         f"{prefix}_hr_resize_x", step=8)
+            fields["hires.resize_height"] = ranged_number("Resize height to (0 = by factor)", 0, size,
+                                                          f"{prefix}_hr_resize_y", step=8)
         with gr.Row():
             fields["hires.sampler"] = gr.Dropdown([SAME, *sampler_names()], value=SAME, label="Hires sampling method",
                                                   elem_id=f"{prefix}_hr_sampler")
@@ -62,8 +62,8 @@ def build_refiner(prefix: str, services: Services) -> dict[str, Component]:
             checkpoint = gr.Dropdown(choices=[i.title for i in services.registry.all()], value=None,
                                      label="Checkpoint", elem_id=f"{prefix}_refiner_checkpoint", scale=3,
                                      allow_custom_value=True)
-            switch_at = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
-                                  elem_id=f"{prefix}_refiner_switch_at", scale=3)
+            switch_at = ranged_number("Switch at", 0.8, span(*FRACTION_RANGE), f"{prefix}_refiner_switch_at",
+                                      step=0.01, scale=3)
     # The list follows the checkpoint folder: refreshed whenever it is opened.
     checkpoint.focus(lambda: gr.Dropdown(choices=[i.title for i in services.registry.all()]), outputs=[checkpoint],
                      queue=False, show_progress="hidden", api_visibility="private")

@@ -6,9 +6,10 @@ from dataclasses import replace
 
 import gradio as gr
 
-from modules.params import GenerationRequest, ResizeMode
+from modules.params import FRACTION_RANGE, GenerationRequest, ResizeMode
 from modules.services.container import Services
-from modules.ui.form_fields import Component, Values, request_from_values
+from modules.ui.form_checks import ranged_number, span
+from modules.ui.form_fields import Component, Values, number, request_from_values
 from modules.ui.generation_form import GenerationForm, build_form, wire_generation
 from modules.ui.image_inputs import editor_composite, png_bytes, require_image
 
@@ -33,8 +34,8 @@ def _controls() -> dict[str, Component]:
         "init_image.mode": mode, "init_image": image, "init_image.sketch": sketch,
         "resize_mode": gr.Radio([m.value for m in ResizeMode], value=ResizeMode.JUST_RESIZE.value,
                                 label="Resize mode", elem_id="img2img_resize_mode"),
-        "denoising_strength": gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
-                                        elem_id="img2img_denoising_strength"),
+        "denoising_strength": ranged_number("Denoising strength", 0.75, span(*FRACTION_RANGE),
+                                            "img2img_denoising_strength", step=0.01),
     }
 
 
@@ -45,7 +46,7 @@ def img2img_request(values: Values) -> GenerationRequest:
     picture = require_image(picture, "init_image", "upload or paste an image to rework")
     return replace(request_from_values(values), init_image=png_bytes(picture.convert("RGB")),
                    resize_mode=ResizeMode(values["resize_mode"]),
-                   denoising_strength=float(values["denoising_strength"]))
+                   denoising_strength=number(values["denoising_strength"]))
 
 
 def build_tab(services: Services) -> GenerationForm:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -11,6 +11,7 @@ from modules.infotext import parse_infotext
 from modules.infotext_request import request_from_infotext
 from modules.services.container import Services
 from modules.ui.form_fields import values_from_request
+from modules.ui.override_settings import OVERRIDE_FIELD, box_update, override_entries
 
 
 def values_from_infotext(text: str, services: Services) -> dict[str, Any]:
@@ -22,6 +23,13 @@ def values_from_infotext(text: str, services: Services) -> dict[str, Any]:
         if found is not None:
             request = replace(request, refiner=replace(request.refiner, checkpoint=found.title))
     return values_from_request(request)
+
+
+def override_values(text: str, declared: Container[str], services: Services) -> dict[str, Any]:
+    """The "Override settings" box for an image's parameters text: the options it names that the
+    form (its ``declared`` field names) has no control for and whose value is not the server's."""
+    entries = override_entries(parse_infotext(text).params, declared, services.options.get())
+    return {OVERRIDE_FIELD: box_update(entries)}
 
 
 def find_checkpoint(services: Services, params: Mapping[str, str]) -> str | None:

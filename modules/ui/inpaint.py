@@ -12,10 +12,11 @@ import gradio as gr
 from PIL import Image
 
 from modules.errors import FieldError, ValidationError
-from modules.params import GenerationRequest, MaskedContent, ResizeMode
+from modules.params import FRACTION_RANGE, GenerationLimits, GenerationRequest, MaskedContent, ResizeMode
 from modules.services.container import Services
 from modules.services.outpaint import OutpaintSides, outpaint_request
-from modules.ui.form_fields import Component, Values, request_from_values
+from modules.ui.form_checks import ranged_number, span
+from modules.ui.form_fields import Component, Values, number, request_from_values, whole
 from modules.ui.generation_form import GenerationForm, build_form, wire_generation
 from modules.ui.image_inputs import (
     editor_background,
@@ -71,10 +72,10 @@ def _image_sources() -> dict[str, Component]:
             "inpaint.upload_mask": upload_mask}
 
 
-def _controls(buttons: dict[str, gr.Button]) -> dict[str, Component]:
+def _controls(buttons: dict[str, gr.Button], limits: GenerationLimits) -> dict[str, Component]:
     """The inpaint and outpaint controls by field name; the Outpaint button goes into ``buttons``."""
     fields = _image_sources()
-    fields["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
+    fields["mask_blur"] = ranged_number("Mask blur", 4, span(0, limits.max_mask_blur), "img2img_mask_blur")
     with gr.Row():
         fields["invert_mask"] = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], label="Mask mode",
                                          elem_id="img2img_mask_mode")
@@ -83,15 +84,15 @@ def _controls(buttons: dict[str, gr.Button]) -> dict[str, Component]:
     with gr.Row():
         fields["inpaint_only_masked"] = gr.Radio(list(AREAS), value=AREAS[0], label="Inpaint area",
                                                  elem_id="img2img_inpaint_full_res")
-        fields["only_masked_padding"] = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
-                                                  elem_id="img2img_inpaint_full_res_padding")
+        fields["only_masked_padding"] = ranged_number("Only masked padding, pixels", 32, span(0, limits.max_size),
+                                                      "img2img_inpaint_full_res_padding", step=4)
     fields["resize_mode"] = gr.Radio([m.value for m in ResizeMode], value=ResizeMode.JUST_RESIZE.value,
                                      label="Resize mode", elem_id="inpaint_resize_mode")
-    fields["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
-                                             elem_id="inpaint_denoising_strength")
+    fields["denoising_strength"] = ranged_number("Denoising strength", 0.75, span(*FRACTION_RANGE),
+                                                 "inpaint_denoising_strength", step=0.01)
     with gr.Accordion("Outpainting", open=False, elem_id="inpaint_outpainting"):
-        fields["outpaint.pixels"] = gr.Slider(8, 512, value=64, step=8, label="Pixels to expand",
-                                              elem_id="outpaint_pixels")
+        fields["outpaint.pixels"] = ranged_number("Pixels to expand", 64, f"each side, {span(0, limits.max_size)}",
+                                                  "outpaint_pixels", step=8)
         fields["outpaint.sides"] = gr.CheckboxGroup(list(SIDES), value=["right"], label="Outpainting direction",
                                                     elem_id="outpaint_direction")
         buttons["outpaint"] = gr.Button("Outpaint", variant="primary", elem_id="inpaint_outpaint")
@@ -104,28 +105,28 @@ def inpaint_request(values: Values) -> GenerationRequest:
     if mask is None:
         raise_no_mask()
     return replace(request_from_values(values), init_image=png_bytes(picture.convert("RGB")), mask=png_bytes(mask),
-                   mask_blur=int(values["mask_blur"]), invert_mask=values["invert_mask"] == MASK_MODES[1],
+                   mask_blur=whole(values["mask_blur"]), invert_mask=values["invert_mask"] == MASK_MODES[1],
                    masked_content=MaskedContent(values["masked_content"]),
                    inpaint_only_masked=values["inpaint_only_masked"] == AREAS[1],
-                   only_masked_padding=int(values["only_masked_padding"]),
+                   only_masked_padding=whole(values["only_masked_padding"]),
                    resize_mode=ResizeMode(values["resize_mode"]),
-                   denoising_strength=float(values["denoising_strength"]))
+                   denoising_strength=number(values["denoising_strength"]))
 
 
 def outpaint_request_from(values: Values, max_size: int) -> GenerationRequest:
     """The picture extended by ``outpaint.pixels`` on each of ``outpaint.sides``: an inpaint of the border."""
     picture, _mask = _picture_and_mask(values)
-    amount = int(values["outpaint.pixels"])
+    amount = whole(values["outpaint.pixels"])
     chosen = OutpaintSides(**{side: amount for side in values["outpaint.sides"]})
     request = replace(request_from_values(values), init_image=png_bytes(picture.convert("RGB")),
-                      mask_blur=int(values["mask_blur"]), denoising_strength=float(values["denoising_strength"]))
+                      mask_blur=whole(values["mask_blur"]), denoising_strength=number(values["denoising_strength"]))
     return outpaint_request(request, chosen, max_size)
 
 
 def build_tab(services: Services) -> GenerationForm:
     """The inpaint controls and their events; call inside a ``gr.Tab``. "Send to" fills ``init_image``."""
     buttons: dict[str, gr.Button] = {}
-    form = build_form(PREFIX, services, lambda: _controls(buttons), send_to=(("img2img", "img2img"), ("extras", "extras")))
+    form = build_form(PREFIX, services, lambda: _controls(buttons, services.settings.limits), send_to=(("img2img", "img2img"), ("extras", "extras")))
     wire_generation(form, services, inpaint_request)
     wire_generation(form, services, lambda values: outpaint_request_from(values, services.settings.limits.max_size),
                     triggers=[buttons["outpaint"].click], with_stop_buttons=False)

@@ -16,7 +16,8 @@ from modules.services.container import Services
 from modules.ui import escape
 from modules.ui.form_fields import Component, filled_names
 from modules.ui.generation_form import GenerationForm
-from modules.ui.infotext_fill import switch_to_checkpoint_of, values_from_infotext
+from modules.ui.infotext_fill import override_values, switch_to_checkpoint_of, values_from_infotext
+from modules.ui.override_settings import OVERRIDE_FIELD
 
 Pick = Callable[..., tuple[str | None, str]]  # (image path or None, infotext) from the button's inputs
 
@@ -43,7 +44,7 @@ class SendWiring:
         result sent from one tab to another, which carries the seed and the size only when the
         settings say so (A1111's send_seed, send_size)."""
         image = target.fields.get("init_image") if with_image else None
-        filled = target.fields.components_of(filled_names())
+        filled = target.fields.components_of([*filled_names(), OVERRIDE_FIELD])
         outputs = ([image] if image is not None else []) + filled + [self.checkpoint, self.tabs]
 
         def send(*values: Any) -> dict[Component, Any]:
@@ -54,7 +55,7 @@ class SendWiring:
             if image is not None:
                 updates[image] = _image_value(image, path)
             if text:
-                values = values_from_infotext(text, self.services)
+                values = values_from_infotext(text, self.services) | override_values(text, target.fields, self.services)
                 if between_tabs:
                     values = self._kept_by_settings(values)
                 updates |= target.fields.fill(values)

@@ -9,6 +9,7 @@ from modules.errors import AtelierError
 from modules.params import VAE_AUTOMATIC, VAE_NONE, GenerationRequest
 from modules.server_effects import changes_server
 from modules.services.container import Services
+from modules.ui import icons
 from modules.ui.common import ui_error
 
 
@@ -20,7 +21,7 @@ def build_vae_choice(services: Services) -> gr.Dropdown:
     """The dropdown ``setting_sd_vae`` and its refresh button; call inside the top bar's row."""
     vae = gr.Dropdown(choices=_choices(services), value=lambda: services.options.get().sd_vae, label="SD VAE",
                       elem_id="setting_sd_vae", scale=2)
-    refresh = gr.Button("🔄", elem_id="refresh_sd_vae", elem_classes="tool-button", scale=0)
+    refresh = gr.Button(icons.REFRESH, elem_id="refresh_sd_vae", elem_classes="tool-button", scale=0)
 
     @changes_server  # writes config.yaml
     def on_select(choice: str) -> None:

@@ -13,6 +13,7 @@ from modules.services.queue_contract import QueueMode
 
 HEADERS = ["Worker", "Host", "Device", "Model", "State", "Jobs done"]
 REFRESH_SECONDS = 3.0
+COLUMN_WIDTHS = ["14%", "14%", "22%", "22%", "18%", "10%"]  # fits the page: long names wrap, no sideways scroll
 
 
 def rows(services: Services) -> list[list[object]]:
@@ -34,7 +35,8 @@ def summary(services: Services) -> str:
 def build_panel(services: Services) -> None:
     with gr.Accordion("Workers", open=False, elem_id="workers_panel"):
         text = gr.Markdown(summary(services), elem_id="workers_summary")
-        table = gr.Dataframe(value=rows(services), headers=HEADERS, interactive=False, elem_id="workers_table")
+        table = gr.Dataframe(value=rows(services), headers=HEADERS, interactive=False, elem_id="workers_table",
+                             wrap=True, column_widths=COLUMN_WIDTHS, elem_classes="atelier-dataframe")
 
     def refresh() -> tuple[str, list[list[object]]]:
         return summary(services), rows(services)

@@ -67,6 +67,18 @@ def test_lora_tag_over_the_api(client: httpx.Client) -> None:
     assert client.get(f"{API}/progress").status_code == 200  # still serving
 
 
+def test_lora_named_by_its_alias_over_the_api(client: httpx.Client) -> None:
+    alias = client.get(f"{API}/loras").json()[0]["alias"]
+    assert alias != "tiny"  # the file is tiny.safetensors; the alias is its ss_output_name
+    by_alias = client.post(f"{API}/txt2img", json={**SMALL, "prompt": f"a cube <lora:{alias}:1>"})
+    by_name = client.post(f"{API}/txt2img", json={**SMALL, "prompt": "a cube <lora:tiny:1>"})
+    assert by_alias.status_code == 200 and by_name.status_code == 200, by_alias.text
+    assert infotext_params(by_alias.json())["Lora hashes"].split(": ")[1] == \
+        infotext_params(by_name.json())["Lora hashes"].split(": ")[1]  # the same file
+    pixels = [Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).tobytes() for r in (by_alias, by_name)]
+    assert pixels[0] == pixels[1]  # the same LoRA applied (the PNGs differ only in their prompt text)
+
+
 def test_hires_fix_over_the_api(client: httpx.Client) -> None:
     r = client.post(f"{API}/txt2img", json={**SMALL, "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent",
                                             "hr_second_pass_steps": 2, "denoising_strength": 0.55})

@@ -151,7 +151,7 @@ def test_the_img2img_tab_offers_the_upscalers_by_name_and_runs_what_the_api_runs
     assert controls.script is not None and "SD upscale" in [choice[0] for choice in controls.script.choices]
     form = controls.scripts["SD upscale"]
     assert [choice[0] for choice in form["upscaler"].choices] == NAMES
-    assert (form["overlap"].minimum, form["overlap"].maximum) == (0, 256)
+    assert "0" in form["overlap"].info and "256" in form["overlap"].info  # the range, stated beside the box
     received = {component: component.value for component in controls.inputs()}
     received.update({controls.script: "SD upscale", form["upscaler"]: "Lanczos", form["overlap"]: 0,
                      form["scale_factor"]: 1.0})

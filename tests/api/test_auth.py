@@ -12,9 +12,9 @@ import pytest
 from starlette.testclient import TestClient
 
 import app as app_module
+from modules.cmd_args import parse_flags
 from modules.web.credentials import load_auth
 from modules.web.limiter import FailureLimiter
-from modules.cmd_args import parse_flags
 from tests.conftest import make_services
 from tests.gradio_events import routes_of
 

@@ -125,14 +125,14 @@ def test_xyz_checkpoint_axis_on_z_switches_models(services: Any) -> None:
 
 
 @pytest.mark.parametrize(("values", "field", "words"), [
-    ({"x_type": "Sampler", "x_values": "Euler, Nope"}, "script_args.x_values", "Nope"),
-    ({"y_type": "Checkpoint name", "y_values": "tiny-sd15, missing-model"}, "script_args.y_values", "missing-model"),
-    ({"x_type": "Steps", "x_values": "2, two"}, "script_args.x_values", "'two'"),
-    ({"z_type": "Steps", "z_values": "2, 500"}, "script_args.z_values", "steps"),
-    ({"x_type": "Prompt S/R", "x_values": "purple, blue"}, "script_args.x_values", "purple"),
-    ({"x_type": "Denoising", "x_values": "0.5"}, "script_args.x_values", "hires"),
-    ({"x_type": "Seed", "x_values": ""}, "script_args.x_values", "at least one"),
-    ({"x_type": "Steps", "x_values": "2", "y_type": "Steps", "y_values": "3"}, "script_args.y_type", "already"),
+    ({"x_type": "Sampler", "x_values": "Euler, Nope"}, "X values", "Nope"),
+    ({"y_type": "Checkpoint name", "y_values": "tiny-sd15, missing-model"}, "Y values", "missing-model"),
+    ({"x_type": "Steps", "x_values": "2, two"}, "X values", "'two'"),
+    ({"z_type": "Steps", "z_values": "2, 500"}, "Z values", "steps"),
+    ({"x_type": "Prompt S/R", "x_values": "purple, blue"}, "X values", "purple"),
+    ({"x_type": "Denoising", "x_values": "0.5"}, "X values", "hires"),
+    ({"x_type": "Seed", "x_values": ""}, "X values", "at least one"),
+    ({"x_type": "Steps", "x_values": "2", "y_type": "Steps", "y_values": "3"}, "Y type", "already"),
     ({"x_type": "Colour"}, "script_args.x_type", "Colour"),
 ], ids=["sampler", "checkpoint", "not-a-number", "past-the-limit", "search-missing", "denoising-txt2img",
         "no-values", "axis-twice", "unknown-axis"])

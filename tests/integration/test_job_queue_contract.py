@@ -194,3 +194,29 @@ def test_a_stuck_worker_is_replaced_and_its_job_runs_elsewhere(backend: Backend,
     assert job.future.result(60)["batches"] == [0]  # the second attempt, on the other worker
     assert (tmp_path / "hung").exists()
     wait_until(lambda: len(queue.workers()) == len(before) - 1)
+
+
+def _ended_unrun(result: Any) -> bool:
+    """The fake engine's result (a dict) or the front's (a GenerationResult): interrupted, no image made."""
+    if isinstance(result, dict):
+        return result["interrupted"] and result["batches"] == []
+    return result.interrupted and result.images == ()
+
+
+def test_each_user_lists_and_cancels_only_their_waiting_jobs(make_queue) -> None:
+    queue = make_queue(limit=5, shared=False)
+    running = fill_workers(queue)
+    first = queue.submit(GenerationRequest(prompt="alice 1", steps=1), owner="alice")
+    bobs = queue.submit(GenerationRequest(prompt="bob 1", steps=1), owner="bob")
+    second = queue.submit(GenerationRequest(prompt="alice 2", steps=1), owner="alice")
+    assert queue.waiting("alice") == (first, second) and queue.waiting("bob") == (bobs,)
+    assert not queue.cancel(first.id, "bob")  # another user's job
+    assert not queue.cancel(running[0].id, None)  # running: Interrupt stops it, cancel does not
+    assert not queue.cancel("no-such-job", "alice")
+    assert queue.cancel(first.id, "alice")
+    assert _ended_unrun(first.future.result(5)) and first.status is JobStatus.FINISHED
+    assert queue.waiting("alice") == (second,) and queue.position(second) == 2
+    assert not queue.cancel(first.id, "alice")  # already ended
+    for job in running:
+        queue.interrupt(job.id)
+    assert second.future.result(30)["batches"] == [0] and bobs.future.result(30)["batches"] == [0]

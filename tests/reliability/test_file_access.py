@@ -309,8 +309,11 @@ def test_outputs_dir_is_fixed_under_the_data_dir(tmp_path: Path) -> None:
                           lora_dir=PROJECT_ROOT / "extensions", embeddings_dir=code, vae_dir=code)
     assert paths.outputs_dir == tmp_path.resolve() / "outputs"
     assert resolve_paths().outputs_dir == PROJECT_ROOT / "outputs"  # no --data-dir: the project's outputs/
-    # No setting names a folder, and config.yaml refuses A1111's output-folder keys by name.
-    assert not [f.name for f in fields(Settings) if re.search(r"dir|folder|output", f.name) or "Path" in str(f.type)]
+    # No setting holds a path; A1111's outdir_* options are text that may only name folders under
+    # outputs/ (or log/) of the data dir, and config.yaml refuses one pointing elsewhere, by name.
+    assert not [f.name for f in fields(Settings) if "Path" in str(f.type)]
+    assert not [f.name for f in fields(Settings) if re.search(r"dir|folder|output", f.name)
+                and not f.name.startswith("outdir_") and str(f.type) != "bool" and not f.name.endswith("_pattern")]
     for key in ("outdir_samples", "outdir_txt2img_samples", "outputs_dir"):
         config = tmp_path / f"{key}.yaml"
         config.write_text(f"{key}: {PROJECT_ROOT / 'modules'}\n")
@@ -329,9 +332,10 @@ def test_flags_have_no_outputs_dir(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_api_options_cannot_move_outputs(client: httpx.Client, running: Running) -> None:
     code = str(PROJECT_ROOT / "modules")
-    keys = {"outdir_samples": code, "outdir_txt2img_samples": code, "outdir_save": code, "outdir_grids": code}
-    assert client.post(f"{API}/options", json=keys).status_code == 200  # A1111's keys: accepted, ignored
-    assert not set(keys) & set(client.get(f"{API}/options").json())
+    keys = {"outdir_samples": code, "outdir_txt2img_samples": code, "outdir_grids": code}
+    refused = client.post(f"{API}/options", json=keys)  # A1111's keys, pointing outside outputs/: refused by name
+    assert refused.status_code == 422 and all(key in refused.text for key in keys)
+    assert not {k: v for k, v in client.get(f"{API}/options").json().items() if k in keys and v == code}
     reply = client.post(f"{API}/txt2img", json={**SMALL, "seed": 777, "save_images": True})
     assert reply.status_code == 200
     assert list(running.planted.outputs.glob("txt2img-images/*/*-777.png"))

@@ -175,11 +175,13 @@ def test_the_token_counter_is_an_escaped_fragment(page: Page) -> None:
     assert _Rendered(counter).tags == ["span"]
 
 
-def test_the_lora_browser_shows_names_through_gradios_escaped_textbox_examples(page: Page) -> None:
-    loras, _embeddings = page.handler("txt2img_extra_refresh", "click")("")
-    assert [FILE_ATTACK, f"{FILE_ATTACK}.safetensors"] in loras.constructor_args["samples"]  # text, not markup
-    browser = next(b for b in page.demo.blocks.values() if getattr(b, "elem_id", None) == "txt2img_lora_cards")
-    assert all(isinstance(component, gr.Textbox) for component in browser._components)
+def test_the_lora_cards_show_file_names_as_text(page: Page) -> None:
+    loras, _embeddings = page.handler("txt2img_extra_refresh", "click")("", "Name", "Ascending")
+    assert_shown_as_text(loras, FILE_ATTACK, ("div",))
+    found = page.handler("txt2img_extra_search", "change")(FILE_ATTACK, "Name", "Ascending")[0]
+    assert_shown_as_text(found, FILE_ATTACK, ("div",))
+    nothing = page.handler("txt2img_extra_search", "change")(ATTACK, "Name", "Ascending")[0]
+    assert_shown_as_text(nothing, ATTACK, ("div",))  # "Nothing found for ..." quotes the search
 
 
 # --- marks -------------------------------------------------------------------------------------

@@ -281,7 +281,11 @@ def test_every_event_with_a_file_input_refuses_server_paths(build, tmp_path: Pat
                     continue
                 data: list = [None] * len(block_fn.inputs)
                 data[position] = _file_value(component, str(secret))
-                message = run_event(client, index, data)
+                try:
+                    message = run_event(client, index, data)
+                except AssertionError as refused:  # Gradio may refuse the path already when the event joins
+                    assert "not uploaded by a user" in str(refused), (index, position)
+                    message = {"refused": str(refused)}
                 assert SECRET not in str(message), (index, position)
                 tried += 1
     assert tried >= 4  # png info, img2img, inpaint's editor, extensions' inputs

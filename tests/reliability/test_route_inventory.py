@@ -84,9 +84,10 @@ UI_EVENTS = {
     "modules.ui.extensions_tab:_forget.<locals>.<lambda>": False,
     "modules.ui.extensions_tab:build_tab.<locals>.<lambda>": False,
     "modules.ui.extensions_tab:build_tab.<locals>.save": True,
-    "modules.ui.extra_networks_ui:build_browser.<locals>.<lambda>": False,
-    "modules.ui.extra_networks_ui:build_browser.<locals>.filtered": False,
-    "modules.ui.extra_networks_ui:build_browser.<locals>.on_refresh": True,
+    "modules.ui.extra_networks_ui:_wire.<locals>.filtered": False,
+    "modules.ui.extra_networks_ui:_wire.<locals>.on_embedding": False,
+    "modules.ui.extra_networks_ui:_wire.<locals>.on_lora": False,
+    "modules.ui.extra_networks_ui:_wire.<locals>.on_refresh": True,
     "modules.ui.gallery:_Pages.first": False,
     "modules.ui.gallery:_Pages.following": False,
     "modules.ui.gallery:_Pages.on_refresh": False,
@@ -102,7 +103,12 @@ UI_EVENTS = {
     "modules.ui.generation_form:_wire_stop_buttons.<locals>.on_interrupt": False,
     "modules.ui.generation_form:_wire_stop_buttons.<locals>.on_skip": False,
     "modules.ui.generation_form:wire_generation.<locals>.run": False,
+    "modules.ui.generation_form:wire_generation.<locals>.run_confirmed": False,  # the asked-for job, as run
+    "modules.ui.form_checks:build_confirm.<locals>.<lambda>": False,  # hides the question
+    "modules.ui.job_queue_panel:wire_cancel.<locals>.on_cancel": False,  # the user's own waiting job
+    "modules.ui.job_queue_panel:wire_follow.<locals>.follow": False,  # reads the user's own jobs
     "modules.ui.hires_refiner:build_refiner.<locals>.<lambda>": False,
+    "modules.ui.override_settings:build_box.<locals>.<lambda>": False,  # shows or hides the box
     "modules.ui.img2img:_controls.<locals>.<lambda>": False,
     "modules.ui.inpaint:_image_sources.<locals>.<lambda>": False,
     "modules.ui.png_info:read": False,
@@ -115,6 +121,11 @@ UI_EVENTS = {
     "modules.ui.model_downloads_ui:build_panel.<locals>.described": False,
     "modules.ui.model_downloads_ui:build_panel.<locals>.download": True,  # a model file for everyone
     "modules.ui.send_to:SendWiring.wire.<locals>.send": False,
+    "modules.ui.settings_tab:build_tab.<locals>.load_values": False,
+    "modules.ui.settings_tab:build_tab.<locals>.filtered": False,
+    "modules.ui.settings_tab:build_tab.<locals>.apply_settings": True,  # as POST /sdapi/v1/options
+    "modules.ui.quicksettings:build_quicksettings.<locals>.shown": False,
+    "modules.ui.quicksettings:_wire.<locals>.apply_quick": True,  # as POST /sdapi/v1/options
     "modules.ui.styles_ui:build_styles.<locals>.<lambda>": False,
     "modules.ui.styles_ui:build_styles.<locals>.on_apply": False,
     "modules.ui.styles_ui:build_styles.<locals>.on_delete": True,

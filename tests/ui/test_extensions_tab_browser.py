@@ -67,8 +67,10 @@ def test_table_shows_states_and_errors_and_apply_persists(page, server: Server) 
     table = page.locator("#extensions_table").inner_text()
     assert "good-ext" in table and "broken-ext" in table
     assert "failed" in table and "SyntaxError" in table
+    page.get_by_role("tab", name="Settings").click()  # an extension's own section is in the Settings tab
     page.locator("#extensions_settings_good-ext").get_by_text("good-ext").first.click()  # open its accordion
     page.locator("#extensions_settings_good-ext").get_by_text("good-ext settings here").wait_for()
+    open_tab(page)
     page.locator("#extensions_enabled").get_by_label("good-ext").uncheck()
     page.locator("#extensions_apply").click()
     page.wait_for_function("() => document.querySelector('#extensions_apply_result').innerText.includes('restart')")

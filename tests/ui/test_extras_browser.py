@@ -63,6 +63,20 @@ def test_upload_upscale_with_a_model_shown_and_saved(page, server, tmp_path: Pat
         assert image.info["postprocessing"] == "Postprocess upscale by: 2, Postprocess upscaler: tiny-2x"
 
 
+def fill_number(page, elem_id: str, value: int) -> None:
+    """Type ``value`` into a number box that may still be mounting (a tab just opened): typed again
+    until the box keeps it."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.wait_for(state="visible")
+    for _ in range(5):
+        box.fill(str(value))
+        box.press("Enter")
+        page.wait_for_timeout(300)
+        if box.input_value() == str(value):
+            return
+    raise AssertionError(f"{elem_id} does not keep {value}")
+
+
 def test_send_a_txt2img_result_to_extras_then_on_to_img2img(page, server) -> None:
     page.get_by_role("tab", name="txt2img").first.click()
     for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 3)):
@@ -78,9 +92,7 @@ def test_send_a_txt2img_result_to_extras_then_on_to_img2img(page, server) -> Non
     choose(page, "extras_upscaler_1", "Lanczos")
     page.get_by_role("tab", name="Scale to").click()
     for elem_id, value in (("extras_upscaling_resize_w", 96), ("extras_upscaling_resize_h", 80)):
-        box = page.locator(f"#{elem_id} input[type=number]")
-        box.fill(str(value))
-        box.press("Enter")
+        fill_number(page, elem_id, value)
     before = len(saved_extras(server))
     page.locator("#extras_generate").click()
     saved = wait_for_new_file(server, before)

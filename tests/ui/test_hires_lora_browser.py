@@ -57,11 +57,12 @@ def test_lora_browser_search_and_click_puts_the_tag_in_the_prompt(page, server) 
     cards.get_by_text("tinystyle").first.wait_for()
     page.wait_for_function("() => !document.querySelector('#txt2img_lora_cards').innerText.includes('another')")
     cards.get_by_text("tinystyle").first.click()
+    # The tag names the LoRA by its alias (the ss_output_name it was trained under), as A1111's card does.
     page.wait_for_function(
-        "() => document.querySelector('#txt2img_prompt textarea').value === 'a cube <lora:tinystyle:1>'")
+        "() => document.querySelector('#txt2img_prompt textarea').value === 'a cube, <lora:tiny-kohya-3:1>'")
     page.locator("#txt2img_generate").click()
     text = wait_for_infotext(page, "Lora hashes")
-    assert parse_infotext(text).params["Lora hashes"].startswith("tinystyle: ")
+    assert parse_infotext(text).params["Lora hashes"].startswith("tiny-kohya-3: ")
     # A second click takes the tag out again.
     cards.get_by_text("tinystyle").first.click()
     page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value === 'a cube'")

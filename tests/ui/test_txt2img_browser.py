@@ -75,8 +75,13 @@ def test_variation_seed_controls_reach_the_infotext(page) -> None:
     page.locator("#txt2img_seed input").fill("10")
     page.locator("#txt2img_subseed_show").get_by_text("Variation seed").first.click()
     subseed = page.locator("#txt2img_subseed input")
-    subseed.fill("7")
-    subseed.press("Enter")
+    subseed.wait_for(state="visible")
+    for _ in range(5):  # the accordion's boxes may still be mounting: typed again until the box keeps it
+        subseed.fill("7")
+        subseed.press("Enter")
+        page.wait_for_timeout(300)
+        if subseed.input_value() == "7":
+            break
     set_number(page, "txt2img_subseed_strength", 0.5)
     page.wait_for_function("() => document.querySelector('#txt2img_subseed_strength input[type=number]').value == '0.5'")
     page.locator("#txt2img_generate").click()
@@ -91,3 +96,33 @@ def test_token_counter_follows_the_prompt(page) -> None:
     page.wait_for_function("() => document.querySelector('#txt2img_token_counter').innerText.includes('5/75')")
     page.locator("#txt2img_prompt textarea").fill(" ".join(["word"] * 80))
     page.wait_for_function("() => document.querySelector('#txt2img_token_counter').innerText.includes('80/150')")
+
+
+def test_pasted_settings_without_a_control_go_to_override_settings_and_reach_the_image(page, server) -> None:
+    box = page.locator("#txt2img_override_settings")
+    assert not box.is_visible()  # hidden while empty, as in A1111
+    page.locator("#txt2img_prompt textarea").fill(
+        "a cube\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x64, Eta: 0.5")
+    page.locator("#txt2img_paste").click()
+    entry = box.locator(".token", has_text="Eta: 0.5")
+    entry.wait_for()
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value === 'a cube'")
+
+    page.locator("#txt2img_generate").click()
+    page.wait_for_function("() => document.querySelector('#html_info_txt2img textarea').value.includes('Seed: 5')",
+                           timeout=120_000)
+    params = parse_infotext(page.locator("#html_info_txt2img textarea").input_value()).params
+    assert params["Eta"] == "0.5" and params["Sampler"] == "Euler a", params
+    newest = max((server.data_dir / "outputs" / "txt2img-images").rglob("*.png"), key=lambda p: p.stat().st_mtime)
+    assert parse_infotext(read_infotext(newest)).params["Eta"] == "0.5"
+
+    # Removing the entry leaves the server's eta (A1111's default 1, which it does not write).
+    entry.locator(".token-remove").click()
+    page.wait_for_function("() => !document.querySelector('#txt2img_override_settings .token')")
+    box.wait_for(state="hidden")
+    page.locator("#txt2img_seed input").fill("6")
+    page.locator("#txt2img_generate").click()
+    page.wait_for_function("() => document.querySelector('#html_info_txt2img textarea').value.includes('Seed: 6')",
+                           timeout=120_000)
+    params = parse_infotext(page.locator("#html_info_txt2img textarea").input_value()).params
+    assert "Eta" not in params and params["Sampler"] == "Euler a", params

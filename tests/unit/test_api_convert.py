@@ -26,7 +26,15 @@ from modules.api.schemas import Img2ImgBody, Txt2ImgBody
 from modules.config import Settings
 from modules.errors import ValidationError
 from modules.options_table import BY_NAME
-from modules.params import MAX_SEED, GeneratedImage, GenerationRequest, GenerationResult, MaskedContent, ModelsUsed, ResizeMode
+from modules.params import (
+    MAX_SEED,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    MaskedContent,
+    ModelsUsed,
+    ResizeMode,
+)
 from modules.request_checks import validate_request
 from modules.samplers import SAMPLERS, RngSource, ScheduleType
 from modules.services.server_options import with_server_defaults

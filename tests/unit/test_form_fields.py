@@ -25,6 +25,7 @@ from modules.ui.form_fields import (
 )
 from modules.ui.generation_form import GenerationForm
 from modules.ui.infotext_fill import values_from_infotext
+from modules.ui.override_settings import with_overrides
 from tests.conftest import make_services
 
 INFOTEXT = ("a lighthouse at dusk\nNegative prompt: fog\n"
@@ -97,6 +98,11 @@ def editor(with_mask: bool = True) -> dict[str, Any]:
     return {"background": picture(), "layers": [layer], "composite": picture()}
 
 
+def on_generate(make: Any) -> Any:
+    """What Generate builds from a tab's request: it with the "Override settings" entries applied."""
+    return lambda values: with_overrides(make(values), values)
+
+
 def reads(make: Any, values: dict[str, Any]) -> set[str]:
     recorded = Recorded(values)
     make(recorded)
@@ -109,13 +115,14 @@ def reads(make: Any, values: dict[str, Any]) -> set[str]:
 def test_txt2img_reads_every_declared_field_and_nothing_else(forms: Forms) -> None:
     form = forms.by_tab["txt2img"]
     on = defaults(form, hires__enable=True, refiner__enable=True, refiner__checkpoint="x")
-    assert reads(request_from_values, on) == set(form.fields.by_name)
+    assert reads(on_generate(request_from_values), on) == set(form.fields.by_name)
 
 
 def test_img2img_reads_every_declared_field_over_its_sub_tabs(forms: Forms) -> None:
     form = forms.by_tab["img2img"]
     base = defaults(form, init_image=picture(), init_image__sketch=editor(), refiner__enable=True)
-    read = reads(img2img.img2img_request, base) | reads(img2img.img2img_request, {**base, "init_image.mode": "sketch"})
+    make = on_generate(img2img.img2img_request)
+    read = reads(make, base) | reads(make, {**base, "init_image.mode": "sketch"})
     assert read == set(form.fields.by_name)
 
 
@@ -125,8 +132,8 @@ def test_inpaint_and_outpaint_read_every_declared_field_over_their_sub_tabs(form
                     inpaint__upload_mask=Image.new("L", (64, 64), 255), refiner__enable=True)
     read: set[str] = set()
     for mode in ("brush", "sketch", "upload"):
-        read |= reads(inpaint.inpaint_request, {**base, "inpaint.mode": mode})
-    read |= reads(lambda values: inpaint.outpaint_request_from(values, 2048), base)
+        read |= reads(on_generate(inpaint.inpaint_request), {**base, "inpaint.mode": mode})
+    read |= reads(on_generate(lambda values: inpaint.outpaint_request_from(values, 2048)), base)
     assert read == set(form.fields.by_name)
 
 
@@ -241,7 +248,8 @@ def test_generate_takes_the_declaration_and_the_extensions_as_one_set_of_inputs(
         [generate] = [f for f in forms.demo.fns.values() if f.fn.__qualname__ == "wire_generation.<locals>.run"
                       and any(forms.demo.blocks.get(target) is form.generate for target, _event in f.targets)]
         assert generate.inputs_as_dict, tab  # the handler receives {component: value}
-        assert set(generate.inputs) == form.fields.inputs() | form.extensions.inputs(), tab
+        # and the confirmation's asker (which button's question a Start answers)
+        assert set(generate.inputs) == form.fields.inputs() | form.extensions.inputs() | {form.confirm.asker}, tab
 
 
 def test_fill_skips_names_a_form_does_not_declare() -> None:

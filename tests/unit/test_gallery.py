@@ -348,3 +348,19 @@ def test_thumbnails_of_a_page_in_parallel_match_one_by_one(outputs: Path, make_g
     gallery = make_gallery()
     items = gallery.page().items
     assert gallery.thumbnails(items) == [gallery.thumbnail(item) for item in items]
+
+
+@pytest.mark.parametrize(("folder", "text", "tab"), [
+    ("txt2img-images", "", "txt2img"), ("txt2img-grids", "", "txt2img"), ("img2img-images", "", "img2img"),
+    ("extras-images", "", "extras"),
+    ("saved", "a\nSteps: 20, Sampler: Euler, Seed: 1, Size: 64x64", "txt2img"),
+    ("saved", "a\nSteps: 20, Sampler: Euler, Seed: 1, Size: 64x64, Denoising strength: 0.5", "img2img"),
+    ("saved", "a\nSteps: 20, Seed: 1, Size: 64x64, Denoising strength: 0.5, Hires upscale: 2", "txt2img"),
+    ("saved", "Postprocess upscale by: 2, Postprocess upscaler: Lanczos, Size: 64x64", "extras"),
+    ("saved", "", ""),
+])
+def test_caption_names_the_tab_that_made_the_image(outputs: Path, make_gallery, folder: str, text: str,
+                                                  tab: str) -> None:
+    write_png(outputs / folder / "2024-01-02" / "00001-7.png", text or None)
+    (item,) = make_gallery().page().items
+    assert item.caption == (f"{tab} \u00b7 00001-7.png" if tab else "00001-7.png")

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from modules import prompt_parser
 from modules.infotext import (
     INFOTEXT_KEY_ORDER,
     REQUEST_KEYS,
@@ -136,6 +137,7 @@ def test_parses_a1111_text_with_quoted_value() -> None:
         schedule=ScheduleType.KARRAS, steps=25, cfg_scale=7.0, width=512, height=768, seed=1234567890,
         clip_skip=2, checkpoint="v1-5-pruned-emaonly", eta_noise_seed_delta=0, rng=RngSource.GPU,
         hires=HiresFix(scale=2.0, steps=10, upscaler="Latent", denoising_strength=0.4),
+        emphasis="Original",  # no Emphasis key, and the negative prompt weighs words (as A1111 reads it)
     )
     assert parsed.params["Model hash"] == "6ce0161689"
     # Installed, the model is used; with no list given (the API), the name is kept for validation to check.
@@ -295,8 +297,14 @@ def test_request_round_trips(request: GenerationRequest, model_hash: str | None)
     parsed = parse_infotext(text)
     back, warnings = request_from_infotext(parsed, GenerationRequest(batch_count=3))
     assert warnings == []
-    assert back == replace(request, batch_count=3)
+    assert back == replace(request, batch_count=3, emphasis=_read_as_a1111(request))
     assert parsed.params.get("Model hash") == model_hash
+
+
+def _read_as_a1111(request: GenerationRequest) -> str | None:
+    """The emphasis A1111 reads from an infotext without an Emphasis key: "Original" where the
+    prompts weigh words (it writes the key only for another mode), else nothing."""
+    return "Original" if prompt_parser.uses_weights(request.prompt, request.negative_prompt) else None
 
 
 # REQUEST_KEYS are taken from the request itself; an extra naming one is refused.
@@ -326,4 +334,4 @@ def test_extra_values_round_trip(request: GenerationRequest, extra: dict[str, ob
     assert read_order == expected_order
     # "VAE" and "Refiner" come from extra here, and read back into the request.
     back = request_from_infotext(parsed)[0]
-    assert replace(back, vae=None, refiner=None) == replace(request, checkpoint=None)
+    assert replace(back, vae=None, refiner=None) == replace(request, checkpoint=None, emphasis=_read_as_a1111(request))

@@ -19,6 +19,7 @@ from modules.engine.sampling.denoiser import GuidedDenoiser, SamplingStopped, Sw
 from modules.engine.sampling.functions import get_sampler_function
 from modules.engine.sampling.noise import BrownianTreeNoise, ImageNoise, RngSource
 from modules.engine.sampling.schedules import ModelSigmas, compute_sigmas
+from modules.sampler_params import SamplerParams, sampler_kwargs, schedule_overrides
 from modules.samplers import NoiseSource, SamplerSpec, ScheduleType
 
 
@@ -55,19 +56,21 @@ class SamplingPlan:
     # img2img normally runs denoising_strength x steps; hires fix's second pass runs ``steps``
     # exactly, over the tail of a longer schedule (A1111's setup_img2img_steps with steps given).
     exact_steps: bool = False
+    params: SamplerParams = SamplerParams()  # A1111's sampler parameters (eta, churn, schedule range)
 
 
 def sampler_sigmas(plan: SamplingPlan, model: ModelSigmas) -> torch.Tensor:
     """The sigmas the sampler walks, with A1111's discard and img2img truncation."""
     schedule = plan.sampler.resolve_schedule(plan.schedule)
+    overrides = schedule_overrides(plan.sampler, plan.schedule, plan.params)
     steps, t_enc = plan.steps, int(min(plan.denoising_strength, 0.999) * plan.steps)
     if plan.init_latent is not None and plan.exact_steps:
         steps, t_enc = int(plan.steps / min(plan.denoising_strength, 0.999)), plan.steps - 1
     if plan.sampler.discard_penultimate_sigma:
-        sigmas = compute_sigmas(schedule, steps + 1, model, plan.is_sdxl)
+        sigmas = compute_sigmas(schedule, steps + 1, model, plan.is_sdxl, overrides)
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     else:
-        sigmas = compute_sigmas(schedule, steps, model, plan.is_sdxl)
+        sigmas = compute_sigmas(schedule, steps, model, plan.is_sdxl, overrides)
     if plan.init_latent is not None:
         sigmas = sigmas[steps - t_enc - 1:]
     return sigmas
@@ -77,6 +80,7 @@ def _sampler_kwargs(fn: Callable[..., Any], plan: SamplingPlan, x: torch.Tensor,
                     noise: ImageNoise) -> dict[str, Any]:
     params = inspect.signature(fn).parameters
     kwargs: dict[str, Any] = dict(plan.sampler.options)
+    kwargs.update({k: v for k, v in sampler_kwargs(plan.sampler, plan.params).items() if k in params})
     if "noise_sampler" in params:
         if plan.sampler.noise is NoiseSource.BROWNIAN:
             # A1111's CPU RNG keeps the trees on the CPU (the same noise on any hardware); otherwise

@@ -26,17 +26,40 @@ from modules.engine.sampling.common import (
 )
 
 
+def churn_gamma(levels: list[float], i: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
+    """Karras et al.'s churn for step ``i``: min(s_churn / steps, sqrt(2) - 1) where the step's sigma
+    lies in [s_tmin, s_tmax], else 0 (k-diffusion's rule, which A1111's Euler, Heun and DPM2 follow)."""
+    if not s_churn or not s_tmin <= levels[i] <= s_tmax:
+        return 0.0
+    return min(s_churn / (len(levels) - 1), 2**0.5 - 1)
+
+
+def churned(x: torch.Tensor, sigma: torch.Tensor, gamma: float, s_noise: float,
+            noise: NoiseSampler, levels: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """x raised from ``sigma`` to sigma_hat = sigma * (1 + gamma) with fresh noise times ``s_noise``."""
+    if gamma <= 0:
+        return x, sigma
+    sigma_hat = sigma * (gamma + 1)
+    return x + noise(*levels) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5, sigma_hat
+
+
 @torch.no_grad()
 def sample_euler(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-                 callback: Callback = None, disable: bool | None = None) -> torch.Tensor:
-    """First-order Euler steps along the probability-flow ODE."""
+                 callback: Callback = None, disable: bool | None = None, s_churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+                 noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+    """First-order Euler steps along the probability-flow ODE (with churn, Karras et al. algorithm 2)."""
     extra_args = extra_args or {}
+    noise_sampler = noise_sampler or default_noise_sampler(x)
     s_in = batch_ones(x)
+    levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        d = to_d(x, sigmas[i], denoised)
-        report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        x = x + d * (sigmas[i + 1] - sigmas[i])
+        gamma = churn_gamma(levels, i, s_churn, s_tmin, s_tmax)
+        x, sigma_hat = churned(x, sigmas[i], gamma, s_noise, noise_sampler, (levels[i], levels[i + 1]))
+        denoised = model(x, sigma_hat * s_in, **extra_args)
+        d = to_d(x, sigma_hat, denoised)
+        report(callback, x, i, sigmas[i], sigma_hat, denoised)
+        x = x + d * (sigmas[i + 1] - sigma_hat)
     return x
 
 
@@ -61,16 +84,21 @@ def sample_euler_ancestral(model: Any, x: torch.Tensor, sigmas: torch.Tensor, ex
 
 @torch.no_grad()
 def sample_heun(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-                callback: Callback = None, disable: bool | None = None) -> torch.Tensor:
-    """Heun's second-order method (Karras et al., algorithm 1); Euler for the last step to 0."""
+                callback: Callback = None, disable: bool | None = None, s_churn: float = 0.0,
+                s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+                noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+    """Heun's second-order method (Karras et al., algorithm 2 with churn); Euler for the last step to 0."""
     extra_args = extra_args or {}
+    noise_sampler = noise_sampler or default_noise_sampler(x)
     s_in = batch_ones(x)
     levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        d = to_d(x, sigmas[i], denoised)
-        report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        dt = sigmas[i + 1] - sigmas[i]
+        gamma = churn_gamma(levels, i, s_churn, s_tmin, s_tmax)
+        x, sigma_hat = churned(x, sigmas[i], gamma, s_noise, noise_sampler, (levels[i], levels[i + 1]))
+        denoised = model(x, sigma_hat * s_in, **extra_args)
+        d = to_d(x, sigma_hat, denoised)
+        report(callback, x, i, sigmas[i], sigma_hat, denoised)
+        dt = sigmas[i + 1] - sigma_hat
         if levels[i + 1] == 0:
             x = x + d * dt
             continue
@@ -86,22 +114,27 @@ def _log_midpoint(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_dpm_2(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-                 callback: Callback = None, disable: bool | None = None) -> torch.Tensor:
-    """DPM-Solver-2 as in k-diffusion: the derivative is taken at the log-midpoint sigma."""
+                 callback: Callback = None, disable: bool | None = None, s_churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+                 noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+    """DPM-Solver-2 as in k-diffusion: the derivative is taken at the log-midpoint sigma (with churn)."""
     extra_args = extra_args or {}
+    noise_sampler = noise_sampler or default_noise_sampler(x)
     s_in = batch_ones(x)
     levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        d = to_d(x, sigmas[i], denoised)
-        report(callback, x, i, sigmas[i], sigmas[i], denoised)
+        gamma = churn_gamma(levels, i, s_churn, s_tmin, s_tmax)
+        x, sigma_hat = churned(x, sigmas[i], gamma, s_noise, noise_sampler, (levels[i], levels[i + 1]))
+        denoised = model(x, sigma_hat * s_in, **extra_args)
+        d = to_d(x, sigma_hat, denoised)
+        report(callback, x, i, sigmas[i], sigma_hat, denoised)
         if levels[i + 1] == 0:
-            x = x + d * (sigmas[i + 1] - sigmas[i])
+            x = x + d * (sigmas[i + 1] - sigma_hat)
             continue
-        sigma_mid = _log_midpoint(sigmas[i], sigmas[i + 1])
-        x_2 = x + d * (sigma_mid - sigmas[i])
+        sigma_mid = _log_midpoint(sigma_hat, sigmas[i + 1])
+        x_2 = x + d * (sigma_mid - sigma_hat)
         d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid * s_in, **extra_args))
-        x = x + d_2 * (sigmas[i + 1] - sigmas[i])
+        x = x + d_2 * (sigmas[i + 1] - sigma_hat)
     return x
 
 

@@ -8,7 +8,7 @@ model's discrete timesteps, so fractional timesteps are allowed.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -86,10 +86,12 @@ def polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0
     return _with_zero((ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)).exp())
 
 
-def normal(n: int, model: ModelSigmas, sgm: bool = False) -> torch.Tensor:
-    """Timesteps evenly spaced between those of sigma_max and sigma_min; SGM drops the endpoint."""
-    start = model.sigma_to_t(torch.tensor(model.sigma_max))
-    end = model.sigma_to_t(torch.tensor(model.sigma_min))
+def normal(n: int, model: ModelSigmas, sgm: bool = False, sigma_min: float | None = None,
+           sigma_max: float | None = None) -> torch.Tensor:
+    """Timesteps evenly spaced between those of sigma_max and sigma_min (the model's unless given);
+    SGM drops the endpoint."""
+    start = model.sigma_to_t(torch.tensor(model.sigma_max if sigma_max is None else sigma_max))
+    end = model.sigma_to_t(torch.tensor(model.sigma_min if sigma_min is None else sigma_min))
     t = torch.linspace(float(start), float(end), n + 1)[:-1] if sgm else torch.linspace(float(start), float(end), n)
     return _with_zero(model.t_to_sigma(t))
 
@@ -133,19 +135,25 @@ def beta(n: int, sigma_min: float, sigma_max: float, alpha: float = 0.6, beta_: 
     return _with_zero(torch.tensor([sigma_min + q * (sigma_max - sigma_min) for q in quantiles]))
 
 
-def compute_sigmas(schedule: ScheduleType, n: int, model: ModelSigmas, is_sdxl: bool = False) -> torch.Tensor:
-    """``n`` steps of ``schedule`` (not Automatic: resolve it through the sampler table first)."""
-    lo, hi = model.sigma_min, model.sigma_max
+def compute_sigmas(schedule: ScheduleType, n: int, model: ModelSigmas, is_sdxl: bool = False,
+                   overrides: Mapping[str, float] | None = None) -> torch.Tensor:
+    """``n`` steps of ``schedule`` (not Automatic: resolve it through the sampler table first).
+
+    ``overrides``: A1111's ``sigma_min``, ``sigma_max`` (the range of the schedules drawn between
+    two sigmas, instead of the model's) and ``rho`` (of Karras and Polyexponential)."""
+    overrides = overrides or {}
+    lo, hi = overrides.get("sigma_min", model.sigma_min), overrides.get("sigma_max", model.sigma_max)
+    rho = overrides.get("rho")
     table: dict[ScheduleType, Callable[[], torch.Tensor]] = {
         ScheduleType.UNIFORM: lambda: uniform(n, model),
-        ScheduleType.KARRAS: lambda: karras(n, lo, hi),
+        ScheduleType.KARRAS: lambda: karras(n, lo, hi, 7.0 if rho is None else rho),
         ScheduleType.EXPONENTIAL: lambda: exponential(n, lo, hi),
-        ScheduleType.POLYEXPONENTIAL: lambda: polyexponential(n, lo, hi),
-        ScheduleType.SGM_UNIFORM: lambda: normal(n, model, sgm=True),
+        ScheduleType.POLYEXPONENTIAL: lambda: polyexponential(n, lo, hi, 1.0 if rho is None else rho),
+        ScheduleType.SGM_UNIFORM: lambda: normal(n, model, sgm=True, sigma_min=lo, sigma_max=hi),
         ScheduleType.KL_OPTIMAL: lambda: kl_optimal(n, lo, hi),
         ScheduleType.ALIGN_YOUR_STEPS: lambda: align_your_steps(n, is_sdxl),
         ScheduleType.SIMPLE: lambda: simple(n, model),
-        ScheduleType.NORMAL: lambda: normal(n, model),
+        ScheduleType.NORMAL: lambda: normal(n, model, sigma_min=lo, sigma_max=hi),
         ScheduleType.DDIM: lambda: ddim(n, model),
         ScheduleType.BETA: lambda: beta(n, lo, hi),
     }

@@ -98,6 +98,10 @@ class RayJobQueue(JobQueueBase):
         with self._lock:
             return tuple(self._running)
 
+    def _end_unrun(self, job: Job) -> None:
+        """A cancelled waiting job ends as a stopped server ends it: the front's unrun result."""
+        self._complete(job, self._hooks.unrun(job.spec), None)
+
     def workers(self) -> tuple[WorkerStatus, ...]:
         return self._roster.statuses()
 
