@@ -27,6 +27,7 @@ from modules.params import (
     DEFAULT_EMPHASIS,
     DEFAULT_FACE_RESTORER,
     DEFAULT_PREVIEW_EVERY,
+    LORA_NAME_CHOICES,
     MAX_SEED,
     PREVIEW_EVERY_RANGE,
     GenerationLimits,
@@ -97,6 +98,7 @@ class Settings:
     ray_address: str = ""  # "auto" or HOST:PORT: run jobs on Ray workers (--ray-address wins); "" in process
     # A1111's quicksettings_list: the options shown in the bar at the top of the page, by A1111 name.
     quicksettings_list: tuple[str, ...] = QUICKSETTINGS_DEFAULT
+    lora_preferred_name: str = LORA_NAME_CHOICES[0]  # A1111's option: a LoRA card's tag names the alias or the file
     # Saving images (A1111's options of these names; docs/options.md): format, names, folders, grids.
     samples_format: str = "png"
     jpeg_quality: int = 80
@@ -141,7 +143,8 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "jpeg_quality": (1, 100), "n_rows": (-1, 16),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {"randn_source": tuple(r.value for r in RngSource), "samples_format": IMAGE_FORMATS,
-                                        "grid_format": IMAGE_FORMATS, "save_images_replace_action": REPLACE_ACTIONS}
+                                        "grid_format": IMAGE_FORMATS, "save_images_replace_action": REPLACE_ACTIONS,
+                                        "lora_preferred_name": LORA_NAME_CHOICES}
 _CHOICE_CHECKS: dict[str, Callable[[object], str | None]] = {"show_progress_type": preview_method_problem,
                                                               "face_restoration_model": face_restorer_problem,
                                                               "emphasis": emphasis_problem,

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from modules.params import (
     EMPHASIS_MODES,
     FACE_RESTORERS,
+    LORA_NAME_CHOICES,
     PreviewMethod,
     code_former_weight_problem,
     emphasis_problem,
@@ -139,6 +140,7 @@ class Section(enum.Enum):
     UPSCALING = "Upscaling"
     FACE_RESTORATION = "Face restoration"
     LIVE_PREVIEWS = "Live previews"
+    EXTRA_NETWORKS = "Extra Networks"
     USER_INTERFACE = "User interface"
     SYSTEM = "System"  # the server's own limits (Atelier's; A1111 has no such options)
 
@@ -268,6 +270,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("ESRGAN_tile_overlap", "esrgan_tile_overlap", None, _whole, S.UPSCALING,
            "Tile overlap for upscaler models, in pixels"),
     *SAVING_OPTIONS,
+    Option("lora_preferred_name", "lora_preferred_name", None, _TEXT, S.EXTRA_NETWORKS,
+           "When adding to prompt, refer to Lora by", Editor.CHOICES, LORA_NAME_CHOICES),
     Option("quicksettings_list", "quicksettings_list", None, _names, S.USER_INTERFACE,
            "Quicksettings list: options shown at the top of the page", takes=Takes.RELOAD),
     *(Option(name, name, name, _sampler_param(name), S.SAMPLER, SAMPLER_PARAM_LABELS[name])

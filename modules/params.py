@@ -115,6 +115,8 @@ def emphasis_problem(value: object) -> str | None:
     return f"must be one of {', '.join(EMPHASIS_MODES)}, got {value!r}"
 
 
+LORA_NAME_CHOICES = ("Alias from file", "Filename")  # A1111's lora_preferred_name: what a LoRA card's tag names
+
 FACE_RESTORERS = ("CodeFormer", "GFPGAN")
 DEFAULT_FACE_RESTORER = "CodeFormer"
 DEFAULT_CODE_FORMER_WEIGHT = 0.5

@@ -371,6 +371,16 @@ def build_conditioning(pipe: DiffusionPipeline, arch: ModelArch, prompt: str, ne
         # A1111 uses an entry while the step (counting model calls from 0) is <= its end step.
         return CondSchedule(parts=tuple((entry.end_at_step + 1, embeds[entry.text]) for entry in entries))
 
+    negative_embeds = encoded[-1]
+    if arch.is_sdxl and negative == "":  # A1111 (and diffusers' SDXL) use zeros for an empty negative prompt
+        negative_embeds = {text: _zeroed(embeds) for text, embeds in negative_embeds.items()}
     return Conditioning(positive=tuple((scheduled(entries, embeds), weight)
                                        for (entries, weight), embeds in zip(positives, encoded, strict=False)),
-                        negative=scheduled(negatives, encoded[-1]))
+                        negative=scheduled(negatives, negative_embeds))
+
+
+def _zeroed(embeds: Embeds) -> Embeds:
+    """``embeds`` as zeros: SDXL's empty negative prompt (A1111's force_zero_embeddings on its text
+    embedders: the tokens and the pooled vector; the size conditioning stays)."""
+    return Embeds(tokens=torch.zeros_like(embeds.tokens),
+                  pooled=None if embeds.pooled is None else torch.zeros_like(embeds.pooled))

@@ -108,14 +108,17 @@ class NetworkCards:
             log.warning("cannot show the preview %s: %s", path, exc)
             return ""
 
-    def card(self, registry: AddonRegistry, item: AddonFile) -> NetworkCard:
+    def card(self, registry: AddonRegistry, item: AddonFile, by_file_name: bool = False) -> NetworkCard:
+        """``item``'s card; a LoRA's tag names it by its alias (A1111's lora_preferred_name "Alias from
+        file"), or by its file name with ``by_file_name`` ("Filename")."""
         file_metadata = registry.metadata(item) if item.kind is AddonKind.LORA else read_safetensors_metadata(item.path)
         user = read_user_metadata(item.path)
         try:
             mtime = item.path.stat().st_mtime
         except OSError:
             mtime = 0.0
-        tag_name = registry.preferred_name(item) if item.kind is AddonKind.LORA else item.name
+        lora = item.kind is AddonKind.LORA and not by_file_name
+        tag_name = registry.preferred_name(item) if lora else item.name
         return NetworkCard(key=item.relative, name=item.name, tag_name=tag_name, kind=item.kind,
                            relative=item.relative, mtime=mtime,
                            description=find_description(item.path, user, file_metadata),
@@ -123,12 +126,12 @@ class NetworkCards:
                            preview=self._preview(item, registry.folders))
 
     def cards(self, registry: AddonRegistry, query: str = "", by: CardSort = CardSort.NAME,
-              descending: bool = False) -> list[NetworkCard]:
+              descending: bool = False, by_file_name: bool = False) -> list[NetworkCard]:
         """The registry's cards that match ``query``, sorted."""
-        found = [self.card(registry, item) for item in registry.all()]
+        found = [self.card(registry, item, by_file_name) for item in registry.all()]
         return sort_cards([c for c in found if c.matches(query)], by, descending)
 
-    def find(self, registry: AddonRegistry, key: str) -> NetworkCard | None:
+    def find(self, registry: AddonRegistry, key: str, by_file_name: bool = False) -> NetworkCard | None:
         """The card of the listed file at ``key`` (its path inside its folder), if still listed."""
         item = next((i for i in registry.all() if i.relative == key), None)
-        return None if item is None else self.card(registry, item)
+        return None if item is None else self.card(registry, item, by_file_name)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from modules.params import LORA_NAME_CHOICES
 from modules.server_effects import changes_server
 from modules.services.addons import AddonRegistry
 from modules.services.network_cards import CardSort, NetworkCard
@@ -58,6 +59,11 @@ def _clicked_key(evt: gr.EventData) -> str:
     return key if isinstance(key, str) else ""
 
 
+def by_file_name(services: Services) -> bool:
+    """Whether a LoRA card names the file rather than its alias (A1111's option lora_preferred_name)."""
+    return services.options.get().lora_preferred_name == LORA_NAME_CHOICES[1]
+
+
 def _empty_line(registry: AddonRegistry) -> str:
     folders = ", ".join(str(f) for f in registry.folders) or "its folder"
     return f"No {registry.kind.value} files yet: put them in {folders} and press Refresh."
@@ -70,8 +76,9 @@ def build_browser(prefix: str, services: Services, prompt: gr.Textbox) -> None:
 
     def render(query: str, sort: str, order: str) -> tuple[str, str]:
         by, descending = CardSort(sort), order == DESCENDING
-        return tuple(cards_html(addons.cards.cards(r, query or "", by, descending), query or "", _empty_line(r))
-                     for r in registries)  # type: ignore[return-value]
+        by_file = by_file_name(services)
+        return tuple(cards_html(addons.cards.cards(r, query or "", by, descending, by_file), query or "",
+                                _empty_line(r)) for r in registries)  # type: ignore[return-value]
 
     with gr.Accordion("Extra networks: LoRA and embeddings", open=False,
                       elem_id=f"{prefix}_extra_networks") as accordion:
@@ -110,7 +117,7 @@ def _wire(services: Services, prompt: gr.Textbox, render: Callable[[str, str, st
         return render(query, by, direction)
 
     def on_lora(text: str, evt: gr.EventData) -> str:
-        card = addons.cards.find(addons.loras, _clicked_key(evt))
+        card = addons.cards.find(addons.loras, _clicked_key(evt), by_file_name(services))
         return text if card is None else toggle_lora(text, card)
 
     def on_embedding(text: str, evt: gr.EventData) -> str:

@@ -129,8 +129,10 @@ def field_validator(fields: FormFields, extensions: ExtensionControls, services:
         targets = error_targets(fields, extensions, extensions.read(received)[1])
         messages: dict[Component, list[str]] = {}
         for error in errors:
-            if error.field in targets:
-                messages.setdefault(targets[error.field], []).append(f"{error.field}: {error.message}")
+            if error.field in targets:  # named as the form names it (its label), not by the request's field
+                control = targets[error.field]
+                messages.setdefault(control, []).append(f"{getattr(control, 'label', None) or error.field}: "
+                                                        f"{error.message}")
         return verdicts | {component: gr.validate(False, "; ".join(texts)) for component, texts in messages.items()}
 
     return validate

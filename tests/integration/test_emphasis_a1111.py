@@ -106,3 +106,17 @@ def test_sdxl_weighs_each_encoder_on_its_own(sdxl, mode: str) -> None:
 def test_an_unknown_mode_is_refused(sd15) -> None:
     with pytest.raises(ValueError, match="No norm"):
         build_conditioning(sd15, ModelArch.SD1, PROMPT, "", 1, 4, emphasis="Loud")
+
+
+def test_sdxl_empty_negative_prompt_is_zeros_as_in_a1111(sdxl, sd15) -> None:
+    # A1111's SDXL conditioner runs with force_zero_embeddings=["txt"] for a batch of empty negative
+    # prompts: both text encoders' tokens and the pooled vector are zeros. Only for "" exactly, and only SDXL.
+    pipe, arch = sdxl, ModelArch.SDXL
+    empty = build_conditioning(pipe, arch, "a red cube", "", 1, 4).negative.parts[0][1]
+    assert not empty.tokens.any() and empty.pooled is not None and not empty.pooled.any()
+    spaced = build_conditioning(pipe, arch, "a red cube", " ", 1, 4).negative.parts[0][1]
+    assert spaced.tokens.abs().sum() > 0 and spaced.pooled.abs().sum() > 0
+    positive = build_conditioning(pipe, arch, "", "", 1, 4).positive[0][0].parts[0][1]
+    assert positive.tokens.abs().sum() > 0  # an empty positive prompt is encoded as usual
+    sd_pipe, sd_arch = sd15, ModelArch.SD1
+    assert build_conditioning(sd_pipe, sd_arch, "a red cube", "", 1, 4).negative.parts[0][1].tokens.abs().sum() > 0

@@ -146,7 +146,7 @@ def test_a_fractional_batch_count_is_refused_not_rounded(page, server) -> None:
     box.fill("1.5")
     logged = server.log.stat().st_size
     page.locator("#txt2img_generate").click()
-    page.locator("#txt2img_batch_count").get_by_text(re.compile(r"batch_count: must be a whole number, got 1\.5")).wait_for()
+    page.locator("#txt2img_batch_count").get_by_text(re.compile(r"Batch count: must be a whole number, got 1\.5")).wait_for()
     assert box.input_value() == "1.5"
     time.sleep(1.0)
     assert not job_lines(server, logged)
@@ -161,7 +161,7 @@ def test_a_cfg_scale_out_of_range_is_refused_with_its_range_and_kept_as_typed(pa
     box.press("Tab")  # leaving the box changes nothing (a slider would have set it to 30)
     before, logged = len(saved_prompts(server)), server.log.stat().st_size
     page.locator("#txt2img_generate").click()
-    cfg.get_by_text(re.compile(f"cfg_scale: must be between 1 and {LIMITS.max_cfg_scale:g}, got 40")).wait_for()
+    cfg.get_by_text(re.compile(f"CFG Scale: must be between 1 and {LIMITS.max_cfg_scale:g}, got 40")).wait_for()
     assert box.input_value() == "40"
     time.sleep(1.0)
     assert not job_lines(server, logged)
@@ -179,7 +179,7 @@ def test_a_hires_upscale_out_of_range_is_refused_next_to_upscale_by(page, server
     box.press("Tab")
     logged = server.log.stat().st_size
     page.locator("#txt2img_generate").click()
-    scale.get_by_text(re.compile(r"hr_scale: must be between 1 and 8, got 9")).wait_for()
+    scale.get_by_text(re.compile(r"Upscale by: must be between 1 and 8, got 9")).wait_for()
     assert box.input_value() == "9"
     time.sleep(1.0)
     assert not job_lines(server, logged)

@@ -58,7 +58,7 @@ def test_invalid_seed_shows_an_error_naming_the_field(page) -> None:
     set_number(page, "txt2img_height", 64)
     page.locator("#txt2img_seed input").fill("99999999999")
     page.locator("#txt2img_generate").click()
-    toast = page.get_by_text(re.compile(r"seed: must be"))
+    toast = page.get_by_text(re.compile(r"Seed: must be"))
     toast.first.wait_for()
 
 

@@ -123,6 +123,14 @@ def test_click_adds_the_tag_as_a1111_does_and_a_second_click_removes_it(loras: P
     assert toggle_word("a cube, shiny", "shiny") == "a cube"
 
 
+def test_lora_preferred_name_filename_makes_the_card_name_the_file(loras: Path, tmp_path: Path) -> None:
+    # A1111's lora_preferred_name "Filename": the tag names the file, not the alias it was trained under.
+    card = NetworkCards().find(registry(loras, tmp_path), "style.safetensors", by_file_name=True)
+    assert card is not None and toggle_lora("a cube", card) == "a cube, <lora:style:0.7>, red cube"
+    listed = NetworkCards().cards(registry(loras, tmp_path), "style", by_file_name=True)
+    assert [c.tag_name for c in listed] == ["style"]
+
+
 def test_lora_alias_resolves_and_ambiguity_goes_by_name(tmp_path: Path) -> None:
     folder = tmp_path / "Lora"
     unique = fake_lora(folder / "unique-file.safetensors", "my-style")
