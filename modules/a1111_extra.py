@@ -13,12 +13,12 @@ import json
 import math
 from collections.abc import Mapping
 
-MAX_KEYS = 256
+MAX_KEYS = 1024  # A1111 has about 500 options; a client may send them all back
 MAX_KEY_CHARS = 100
 MAX_TEXT_CHARS = 4096
 MAX_ITEMS = 256  # in one list or object value
 MAX_DEPTH = 4  # a value nested in at most this many lists/objects
-MAX_TOTAL_BYTES = 64 * 1024
+MAX_TOTAL_BYTES = 256 * 1024
 
 
 def _value_problem(value: object, depth: int) -> str | None:

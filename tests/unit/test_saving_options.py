@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from modules.a1111_extra import extras_problem
 from modules.config import Settings, load_settings, save_settings, setting_problem
 from modules.errors import ConfigError
 from modules.services.filename_pattern import NameContext, apply_pattern, file_stem, sanitize_part
@@ -190,9 +191,15 @@ def test_kept_options_survive_a_restart(tmp_path: Path) -> None:
     assert load_settings(config).a1111_extra == kept
 
 
+def test_a1111s_whole_options_object_is_kept() -> None:
+    # About 500 options, as a client that read A1111's GET /options sends them back.
+    whole = {f"option_{i}": [True, 0.5, "text", ["a", "b"], {"x": 1}][i % 5] for i in range(520)}
+    assert extras_problem(whole) is None
+
+
 @pytest.mark.parametrize("value", [
-    {"deep": [[[[[1]]]]]}, {"huge": "x" * 5000}, {f"k{i}": 1 for i in range(300)}, {"x" * 101: 1},
-    {"nan": float("nan")}, {"obj": object()}, {"big": [{"a": "y" * 4000}] * 20},
+    {"deep": [[[[[1]]]]]}, {"huge": "x" * 5000}, {f"k{i}": 1 for i in range(1100)}, {"x" * 101: 1},
+    {"nan": float("nan")}, {"obj": object()}, {"big": [{"a": "y" * 4000}] * 80},
 ])
 def test_hostile_kept_options_are_refused(value: dict) -> None:
     assert setting_problem("a1111_extra", value) is not None
