@@ -9,13 +9,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 from starlette.testclient import TestClient
 
 import app as app_module
 from modules.cmd_args import parse_flags
 from modules.devtools.tiny_upscaler import write_tiny_upscaler
 from modules.web.credentials import load_auth
+from tests.api.images import random_png
 from tests.conftest import make_services
 
 API = "/sdapi/v1"
@@ -28,13 +28,7 @@ A1111_EXTRAS = {"resize_mode": 0, "show_extras_results": True, "gfpgan_visibilit
 
 
 def _png(size: tuple[int, int] = (40, 24), seed: int = 0, parameters: str | None = SOURCE_PARAMETERS) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    info = PngInfo()
-    if parameters:
-        info.add_text("parameters", parameters)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
+    return random_png(size, seed, parameters)
 
 
 def _b64(data: bytes) -> str:

@@ -10,29 +10,19 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 from starlette.testclient import TestClient
 
 import app as app_module
 from modules.cmd_args import parse_flags
 from modules.services.extras_request import ExtrasImage, ExtrasRequest
 from modules.web.credentials import load_auth
+from tests.api.images import random_png
 from tests.conftest import make_services
 
 API = "/sdapi/v1"
 SOURCE_PARAMETERS = "a cat\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64"
 DONE = "Postprocess upscale by: 2, Postprocess upscaler: Lanczos"
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
-
-
-def _png(size: tuple[int, int], seed: int, parameters: str | None) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    info = PngInfo()
-    if parameters:
-        info.add_text("parameters", parameters)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
 
 
 def _user_comment(data: bytes) -> str:
@@ -67,7 +57,7 @@ def webp(client: TestClient) -> Iterator[None]:
 
 
 def test_api_reply_is_webp_with_the_parameters_and_what_was_done(client: TestClient, webp: None) -> None:
-    source = _png((40, 24), 1, SOURCE_PARAMETERS)
+    source = random_png((40, 24), 1, SOURCE_PARAMETERS)
     reply = client.post(f"{API}/extra-single-image", json={"image": base64.b64encode(source).decode(),
                                                            "upscaler_1": "Lanczos", "upscaling_resize": 2})
     assert reply.status_code == 200, reply.text
@@ -92,7 +82,7 @@ def test_saved_result_is_a_webp_file_png_info_reads(client: TestClient, webp: No
     # The Extras tab saves (A1111's API does not): A1111 writes the postprocessing text alone into
     # a JPEG/WebP saved from an image that carried no parameters.
     services = client.services  # type: ignore[attr-defined]
-    source = _png((32, 32), 2, None)
+    source = random_png((32, 32), 2, None)
     result = services.extras.run(ExtrasRequest(images=(ExtrasImage(source, "my photo.png"),), upscaler_1="Lanczos",
                                                upscaling_resize=2, save=True))
     path = result.paths[0]
@@ -108,7 +98,7 @@ def test_saved_result_is_a_webp_file_png_info_reads(client: TestClient, webp: No
 
 
 def test_jpeg_quality_is_honoured_and_png_stays_the_default(client: TestClient) -> None:
-    source = base64.b64encode(_png((48, 48), 3, SOURCE_PARAMETERS)).decode()
+    source = base64.b64encode(random_png((48, 48), 3, SOURCE_PARAMETERS)).decode()
     sizes = {}
     for quality in (10, 95):
         assert client.post(f"{API}/options", json={"samples_format": "jpg", "jpeg_quality": quality}).status_code == 200

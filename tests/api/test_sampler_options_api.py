@@ -7,31 +7,14 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Iterator
 
 import pytest
 from PIL import Image
-from starlette.testclient import TestClient
-
-import app as app_module
-from modules.cmd_args import parse_flags
-from modules.web.credentials import load_auth
-from tests.conftest import TinyModels, make_services
 
 SMALL = {"prompt": "a red cube", "width": 64, "height": 64, "steps": 2, "seed": 5, "sampler_name": "Euler a"}
 A1111_DEFAULTS = {"eta_ancestral": 1.0, "eta_ddim": 0.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0,
                   "sigma_min": 0.0, "sigma_max": 0.0, "rho": 0.0, "img2img_fix_steps": False,
                   "live_previews_enable": True}
-
-
-@pytest.fixture(scope="module")
-def served(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, object]]:
-    flags = parse_flags(["--api"], {})
-    services = make_services(tmp_path_factory.mktemp("data"), tiny_models.folder)
-    services.generation.switch_model("tiny-sd15.safetensors").future.result()
-    app = app_module._build_app(flags, services, load_auth(None, None, None))
-    yield TestClient(app, base_url="http://127.0.0.1"), services
-    services.close()
 
 
 def infotext_of(reply: dict) -> str:

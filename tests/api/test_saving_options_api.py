@@ -12,25 +12,11 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-import app as app_module
-from modules.cmd_args import parse_flags
 from modules.config import load_settings
 from modules.services.images import read_infotext
-from modules.web.credentials import load_auth
-from tests.conftest import TinyModels, make_services
 
 SMALL = {"prompt": "a red cube", "width": 64, "height": 64, "steps": 2, "seed": 5, "sampler_name": "Euler"}
 API = "/sdapi/v1"
-
-
-@pytest.fixture(scope="module")
-def served(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, object]]:
-    flags = parse_flags(["--api"], {})
-    services = make_services(tmp_path_factory.mktemp("data"), tiny_models.folder)
-    services.generation.switch_model("tiny-sd15.safetensors").future.result()
-    app = app_module._build_app(flags, services, load_auth(None, None, None))
-    yield TestClient(app, base_url="http://127.0.0.1"), services
-    services.close()
 
 
 @pytest.fixture

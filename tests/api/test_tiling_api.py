@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -15,21 +14,7 @@ import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
-import app as app_module
-from modules.cmd_args import parse_flags
-from modules.web.credentials import load_auth
-from tests.conftest import TinyModels, make_services
-
 SMALL = {"prompt": "a brick wall", "width": 64, "height": 64, "steps": 3, "seed": 5, "sampler_name": "Euler"}
-
-
-@pytest.fixture(scope="module")
-def served(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, object]]:
-    services = make_services(tmp_path_factory.mktemp("data"), tiny_models.folder)
-    services.generation.switch_model("tiny-sd15.safetensors").future.result()
-    app = app_module._build_app(parse_flags(["--api"], {}), services, load_auth(None, None, None))
-    yield TestClient(app, base_url="http://127.0.0.1"), services
-    services.close()
 
 
 def txt2img(client: TestClient, **changes: object) -> tuple[list[np.ndarray], str]:
