@@ -2,6 +2,8 @@
 
 Run ``./webui.sh`` (which installs what is needed) or ``python app.py --help``.
 ``python app.py worker --join HOST:PORT`` starts a GPU host's workers instead (docs/scale-out.md).
+``python app.py test-extension FOLDER [pytest args...]`` runs an extension's tests inside a real
+Atelier on a tiny model (:mod:`modules.devtools.extension_testing`).
 """
 
 from __future__ import annotations
@@ -116,15 +118,19 @@ def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
     from fastapi import FastAPI
     from fastapi.middleware.cors import CORSMiddleware
 
-    from modules.api import routes
+    from modules.api import extension_routes, routes
     from modules.api.route_effects import ApiRouteEffects
     from modules.web.guard import Faces, GuardConfig, RequestGuard
 
     docs = flags.serves_api
     app = FastAPI(title="Atelier API", version=__version__, docs_url="/docs" if docs else None,
                   redoc_url=None, openapi_url="/openapi.json" if docs else None)
+    extension_api = extension_routes.MountedRoutes()
     if flags.serves_api:
         routes.install(app, services, flags)
+        # Extensions' routes are API routes: served with --api, under the same guard rules as /sdapi/v1.
+        extension_api = extension_routes.install(app, services.extensions,
+                                                 reserved=[flags.subpath.strip("/").split("/")[0]])
     effects: list[Any] = [ApiRouteEffects(app.router.routes)]
     ui: MountedUi | None = None
     if not flags.nowebui:
@@ -135,7 +141,7 @@ def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
                            allow_headers=["*"], allow_credentials=True)
     api_paths = (routes.PREFIX, "/docs", "/openapi.json")
     faces = Faces(
-        is_ui=lambda path: ui is not None and not path.startswith(api_paths),
+        is_ui=lambda path: ui is not None and not path.startswith(api_paths) and not extension_api.covers(path),
         is_open=ui.is_open if ui is not None else lambda path: False,
         has_session=ui.has_session if ui is not None else lambda scope: False,
         login_route=lambda path: (flags.subpath + "/login" if ui is not None
@@ -160,12 +166,14 @@ def _mount_ui(app: Any, flags: Flags, services: Services, auth: AuthConfig) -> t
     """``app`` with the Gradio UI mounted on it (Gradio, a few seconds of imports, only comes in here)."""
     import gradio as gr
 
+    from modules.ui import private_events
     from modules.ui.app_ui import build_ui, open_paths
     from modules.ui.common import CSS, HEAD
     from modules.ui.event_effects import GradioEventEffects
     from modules.ui.session import gradio_session_check
 
     blocks = build_ui(services)
+    private_events.seal(blocks)  # extensions' UI events (value=lambda, every=) stay off the public API
     app = gr.mount_gradio_app(app, blocks, path=flags.subpath or "/", css=CSS, head=HEAD,
                               theme=gr.themes.Default(), auth=auth.ui.as_gradio() if auth.ui else None,
                               show_error=True, max_file_size=MAX_UPLOAD, enable_monitoring=False,
@@ -248,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from modules.services.scaleout.worker_cli import worker_main
 
         return worker_main(args[1:], os.environ)
+    if args[:1] == ["test-extension"]:
+        from modules.devtools.extension_testing import run_extension_tests
+
+        return run_extension_tests(args[1:])
     flags = parse_flags(args, os.environ)
     _setup_process(flags, args)
     if flags.exit:

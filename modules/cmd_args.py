@@ -120,6 +120,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     for flag, folder in MODEL_FOLDER_FLAGS.items():
         p.add_argument(f"--{flag}-models-path", type=Path, metavar="DIR",
                        help=f"extra folder to look for {folder} models in (besides models/{folder})")
+    p.add_argument("--controlnet-dir", type=Path, metavar="DIR",
+                   help="extra folder to look for ControlNet models in (besides models/ControlNet)")
     p.add_argument("--disable-all-extensions", action="store_true",
                    help="start without loading any extension (built-in ones included)")
 
@@ -210,8 +212,9 @@ def parse_flags(argv: Sequence[str], environ: Mapping[str, str]) -> Flags:
 
 
 def _model_folders(ns: argparse.Namespace) -> tuple[tuple[str, Path], ...]:
-    return tuple((folder, getattr(ns, f"{flag}_models_path")) for flag, folder in MODEL_FOLDER_FLAGS.items()
-                 if getattr(ns, f"{flag}_models_path") is not None)
+    found = tuple((folder, getattr(ns, f"{flag}_models_path")) for flag, folder in MODEL_FOLDER_FLAGS.items()
+                  if getattr(ns, f"{flag}_models_path") is not None)
+    return found + ((("ControlNet", ns.controlnet_dir),) if ns.controlnet_dir is not None else ())
 
 
 def _items(text: str) -> tuple[str, ...]:

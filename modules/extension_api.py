@@ -13,15 +13,19 @@ function receives an :class:`ExtensionSetup` and registers what the extension do
 
         ext.on(Hook.BEFORE_GENERATE, prefix)
 
-Versioning: :data:`API_VERSION` is a whole number. A manifest names the version it was written
-for; an extension whose ``api_version`` differs from Atelier's is refused with a message (never
-half-loaded). Additions that break nobody (a new hook, a new context field with a default) keep the
-number; anything that could break a working extension raises it, and the change is documented.
+Versioning: :data:`API_VERSION` is the version this Atelier offers; it also runs extensions written
+for every version in :data:`SUPPORTED_API_VERSIONS`. A manifest states the versions it works with,
+as a whole number (``api_version: 1``) or a range (``api_version: ">=1,<3"``); an extension none of
+whose versions Atelier offers is refused with a message (never half-loaded). Additions that break
+nobody (a new hook, a new context field with a default) keep the number; anything that could break
+a working extension raises it, and the change is documented.
 
 Hooks run in :class:`Hook` order within a job; for one hook, handlers run by their ``order``
-(lower first), then built-in extensions before users', then by extension name. A handler that
-raises marks its extension failed for the rest of the run (shown in the Extensions tab, traceback
-in the log) and the job goes on without it.
+(lower first), then built-in extensions before users', then by extension name. A handler of an
+extension written for API 2 that raises fails the job it ran for, or is skipped for that job with a
+warning in its result (its ``on_error``, :class:`OnError`); either way the message names the
+extension, and the extension keeps running for other jobs. An extension written for API 1 only keeps
+API 1's rule: a handler that raises marks its extension failed for the rest of the run.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 from PIL import Image
 
@@ -47,7 +51,27 @@ from modules.extension_helpers import (
     with_denoising,
     with_sampler,
 )
+from modules.extension_host_api import ExtensionSettings, Host
 from modules.extension_param import Param, ParamKind, find_upscaler_name
+from modules.extension_sampling import (
+    AfterCfg,
+    Denoised,
+    ImagePrompt,
+    InfotextFields,
+    InfotextReader,
+    JobInfo,
+    JobStart,
+    ModelCall,
+    ModelCallChanges,
+    ModelPatches,
+    ModelView,
+    OnError,
+    PanelValue,
+    PlanImages,
+    Route,
+    RouteCall,
+)
+from modules.infotext import ParsedInfotext, parse_infotext
 from modules.labelled_grid import Label, font_size_for, labelled_grid
 from modules.params import MAX_SEED, GeneratedImage, GenerationRequest, GenerationResult
 from modules.request_checks import validate_request
@@ -56,15 +80,19 @@ from modules.server_effects import changes_server
 
 # Besides the hooks and their contexts: the request and result types, their validation and errors,
 # samplers and schedules, and helpers scripts share (seeds, checkpoints by name, grids and their PNGs).
-__all__ = ["API_VERSION", "MAX_SEED", "AfterImage", "AppStarted", "BeforeGenerate", "ExtensionSettings",
-           "ExtensionSetup", "FieldError", "GeneratedImage", "GenerationRequest", "GenerationResult", "Handler",
-           "Hook", "Host", "ImageSaved", "Label", "ModelLoaded", "Param", "ParamKind", "ScheduleType", "Script",
-           "ScriptRun", "SettingsSection", "StepEnd", "UiPanel", "UiTabs", "ValidationError", "changes_server",
-           "decode_png", "find_checkpoint", "find_schedule", "find_upscaler_name", "fixed_seed", "font_size_for",
-           "frozen_params", "is_sampler", "labelled_grid", "offset_seed", "png_with_infotext", "random_seed",
+__all__ = ["API_VERSION", "MAX_SEED", "SUPPORTED_API_VERSIONS", "AfterCfg", "AfterImage", "AppStarted",
+           "BeforeGenerate", "Denoised", "ExtensionSettings", "ExtensionSetup", "FieldError", "GeneratedImage",
+           "GenerationRequest", "GenerationResult", "Handler", "Hook", "Host", "ImagePrompt", "ImageSaved",
+           "InfotextFields", "InfotextReader", "JobInfo", "JobStart", "Label", "ModelCall", "ModelCallChanges",
+           "ModelLoaded", "ModelPatches", "ModelView", "OnError", "PanelValue", "Param", "ParamKind",
+           "ParsedInfotext", "PlanImages", "Route", "RouteCall", "ScheduleType", "Script", "ScriptRun",
+           "SettingsSection", "StepEnd", "UiPanel", "UiTabs", "ValidationError", "changes_server", "decode_png",
+           "find_checkpoint", "find_schedule", "find_upscaler_name", "fixed_seed", "font_size_for", "frozen_params",
+           "is_sampler", "labelled_grid", "offset_seed", "parse_infotext", "png_with_infotext", "random_seed",
            "sampler_names", "validate_request", "with_denoising", "with_prompt", "with_sampler"]
 
-API_VERSION = 1
+API_VERSION = 2  # the version this Atelier offers
+SUPPORTED_API_VERSIONS = (1, 2)  # every version whose extensions it runs unchanged
 
 
 class Hook(enum.IntEnum):
@@ -73,58 +101,18 @@ class Hook(enum.IntEnum):
     APP_STARTED = 10  # handler(AppStarted) -> None; once, when the app is built, just before it serves
     MODEL_LOADED = 20  # handler(ModelLoaded) -> None; after a checkpoint load succeeded
     BEFORE_GENERATE = 30  # handler(BeforeGenerate) -> GenerationRequest | None; None keeps the request
+    PLAN_IMAGES = 32  # v2, front: handler(PlanImages) -> list[ImagePrompt] | None; per-image prompts/seeds
+    JOB_START = 34  # v2, worker: handler(JobStart) -> None; load, prepare, patch the model for the job
+    MODEL_CALL = 36  # v2, worker: handler(ModelCall) -> None; add residuals/conditions to each UNet call
+    DENOISED = 37  # v2, worker: handler(Denoised) -> Tensor | None; every row's prediction, before guidance
+    AFTER_CFG = 38  # v2, worker: handler(AfterCfg) -> Tensor | None; the guided prediction
     STEP_END = 40  # handler(StepEnd) -> None; after every sampling step; may ask to interrupt
+    INFOTEXT = 45  # v2, worker: handler(InfotextFields) -> dict | None; keys added to an image's infotext
     AFTER_IMAGE = 50  # handler(AfterImage) -> Image | None; None keeps the image
     IMAGE_SAVED = 60  # handler(ImageSaved) -> None; after the image was written (or returned unsaved)
     UI_TABS = 100  # handler(UiTabs) -> None; builds a whole tab's content (Gradio) inside it
-    UI_PANEL = 110  # handler(UiPanel) -> dict[param name, Gradio component]; in txt2img/img2img
+    UI_PANEL = 110  # handler(UiPanel) -> dict[param name, Gradio component or PanelValue]; txt2img/img2img
     SETTINGS_SECTION = 120  # handler(SettingsSection) -> None; builds controls in the Extensions tab
-
-
-class Host(Protocol):
-    """Atelier as extensions see it. Generations go through the same queue as everyone's jobs."""
-
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Run a job and wait for it (never call this from a STEP_END or AFTER_IMAGE handler:
-        those run on the worker, which would wait for itself)."""
-        ...
-
-    def checkpoints(self) -> list[str]:
-        """Titles of the checkpoints found, as the checkpoint list shows them."""
-        ...
-
-    def save_grid(self, image: Image.Image, infotext: str, img2img: bool = False) -> Path:
-        """Save a grid image (with its parameters text) to txt2img-grids (img2img-grids)."""
-        ...
-
-    def save_image(self, image: Image.Image, infotext: str, seed: int, img2img: bool = False) -> Path:
-        """Save a finished image (with its parameters text) to txt2img-images (img2img-images), named
-        after ``seed`` as the job's own images are. No hook runs for it."""
-        ...
-
-    def upscaler_names(self) -> list[str]:
-        """The upscalers of Extras and SD upscale, as GET /sdapi/v1/upscalers lists them: "None",
-        "Lanczos", "Nearest", then the model files found now."""
-        ...
-
-    def upscale(self, image: Image.Image, upscaler: str, factor: float) -> Image.Image:
-        """``image`` upscaled by ``factor`` with the upscaler named ``upscaler`` (A1111's
-        ``Upscaler.upscale``): the result is ``int(side * factor)`` rounded down to a multiple of 8 on
-        each side. A model upscaler runs as a job in the queue (on the GPU worker), the caller's own;
-        "None" only resizes. Never call it from a STEP_END or AFTER_IMAGE handler."""
-        ...
-
-    def settings(self) -> ExtensionSettings:
-        """This extension's own persisted settings."""
-        ...
-
-
-class ExtensionSettings(Protocol):
-    """A small persisted key -> value store per extension (kept in the data dir)."""
-
-    def get(self, key: str, default: Any = None) -> Any: ...
-
-    def set(self, key: str, value: Any) -> None: ...
 
 
 # --- hook contexts -----------------------------------------------------------------------------
@@ -148,15 +136,20 @@ class BeforeGenerate:
     request: GenerationRequest
     params: Mapping[str, Any]  # this extension's values for the job (defaults when not sent)
     host: Host
+    user: str | None = None  # v2: the user the job belongs to (None: no login)
 
 
 @dataclass(frozen=True)
 class StepEnd:
+    """Worker. v2 adds the job (its request and user) and this extension's host (``host.settings()``)."""
+
     job_id: str
     step: int
     total: int
     params: Mapping[str, Any]
     request_interrupt: Callable[[], None]  # stop the job after this step, as the Interrupt button does
+    job: JobInfo | None = None
+    host: Host | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +161,8 @@ class AfterImage:
     seed: int
     index: int  # position of the image in the job
     params: Mapping[str, Any]
+    user: str | None = None  # v2: the user the job belongs to
+    host: Host | None = None  # v2: this extension's host (``host.settings()``)
 
 
 @dataclass(frozen=True)
@@ -178,6 +173,8 @@ class ImageSaved:
     seed: int
     index: int
     params: Mapping[str, Any]
+    user: str | None = None  # v2: the user the job belongs to
+    host: Host | None = None  # v2: this extension's host
 
 
 @dataclass(frozen=True)
@@ -229,6 +226,7 @@ class Handler:
     hook: Hook
     call: Callable[[Any], Any]
     order: int = 0
+    on_error: OnError = OnError.FAIL_JOB  # v2 extensions; API 1 ones keep API 1's rule
 
 
 @dataclass
@@ -240,12 +238,48 @@ class ExtensionSetup:
     params: list[Param] = field(default_factory=list)
     scripts: list[Script] = field(default_factory=list)
     tab_title: str | None = None
+    infotext_readers: list[InfotextReader] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+    route_prefix: str | None = None  # "/controlnet": where its routes are served (default "/ext/<name>")
+    api_version: int = API_VERSION  # the version the host runs it as (the highest both support)
+    title: str | None = None  # what its panel is titled in the UI (default: its name)
 
-    def on(self, hook: Hook, handler: Callable[[Any], Any], *, order: int = 0) -> None:
-        """Call ``handler(context)`` at ``hook``; lower ``order`` runs first."""
+    def on(self, hook: Hook, handler: Callable[[Any], Any], *, order: int = 0,
+           on_error: OnError = OnError.FAIL_JOB) -> None:
+        """Call ``handler(context)`` at ``hook``; lower ``order`` runs first. ``on_error``: what an
+        exception in it does to the job (v2)."""
         if not isinstance(hook, Hook):
             raise TypeError(f"not a hook: {hook!r}")
-        self.handlers.append(Handler(hook, handler, order))
+        if not isinstance(on_error, OnError):
+            raise TypeError(f"not an OnError: {on_error!r}")
+        self.handlers.append(Handler(hook, handler, order, on_error))
+
+    def add_infotext(self, write: Callable[[InfotextFields], Mapping[str, object] | None],
+                     read: InfotextReader | None = None, *, on_error: OnError = OnError.FAIL_JOB) -> None:
+        """Keys this extension adds to every image's infotext (``write``, an INFOTEXT handler), and how
+        a pasted or sent infotext gives its params back (``read``), so its images reproduce."""
+        self.on(Hook.INFOTEXT, write, on_error=on_error)
+        if read is not None:
+            self.infotext_readers.append(read)
+
+    def add_route(self, method: str, path: str, call: Callable[[RouteCall], Any]) -> None:
+        """A REST route under this extension's prefix (:meth:`set_route_prefix`), behind the server's
+        login, host and origin rules like every route."""
+        method = method.upper()
+        if method not in ("GET", "POST"):
+            raise ValueError(f"route method must be GET or POST, got {method!r}")
+        if not path.startswith("/"):
+            raise ValueError(f"route path must start with '/', got {path!r}")
+        self.routes.append(Route(method, path, call))
+
+    def set_title(self, title: str) -> None:
+        """v2: the title its panel shows in txt2img/img2img ("ControlNet"), instead of its name."""
+        self.title = title
+
+    def set_route_prefix(self, prefix: str) -> None:
+        """Serve this extension's routes under ``prefix`` ("/controlnet", as A1111's extension does)
+        instead of ``/ext/<name>``; one path segment, not one of the server's own."""
+        self.route_prefix = prefix
 
     def add_params(self, *params: Param) -> None:
         names = {p.name for p in self.params}

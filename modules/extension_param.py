@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -20,6 +20,7 @@ class ParamKind(enum.Enum):
     UPSCALER = "upscaler"  # a name from Host.upscaler_names(), or its index there
     NOTE = "note"  # a text the UI shows; it carries no value
     TEXTS = "texts"  # a list of texts (A1111's multi-select dropdowns)
+    OBJECT = "object"  # v2: a JSON value the extension checks itself (a ControlNet unit)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Param:
     # Choices: a list whose positions clients may send instead of a name (A1111's index dropdowns,
     # e.g. the X/Y/Z plot's axis types); its names pass too, for the extension to judge.
     indexed: tuple[str, ...] = ()
+    # OBJECT: value -> the checked plain JSON value (dicts, lists, texts, numbers); ValueError says why not.
+    check: Callable[[Any], Any] | None = field(default=None, compare=False)
 
     @staticmethod
     def bool(name: str, default: bool = False, label: str = "") -> Param:
@@ -76,6 +79,12 @@ class Param:
         return Param(name, ParamKind.UPSCALER, default, label)
 
     @staticmethod
+    def object(name: str, check: Callable[[Any], Any], label: str = "") -> Param:
+        """v2: a JSON value (an object, a list ...) that ``check`` validates and normalises to plain
+        JSON values (it travels in the job, to remote workers too); None (not sent) stays None."""
+        return Param(name, ParamKind.OBJECT, None, label, check=check)
+
+    @staticmethod
     def note(name: str, text: str) -> Param:
         """A text the UI shows (A1111 scripts' info labels). It holds the label's place in A1111's
         positional ``script_args``, so clients' lists line up: any value sent there is accepted and
@@ -88,6 +97,9 @@ class Param:
             return self.default
         if self.kind is ParamKind.UPSCALER:
             return self._upscaler(value)
+        if self.kind is ParamKind.OBJECT:
+            assert self.check is not None
+            return self.check(value)
         if self.kind is ParamKind.BOOL:
             if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
                 return value.strip().lower() in ("true", "1")

@@ -209,6 +209,16 @@ class GenerationLimits:
 
 
 @dataclass(frozen=True)
+class ImagePrompt:
+    """One image's own prompt, negative prompt and seed inside a job (A1111's ``all_prompts[i]``,
+    ``all_seeds[i]``), set by extensions' PLAN_IMAGES hooks; None keeps the job's."""
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """Everything that decides the pixels of a job. Defaults follow A1111's UI.
 
@@ -281,6 +291,12 @@ class GenerationRequest:
     live_previews: bool | None = None  # A1111's live_previews_enable; False: no live preview; None = the server's
     # Extensions' values by extension name, then parameter name (A1111's alwayson_scripts, by name).
     extension_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Per-image prompts and seeds (one entry per image of the job, or none): what extensions'
+    # PLAN_IMAGES hooks decided on the front; the renderer and the infotext honour them.
+    per_image: tuple[ImagePrompt, ...] = ()
+    # The user the job belongs to (None: no login), set by the front when it queues the job, so
+    # hooks on a worker name them too. It never changes the pixels.
+    owner: str | None = field(default=None, compare=False)
 
     @property
     def is_img2img(self) -> bool:
@@ -312,8 +328,18 @@ class GenerationRequest:
         return self.batch_count * self.batch_size
 
     def seed_for(self, index: int) -> int:
-        """Seed of image ``index`` (A1111: seed + i; with variations the seed stays). Needs a resolved seed."""
+        """Seed of image ``index`` (A1111: seed + i; with variations the seed stays; an extension's
+        per-image seed wins). Needs a resolved seed."""
+        own = self.per_image[index].seed if index < len(self.per_image) else None
+        if own is not None:
+            return own
         return self.seed if self.variation_strength > 0 else self.seed + index
+
+    def prompts_for(self, index: int) -> tuple[str, str]:
+        """(prompt, negative prompt) of image ``index``: an extension's per-image ones, else the job's."""
+        own = self.per_image[index] if index < len(self.per_image) else ImagePrompt()
+        return (own.prompt if own.prompt is not None else self.prompt,
+                own.negative_prompt if own.negative_prompt is not None else self.negative_prompt)
 
     def variation_seed_for(self, index: int) -> int:
         """With variations the seed stays and the variation seed goes up (A1111's subseed + i)."""

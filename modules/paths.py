@@ -33,6 +33,15 @@ class AppPaths:
     upscaler_dirs: tuple[Path, ...] = ()  # models/ESRGAN, RealESRGAN, SwinIR, DAT, HAT, ScuNET (+ flags' folders)
     gfpgan_dirs: tuple[Path, ...] = ()  # models/GFPGAN (+ --gfpgan-models-path)
     codeformer_dirs: tuple[Path, ...] = ()  # models/Codeformer (+ --codeformer-models-path)
+    extra_model_dirs: tuple[tuple[str, Path], ...] = ()  # (models folder, folder a flag adds), --controlnet-dir ...
+
+    def model_dirs(self, kind: str) -> tuple[Path, ...]:
+        """The folders of one kind of model (A1111's folder name under models/, any case): models/<kind>
+        first, then the folder a flag adds for it."""
+        found = [self.models_dir / kind]
+        found += [folder for name, folder in self.extra_model_dirs if name.lower() == kind.lower()
+                  and folder not in found]
+        return tuple(found)
 
     @property
     def config_cache(self) -> Path:
@@ -128,4 +137,5 @@ def resolve_paths(data_dir: Path | None = None, models_dir: Path | None = None,
         upscaler_dirs=folders(*UPSCALER_FOLDERS),
         gfpgan_dirs=folders(GFPGAN_FOLDER),
         codeformer_dirs=folders(CODEFORMER_FOLDER),
+        extra_model_dirs=tuple((name, Path(folder).expanduser().resolve()) for name, folder in extra.items()),
     )

@@ -326,16 +326,15 @@ def _echo(body: Txt2ImgBody) -> dict[str, Any]:
 def info_object(result: GenerationResult, body: Txt2ImgBody, now: datetime | None = None) -> dict[str, Any]:
     """A1111's ``info`` object (before JSON encoding) for a finished job."""
     request = result.request
-    count = len(result.images)
     used = result.models  # the checkpoint and VAE the renderer used, as fields
     shown = ([result.grid] if result.grid is not None else []) + list(result.images)
     started = (now or datetime.now()) - timedelta(seconds=result.elapsed_seconds)
     has_variation_seed = request.variation_seed != -1
-    return {
+    info: dict[str, Any] = {
         "prompt": request.prompt,
-        "all_prompts": [request.prompt] * count,
+        "all_prompts": [request.prompts_for(image.index)[0] for image in result.images],
         "negative_prompt": request.negative_prompt,
-        "all_negative_prompts": [request.negative_prompt] * count,
+        "all_negative_prompts": [request.prompts_for(image.index)[1] for image in result.images],
         "seed": request.seed,
         "all_seeds": [image.seed for image in result.images],
         "subseed": request.variation_seed,
@@ -367,6 +366,9 @@ def info_object(result: GenerationResult, body: Txt2ImgBody, now: datetime | Non
         "is_using_inpainting_conditioning": False,
         "version": VERSION_TEXT,
     }
+    if result.warnings:  # Atelier's own key, only when there is something to say (an extension skipped ...)
+        info["warnings"] = list(result.warnings)
+    return info
 
 
 def images_response(result: GenerationResult, body: Txt2ImgBody, send_images: bool,

@@ -18,7 +18,7 @@ import pydantic
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from modules.api import download_api, extras_api, schemas
+from modules.api import download_api, extras_api, schemas, scripts_api
 from modules.api.convert import (
     body_field,
     decode_base64_image,
@@ -221,12 +221,12 @@ class ApiFace:
         r.get("/loras")(lambda: [lora_item(item, addons.lora_metadata(item)) for item in addons.loras.all()])
         r.get("/embeddings")(lambda: addons.listing(self.services.models.loaded_model()))
         ext = self.services.extensions
-        r.get("/scripts", response_model=schemas.ScriptsList)(lambda: schemas.ScriptsList(
-            txt2img=[s.title.lower() for _n, s in ext.scripts("txt2img")],
-            img2img=[s.title.lower() for _n, s in ext.scripts("img2img")]))
+        scripts_api.register(r, ext)  # /scripts and /script-info: selectable and always-on scripts
         r.get("/extensions", response_model=list[schemas.ExtensionItem])(lambda: [
             schemas.ExtensionItem(name=rec.name, version=rec.version, enabled=rec.state is ExtensionState.ENABLED,
-                                  state=rec.state.value, error=rec.error or "") for rec in ext.records()])
+                                  state=rec.state.value, error=rec.error or "",
+                                  api_version=rec.manifest.api_range if rec.manifest else "",
+                                  runs_as_api=rec.setup.api_version if rec.setup else None) for rec in ext.records()])
         upscalers = self.services.upscalers
         r.get("/upscalers")(lambda: upscaler_items(upscalers))
         r.get("/realesrgan-models")(lambda: realesrgan_items(upscalers, self.services.paths.realesrgan_dir))

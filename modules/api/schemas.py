@@ -290,3 +290,5 @@ class ExtensionItem(BaseModel):
     enabled: bool = True
     state: str = "enabled"  # enabled, disabled or failed (not A1111's; clients ignore it)
     error: str = ""
+    api_version: str = ""  # the extension API versions its manifest states ("2", ">=1,<3"); Atelier's own
+    runs_as_api: int | None = None  # the version Atelier runs it as (None: not loaded)

@@ -5,7 +5,14 @@ test) and put the extension where users put theirs, ``<data dir>/extensions/``, 
 discovered, checked and loaded exactly as it would be in a user's install. The model is a random
 SD1.5 checkpoint of a few MB: images are noise, but every hook runs, and a job takes about a second.
 
-From an extension's own repository (with Atelier's venv, and Atelier's folder on the import path)::
+From Atelier's install (pytest comes with it), on an extension's folder::
+
+    python app.py test-extension path/to/my-extension [pytest arguments...]
+
+(``./webui.sh test-extension ...`` and ``webui.bat test-extension ...`` do the same with the venv
+they set up.) It runs pytest in that folder with this plugin loaded and Atelier's folder on the
+import path; the arguments after the folder go to pytest (``-k prefix``, ``-x``, a test file...),
+and its exit status is pytest's. By hand, that is::
 
     cd my-extension
     PYTHONPATH=/path/to/atelier /path/to/atelier/venv/bin/python -m pytest -p modules.devtools.extension_testing
@@ -44,7 +51,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import logging  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import textwrap  # noqa: E402
 from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
@@ -59,6 +69,7 @@ from modules.params import GenerationRequest  # noqa: E402
 if TYPE_CHECKING:
     from modules.services.container import Services
 
+log = logging.getLogger(__name__)
 TINY_CHECKPOINT = "tiny-sd15.safetensors"  # the file name the fixtures write, and what tiny_request() asks for
 
 # What an extension folder's copy leaves behind: caches and VCS data are not part of the extension.
@@ -178,5 +189,24 @@ def atelier_with_extension(atelier_tiny_checkpoints: TinyCheckpoints,
         stack.pop()()
 
 
+def run_extension_tests(args: Sequence[str]) -> int:
+    """``app.py test-extension FOLDER [pytest args...]``: pytest's exit status for the extension's
+    tests, run in FOLDER with this plugin and Atelier's folder on the import path; 2 for a folder
+    that is not an extension."""
+    from modules.paths import PROJECT_ROOT
+
+    if not args or args[0].startswith("-"):
+        log.error("usage: app.py test-extension FOLDER [pytest arguments...]")
+        return 2
+    folder = Path(args[0]).resolve()
+    if not (folder / "extension.yaml").is_file():
+        log.error("test-extension: %s is not an extension folder (it has no extension.yaml)", folder)
+        return 2
+    # A process of its own: pytest's rootdir, conftest files and import paths are the extension's.
+    path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    command = [sys.executable, "-m", "pytest", "-p", "modules.devtools.extension_testing", *args[1:]]
+    return subprocess.call(command, cwd=folder, env={**os.environ, "PYTHONPATH": path})
+
+
 __all__ = ["TINY_CHECKPOINT", "StartAtelier", "TinyCheckpoints", "atelier_tiny_checkpoints",
-           "atelier_with_extension", "start_atelier", "tiny_request", "write_extension"]
+           "atelier_with_extension", "run_extension_tests", "start_atelier", "tiny_request", "write_extension"]

@@ -9,7 +9,7 @@ original pasted back outside the mask.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ from modules.engine.sampling.denoiser import (
     SigmaDenoiser,
     SwitchingDenoiser,
 )
+from modules.engine.sampling.hooks import DenoiserHooks
 from modules.engine.sampling.loop import (
     NoisePlan,
     SamplingPlan,
@@ -73,6 +74,9 @@ class ImageTask:
     # Hires fix's second pass: the first pass's model calls, after which its prompt editing counts on.
     hires_base_steps: int | None = None
     emphasis: str = "Original"  # A1111's emphasis mode (see prompt_encoding.EMPHASIS_MODES)
+    # A job's extension hooks at every model call (None: none); the refiner sees all but MODEL_CALL,
+    # whose residuals are made for the first model's UNet.
+    hooks: DenoiserHooks | None = field(default=None, compare=False)
 
     @property
     def batch(self) -> int:
@@ -125,7 +129,8 @@ def prompt_steps(task: ImageTask) -> int:
     return task.steps * 2 if task.sampler.second_order else task.steps
 
 
-def _guided(model: LoadedModel, task: ImageTask, observer: StepObserver, mask: LatentMask | None) -> GuidedDenoiser:
+def _guided(model: LoadedModel, task: ImageTask, observer: StepObserver, mask: LatentMask | None,
+            refiner: bool = False) -> GuidedDenoiser:
     """The model's guided denoiser for the task: its own conditioning, size ids and inpaint channels."""
     conditioning = build_conditioning(model.pipeline, model.arch, task.prompt, task.negative_prompt, task.clip_skip,
                                       prompt_steps(task), embeddings=task.embeddings,
@@ -135,7 +140,8 @@ def _guided(model: LoadedModel, task: ImageTask, observer: StepObserver, mask: L
         concat = lat.inpaint_conditioning(model, task.init_image, task.mask, task.width, task.height, task.batch)
     inner = SigmaDenoiser(model.pipeline.unet, model.sigmas, model.v_prediction)
     return GuidedDenoiser(inner, conditioning, task.cfg_scale, _sdxl_added(model, task), concat,
-                          mask if model.arch is not ModelArch.SD1_INPAINT else None, observer.should_stop)
+                          mask if model.arch is not ModelArch.SD1_INPAINT else None, observer.should_stop,
+                          hooks=task.hooks, model_calls=not refiner)
 
 
 def sample_task(model: LoadedModel, task: ImageTask, observer: StepObserver,
@@ -153,7 +159,7 @@ def sample_task(model: LoadedModel, task: ImageTask, observer: StepObserver,
     # 2. The guided denoiser, and the refiner's, built when the switch comes.
     denoiser: GuidedDenoiser | SwitchingDenoiser = _guided(model, task, observer, mask)
     if refiner is not None and refiner.switch_at < 1.0:
-        denoiser = SwitchingDenoiser(denoiser, lambda: _guided(refiner.model, task, observer, mask),
+        denoiser = SwitchingDenoiser(denoiser, lambda: _guided(refiner.model, task, observer, mask, refiner=True),
                                      model.sigmas, refiner.switch_at)
     # 3. Sampling.
     channels = model.pipeline.vae.config.latent_channels

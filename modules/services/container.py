@@ -20,6 +20,7 @@ from modules.services.addon_library import AddonLibrary
 from modules.services.addons import AddonKind, AddonRegistry
 from modules.services.checkpoint_registry import CheckpointRegistry
 from modules.services.engine_slot import Engine, EngineSlot
+from modules.services.extension_files import ExtensionFiles
 from modules.services.extension_host import ExtensionHost
 from modules.services.extension_install import ExtensionInstaller
 from modules.services.extensions import ExtensionManager
@@ -161,9 +162,10 @@ def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[
                                                      builtin_dir=paths.builtin_extensions_dir),
                         face_restorers=face_restorers, engine=engine, on_close=on_close)
     # 3. The extensions, whose hosts submit through the generation front once it is there.
+    files = ExtensionFiles(paths, hashes)
     manager.load_all(lambda name: ExtensionHost(
         name, lambda: services.generation, manager, registry, paths.extension_settings_dir, outputs.saver,
-        services.upscalers.names, services.extras.upscale))
+        services.upscalers.names, services.extras.upscale, files))
     job_queue.start()
     if scale_out is not None:
         engine.build_now()

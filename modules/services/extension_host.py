@@ -25,6 +25,7 @@ from modules.atomic import write_text_atomic
 from modules.errors import ExtensionError
 from modules.params import GenerationRequest, GenerationResult
 from modules.services.checkpoint_registry import CheckpointRegistry
+from modules.services.extension_files import ExtensionFiles
 from modules.services.extensions import ExtensionManager
 from modules.services.images import ImageSaver, OutputKind
 from modules.upscalers import UpscalerKind, find_upscaler, upscaler_names
@@ -65,8 +66,10 @@ Upscale = Callable[[Image.Image, str, float, "str | None"], Image.Image]
 class ExtensionHost:
     def __init__(self, name: str, generation: Callable[[], GenerationService], extensions: ExtensionManager,
                  registry: CheckpointRegistry, settings_dir: Path, saver: ImageSaver,
-                 upscaler_models: Callable[[], list[str]], upscale: Upscale) -> None:
+                 upscaler_models: Callable[[], list[str]], upscale: Upscale,
+                 files: ExtensionFiles | None = None) -> None:
         self.name = name
+        self._files = files  # model folders, downloads and hashes (None: this host offers none)
         self._extensions = extensions
         self._generation = generation  # the generation front once the engine is built (asking waits for it)
         self._saver = saver
@@ -125,3 +128,65 @@ class ExtensionHost:
 
     def settings(self) -> FileSettings:
         return self._settings
+
+    def _model_files(self) -> ExtensionFiles:
+        if self._files is None:
+            raise ExtensionError(f"Extension {self.name}: this host has no model folders")
+        return self._files
+
+    def model_dirs(self, kind: str) -> tuple[Path, ...]:
+        return self._model_files().model_dirs(kind)
+
+    def download(self, url: str, kind: str, file_name: str, sha256: str) -> Path:
+        return self._model_files().download(url, kind, file_name, sha256)
+
+    def sha256(self, path: Path) -> str:
+        return self._model_files().sha256(path)
+
+
+class WorkerHost:
+    """The host extensions' worker-side hooks get on a Ray worker: its own checkpoints, model folders,
+    downloads and settings file. Starting jobs, saving and upscaling belong to the front."""
+
+    def __init__(self, name: str, registry: CheckpointRegistry, settings_dir: Path, files: ExtensionFiles) -> None:
+        self.name = name
+        self._registry = registry
+        self._files = files
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        self._settings = FileSettings(settings_dir / f"{safe}.yaml")
+
+    def for_owner(self, owner: str | None) -> WorkerHost:
+        return self  # it submits no jobs: nobody to act for
+
+    def _front_only(self, what: str) -> ExtensionError:
+        return ExtensionError(f"Extension {self.name}: {what} is not available on a worker (the front does it)")
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        raise self._front_only("host.generate()")
+
+    def checkpoints(self) -> list[str]:
+        return [info.title for info in self._registry.all()]
+
+    def save_grid(self, image: Image.Image, infotext: str, img2img: bool = False) -> Path:
+        raise self._front_only("host.save_grid()")
+
+    def save_image(self, image: Image.Image, infotext: str, seed: int, img2img: bool = False) -> Path:
+        raise self._front_only("host.save_image()")
+
+    def upscaler_names(self) -> list[str]:
+        return []
+
+    def upscale(self, image: Image.Image, upscaler: str, factor: float) -> Image.Image:
+        raise self._front_only("host.upscale()")
+
+    def settings(self) -> FileSettings:
+        return self._settings
+
+    def model_dirs(self, kind: str) -> tuple[Path, ...]:
+        return self._files.model_dirs(kind)
+
+    def download(self, url: str, kind: str, file_name: str, sha256: str) -> Path:
+        return self._files.download(url, kind, file_name, sha256)
+
+    def sha256(self, path: Path) -> str:
+        return self._files.sha256(path)

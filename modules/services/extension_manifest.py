@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from modules.errors import ExtensionError
+from modules.extension_api import SUPPORTED_API_VERSIONS
 
 MANIFEST = "extension.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -23,12 +25,13 @@ _VERSION = re.compile(r"^\d+\.\d+(\.\d+)?([-+][0-9A-Za-z.-]+)?$")
 class Manifest:
     name: str
     version: str  # semver: "1.2.0"
-    api_version: int  # the extension API version it was written for
+    api_version: int  # the API version it runs as: the highest supported one its range allows (else as stated)
     entry: str  # "main.py" (function setup) or "main.py:function"
     description: str
     requirements: tuple[str, ...]  # pip requirement lines, installed only when the user confirms
     folder: Path
     builtin: bool
+    api_range: str = ""  # as the manifest states it: "2" or ">=1,<3"
 
     @property
     def entry_file(self) -> Path:
@@ -57,6 +60,27 @@ def _entry(data: dict, folder: Path) -> str:
     return entry
 
 
+def _api_version(value: object, path: Path) -> tuple[int, str]:
+    """(the version to run the extension as, the range as written) from ``api_version``: a whole
+    number, or a version range such as ">=1,<3" (PEP 440 specifiers over whole numbers)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ExtensionError(f"{path}: api_version must be a whole number or a range such as \">=1,<3\"")
+    text = value.strip()
+    if text.isdigit():
+        return int(text), text
+    try:
+        spec = SpecifierSet(text)
+    except InvalidSpecifier as exc:
+        raise ExtensionError(f"{path}: api_version {text!r} is not a version range such as \">=1,<3\"") from exc
+    allowed = [v for v in SUPPORTED_API_VERSIONS if spec.contains(str(v))]
+    if allowed:
+        return max(allowed), text
+    lowest = next((v for v in range(1, 100) if spec.contains(str(v))), 0)
+    return lowest, text  # refused when loading, with the range in the message
+
+
 def read_manifest(folder: Path, builtin: bool = False) -> Manifest:
     """The manifest of the extension in ``folder``; ExtensionError naming what is wrong."""
     path = folder / MANIFEST
@@ -74,12 +98,11 @@ def read_manifest(folder: Path, builtin: bool = False) -> Manifest:
     version = str(data.get("version", "")).strip()
     if not _VERSION.match(version):
         raise ExtensionError(f"{path}: version {version!r} is not a semantic version such as 1.0.0")
-    api_version = data.get("api_version")
-    if isinstance(api_version, bool) or not isinstance(api_version, int):
-        raise ExtensionError(f"{path}: api_version must be a whole number")
+    api_version, api_range = _api_version(data.get("api_version"), path)
     requirements = data.get("requirements") or []
     if not isinstance(requirements, list) or not all(isinstance(r, str) and r.strip() for r in requirements):
         raise ExtensionError(f"{path}: requirements must be a list of pip requirement lines")
     return Manifest(name=name, version=version, api_version=api_version, entry=_entry(data, folder),
                     description=str(data.get("description") or "").strip(),
-                    requirements=tuple(r.strip() for r in requirements), folder=folder, builtin=builtin)
+                    requirements=tuple(r.strip() for r in requirements), folder=folder, builtin=builtin,
+                    api_range=api_range)

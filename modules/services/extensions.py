@@ -2,22 +2,20 @@
 
 Built-in extensions live in the project's ``extensions/``, users' in ``extensions/`` under the data
 dir (the same folder when the data dir is the project). Each is read from its manifest first; only
-an enabled one whose ``api_version`` matches is imported. Anything an extension does wrong (an
-import error, a wrong version, a hook that raises) marks that extension failed with the reason,
-logs the traceback, and leaves everything else running. Enabled/disabled is kept in
-``extensions.yaml`` in the data dir and applies at the next start.
+an enabled one whose ``api_version`` range holds a version this Atelier runs is imported. Loading
+problems (an import error, a version none supported) mark that extension failed with the reason.
+A hook that raises: an API 1 extension is marked failed (API 1's rule); an API 2 one fails only the
+job it ran for, or is skipped for it with a warning (its handler's ``on_error``), and runs on for
+other jobs. Enabled/disabled is kept in ``extensions.yaml`` in the data dir and applies at the next start.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
-import importlib.util
 import logging
-import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,24 +23,26 @@ import yaml
 from PIL import Image
 
 from modules.atomic import write_text_atomic
-from modules.errors import ExtensionError, FieldError, ValidationError
+from modules.errors import AtelierError, ExtensionError, FieldError, ValidationError
 from modules.extension_api import (
-    API_VERSION,
     AfterImage,
     AppStarted,
     BeforeGenerate,
-    ExtensionSetup,
     Handler,
     Hook,
     Host,
     ImageSaved,
+    JobInfo,
     ModelLoaded,
+    OnError,
+    PlanImages,
     Script,
     StepEnd,
     frozen_params,
 )
-from modules.params import GenerationRequest
-from modules.services.extension_manifest import MANIFEST, Manifest, read_manifest
+from modules.params import GenerationRequest, ImagePrompt
+from modules.services.extension_loading import ExtensionRecord, ExtensionState, discover, load_one
+from modules.services.extension_manifest import MANIFEST
 from modules.services.extension_params import checked_values
 from modules.services.queue_contract import running_on_worker
 
@@ -53,50 +53,6 @@ class UserHost(Host, Protocol):
     """A host that can act for a user: the jobs it submits belong to ``owner``."""
 
     def for_owner(self, owner: str | None) -> Host: ...
-
-
-class ExtensionState(enum.Enum):
-    ENABLED = "enabled"
-    DISABLED = "disabled"  # by the user (applies at the next start)
-    FAILED = "failed"  # see ``error``
-
-
-@dataclass(frozen=True)
-class ExtensionRecord:
-    """One extension as the Extensions tab and the API list it."""
-
-    name: str
-    folder: Path
-    manifest: Manifest | None  # None when the manifest itself is unreadable
-    state: ExtensionState
-    error: str | None = None
-    setup: ExtensionSetup | None = None  # what its code registered, when loaded
-
-    @property
-    def version(self) -> str:
-        return self.manifest.version if self.manifest else ""
-
-    @property
-    def builtin(self) -> bool:
-        return bool(self.manifest and self.manifest.builtin)
-
-
-def _forget_helpers(folder: Path, names: set[str]) -> None:
-    """Drop an extension's own helper modules from the import cache once it has imported them, so
-    that another extension's ``helpers.py`` is not mistaken for this one's (the importing module
-    keeps its references; helpers must be imported at the top of the entry file)."""
-    root = folder.resolve()
-    for name in names:
-        file = getattr(sys.modules.get(name), "__file__", None)
-        if file and Path(file).resolve().is_relative_to(root):
-            del sys.modules[name]
-
-
-def _folders(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))),
-                  key=lambda p: p.name.lower())
 
 
 class _Replaceable:
@@ -150,21 +106,16 @@ class ExtensionManager:
         (disabled.discard if enabled else disabled.add)(name)
         write_text_atomic(self._state_file, yaml.safe_dump({"disabled": sorted(disabled)}))
 
-    def _discover(self) -> Iterator[tuple[Path, bool]]:
-        yield from ((folder, True) for folder in _folders(self.builtin_dir))
-        if self.user_dir.resolve() != self.builtin_dir.resolve():
-            yield from ((folder, False) for folder in _folders(self.user_dir))
-
     def load_all(self, host_for: Callable[[str], UserHost]) -> None:
         """Read every manifest and load the enabled extensions; failures are recorded, never raised.
         ``host_for(name)`` is the host facade an extension's hooks receive."""
         self._host_for = host_for
         disabled = self.disabled_names()
         records: dict[str, ExtensionRecord] = {}
-        for folder, builtin in self._discover():
+        for folder, builtin in discover(self.builtin_dir, self.user_dir):
             if not (folder / MANIFEST).exists():
                 continue
-            record = self._load_one(folder, builtin, disabled)
+            record = load_one(folder, builtin, disabled, self._enabled)
             if record.name in records:
                 record = replace(record, state=ExtensionState.FAILED, setup=None,
                                  error=f"another extension is already called {record.name!r} ({records[record.name].folder})")
@@ -176,53 +127,6 @@ class ExtensionManager:
         log.info("Extensions: %d loaded%s%s", len(loaded), f" ({', '.join(loaded)})" if loaded else "",
                  f"; failed: {', '.join(failed)}" if failed else "")
 
-    def _load_one(self, folder: Path, builtin: bool, disabled: set[str]) -> ExtensionRecord:
-        try:
-            manifest = read_manifest(folder, builtin)
-        except ExtensionError as exc:
-            log.error("Extension in %s: %s", folder, exc)
-            return ExtensionRecord(folder.name, folder, None, ExtensionState.FAILED, str(exc))
-        if not self._enabled or manifest.name in disabled:
-            return ExtensionRecord(manifest.name, folder, manifest, ExtensionState.DISABLED)
-        if manifest.api_version != API_VERSION:
-            reason = (f"written for extension API {manifest.api_version}; this Atelier has API {API_VERSION}. "
-                      "Update the extension (or Atelier).")
-            log.error("Extension %s not loaded: %s", manifest.name, reason)
-            return ExtensionRecord(manifest.name, folder, manifest, ExtensionState.FAILED, reason)
-        try:
-            setup = self._run_setup(manifest)
-        except Exception as exc:  # its code: any error at all only fails this extension
-            log.exception("Extension %s failed to load", manifest.name)
-            return ExtensionRecord(manifest.name, folder, manifest, ExtensionState.FAILED,
-                                   f"{type(exc).__name__}: {exc}")
-        return ExtensionRecord(manifest.name, folder, manifest, ExtensionState.ENABLED, setup=setup)
-
-    @staticmethod
-    def _run_setup(manifest: Manifest) -> ExtensionSetup:
-        module_name = f"atelier_extensions.{manifest.name.replace('-', '_').replace('.', '_')}"
-        spec = importlib.util.spec_from_file_location(module_name, manifest.entry_file,
-                                                      submodule_search_locations=None)
-        if spec is None or spec.loader is None:
-            raise ExtensionError(f"cannot import {manifest.entry_file}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
-        before = set(sys.modules)
-        sys.path.insert(0, str(manifest.folder))  # so the extension can import its own helper modules
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            sys.modules.pop(module_name, None)
-            raise
-        finally:
-            sys.path.remove(str(manifest.folder))
-            _forget_helpers(manifest.folder, set(sys.modules) - before)
-        setup_function = getattr(module, manifest.entry_function, None)
-        if not callable(setup_function):
-            raise ExtensionError(f"{manifest.entry_file.name} has no function {manifest.entry_function}(ext)")
-        setup = ExtensionSetup(manifest.name)
-        setup_function(setup)
-        return setup
-
     def records(self) -> list[ExtensionRecord]:
         with self._lock:
             return list(self._records.values())
@@ -230,6 +134,15 @@ class ExtensionManager:
     def get(self, name: str) -> ExtensionRecord | None:
         with self._lock:
             return self._records.get(name)
+
+    def find(self, name: str) -> ExtensionRecord | None:
+        """The extension called ``name`` in any case (A1111 clients send "ControlNet" for "controlnet")."""
+        with self._lock:
+            found = self._records.get(name)
+            if found is None:
+                wanted = name.strip().lower()
+                found = next((r for key, r in self._records.items() if key.lower() == wanted), None)
+            return found
 
     def fail(self, name: str, where: str, exc: BaseException) -> None:
         """Mark ``name`` failed (switched off until the next start) and log why."""
@@ -257,21 +170,45 @@ class ExtensionManager:
         return any(h.hook is hook for r in self._active() for h in r.setup.handlers)  # type: ignore[union-attr]
 
     def dispatch(self, hook: Hook, make_context: Callable[[ExtensionRecord], Any],
-                 combine: Callable[[Any], Exception | None] | None = None) -> list[tuple[ExtensionRecord, Any]]:
-        """Run every handler of ``hook`` in order, each isolated: one that raises (or whose returned value
-        ``combine`` rejects, with the error to record) marks its extension failed, and the rest run on.
-        ``make_context(extension)`` builds each handler's argument; (extension, returned value) for those that ran."""
+                 combine: Callable[[Any], Exception | None] | None = None,
+                 warnings: list[str] | None = None) -> list[tuple[ExtensionRecord, Any]]:
+        """Run every handler of ``hook`` in order, each isolated. ``make_context(extension)`` builds each
+        handler's argument; (extension, returned value) for those that ran. A handler that raises, or
+        whose returned value ``combine`` rejects (with the error to record): an API 1 extension is marked
+        failed and the rest run on; an API 2 one fails the job (ExtensionError naming it) or, when its
+        ``on_error`` is SKIP, is left out for this call with a line added to ``warnings`` (the job's)."""
         ran = []
         for record, handler in self.handlers(hook):
             try:
                 returned = handler.call(make_context(record))
-            except Exception as exc:  # the extension's bug: it is switched off, the job goes on
-                self.fail(record.name, hook.name, exc)
+                problem = combine(returned) if combine is not None else None
+            except AtelierError as exc:
+                if _runs_v1(record, hook):
+                    self.fail(record.name, hook.name, exc)
+                    continue
+                raise  # an API 2 extension's refusal (a ValidationError naming fields) is the job's answer
+            except Exception as exc:  # the extension's bug
+                self._failed_in_job(record, handler.on_error, hook, exc, warnings)
+                continue
+            if problem is not None:
+                self._failed_in_job(record, handler.on_error, hook, problem, warnings)
                 continue
             ran.append((record, returned))
-            if combine is not None and (problem := combine(returned)) is not None:
-                self.fail(record.name, hook.name, problem)
         return ran
+
+    def _failed_in_job(self, record: ExtensionRecord, on_error: OnError, hook: Hook, exc: BaseException,
+                       warnings: list[str] | None) -> None:
+        if _runs_v1(record, hook):  # API 1's rule: switched off until the next start, the job goes on
+            self.fail(record.name, hook.name, exc)
+            return
+        what = f"{type(exc).__name__}: {exc}"
+        if on_error is OnError.SKIP:
+            log.warning("Extension %s skipped in %s for this job", record.name, hook.name, exc_info=exc)
+            if warnings is not None:
+                warnings.append(f"Extension {record.name} skipped in {hook.name}: {what}")
+            return
+        log.error("Extension %s failed in %s; the job fails", record.name, hook.name, exc_info=exc)
+        raise ExtensionError(f"Extension {record.name} failed in {hook.name}: {what}") from exc
 
     def params_for(self, name: str, request: GenerationRequest) -> Mapping[str, Any]:
         """An extension's values for a job: what the request sent, defaults for the rest."""
@@ -332,24 +269,55 @@ class ExtensionManager:
     def _before_generate(self, request: GenerationRequest, owner: str | None) -> GenerationRequest:
         latest = _Replaceable(request, GenerationRequest, "a GenerationRequest or None")
         self.dispatch(Hook.BEFORE_GENERATE, lambda r: BeforeGenerate(
-            latest.value, self.params_for(r.name, latest.value), self.host(r.name, owner)), latest.take)
+            latest.value, self.params_for(r.name, latest.value), self.host(r.name, owner), owner), latest.take)
+        return latest.value
+
+    def plan_images(self, request: GenerationRequest, owner: str | None = None) -> GenerationRequest:
+        """The request with the per-image prompts and seeds PLAN_IMAGES handlers chose (each sees the
+        previous one's plan in ``request.per_image``); one entry per image of the job, or none."""
+        if not self.has(Hook.PLAN_IMAGES):
+            return request
+        count = request.images_per_job
+        latest = _Replaceable(request, GenerationRequest, "a GenerationRequest")
+
+        def take(returned: Any) -> Exception | None:
+            if returned is None:
+                return None
+            plan = tuple(returned) if isinstance(returned, (list, tuple)) else None
+            if plan is None or len(plan) != count or not all(isinstance(p, ImagePrompt) for p in plan):
+                return TypeError(f"returned {type(returned).__name__}, not a list of {count} ImagePrompt "
+                                 "(one per image of the job) or None")
+            return latest.take(replace(latest.value, per_image=plan))
+
+        self._in_hook.before_generate = True  # host.generate() from here would plan forever
+        try:
+            self.dispatch(Hook.PLAN_IMAGES, lambda r: PlanImages(
+                latest.value, self.params_for(r.name, latest.value), self.host(r.name, owner), owner), take)
+        finally:
+            self._in_hook.before_generate = False
         return latest.value
 
     def step_end(self, job_id: str, step: int, total: int, request: GenerationRequest,
-                 interrupt: Callable[[], None]) -> None:
-        self.dispatch(Hook.STEP_END,
-                      lambda r: StepEnd(job_id, step, total, self.params_for(r.name, request), interrupt))
+                 interrupt: Callable[[], None], warnings: list[str] | None = None) -> None:
+        job = JobInfo(job_id, request.owner, request)
+        self.dispatch(Hook.STEP_END, lambda r: StepEnd(job_id, step, total, self.params_for(r.name, request), interrupt,
+                                                       job, self.host(r.name, request.owner)), warnings=warnings)
 
-    def after_image(self, request: GenerationRequest, image: Image.Image, seed: int, index: int) -> Image.Image:
+    def after_image(self, request: GenerationRequest, image: Image.Image, seed: int, index: int,
+                    warnings: list[str] | None = None) -> Image.Image:
         latest = _Replaceable(image, Image.Image, "an image or None")
+        owner = request.owner
         self.dispatch(Hook.AFTER_IMAGE,
-                      lambda r: AfterImage(request, latest.value, seed, index, self.params_for(r.name, request)),
-                      latest.take)
+                      lambda r: AfterImage(request, latest.value, seed, index, self.params_for(r.name, request),
+                                           owner, self.host(r.name, owner)), latest.take, warnings)
         return latest.value
 
-    def image_saved(self, request: GenerationRequest, path: Path | None, infotext: str, seed: int, index: int) -> None:
+    def image_saved(self, request: GenerationRequest, path: Path | None, infotext: str, seed: int, index: int,
+                    warnings: list[str] | None = None) -> None:
+        owner = request.owner
         self.dispatch(Hook.IMAGE_SAVED,
-                      lambda r: ImageSaved(request, path, infotext, seed, index, self.params_for(r.name, request)))
+                      lambda r: ImageSaved(request, path, infotext, seed, index, self.params_for(r.name, request),
+                                           owner, self.host(r.name, owner)), warnings=warnings)
 
     # --- params and scripts ---------------------------------------------------------------------
 
@@ -359,16 +327,44 @@ class ExtensionManager:
         errors: list[FieldError] = []
         checked: dict[str, dict[str, Any]] = {}
         for name, values in request.extension_params.items():
-            record = self.get(name)
+            record = self.find(name)  # A1111 clients spell names in any case ("ControlNet")
             where = f"alwayson_scripts.{name}"
             if record is None or record.state is not ExtensionState.ENABLED or record.setup is None:
                 state = "is not installed" if record is None else f"is {record.state.value}"
                 errors.append(FieldError(where, f"extension {name!r} {state}"))
                 continue
-            checked[name] = checked_values(record.setup.params, values, where, errors)
+            if record.name in checked:
+                errors.append(FieldError(where, f"extension {record.name!r} is given twice"))
+                continue
+            checked[record.name] = checked_values(record.setup.params, values, where, errors)
         if errors:
             raise ValidationError(errors)
         return replace(request, extension_params=frozen_params({k: frozen_params(v) for k, v in checked.items()}))
+
+    def read_infotext(self, fields: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+        """Each enabled extension's param values a pasted or sent infotext's ``fields`` hold, by
+        extension and param name, from the readers extensions registered with ``add_infotext`` (a
+        reader's positional list maps onto the params in declared order; names it does not declare
+        are dropped). A reader that raises is logged and left out: pasting never fails for it."""
+        found: dict[str, dict[str, Any]] = {}
+        for record in self._active():
+            names = [p.name for p in record.setup.params]  # type: ignore[union-attr]
+            for reader in record.setup.infotext_readers:  # type: ignore[union-attr]
+                try:
+                    values = reader(fields)
+                except Exception:  # its bug: the rest of the text still pastes
+                    log.exception("Extension %s could not read an infotext", record.name)
+                    continue
+                if values is None:
+                    continue
+                by_name = dict(zip(names, values, strict=False)) if isinstance(values, (list, tuple)) else dict(values)
+                found.setdefault(record.name, {}).update({k: v for k, v in by_name.items() if k in names})
+        return found
+
+    def always_on(self) -> list[ExtensionRecord]:
+        """Enabled extensions that take values with every job (A1111's always-on scripts)."""
+        return [r for r in self._active()
+                if r.setup.params or any(h.hook is Hook.UI_PANEL for h in r.setup.handlers)]  # type: ignore[union-attr]
 
     def scripts(self, tab: str) -> list[tuple[str, Script]]:
         """(extension name, script) for the Script dropdown of ``tab``."""
@@ -387,3 +383,15 @@ class ExtensionManager:
         if errors:
             raise ValidationError(errors)
         return frozen_params({p.name: checked.get(p.name, p.default) for p in script.params})
+
+
+# Hooks that run for a job: an API 2 handler's failure there is the job's (its on_error). Elsewhere (the
+# app starting, a model loading, the UI being built) there is no job to fail: the extension is marked
+# failed, as API 1 does everywhere.
+_JOB_HOOKS = frozenset({Hook.BEFORE_GENERATE, Hook.PLAN_IMAGES, Hook.JOB_START, Hook.MODEL_CALL, Hook.DENOISED,
+                        Hook.AFTER_CFG, Hook.STEP_END, Hook.INFOTEXT, Hook.AFTER_IMAGE, Hook.IMAGE_SAVED})
+
+
+def _runs_v1(record: ExtensionRecord, hook: Hook | None = None) -> bool:
+    """Whether a failure of the extension at ``hook`` follows API 1's rule (switched off until restart)."""
+    return record.setup is None or record.setup.api_version < 2 or (hook is not None and hook not in _JOB_HOOKS)

@@ -4,7 +4,8 @@ The front owns a job until it is queued and after it is done: it validates at th
 field reported before any model work, LoRA names and the VAE included), merges the server's
 settings into what the request leaves unset (once, for every face), applies styles and extension
 params, runs BEFORE_GENERATE, fixes the seeds and the sampler name, and queues the job with its
-owner. The renderer (:mod:`modules.services.renderer`) runs it on a worker, here or on a Ray
+owner (extensions' PLAN_IMAGES may give each image its own prompt and seed). The renderer
+(:mod:`modules.services.renderer`) runs it on a worker, here or on a Ray
 worker; the front's store (:mod:`modules.services.outputs`) saves what comes back.
 """
 
@@ -88,7 +89,9 @@ class GenerationService:
             validate_request(changed, self.limits, upscalers)
             self.addons.check(changed)
             self._check_face_restoration(changed)
-        return normalize_request(changed, upscalers=upscalers)
+        # Per-image prompts and seeds are planned once the seeds are fixed, and belong to the job.
+        planned = self.extensions.plan_images(normalize_request(changed, upscalers=upscalers), owner)
+        return replace(planned, owner=owner)
 
     def _with_server_defaults(self, request: GenerationRequest) -> GenerationRequest:
         """What the request leaves to the server (None), from the settings in force now: the one

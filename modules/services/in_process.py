@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modules.extension_api import Hook
 from modules.params import GenerationRequest, GenerationResult
 from modules.services.extensions import ExtensionManager
 from modules.services.extras_run import ExtrasOutput, ExtrasWorker
+from modules.services.job_hooks import job_hooks_for
 from modules.services.job_types import ExtrasJob, JobContext, JobSpec, ModelSwitch, ModelUnload
 from modules.services.models import CheckpointInfo
 from modules.services.outputs import OutputStore, StoreSink
@@ -36,5 +36,5 @@ class InProcessExecutor:
             return self.renderer.models.unload()
         assert isinstance(spec, GenerationRequest)
         sink = StoreSink(self.outputs)
-        step_hook = self.extensions.step_end if self.extensions.has(Hook.STEP_END) else None
-        return sink.result(self.renderer.render(spec, context, sink, step_hook))
+        hooks = job_hooks_for(self.extensions, context.job_id, spec)
+        return sink.result(self.renderer.render(spec, context, sink, hooks))

@@ -73,9 +73,9 @@ class OutputStore:
         saved, final = [], []
         for offset, (image, text) in enumerate(zip(images, texts)):
             index, seed = first + offset, request.seed_for(first + offset)
-            image = self.extensions.after_image(request, image, seed, index)
+            image = self.extensions.after_image(request, image, seed, index, notes)
             output = self.output(request, png_bytes(image, text), text, kind, seed, index, notes, job_time, image)
-            self.extensions.image_saved(request, output.path, text, seed, index)
+            self.extensions.image_saved(request, output.path, text, seed, index, notes)
             saved.append(output)
             final.append(image)
         return saved, final
@@ -146,10 +146,10 @@ class OutputStore:
         kind = OutputKind.IMG2IMG if request.is_img2img else OutputKind.TXT2IMG
         data, pixels = image.png, None
         if self.extensions.has(Hook.AFTER_IMAGE):
-            pixels = self.extensions.after_image(request, _decode(data), image.seed, image.index)
+            pixels = self.extensions.after_image(request, _decode(data), image.seed, image.index, notes)
             data = png_bytes(pixels, image.infotext)
         output = self.output(request, data, image.infotext, kind, image.seed, image.index, notes)
-        self.extensions.image_saved(request, output.path, image.infotext, image.seed, image.index)
+        self.extensions.image_saved(request, output.path, image.infotext, image.seed, image.index, notes)
         return output, pixels
 
 

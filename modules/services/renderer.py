@@ -5,15 +5,16 @@ It reads as numbered steps (:meth:`Renderer.render`): model, VAE, LoRAs and embe
 batches (sample, with hires fix and refiner when asked) -> what was made. Finished images leave
 batch by batch through an :class:`ImageSink`: the in-process worker's sink is the front's store
 (saving hooks, files), a Ray worker's collects PNG bytes for the front to store. The renderer saves
-nothing itself and knows no extension manager: the step hook it is given is all it calls, which is
-where sampling-time hooks run, here or on a remote worker.
+nothing itself and knows no extension manager: the job's hooks it is given (:class:`RenderHooks`)
+are all it calls, which is where sampling-time hooks run, here or on a remote worker. Images an
+extension gave their own prompts (``request.per_image``) are sampled in runs of the same prompts.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -21,21 +22,19 @@ from PIL import Image
 
 from modules import VERSION_TEXT
 from modules.engine.generate import ImageTask, RefinerPlan, run_task
-from modules.engine.hires import HiresPlan, run_hires
+from modules.engine.hires import run_hires
 from modules.engine.loader import LoadedModel
 from modules.engine.lora import apply_loras
 from modules.engine.memory import is_out_of_memory
-from modules.engine.sampling.loop import NoisePlan
+from modules.engine.sampling.hooks import DenoiserHooks
 from modules.engine.tiling import seamless_tiling
 from modules.engine.vram_choice import budget_bytes
-from modules.errors import AddonNotFoundError, FieldError, NotEnoughMemoryError, OutOfMemoryError, ValidationError
+from modules.errors import FieldError, NotEnoughMemoryError, OutOfMemoryError, ValidationError
 from modules.extension_helpers import png_with_infotext
 from modules.infotext import ModelIdentity, build_infotext
 from modules.params import (
     DEFAULT_CODE_FORMER_WEIGHT,
-    DEFAULT_EMPHASIS,
     DEFAULT_FACE_RESTORER,
-    LATENT_SCALE,
     NO_LIVE_PREVIEW,
     VAE_AUTOMATIC,
     GeneratedImage,
@@ -43,8 +42,6 @@ from modules.params import (
     GenerationResult,
     ModelsUsed,
 )
-from modules.sampler_params import from_values as sampler_params_from
-from modules.samplers import resolve_sampler
 from modules.services.addon_library import AddonLibrary, JobEmbeddings, JobPrompts
 from modules.services.addons import AddonFile
 from modules.services.face_restorers import FaceRestorers
@@ -53,13 +50,25 @@ from modules.services.job_inputs import JobInputs
 from modules.services.memory_estimate import choose_for_request, forced_mode
 from modules.services.models import CheckpointInfo, ModelManager
 from modules.services.preview_decoders import PreviewDecoders
+from modules.services.render_tasks import hires_plan, image_task, prompt_runs, prompts_of, with_every_prompt
 from modules.services.upscaler_library import UpscalerLibrary
-from modules.upscalers import UpscalerKind, find_upscaler, upscaler_names
 
 log = logging.getLogger(__name__)
 
-# (job id, step, total steps, request, interrupt): extensions' STEP_END, where the front has them.
-StepHook = Callable[[str, int, int, GenerationRequest, Callable[[], None]], None]
+class RenderHooks(DenoiserHooks, Protocol):
+    """A job's extension hooks, where it renders (see :mod:`modules.services.job_hooks`)."""
+
+    warnings: list[str]  # of handlers skipped for this job
+
+    def job_start(self, model: LoadedModel) -> None: ...
+
+    def job_end(self) -> None: ...
+
+    def begin_batch(self) -> None: ...
+
+    def step_end(self, step: int, total: int, interrupt: Callable[[], None]) -> None: ...
+
+    def infotext(self, index: int, seed: int, prompt: str) -> Mapping[str, object]: ...
 
 
 class JobProgress(Protocol):
@@ -143,10 +152,10 @@ class _Observer:
     the steps that get a live preview (with how to draw them), and calls the step hook each step."""
 
     def __init__(self, context: JobProgress, model: LoadedModel, request: GenerationRequest,
-                 step_hook: StepHook | None, previews: PreviewDecoders) -> None:
+                 hooks: RenderHooks | None, previews: PreviewDecoders) -> None:
         self._context = context
         self._request = request
-        self._step_hook = step_hook
+        self._hooks = hooks
         self._preview = request.live_preview
         self._render = (previews.renderer(model, self._preview.method)
                         if self._preview.every != NO_LIVE_PREVIEW else _no_preview)
@@ -154,8 +163,8 @@ class _Observer:
     def on_step(self, step: int, total: int, denoised: Any) -> None:
         kept = denoised if self._preview.due(step, total) else None
         self._context.on_step(step, total, kept, self._render)
-        if self._step_hook is not None:
-            self._step_hook(self._context.job_id, step, total, self._request, self._context.interrupt)
+        if self._hooks is not None:
+            self._hooks.step_end(step, total, self._context.interrupt)
 
     def should_stop(self) -> bool:
         return self._context.should_stop()
@@ -178,6 +187,7 @@ class _JobSetup:
     refiner: RefinerPlan | None
     extra: dict[str, object]  # infotext keys beyond the request's own
     notes: list[str] = field(default_factory=list)
+    hooks: RenderHooks | None = None  # the job's extension hooks
 
 
 class Renderer:
@@ -192,11 +202,11 @@ class Renderer:
         self.previews = previews or PreviewDecoders(None)  # None: TAESD previews fall back to Approx cheap
 
     def render(self, request: GenerationRequest, context: JobProgress, sink: ImageSink,
-               step_hook: StepHook | None = None) -> Rendering:
-        """Run a prepared job, calling ``step_hook`` after every sampling step; out of GPU memory,
-        the memory is given back and the error says what to try."""
+               hooks: RenderHooks | None = None) -> Rendering:
+        """Run a prepared job with its extension hooks; out of GPU memory, the memory is given back and
+        the error says what to try."""
         try:
-            return self._render(request, context, sink, step_hook)
+            return self._render(request, context, sink, hooks)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -211,22 +221,24 @@ class Renderer:
             "batch size, or start Atelier with --medvram (or --lowvram). Memory was released; the next job can run.")
 
     def _render(self, request: GenerationRequest, context: JobProgress, sink: ImageSink,
-                step_hook: StepHook | None) -> Rendering:
+                hooks: RenderHooks | None) -> Rendering:
         started = time.perf_counter()
         if context.interrupted:  # interrupted while waiting in the queue
             return Rendering(request, ModelsUsed(), True, 0.0, ())
-        # 1. The model and everything the job adds to it.
-        job = self._setup(request)
-        # 2. Inputs, decoded once for all batches.
-        inputs = JobInputs.of(request, enlarging_resize(request.img2img_upscaler, self.upscalers,
-                                                        job.model.execution_device))
-        # 3. Each batch: sample, then hand every image with its own infotext to the sink.
+        # 1. The model and everything the job adds to it (extensions' JOB_START last).
+        job = replace(self._setup(request), hooks=hooks)
         made = 0
         try:
+            if hooks is not None:
+                hooks.job_start(job.model)
+            # 2. Inputs, decoded once for all batches.
+            inputs = JobInputs.of(request, enlarging_resize(request.img2img_upscaler, self.upscalers,
+                                                            job.model.execution_device))
+            # 3. Each batch: sample, then hand every image with its own infotext to the sink.
             for batch_index in range(request.batch_count):
                 if context.interrupted:
                     break
-                images = self._run_batch(request, job, inputs, batch_index, context, sink, step_hook)
+                images = self._run_batch(request, job, inputs, batch_index, context, sink)
                 if images is None:  # interrupted or skipped mid-batch: its images are unfinished
                     continue
                 first = batch_index * request.batch_size
@@ -234,6 +246,8 @@ class Renderer:
                 sink.batch(request, inputs.finish(images), first, self._texts(request, first, len(images), job))
                 made += len(images)
         finally:
+            if hooks is not None:
+                hooks.job_end()  # the model as it was, before it goes back to the cache
             self.models.job_done(job.model)
         elapsed = time.perf_counter() - started
         log.info("%s: %d image(s), %s, %d steps, %dx%d, seed %d, %s, %.1f s%s",
@@ -242,14 +256,21 @@ class Renderer:
                  " (interrupted)" if context.interrupted else "")
         notes = inputs.notes + tuple(f"{tag} was ignored: Atelier has no handler for that kind of network."
                                      for tag in job.prompts.ignored_tags) + tuple(dict.fromkeys(job.notes))
+        if hooks is not None:
+            notes += tuple(dict.fromkeys(hooks.warnings))
         return Rendering(replace(request, checkpoint=job.info.title), job.used, context.interrupted, elapsed, notes)
 
     def _texts(self, request: GenerationRequest, first: int, count: int, job: _JobSetup) -> list[str]:
         texts = []
         for index in range(first, first + count):
             variation = request.variation_seed_for(index) if request.variation_strength > 0 else None
-            texts.append(build_infotext(request, request.seed_for(index), job.identity, VERSION_TEXT, extra=job.extra,
-                                        variation_seed=variation))
+            seed = request.seed_for(index)
+            prompt, negative = request.prompts_for(index)
+            own = replace(request, prompt=prompt, negative_prompt=negative) if request.per_image else request
+            extra = job.extra
+            if job.hooks is not None:
+                extra = {**extra, **job.hooks.infotext(index, seed, prompt)}
+            texts.append(build_infotext(own, seed, job.identity, VERSION_TEXT, extra=extra, variation_seed=variation))
         return texts
 
     def _restore_faces(self, request: GenerationRequest, images: list[Image.Image],
@@ -271,7 +292,7 @@ class Renderer:
         model = self._memory_mode_for(model, request)
         vae = self.addons.vae_file(request.vae or VAE_AUTOMATIC, info.model_name)
         self.models.use_vae(model, vae)
-        prompts = self.addons.prompts(request)
+        prompts = self.addons.prompts(with_every_prompt(request))
         apply_loras(model.pipeline, prompts.loras, fuse=self.models.fast_path)
         embeddings = self.addons.embeddings_for(model, prompts.texts())
         refiner = refiner_info = None
@@ -300,17 +321,31 @@ class Renderer:
         return self.models.use_mode(model, choice.mode)
 
     def _run_batch(self, request: GenerationRequest, job: _JobSetup, inputs: JobInputs, batch_index: int,
-                   context: JobProgress, sink: ImageSink, step_hook: StepHook | None) -> list[Image.Image] | None:
-        """One batch's finished images (hires fix's second pass included), or None when stopped."""
+                   context: JobProgress, sink: ImageSink) -> list[Image.Image] | None:
+        """One batch's finished images (hires fix's second pass included), or None when stopped; images
+        with prompts of their own (an extension's per-image plan) are sampled in runs of equal prompts."""
         first = batch_index * request.batch_size
-        task = _task(request, inputs, first, job.prompts, job.embeddings)
-        observer = _Observer(context, job.model, request, step_hook, self.previews)
+        made: list[Image.Image] = []
+        for start, count in prompt_runs(request, first, request.batch_size):
+            prompts = prompts_of(request, start, job.prompts)
+            task = replace(image_task(request, inputs, start, prompts, job.embeddings, count), hooks=job.hooks)
+            images = self._run_images(request, job, task, batch_index, start, context, sink)
+            if images is None:
+                return None
+            made += images
+        return made
+
+    def _run_images(self, request: GenerationRequest, job: _JobSetup, task: ImageTask, batch_index: int, first: int,
+                    context: JobProgress, sink: ImageSink) -> list[Image.Image] | None:
+        observer = _Observer(context, job.model, request, job.hooks, self.previews)
         tiling = seamless_tiling(request.tiling, job.model, job.refiner)  # around sampling and decoding
+        if job.hooks is not None:
+            job.hooks.begin_batch()
         if request.hires is None:
             context.begin_batch(batch_index, request.batch_count, request.steps)
             with tiling:
                 return run_task(job.model, task, observer, job.refiner)
-        plan = _hires_plan(request, task, job.prompts, self.upscalers)
+        plan = hires_plan(request, task, job.prompts, self.upscalers)
         context.begin_batch(batch_index, request.batch_count, request.steps + plan.task.steps)
         keep_first = None
         if request.hires.save_first_pass and request.save_images:
@@ -332,48 +367,3 @@ class Renderer:
         extra["Lora hashes"] = prompts.lora_hashes
         extra["TI hashes"] = embeddings.ti_hashes
         return extra
-
-
-def _task(request: GenerationRequest, inputs: JobInputs, first: int, prompts: JobPrompts,
-          embeddings: JobEmbeddings) -> ImageTask:
-    found = resolve_sampler(request.sampler)
-    assert found is not None  # the front normalised it
-    indices = range(first, first + request.batch_size)
-    variations = request.variation_strength > 0
-    resize = request.seed_resize
-    noise = NoisePlan(seeds=tuple(request.seed_for(i) for i in indices), source=request.rng,
-                      variation_seeds=tuple(request.variation_seed_for(i) for i in indices) if variations else None,
-                      variation_strength=request.variation_strength,
-                      eta_noise_seed_delta=request.eta_noise_seed_delta,
-                      resize_from=(resize[1] // LATENT_SCALE, resize[0] // LATENT_SCALE) if resize else None)
-    return ImageTask(prompt=prompts.prompt, negative_prompt=prompts.negative_prompt, sampler=found[0],
-                     schedule=request.schedule, steps=request.steps, cfg_scale=request.cfg_scale,
-                     width=request.width, height=request.height, clip_skip=request.clip_skip, noise=noise,
-                     init_image=inputs.init_image, mask=inputs.mask,
-                     denoising_strength=request.denoising_strength, masked_content=request.masked_content,
-                     embeddings=embeddings.by_name or None,
-                     emphasis=request.emphasis or DEFAULT_EMPHASIS, sampler_params=sampler_params_from(request),
-                     exact_steps=bool(request.img2img_fix_steps))
-
-
-def _hires_plan(request: GenerationRequest, first: ImageTask, prompts: JobPrompts,
-                upscalers: UpscalerLibrary | None = None) -> HiresPlan:
-    hires = request.hires
-    assert hires is not None
-    width, height = hires.final_size(request.width, request.height)
-    sampler = resolve_sampler(hires.sampler)[0] if hires.sampler else first.sampler  # type: ignore[index]
-    second = replace(first, prompt=prompts.hires_prompt or first.prompt,
-                     negative_prompt=prompts.hires_negative_prompt or first.negative_prompt,
-                     sampler=sampler, schedule=hires.schedule or first.schedule,
-                     steps=hires.steps or request.steps, width=width, height=height,
-                     denoising_strength=hires.denoising_strength)
-    models = upscalers.names() if upscalers is not None else []
-    upscaler = find_upscaler(hires.upscaler, models)
-    if upscaler is None:  # validated on the front; the file was removed since
-        raise AddonNotFoundError("upscaler", hires.upscaler, upscaler_names(models))
-    upscale_image = None
-    if upscaler.kind is UpscalerKind.MODEL and upscalers is not None:
-        def upscale_image(image: Image.Image, size: tuple[int, int], device: Any) -> Image.Image:
-            return upscalers.upscale(image, upscaler.name, size, device)
-    return HiresPlan(task=second, upscaler=upscaler, upscale_size=hires.upscale_size(request.width, request.height),
-                     upscale_image=upscale_image)

@@ -22,6 +22,7 @@ from modules.ui import (
     img2img,
     inpaint,
     png_info,
+    private_events,
     settings_tab,
     txt2img,
     workers_panel,
@@ -80,7 +81,8 @@ def _extension_tabs(services: Services) -> None:
         title = (record.setup.tab_title if record.setup else None) or record.name
         with gr.Tab(title, id=f"ext_{record.name}", elem_id=f"tab_ext_{record.name}"):
             try:
-                handler.call(UiTabs(services.extensions.host(record.name)))
+                with private_events.extension_build(record.name):  # no public API from its events
+                    handler.call(UiTabs(services.extensions.host(record.name)))
             except Exception as exc:  # its bug: shown in its tab, the extension is switched off
                 services.extensions.fail(record.name, "UI_TABS", exc)
                 gr.Markdown(f"{icons.WARNING} The extension {escape.markdown(record.name)} failed to build this tab: "

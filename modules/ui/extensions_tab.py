@@ -20,14 +20,14 @@ from typing import Any
 import gradio as gr
 
 from modules.errors import AtelierError
-from modules.extension_api import Hook, SettingsSection
+from modules.extension_api import API_VERSION, SUPPORTED_API_VERSIONS, Hook, SettingsSection
 from modules.server_effects import changes_server
 from modules.services.container import Services
 from modules.services.extension_install import Outcome
 from modules.services.extension_manifest import Manifest
 from modules.services.extensions import ExtensionState
 from modules.services.install_confirmation import Action, Confirmation, Requester
-from modules.ui import escape
+from modules.ui import escape, private_events
 from modules.ui.session import user_of
 
 PRIVATE = "private"  # none of these events belongs in the public API
@@ -52,14 +52,17 @@ def _table_html(services: Services) -> str:
         state = record.state.value
         if record.state is ExtensionState.ENABLED and record.name in disabled:
             state += " (disabled at the next start)"
-        rows.append((record.name, record.version, "built-in" if record.builtin else "user", state, record.error or ""))
+        api = record.manifest.api_range if record.manifest else ""
+        rows.append((record.name, record.version, "built-in" if record.builtin else "user", api, state,
+                     record.error or ""))
     known = {r.folder.resolve() for r in records}
     for manifest in services.installer.user_extensions():
         if manifest.folder.resolve() not in known:
-            rows.append((manifest.name, manifest.version, "user", "installed (loads at the next start)", ""))
+            rows.append((manifest.name, manifest.version, "user", manifest.api_range,
+                         "installed (loads at the next start)", ""))
     if not rows:
         return "<p>No extensions are installed.</p>"
-    head = "".join(f"<th>{h}</th>" for h in ("Name", "Version", "Kind", "State", "Error"))
+    head = "".join(f"<th>{h}</th>" for h in ("Name", "Version", "Kind", "Extension API", "State", "Error"))
     body = "".join("<tr>" + "".join(f"<td>{escape.text(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     return f'<table class="atelier-table"><tr>{head}</tr>{body}</table>'
 
@@ -154,7 +157,9 @@ def _question(ask_label: str, prefix: str, locked: str | None, result: dict[str,
 def build_tab(services: Services, demo: gr.Blocks) -> None:
     """The tab's content; ``demo`` refreshes the lists on every page load."""
     locked = services.installer.locked_reason
-    gr.Markdown("Extensions add hooks, panels, scripts and tabs. Changes here apply when Atelier restarts.")
+    supported = ", ".join(str(v) for v in SUPPORTED_API_VERSIONS)
+    gr.Markdown("Extensions add hooks, panels, scripts and tabs. Changes here apply when Atelier restarts. "
+                f"This Atelier offers extension API {API_VERSION} and runs extensions written for API {supported}.")
     table = gr.HTML(_table_html(services), elem_id="extensions_table")
     with gr.Row():
         enabled = gr.CheckboxGroup(label="Enabled extensions", elem_id="extensions_enabled", scale=4)
@@ -276,7 +281,8 @@ def extension_settings_sections(services: Services) -> None:
         safe = re.sub(r"[^A-Za-z0-9_-]", "_", record.name)
         with gr.Accordion(record.name, open=False, elem_id=f"extensions_settings_{safe}"):
             try:
-                handler.call(SettingsSection(services.extensions.host(record.name)))
+                with private_events.extension_build(record.name):  # no public API from its events
+                    handler.call(SettingsSection(services.extensions.host(record.name)))
             except Exception as exc:  # its bug: shown here, the extension is switched off
                 services.extensions.fail(record.name, Hook.SETTINGS_SECTION.name, exc)
                 gr.Markdown(f"⚠️ The extension {escape.markdown(record.name)} failed to build its settings: "

@@ -1,4 +1,5 @@
-"""Filling a tab from an image's parameters text: the fields, and the checkpoint it names."""
+"""Filling a tab from an image's parameters text: the fields, extensions' panels (through their
+infotext readers), and the checkpoint it names."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ def values_from_infotext(text: str, services: Services) -> dict[str, Any]:
         if found is not None:
             request = replace(request, refiner=replace(request.refiner, checkpoint=found.title))
     return values_from_request(request)
+
+
+def extension_values(text: str, services: Services) -> dict[str, dict[str, Any]]:
+    """Each enabled extension's param values that an image's parameters text gives back, by extension
+    and param name (its infotext readers, see ``ExtensionManager.read_infotext``)."""
+    return services.extensions.read_infotext(parse_infotext(text).params)
 
 
 def override_values(text: str, declared: Container[str], services: Services) -> dict[str, Any]:

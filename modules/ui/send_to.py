@@ -16,7 +16,12 @@ from modules.services.container import Services
 from modules.ui import escape
 from modules.ui.form_fields import Component, filled_names
 from modules.ui.generation_form import GenerationForm
-from modules.ui.infotext_fill import override_values, switch_to_checkpoint_of, values_from_infotext
+from modules.ui.infotext_fill import (
+    extension_values,
+    override_values,
+    switch_to_checkpoint_of,
+    values_from_infotext,
+)
 from modules.ui.override_settings import OVERRIDE_FIELD
 
 Pick = Callable[..., tuple[str | None, str]]  # (image path or None, infotext) from the button's inputs
@@ -45,7 +50,8 @@ class SendWiring:
         settings say so (A1111's send_seed, send_size)."""
         image = target.fields.get("init_image") if with_image else None
         filled = target.fields.components_of([*filled_names(), OVERRIDE_FIELD])
-        outputs = ([image] if image is not None else []) + filled + [self.checkpoint, self.tabs]
+        panels = target.extensions.outputs()  # extensions' panels, filled by their infotext readers
+        outputs = ([image] if image is not None else []) + filled + panels + [self.checkpoint, self.tabs]
 
         def send(*values: Any) -> dict[Component, Any]:
             path, text = pick(*values)
@@ -59,6 +65,7 @@ class SendWiring:
                 if between_tabs:
                     values = self._kept_by_settings(values)
                 updates |= target.fields.fill(values)
+                updates |= target.extensions.fill(extension_values(text, self.services))
                 warning = switch_to_checkpoint_of(self.services, parse_infotext(text).params)
                 if warning:
                     gr.Warning(escape.text(warning))  # it quotes the image's checkpoint name

@@ -7,6 +7,7 @@ in file order: the last one kills a worker.
 from __future__ import annotations
 
 import io
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from modules.services.queue_contract import QueueMode, WorkerState
 from tests.conftest import TinyModels, make_services
 
 MODEL_A, MODEL_B = "tiny-sd15.safetensors", "tiny-sd15-b.safetensors"
+CFG_RESCALE = Path(__file__).parents[2] / "docs" / "examples" / "cfg_rescale"  # an AFTER_CFG + INFOTEXT extension
 LONG_STEPS = 150  # the largest allowed: about a second per batch on the tiny model
 
 
@@ -47,12 +49,15 @@ def cluster(tiny_models: TinyModels, spawn_workers, tmp_path_factory: pytest.Tem
     from modules.services.scaleout.front import ScaleOut
     from modules.services.scaleout.slots import DispatchSettings
 
-    engine = EngineConfig(data_dir=tmp_path_factory.mktemp("worker-data"), ckpt_dir=tiny_models.folder,
+    # The same user extension on the front and on the workers' host, as a user installs it on each.
+    worker_data, front_data = tmp_path_factory.mktemp("worker-data"), tmp_path_factory.mktemp("front-data")
+    for data in (worker_data, front_data):
+        shutil.copytree(CFG_RESCALE, data / "extensions" / CFG_RESCALE.name)
+    engine = EngineConfig(data_dir=worker_data, ckpt_dir=tiny_models.folder,
                           policy=DevicePolicy(use_cpu=True), torch_threads=1)
     namespace, handles = spawn_workers(engine)
     settings = DispatchSettings(namespace=namespace, discover_seconds=0.2, poll_seconds=0.05)
-    services = make_services(tmp_path_factory.mktemp("front-data"), tiny_models.folder,
-                             scale_out=ScaleOut(address="auto", dispatch=settings))
+    services = make_services(front_data, tiny_models.folder, scale_out=ScaleOut(address="auto", dispatch=settings))
     assert services.queue.mode is QueueMode.RAY
     wait_until(lambda: len(services.queue.workers()) == 2)
     yield services, handles, ray
@@ -112,6 +117,15 @@ def test_outputs_and_seeds_match_the_in_process_queue(cluster, tiny_models: Tiny
         if mine.grid is not None and theirs.grid is not None:  # made by the front from the workers' PNGs
             assert pixels(mine.grid.png) == pixels(theirs.grid.png) and mine.grid.path is not None
         assert all(i.path is not None and i.path.read_bytes() == i.png for i in mine.images)
+
+
+def test_sampling_hooks_and_infotext_keys_run_on_the_worker(cluster) -> None:
+    services, _handles, _ray = cluster
+    plain = services.generation.generate(request(seed=5, cfg_scale=9.0), timeout=120).images[0]
+    tweaked = services.generation.generate(request(seed=5, cfg_scale=9.0, extension_params={
+        "CFG_Rescale": {"multiplier": 0.7}}), timeout=120).images[0]  # alwayson names match in any case
+    assert "CFG Rescale: 0.7" in tweaked.infotext and "CFG Rescale" not in plain.infotext
+    assert pixels(tweaked.png) != pixels(plain.png)
 
 
 def test_interrupt_stops_one_job_and_not_the_other(cluster) -> None:

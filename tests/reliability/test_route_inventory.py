@@ -60,12 +60,18 @@ OWN_API_ROUTES = {
         "/sdapi/v1/cmd-flags", "/sdapi/v1/embeddings", "/sdapi/v1/extensions", "/sdapi/v1/face-restorers",
         "/sdapi/v1/hypernetworks", "/sdapi/v1/latent-upscale-modes", "/sdapi/v1/loras", "/sdapi/v1/memory",
         "/sdapi/v1/options", "/sdapi/v1/progress", "/sdapi/v1/prompt-styles", "/sdapi/v1/realesrgan-models",
-        "/sdapi/v1/samplers", "/sdapi/v1/schedulers", "/sdapi/v1/scripts", "/sdapi/v1/sd-models",
-        "/sdapi/v1/sd-vae", "/sdapi/v1/upscalers", "/sdapi/v1/workers", "/sdapi/v1/downloadable-models", "/docs", "/docs/oauth2-redirect",
+        "/sdapi/v1/samplers", "/sdapi/v1/schedulers", "/sdapi/v1/scripts", "/sdapi/v1/script-info",
+        "/sdapi/v1/sd-models", "/sdapi/v1/sd-vae", "/sdapi/v1/upscalers", "/sdapi/v1/workers",
+        "/sdapi/v1/downloadable-models", "/docs", "/docs/oauth2-redirect",
         "/openapi.json")
 } | {("GET", p) for p in ("/config", "/config/", "/monitoring", "/monitoring/summary", "/monitoring/{key}")
      } | {("POST", p) for p in ("/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/interrupt", "/sdapi/v1/skip",
                          "/sdapi/v1/png-info", "/sdapi/v1/extra-single-image", "/sdapi/v1/extra-batch-images")}
+# Built-in extensions' routes (modules/api/extension_routes.py): a GET reads; a POST changes the
+# server only when its handler is marked (then it belongs in SERVER_ROUTES). ControlNet's, as A1111's:
+# the lists read, and detect runs a preprocessor for the caller, as an extras job does.
+OWN_API_ROUTES |= {("GET", f"/controlnet/{p}") for p in ("version", "model_list", "module_list", "control_types",
+                                                          "settings")} | {("POST", "/controlnet/detect")}
 
 # UI events, by handler: True where it changes the server for everyone.
 UI_EVENTS = {
@@ -135,6 +141,13 @@ UI_EVENTS = {
     "modules.ui.vae_bar:build_vae_choice.<locals>.on_refresh": True,
     "modules.ui.vae_bar:build_vae_choice.<locals>.on_select": True,
     "modules.ui.workers_panel:build_panel.<locals>.refresh": False,
+    # Built-in extensions' panels (their helper modules' own names). ControlNet's: follow the chosen
+    # preprocessor, re-list the model files for this page, a unit's own image, a preprocessing preview.
+    "cn_ui:_wire_unit.<locals>.on_module_picked": False,
+    "cn_ui:_wire_unit.<locals>.on_module_changed": False,
+    "cn_ui:_wire_unit.<locals>.on_refresh": False,
+    "cn_ui:_wire_unit.<locals>.on_upload": False,
+    "cn_ui:_wire_unit.<locals>.on_preview": False,  # a preprocessor run for the caller, as detect is
 }
 
 

@@ -15,7 +15,11 @@ from typing import Any
 
 import torch
 
+from modules.engine.sampling.hooks import DenoiserHooks, UnetExtras, UnetInputs
 from modules.engine.sampling.schedules import ModelSigmas
+
+# (scaled input, timestep) -> what a job's hooks add to this UNet call
+ExtrasFor = Callable[[torch.Tensor, torch.Tensor], UnetExtras | None]
 
 
 class SamplingStopped(Exception):
@@ -66,16 +70,24 @@ class SigmaDenoiser:
         self.dtype = next(unet.parameters()).dtype
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, tokens: torch.Tensor,
-                 added: dict[str, torch.Tensor] | None, concat: torch.Tensor | None) -> torch.Tensor:
+                 added: dict[str, torch.Tensor] | None, concat: torch.Tensor | None,
+                 extras_for: ExtrasFor | None = None) -> torch.Tensor:
         s = sigma.view(-1, 1, 1, 1)
         c_in = 1 / (s**2 + 1) ** 0.5
         x_in = x * c_in
+        t = self.model_sigmas.sigma_to_t(sigma)
+        dtype = self.dtype
+        extras = extras_for(x_in, t) if extras_for is not None else None
+        kwargs: dict[str, Any] = {}
+        conditions = {k: v.to(dtype) for k, v in added.items()} if added else {}
+        if extras is not None:  # a job's hooks add residuals, conditions or other tokens to this call
+            kwargs = extras.unet_kwargs(dtype)
+            conditions.update(extras.conditions)
+            tokens = extras.tokens if extras.tokens is not None else tokens
         if concat is not None:  # inpainting models also see the mask and the masked image
             x_in = torch.cat([x_in, concat], dim=1)
-        dtype = self.dtype
-        out = self.unet(x_in.to(dtype), self.model_sigmas.sigma_to_t(sigma), encoder_hidden_states=tokens.to(dtype),
-                        added_cond_kwargs={k: v.to(dtype) for k, v in added.items()} if added else None,
-                        return_dict=False)[0].float()
+        out = self.unet(x_in.to(dtype), t, encoder_hidden_states=tokens.to(dtype),
+                        added_cond_kwargs=conditions or None, return_dict=False, **kwargs)[0].float()
         if self.v_prediction:
             return x / (s**2 + 1) - out * s / (s**2 + 1) ** 0.5
         return x - out * s
@@ -106,8 +118,11 @@ class GuidedDenoiser:
 
     def __init__(self, inner: SigmaDenoiser, conditioning: Conditioning, cfg_scale: float,
                  added: Callable[[Embeds], dict[str, torch.Tensor]] | None, concat: torch.Tensor | None,
-                 mask: LatentMask | None, should_stop: Callable[[], bool]) -> None:
+                 mask: LatentMask | None, should_stop: Callable[[], bool], hooks: DenoiserHooks | None = None,
+                 model_calls: bool = True) -> None:
         self.inner = inner
+        self.hooks = hooks  # a job's extension hooks (None: none)
+        self._hook_model_calls = hooks is not None and hooks.model_calls and model_calls
         self.conditioning = conditioning
         self.cfg_scale = cfg_scale
         self.added = added
@@ -117,13 +132,45 @@ class GuidedDenoiser:
         self.calls = 0  # model calls so far: prompt editing counts these, as A1111 does
         # The batched model inputs of each prompt-schedule part, built once and reused every step.
         self._inputs: dict[tuple[int, ...], _BatchedInputs] = {}
+        self._rows: dict[tuple[int, int], torch.Tensor] = {}
 
     def _skip_uncond(self) -> bool:
         positive = self.conditioning.positive
         return self.cfg_scale == 1.0 and len(positive) == 1 and positive[0][1] == 1.0
 
+    def begin_pass(self, total: int) -> None:
+        """A sampling pass of ``total`` steps begins; only hooks count passes."""
+        if self.hooks is not None:
+            self.hooks.begin_pass(total)
+
     def begin_step(self, sigma: float) -> None:
-        """The sampler starts a step at ``sigma`` (a Python float); nothing to do with one model."""
+        """The sampler starts a step at ``sigma`` (a Python float); only hooks count steps."""
+        if self.hooks is not None:
+            self.hooks.begin_step()
+
+    def _extras_for(self, sigma: torch.Tensor, tokens: torch.Tensor, added: dict[str, torch.Tensor] | None,
+                    groups: int, batch: int) -> ExtrasFor | None:
+        """How this call asks the hooks for their additions (None without MODEL_CALL hooks)."""
+        if not self._hook_model_calls:
+            return None
+        hooks = self.hooks
+        assert hooks is not None
+        cond_rows = self._cond_rows(groups, batch, sigma.device)
+
+        def extras(x_in: torch.Tensor, t: torch.Tensor) -> UnetExtras | None:
+            return hooks.model_call(UnetInputs(x_in, sigma, t, tokens, added, cond_rows, batch, self.inner.unet))
+
+        return extras
+
+    def _cond_rows(self, groups: int, batch: int, device: torch.device) -> torch.Tensor:
+        """Which rows of a call are the prompts' (True) and which the negative prompt's, made once."""
+        key = (groups, batch)
+        found = self._rows.get(key)
+        if found is None:
+            prompts = len(self.conditioning.positive)
+            found = self._rows[key] = torch.tensor([group < prompts for group in range(groups) for _ in range(batch)],
+                                                   device=device)
+        return found
 
     def _batched(self, embeds: list[Embeds], batch: int) -> _BatchedInputs:
         key = (batch, *map(id, embeds))
@@ -147,8 +194,14 @@ class GuidedDenoiser:
             embeds.append(self.conditioning.negative.at(self.calls))
         groups = len(embeds)
         inputs = self._batched(embeds, batch)
-        out = self.inner(x.repeat(groups, 1, 1, 1), sigma.repeat(groups), inputs.tokens, inputs.added, inputs.concat)
+        sigmas = sigma.repeat(groups)
+        extras_for = self._extras_for(sigmas, inputs.tokens, inputs.added, groups, batch)
+        args = (x.repeat(groups, 1, 1, 1), sigmas, inputs.tokens, inputs.added, inputs.concat)
+        out = self.inner(*args) if extras_for is None else self.inner(*args, extras_for)
         self.calls += 1
+        if self.hooks is not None:
+            out = self.hooks.denoised(x, sigma, out, self._cond_rows(groups, batch, x.device), batch)
+        uncond = None
         if self._skip_uncond():
             denoised = out
         else:
@@ -156,6 +209,8 @@ class GuidedDenoiser:
             denoised = uncond.clone()
             for i, (_schedule, weight) in enumerate(self.conditioning.positive):
                 denoised += (out[i * batch:(i + 1) * batch] - uncond) * (weight * self.cfg_scale)
+        if self.hooks is not None:
+            denoised = self.hooks.after_cfg(x, sigma, denoised, out[:batch], uncond, self.cfg_scale)
         return self.mask.apply(denoised) if self.mask is not None else denoised
 
 
@@ -179,12 +234,16 @@ class SwitchingDenoiser:
         t = min(range(len(self._levels)), key=lambda i: abs(self._levels[i] - sigma))
         return (len(self._levels) - 1 - t) / len(self._levels)
 
+    def begin_pass(self, total: int) -> None:
+        self.active.begin_pass(total)
+
     def begin_step(self, sigma: float) -> None:
         if not self.switched and self._done(sigma) >= self._switch_at:
             calls = self.active.calls
             self.active = self._make_second()
             self.active.calls = calls
             self.switched = True
+        self.active.begin_step(sigma)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return self.active(x, sigma, **kwargs)

@@ -113,6 +113,7 @@ def run_sampling(plan: SamplingPlan, denoiser: GuidedDenoiser | SwitchingDenoise
     # 3. The sampler's own noise, and 4. the run.
     fn = get_sampler_function(plan.sampler.function)
 
+    denoiser.begin_pass(total)
     denoiser.begin_step(levels[0])
 
     def callback(info: dict[str, Any]) -> None:

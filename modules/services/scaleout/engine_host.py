@@ -2,8 +2,10 @@
 
 :class:`EngineConfig` is what a worker host passes to its actors (folders, device policy, cache
 size); each actor builds its :class:`RenderEngine` from it, in its own process, on the GPU Ray gave
-it. The engine keeps checkpoints loaded (and in its RAM cache) between jobs, saves nothing and runs
-no extension hooks: the front stores the PNG bytes it returns.
+it. The engine keeps checkpoints loaded (and in its RAM cache) between jobs and saves nothing: the
+front stores the PNG bytes it returns. It loads the same extensions as the front, from the worker's
+own folders, and runs their worker-side hooks (JOB_START, MODEL_CALL, DENOISED, AFTER_CFG,
+STEP_END, INFOTEXT); the front runs the rest.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ from modules.params import GenerationRequest
 from modules.paths import resolve_paths
 from modules.services.addon_library import AddonLibrary
 from modules.services.addons import AddonKind, AddonRegistry
+from modules.services.extension_files import ExtensionFiles
+from modules.services.extension_host import WorkerHost
+from modules.services.extensions import ExtensionManager
 from modules.services.face_restorers import FaceRestorers
 from modules.services.hashing import HashCache
+from modules.services.job_hooks import job_hooks_for
 from modules.services.job_types import JobContext
 from modules.services.model_downloads import upscaler_aliases
 from modules.services.models import CheckpointInfo, CheckpointRegistry, ModelManager
@@ -74,6 +80,7 @@ class EngineConfig:
     checkpoint_cache: int = 1
     fast_path: bool = False
     torch_threads: int | None = None  # None: torch's default (Ray sets one thread per CPU it grants)
+    extensions: bool = True  # False: --disable-all-extensions
 
     def build(self) -> RenderEngine:
         return RenderEngine(self)
@@ -100,7 +107,12 @@ class RenderEngine:
         addons = AddonLibrary(AddonRegistry(AddonKind.LORA, paths.lora_dirs, hashes),
                               AddonRegistry(AddonKind.EMBEDDING, paths.embedding_dirs, hashes),
                               AddonRegistry(AddonKind.VAE, paths.vae_dirs, hashes))
-        # No extensions here: BEFORE_GENERATE ran on the front, the saving hooks run there too.
+        # Extensions for the hooks that run where the job renders; BEFORE_GENERATE, PLAN_IMAGES and
+        # the saving hooks ran (or run) on the front.
+        self._extensions = ExtensionManager(paths.builtin_extensions_dir, paths.user_extensions_dir,
+                                            paths.extension_state_file, enabled=config.extensions)
+        files = ExtensionFiles(paths, hashes)
+        self._extensions.load_all(lambda name: WorkerHost(name, self._registry, paths.extension_settings_dir, files))
         self._renderer = Renderer(self._models, addons, PreviewDecoders(paths.taesd_dir),
                                   UpscalerLibrary(paths.upscaler_dirs, aliases=upscaler_aliases()),
                                   FaceRestorers(paths.gfpgan_dirs, paths.codeformer_dirs))
@@ -120,7 +132,8 @@ class RenderEngine:
         with self._lock:
             self._loaded.clear()
         sink = EncodingSink()
-        rendered = sink.rendered(self._renderer.render(spec, context, sink))
+        hooks = job_hooks_for(self._extensions, context.job_id, spec)
+        rendered = sink.rendered(self._renderer.render(spec, context, sink, hooks))
         with self._lock:
             loads = tuple(self._loaded)
         return replace(rendered, model_loads=loads)

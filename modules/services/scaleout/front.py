@@ -4,7 +4,7 @@ Jobs are pinned to a concrete checkpoint name at submission (the selected one wh
 none), because workers each hold their own model and the dispatcher matches jobs to them by name.
 Choosing a checkpoint in the UI selects it here (no weights load on the front); the workers load it
 with their first job that needs it. Finished work is stored here: extensions' AFTER_IMAGE and
-IMAGE_SAVED hooks, the files and the grid; STEP_END hooks do not run for remote jobs.
+IMAGE_SAVED hooks, the files and the grid; the sampling-time hooks ran on the worker.
 """
 
 from __future__ import annotations

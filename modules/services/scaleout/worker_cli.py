@@ -102,7 +102,8 @@ def _start_workers(ns: argparse.Namespace, flags: Flags) -> list[Any]:
         slots = WorkerSlots(count)
     engine = EngineConfig(data_dir=flags.data_dir, models_dir=flags.models_dir, ckpt_dir=flags.ckpt_dir,
                           lora_dir=flags.lora_dir, embeddings_dir=flags.embeddings_dir, vae_dir=flags.vae_dir,
-                          model_folders=flags.model_folders, policy=policy, checkpoint_cache=settings.checkpoint_cache, fast_path=settings.fast_path)
+                          model_folders=flags.model_folders, policy=policy, checkpoint_cache=settings.checkpoint_cache,
+                          fast_path=settings.fast_path, extensions=not flags.disable_all_extensions)
     names = [worker_name(socket.gethostname(), f"{kind}{i}") for i in range(count)]
     try:
         return spawn_workers(names, engine, slots)

@@ -1,0 +1,197 @@
+"""One job's extension hooks where it renders (the in-process worker or a Ray worker).
+
+:class:`JobHooks` is what the renderer and the engine's denoiser call: JOB_START once the model is
+set up (its model patches undone when the job ends, even on error), MODEL_CALL / DENOISED /
+AFTER_CFG at every model call, STEP_END after each step, INFOTEXT for each image's text. Each
+extension gets one ``state`` dict for the job, shared by its handlers. Handlers run through the
+extension manager, which applies their failure policy; warnings of skipped handlers end up in the
+job's result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from modules.engine.loader import LoadedModel
+from modules.engine.sampling.hooks import UnetExtras, UnetInputs
+from modules.extension_api import (
+    AfterCfg,
+    Denoised,
+    Hook,
+    InfotextFields,
+    JobInfo,
+    JobStart,
+    ModelCall,
+    ModelCallChanges,
+    ModelPatches,
+    ModelView,
+)
+from modules.params import LATENT_SCALE, GenerationRequest
+from modules.services.extensions import ExtensionManager, ExtensionRecord
+
+log = logging.getLogger(__name__)
+
+# The hooks that run where the job renders; a job without handlers for any of them gets no JobHooks.
+WORKER_HOOKS = (Hook.JOB_START, Hook.MODEL_CALL, Hook.DENOISED, Hook.AFTER_CFG, Hook.STEP_END, Hook.INFOTEXT)
+
+
+def job_hooks_for(extensions: ExtensionManager, job_id: str, request: GenerationRequest) -> JobHooks | None:
+    """The job's hooks, or None when no extension handles a worker-side hook (nothing to call)."""
+    if not any(extensions.has(hook) for hook in WORKER_HOOKS):
+        return None
+    return JobHooks(extensions, job_id, request)
+
+
+def _same_shape(expected: torch.Tensor, what: str) -> Callable[[Any], Exception | None]:
+    def check(returned: Any) -> Exception | None:
+        if returned is None:
+            return None
+        if not isinstance(returned, torch.Tensor) or returned.shape != expected.shape:
+            shape = tuple(returned.shape) if isinstance(returned, torch.Tensor) else type(returned).__name__
+            return TypeError(f"returned {shape}, not {what} of shape {tuple(expected.shape)} or None")
+        return None
+    return check
+
+
+class JobHooks:
+    """A job's worker-side hooks; see the module docstring."""
+
+    def __init__(self, extensions: ExtensionManager, job_id: str, request: GenerationRequest) -> None:
+        self._extensions = extensions
+        self.job = JobInfo(job_id, request.owner, request)
+        self.warnings: list[str] = []
+        self._states: dict[str, dict[str, Any]] = {}
+        self._patches = ModelPatches()
+        self.model_calls = extensions.has(Hook.MODEL_CALL)
+        self._has_denoised = extensions.has(Hook.DENOISED)
+        self._has_after_cfg = extensions.has(Hook.AFTER_CFG)
+        self._pass = -1
+        self._step = -1
+        self._total = 0
+
+    def _state(self, record: ExtensionRecord) -> dict[str, Any]:
+        return self._states.setdefault(record.name, {})
+
+    def _params(self, record: ExtensionRecord) -> Mapping[str, Any]:
+        return self._extensions.params_for(record.name, self.job.request)
+
+    # --- the renderer calls these ---------------------------------------------------------------
+
+    def job_start(self, model: LoadedModel) -> None:
+        """JOB_START, once the job's model, VAE and LoRAs are in place."""
+        unet = model.pipeline.unet
+        view = ModelView(family=model.arch.value, architecture=model.arch.label, unet=unet, pipeline=model.pipeline,
+                         device=model.execution_device, dtype=next(unet.parameters()).dtype)
+        owner = self.job.user
+        self._extensions.dispatch(Hook.JOB_START, lambda r: JobStart(
+            self.job, self._params(r), self._extensions.host(r.name, owner), view, self._patches, self._state(r)),
+            warnings=self.warnings)
+
+    def job_end(self) -> None:
+        """Undo the job's model patches (newest first); an undo that fails is logged and reported."""
+        for exc in self._patches.undo_all():
+            log.error("Undoing an extension's model patch failed", exc_info=exc)
+            self.warnings.append(f"An extension's model patch could not be undone: {type(exc).__name__}: {exc}")
+
+    def begin_batch(self) -> None:
+        """A batch (or a group of its images with their own prompts) starts: its passes count from 0."""
+        self._pass = -1
+
+    def step_end(self, step: int, total: int, interrupt: Callable[[], None]) -> None:
+        if self._extensions.has(Hook.STEP_END):
+            self._extensions.step_end(self.job.id, step, total, self.job.request, interrupt, self.warnings)
+
+    def infotext(self, index: int, seed: int, prompt: str) -> dict[str, object]:
+        """The keys INFOTEXT handlers add to image ``index``'s infotext, in handler order."""
+        fields: dict[str, object] = {}
+
+        def take(returned: Any) -> Exception | None:
+            if returned is None:
+                return None
+            if not isinstance(returned, Mapping) or not all(isinstance(k, str) for k in returned):
+                return TypeError(f"returned {type(returned).__name__}, not a dict of infotext keys or None")
+            fields.update(returned)
+            return None
+
+        self._extensions.dispatch(Hook.INFOTEXT, lambda r: InfotextFields(
+            self.job, self._params(r), self._state(r), index, seed, prompt), take, self.warnings)
+        return fields
+
+    # --- the denoiser calls these (DenoiserHooks) --------------------------------------------------
+
+    def begin_pass(self, total: int) -> None:
+        self._pass += 1
+        self._total = total
+        self._step = -1
+
+    def begin_step(self) -> None:
+        self._step += 1
+
+    def model_call(self, inputs: UnetInputs) -> UnetExtras | None:
+        total = ModelCallChanges()
+        current: list[ModelCallChanges] = []
+
+        def context(record: ExtensionRecord) -> ModelCall:
+            current[:] = [ModelCallChanges()]  # a handler that fails adds nothing
+            return ModelCall(self.job, self._params(record), self._state(record), max(self._step, 0), self._total,
+                             self._pass, inputs.x.shape[-1] * LATENT_SCALE, inputs.x.shape[-2] * LATENT_SCALE,
+                             inputs.x, inputs.sigma, inputs.timestep, inputs.tokens, inputs.added, inputs.cond_rows,
+                             inputs.batch, inputs.unet, current[0])
+
+        def merge(_returned: Any) -> Exception | None:
+            made = current[0]
+            if made.down is not None and made.mid is not None:
+                total.add_residuals(made.down, made.mid)
+            if made.intrablock is not None:
+                total.add_intrablock(made.intrablock)
+            for name, value in made.conditions.items():
+                total.add_condition(name, value)
+            if made.tokens is not None:
+                total.set_tokens(made.tokens)
+            return None
+
+        self._extensions.dispatch(Hook.MODEL_CALL, context, merge, self.warnings)
+        if total.down is None and total.mid is None and total.intrablock is None and not total.conditions \
+                and total.tokens is None:
+            return None
+        return UnetExtras(total.down, total.mid, total.intrablock, total.conditions, total.tokens)
+
+    def denoised(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor, cond_rows: torch.Tensor,
+                 batch: int) -> torch.Tensor:
+        if not self._has_denoised:
+            return denoised
+        latest = [denoised]
+        check = _same_shape(denoised, "the rows' predictions")
+
+        def take(returned: Any) -> Exception | None:
+            problem = check(returned)
+            if problem is None and returned is not None:
+                latest[0] = returned
+            return problem
+
+        self._extensions.dispatch(Hook.DENOISED, lambda r: Denoised(
+            self.job, self._params(r), self._state(r), max(self._step, 0), self._total, self._pass, x, sigma,
+            latest[0], cond_rows, batch), take, self.warnings)
+        return latest[0]
+
+    def after_cfg(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor, cond: torch.Tensor,
+                  uncond: torch.Tensor | None, cfg_scale: float) -> torch.Tensor:
+        if not self._has_after_cfg:
+            return denoised
+        latest = [denoised]
+        check = _same_shape(denoised, "the guided prediction")
+
+        def take(returned: Any) -> Exception | None:
+            problem = check(returned)
+            if problem is None and returned is not None:
+                latest[0] = returned
+            return problem
+
+        self._extensions.dispatch(Hook.AFTER_CFG, lambda r: AfterCfg(
+            self.job, self._params(r), self._state(r), max(self._step, 0), self._total, self._pass, x, sigma,
+            latest[0], cond, uncond, cfg_scale), take, self.warnings)
+        return latest[0]
