@@ -105,6 +105,8 @@ def prepare(ctx: JobStart, cache: ControlNetCache, preprocess: Preprocess) -> No
     import torch
 
     request = ctx.job.request
+    if not any(is_active(unit) for _index, unit in unit_values(ctx.params)):
+        return  # most jobs: no unit, nothing to list or load
     models = find_models(ctx.host)
     prepared: list[PreparedUnit] = []
     errors: list[FieldError] = []
