@@ -81,6 +81,7 @@ class ExtensionManager:
         self._enabled = enabled  # False: --disable-all-extensions
         self._lock = threading.Lock()
         self._records: dict[str, ExtensionRecord] = {}
+        self._switched_off: frozenset[str] = frozenset()  # failed while running (replaced, never changed)
         self._host_for: Callable[[str], UserHost] | None = None
         self._in_hook = threading.local()
         self._acting = threading.local()  # .owner: the user whose script runs on this thread
@@ -122,6 +123,7 @@ class ExtensionManager:
             records[record.name] = record
         with self._lock:
             self._records = records
+            self._switched_off = frozenset()
         loaded = [r.name for r in records.values() if r.state is ExtensionState.ENABLED]
         failed = [r.name for r in records.values() if r.state is ExtensionState.FAILED]
         log.info("Extensions: %d loaded%s%s", len(loaded), f" ({', '.join(loaded)})" if loaded else "",
@@ -149,6 +151,7 @@ class ExtensionManager:
         log.error("Extension %s failed in %s; it is switched off until the next start", name, where,
                   exc_info=exc)
         with self._lock:
+            self._switched_off = self._switched_off | {name}
             record = self._records.get(name)
             if record is not None:
                 self._records[name] = replace(record, state=ExtensionState.FAILED,
@@ -171,14 +174,18 @@ class ExtensionManager:
 
     def dispatch(self, hook: Hook, make_context: Callable[[ExtensionRecord], Any],
                  combine: Callable[[Any], Exception | None] | None = None,
-                 warnings: list[str] | None = None) -> list[tuple[ExtensionRecord, Any]]:
+                 warnings: list[str] | None = None,
+                 handlers: list[tuple[ExtensionRecord, Handler]] | None = None) -> list[tuple[ExtensionRecord, Any]]:
         """Run every handler of ``hook`` in order, each isolated. ``make_context(extension)`` builds each
         handler's argument; (extension, returned value) for those that ran. A handler that raises, or
         whose returned value ``combine`` rejects (with the error to record): an API 1 extension is marked
         failed and the rest run on; an API 2 one fails the job (ExtensionError naming it) or, when its
-        ``on_error`` is SKIP, is left out for this call with a line added to ``warnings`` (the job's)."""
+        ``on_error`` is SKIP, is left out for this call with a line added to ``warnings`` (the job's).
+        ``handlers``: the hook's handlers as :meth:`handlers` gave them earlier (a job keeps its own)."""
         ran = []
-        for record, handler in self.handlers(hook):
+        for record, handler in self.handlers(hook) if handlers is None else handlers:
+            if record.name in self._switched_off:  # failed since the list was made
+                continue
             try:
                 returned = handler.call(make_context(record))
                 problem = combine(returned) if combine is not None else None

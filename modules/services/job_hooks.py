@@ -66,9 +66,12 @@ class JobHooks:
         self.warnings: list[str] = []
         self._states: dict[str, dict[str, Any]] = {}
         self._patches = ModelPatches()
-        self.model_calls = extensions.has(Hook.MODEL_CALL)
-        self._has_denoised = extensions.has(Hook.DENOISED)
-        self._has_after_cfg = extensions.has(Hook.AFTER_CFG)
+        # Fixed for the job (read once: the model-call hooks run at every UNet call).
+        self._handlers = {hook: extensions.handlers(hook) for hook in WORKER_HOOKS}
+        self._param_values: dict[str, Mapping[str, Any]] = {}
+        self.model_calls = bool(self._handlers[Hook.MODEL_CALL])
+        self._has_denoised = bool(self._handlers[Hook.DENOISED])
+        self._has_after_cfg = bool(self._handlers[Hook.AFTER_CFG])
         self._pass = -1
         self._step = -1
         self._total = 0
@@ -77,7 +80,14 @@ class JobHooks:
         return self._states.setdefault(record.name, {})
 
     def _params(self, record: ExtensionRecord) -> Mapping[str, Any]:
-        return self._extensions.params_for(record.name, self.job.request)
+        found = self._param_values.get(record.name)
+        if found is None:
+            found = self._param_values[record.name] = self._extensions.params_for(record.name, self.job.request)
+        return found
+
+    def _dispatch(self, hook: Hook, make_context: Callable[[ExtensionRecord], Any],
+                  combine: Callable[[Any], Exception | None] | None = None) -> None:
+        self._extensions.dispatch(hook, make_context, combine, self.warnings, self._handlers[hook])
 
     # --- the renderer calls these ---------------------------------------------------------------
 
@@ -87,9 +97,8 @@ class JobHooks:
         view = ModelView(family=model.arch.value, architecture=model.arch.label, unet=unet, pipeline=model.pipeline,
                          device=model.execution_device, dtype=next(unet.parameters()).dtype)
         owner = self.job.user
-        self._extensions.dispatch(Hook.JOB_START, lambda r: JobStart(
-            self.job, self._params(r), self._extensions.host(r.name, owner), view, self._patches, self._state(r)),
-            warnings=self.warnings)
+        self._dispatch(Hook.JOB_START, lambda r: JobStart(
+            self.job, self._params(r), self._extensions.host(r.name, owner), view, self._patches, self._state(r)))
 
     def job_end(self) -> None:
         """Undo the job's model patches (newest first); an undo that fails is logged and reported."""
@@ -102,7 +111,7 @@ class JobHooks:
         self._pass = -1
 
     def step_end(self, step: int, total: int, interrupt: Callable[[], None]) -> None:
-        if self._extensions.has(Hook.STEP_END):
+        if self._handlers[Hook.STEP_END]:
             self._extensions.step_end(self.job.id, step, total, self.job.request, interrupt, self.warnings)
 
     def infotext(self, index: int, seed: int, prompt: str) -> dict[str, object]:
@@ -117,8 +126,8 @@ class JobHooks:
             fields.update(returned)
             return None
 
-        self._extensions.dispatch(Hook.INFOTEXT, lambda r: InfotextFields(
-            self.job, self._params(r), self._state(r), index, seed, prompt), take, self.warnings)
+        self._dispatch(Hook.INFOTEXT, lambda r: InfotextFields(
+            self.job, self._params(r), self._state(r), index, seed, prompt), take)
         return fields
 
     # --- the denoiser calls these (DenoiserHooks) --------------------------------------------------
@@ -154,7 +163,7 @@ class JobHooks:
                 total.set_tokens(made.tokens)
             return None
 
-        self._extensions.dispatch(Hook.MODEL_CALL, context, merge, self.warnings)
+        self._dispatch(Hook.MODEL_CALL, context, merge)
         if total.down is None and total.mid is None and total.intrablock is None and not total.conditions \
                 and total.tokens is None:
             return None
@@ -173,9 +182,9 @@ class JobHooks:
                 latest[0] = returned
             return problem
 
-        self._extensions.dispatch(Hook.DENOISED, lambda r: Denoised(
+        self._dispatch(Hook.DENOISED, lambda r: Denoised(
             self.job, self._params(r), self._state(r), max(self._step, 0), self._total, self._pass, x, sigma,
-            latest[0], cond_rows, batch), take, self.warnings)
+            latest[0], cond_rows, batch), take)
         return latest[0]
 
     def after_cfg(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor, cond: torch.Tensor,
@@ -191,7 +200,7 @@ class JobHooks:
                 latest[0] = returned
             return problem
 
-        self._extensions.dispatch(Hook.AFTER_CFG, lambda r: AfterCfg(
+        self._dispatch(Hook.AFTER_CFG, lambda r: AfterCfg(
             self.job, self._params(r), self._state(r), max(self._step, 0), self._total, self._pass, x, sigma,
-            latest[0], cond, uncond, cfg_scale), take, self.warnings)
+            latest[0], cond, uncond, cfg_scale), take)
         return latest[0]
