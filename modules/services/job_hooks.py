@@ -169,12 +169,11 @@ class JobHooks:
             return None
         return UnetExtras(total.down, total.mid, total.intrablock, total.conditions, total.tokens)
 
-    def denoised(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor, cond_rows: torch.Tensor,
-                 batch: int) -> torch.Tensor:
-        if not self._has_denoised:
-            return denoised
-        latest = [denoised]
-        check = _same_shape(denoised, "the rows' predictions")
+    def _replaced(self, hook: Hook, value: torch.Tensor, what: str,
+                  make_context: Callable[[ExtensionRecord, torch.Tensor], Any]) -> torch.Tensor:
+        """``value`` after every handler of ``hook``, each seeing the previous one's replacement."""
+        latest = [value]
+        check = _same_shape(value, what)
 
         def take(returned: Any) -> Exception | None:
             problem = check(returned)
@@ -182,25 +181,21 @@ class JobHooks:
                 latest[0] = returned
             return problem
 
-        self._dispatch(Hook.DENOISED, lambda r: Denoised(
-            self.job, self._params(r), self._state(r), max(self._step, 0), self._total, self._pass, x, sigma,
-            latest[0], cond_rows, batch), take)
+        self._dispatch(hook, lambda r: make_context(r, latest[0]), take)
         return latest[0]
+
+    def denoised(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor, cond_rows: torch.Tensor,
+                 batch: int) -> torch.Tensor:
+        if not self._has_denoised:
+            return denoised
+        return self._replaced(Hook.DENOISED, denoised, "the rows' predictions", lambda r, value: Denoised(
+            self.job, self._params(r), self._state(r), max(self._step, 0), self._total, self._pass, x, sigma,
+            value, cond_rows, batch))
 
     def after_cfg(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor, cond: torch.Tensor,
                   uncond: torch.Tensor | None, cfg_scale: float) -> torch.Tensor:
         if not self._has_after_cfg:
             return denoised
-        latest = [denoised]
-        check = _same_shape(denoised, "the guided prediction")
-
-        def take(returned: Any) -> Exception | None:
-            problem = check(returned)
-            if problem is None and returned is not None:
-                latest[0] = returned
-            return problem
-
-        self._dispatch(Hook.AFTER_CFG, lambda r: AfterCfg(
+        return self._replaced(Hook.AFTER_CFG, denoised, "the guided prediction", lambda r, value: AfterCfg(
             self.job, self._params(r), self._state(r), max(self._step, 0), self._total, self._pass, x, sigma,
-            latest[0], cond, uncond, cfg_scale), take)
-        return latest[0]
+            value, cond, uncond, cfg_scale))
