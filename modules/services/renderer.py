@@ -55,6 +55,7 @@ from modules.services.upscaler_library import UpscalerLibrary
 
 log = logging.getLogger(__name__)
 
+
 class RenderHooks(DenoiserHooks, Protocol):
     """A job's extension hooks, where it renders (see :mod:`modules.services.job_hooks`)."""
 
