@@ -44,6 +44,7 @@ from modules.params import GenerationRequest, ImagePrompt
 from modules.services.extension_loading import ExtensionRecord, ExtensionState, discover, load_one
 from modules.services.extension_manifest import MANIFEST
 from modules.services.extension_params import checked_values
+from modules.services.extension_policy import Replaceable, runs_v1
 from modules.services.queue_contract import running_on_worker
 
 log = logging.getLogger(__name__)
@@ -53,22 +54,6 @@ class UserHost(Host, Protocol):
     """A host that can act for a user: the jobs it submits belong to ``owner``."""
 
     def for_owner(self, owner: str | None) -> Host: ...
-
-
-class _Replaceable:
-    """A value each handler of a hook may replace by returning another of ``kind`` (None keeps it)."""
-
-    def __init__(self, value: Any, kind: type, accepted: str) -> None:
-        self.value, self._kind, self._accepted = value, kind, accepted
-
-    def take(self, returned: Any) -> Exception | None:
-        """Keep ``returned`` if it is a replacement; the error to record if it is something else."""
-        if returned is None:
-            return None
-        if not isinstance(returned, self._kind):
-            return TypeError(f"returned {type(returned).__name__}, not {self._accepted}")
-        self.value = returned
-        return None
 
 
 class ExtensionManager:
@@ -190,7 +175,7 @@ class ExtensionManager:
                 returned = handler.call(make_context(record))
                 problem = combine(returned) if combine is not None else None
             except AtelierError as exc:
-                if _runs_v1(record, hook):
+                if runs_v1(record, hook):
                     self.fail(record.name, hook.name, exc)
                     continue
                 raise  # an API 2 extension's refusal (a ValidationError naming fields) is the job's answer
@@ -205,7 +190,7 @@ class ExtensionManager:
 
     def _failed_in_job(self, record: ExtensionRecord, on_error: OnError, hook: Hook, exc: BaseException,
                        warnings: list[str] | None) -> None:
-        if _runs_v1(record, hook):  # API 1's rule: switched off until the next start, the job goes on
+        if runs_v1(record, hook):  # API 1's rule: switched off until the next start, the job goes on
             self.fail(record.name, hook.name, exc)
             return
         what = f"{type(exc).__name__}: {exc}"
@@ -274,7 +259,7 @@ class ExtensionManager:
             self._in_hook.before_generate = False
 
     def _before_generate(self, request: GenerationRequest, owner: str | None) -> GenerationRequest:
-        latest = _Replaceable(request, GenerationRequest, "a GenerationRequest or None")
+        latest = Replaceable(request, GenerationRequest, "a GenerationRequest or None")
         self.dispatch(Hook.BEFORE_GENERATE, lambda r: BeforeGenerate(
             latest.value, self.params_for(r.name, latest.value), self.host(r.name, owner), owner), latest.take)
         return latest.value
@@ -285,7 +270,7 @@ class ExtensionManager:
         if not self.has(Hook.PLAN_IMAGES):
             return request
         count = request.images_per_job
-        latest = _Replaceable(request, GenerationRequest, "a GenerationRequest")
+        latest = Replaceable(request, GenerationRequest, "a GenerationRequest")
 
         def take(returned: Any) -> Exception | None:
             if returned is None:
@@ -312,7 +297,7 @@ class ExtensionManager:
 
     def after_image(self, request: GenerationRequest, image: Image.Image, seed: int, index: int,
                     warnings: list[str] | None = None) -> Image.Image:
-        latest = _Replaceable(image, Image.Image, "an image or None")
+        latest = Replaceable(image, Image.Image, "an image or None")
         owner = request.owner
         self.dispatch(Hook.AFTER_IMAGE,
                       lambda r: AfterImage(request, latest.value, seed, index, self.params_for(r.name, request),
@@ -390,15 +375,3 @@ class ExtensionManager:
         if errors:
             raise ValidationError(errors)
         return frozen_params({p.name: checked.get(p.name, p.default) for p in script.params})
-
-
-# Hooks that run for a job: an API 2 handler's failure there is the job's (its on_error). Elsewhere (the
-# app starting, a model loading, the UI being built) there is no job to fail: the extension is marked
-# failed, as API 1 does everywhere.
-_JOB_HOOKS = frozenset({Hook.BEFORE_GENERATE, Hook.PLAN_IMAGES, Hook.JOB_START, Hook.MODEL_CALL, Hook.DENOISED,
-                        Hook.AFTER_CFG, Hook.STEP_END, Hook.INFOTEXT, Hook.AFTER_IMAGE, Hook.IMAGE_SAVED})
-
-
-def _runs_v1(record: ExtensionRecord, hook: Hook | None = None) -> bool:
-    """Whether a failure of the extension at ``hook`` follows API 1's rule (switched off until restart)."""
-    return record.setup is None or record.setup.api_version < 2 or (hook is not None and hook not in _JOB_HOOKS)
