@@ -132,3 +132,16 @@ class NotEnoughMemoryError(AtelierError):
         self.available_bytes = available_bytes
         self.suggestions = tuple(suggestions)
         super().__init__(message)
+
+
+class MissingComponentError(ModelLoadError):
+    """A checkpoint loads only with a part it does not bundle (a text encoder, a VAE, a tokenizer):
+    names the part, the file to put where, and where it can be downloaded from (None: nowhere known)."""
+
+    def __init__(self, path: str, component: str, file_hint: str, folder: str, url: str | None = None) -> None:
+        self.component = component
+        self.file_hint = file_hint
+        self.folder = folder
+        self.url = url
+        where = f"; it can be downloaded from {url}" if url else ""
+        super().__init__(path, f"needs the {component} ({file_hint}): put it in {folder}{where}")

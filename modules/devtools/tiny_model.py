@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import enum
 import gzip
+import importlib
 import logging
 import os
 import tempfile
@@ -60,6 +61,30 @@ class TinyArch(enum.Enum):
     SD15 = "sd15"
     SDXL = "sdxl"
     SD15_INPAINT = "sd15-inpaint"
+    SD2 = "sd2"
+    SD2_V = "sd2-v"
+    SD35 = "sd35"  # SD 3.5 Large's layout
+    SD35_MEDIUM = "sd35-medium"
+    FLUX_DEV = "flux-dev"
+    FLUX_SCHNELL = "flux-schnell"
+    FLUX_FILL = "flux-fill"
+    FLUX2_KLEIN = "flux2-klein"
+    ZIMAGE = "zimage"
+
+
+# The families whose tiny models are written by their own module's
+# ``write_tiny(arch: TinyArch, out: Path, seed: int, gguf: str | None) -> Path``.
+_FAMILY_WRITERS = {
+    TinyArch.SD2: "modules.devtools.tiny_sd2",
+    TinyArch.SD2_V: "modules.devtools.tiny_sd2",
+    TinyArch.SD35: "modules.devtools.tiny_sd3",
+    TinyArch.SD35_MEDIUM: "modules.devtools.tiny_sd3",
+    TinyArch.FLUX_DEV: "modules.devtools.tiny_flux",
+    TinyArch.FLUX_SCHNELL: "modules.devtools.tiny_flux",
+    TinyArch.FLUX_FILL: "modules.devtools.tiny_flux",
+    TinyArch.FLUX2_KLEIN: "modules.devtools.tiny_flux2",
+    TinyArch.ZIMAGE: "modules.devtools.tiny_zimage",
+}
 
 
 # Scheduler settings of the real models' scheduler_config.json (betas, offset, spacing).
@@ -239,12 +264,21 @@ def _write_single_file(pipe: DiffusionPipeline, out: Path) -> None:
 
 
 def write_tiny_model(
-    arch: TinyArch, out: Path, seed: int = 0, *, bpe_dir: Path | None = None
+    arch: TinyArch, out: Path, seed: int = 0, *, bpe_dir: Path | None = None, gguf: str | None = None
 ) -> Path:
-    """Write a tiny model: an LDM-keyed ``.safetensors`` file, or else a diffusers folder."""
+    """Write a tiny model: a self-contained ``.safetensors`` single file (LDM keys for the Stable
+    Diffusion UNets), a GGUF transformer (``gguf``: its quantisation, flow families), or else a
+    diffusers folder."""
     started = time.perf_counter()
     arch = TinyArch(arch)
     out = Path(out)
+    if arch in _FAMILY_WRITERS:
+        writer = importlib.import_module(_FAMILY_WRITERS[arch]).write_tiny
+        path = writer(arch, out, seed, gguf)
+        log.info("wrote tiny %s model (seed %d) to %s in %.1fs", arch.value, seed, path, time.perf_counter() - started)
+        return path
+    if gguf is not None:
+        raise ValueError(f"--gguf is for the flow families' transformers, not {arch.value}")
     pipe = build_tiny_pipeline(arch, seed, bpe_dir=bpe_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":
@@ -266,6 +300,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bpe-dir", type=Path, default=None, help="folder with CLIP's vocab.json and merges.txt")
+    parser.add_argument("--gguf", default=None, choices=["Q8_0", "Q4_0"],
+                        help="write the transformer alone as a GGUF file of this quantisation (flow families)")
     return parser.parse_args(argv)
 
 
@@ -273,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point: write one model and print its path."""
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    path = write_tiny_model(TinyArch(args.arch), args.out, args.seed, bpe_dir=args.bpe_dir)
+    path = write_tiny_model(TinyArch(args.arch), args.out, args.seed, bpe_dir=args.bpe_dir, gguf=args.gguf)
     print(path)
 
 

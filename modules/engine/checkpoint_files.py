@@ -12,7 +12,7 @@ import pickle
 import struct
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,9 @@ class TensorIndex:
     """Names and shapes of a checkpoint's tensors, read without loading their data."""
 
     shapes: Mapping[str, tuple[int, ...]]
+    # safetensors dtype names ("F16", "BF16", "F8_E4M3", ...) by tensor; empty for pickles
+    dtypes: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)  # the safetensors header's __metadata__
 
     def __contains__(self, key: str) -> bool:
         return key in self.shapes
@@ -81,6 +84,9 @@ def read_safetensors_index(path: Path) -> TensorIndex:
         raise _refuse(path, "the safetensors header is not a JSON object")
     data_size = size - 8 - header_len
     shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, str] = {}
+    raw_metadata = header.get("__metadata__")
+    metadata = {str(k): str(v) for k, v in raw_metadata.items()} if isinstance(raw_metadata, dict) else {}
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -93,9 +99,10 @@ def read_safetensors_index(path: Path) -> TensorIndex:
             raise _refuse(path, f"the file is truncated: tensor {name!r} ends at byte {end} "
                                 f"but only {data_size} bytes of data are present")
         shapes[name] = shape
+        dtypes[name] = str(entry.get("dtype", ""))
     if not shapes:
         raise _refuse(path, "the file holds no tensors")
-    return TensorIndex(shapes=shapes)
+    return TensorIndex(shapes=shapes, dtypes=dtypes, metadata=metadata)
 
 
 def load_pickle_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -16,6 +16,9 @@ import torch
 from PIL import Image
 
 from modules.engine import latents as lat
+from modules.engine.families.base import FlowJob
+from modules.engine.families.registry import family_for
+from modules.engine.flow_conditioning import build_flow_conditioning
 from modules.engine.loader import LoadedModel
 from modules.engine.model_detect import ModelArch
 from modules.engine.prompt_encoding import build_conditioning
@@ -26,6 +29,7 @@ from modules.engine.sampling.denoiser import (
     SigmaDenoiser,
     SwitchingDenoiser,
 )
+from modules.engine.sampling.flow import FlowDenoiser
 from modules.engine.sampling.hooks import DenoiserHooks
 from modules.engine.sampling.loop import (
     NoisePlan,
@@ -34,6 +38,7 @@ from modules.engine.sampling.loop import (
     run_sampling,
 )
 from modules.engine.sampling.noise import ImageNoise
+from modules.engine.sampling.schedules import ModelSigmas
 from modules.params import MaskedContent
 from modules.sampler_params import SamplerParams
 from modules.samplers import SamplerSpec, ScheduleType
@@ -77,6 +82,8 @@ class ImageTask:
     # A job's extension hooks at every model call (None: none); the refiner sees all but MODEL_CALL,
     # whose residuals are made for the first model's UNet.
     hooks: DenoiserHooks | None = field(default=None, compare=False)
+    distilled_cfg_scale: float | None = None  # flow families with distilled guidance; None: the family's default
+    shift: float | None = None  # flow families: the sigma shift; None: the family's own rule
 
     @property
     def batch(self) -> int:
@@ -106,7 +113,8 @@ def _init_latent(model: LoadedModel, task: ImageTask, device: torch.device) -> t
     if task.init_latent is not None:
         return task.init_latent.to(device).expand(task.batch, -1, -1, -1)
     latent = lat.encode_image(model, lat.image_to_tensor(task.init_image, device))
-    size = (task.height // lat.LATENT_SCALE, task.width // lat.LATENT_SCALE)
+    scale = model.latent_format.scale
+    size = (task.height // scale, task.width // scale)
     if latent.shape[-2:] != size:  # "Just resize (latent upscale)": resize the latent, not the pixels
         latent = torch.nn.functional.interpolate(latent, size=size, mode="bilinear", antialias=True)
     return latent.expand(task.batch, -1, -1, -1)
@@ -129,9 +137,43 @@ def prompt_steps(task: ImageTask) -> int:
     return task.steps * 2 if task.sampler.second_order else task.steps
 
 
+def flow_job(task: ImageTask) -> FlowJob:
+    return FlowJob(width=task.width, height=task.height, steps=task.steps, batch=task.batch,
+                   distilled_cfg_scale=task.distilled_cfg_scale, shift=task.shift)
+
+
+def task_sigmas(model: LoadedModel, task: ImageTask) -> ModelSigmas:
+    """The noise levels the task's schedule is drawn from: a flow family's depend on its shift."""
+    if not model.arch.is_flow:
+        return model.sigmas
+    parts = family_for(model.arch).flow
+    assert parts is not None
+    return parts.sigmas(model, flow_job(task))
+
+
+def _flow_guided(model: LoadedModel, task: ImageTask, observer: StepObserver,
+                 mask: LatentMask | None) -> GuidedDenoiser:
+    """A flow family's guided denoiser: its encoders, its network in the flow convention, and for
+    Fill models the masked image as extra channels instead of the latent mask."""
+    parts = family_for(model.arch).flow
+    assert parts is not None
+    job = flow_job(task)
+    conditioning = build_flow_conditioning(lambda texts: parts.encode(model, texts, task.emphasis), task.prompt,
+                                           task.negative_prompt, prompt_steps(task), task.hires_base_steps)
+    network = parts.network(model, job)
+    concat = None
+    if parts.inpaint_concat is not None:
+        concat = parts.inpaint_concat(model, task.init_image, task.mask, job)
+        mask = None
+    return GuidedDenoiser(FlowDenoiser(network), conditioning, task.cfg_scale, network.conditions, concat, mask,
+                          observer.should_stop, hooks=task.hooks)
+
+
 def _guided(model: LoadedModel, task: ImageTask, observer: StepObserver, mask: LatentMask | None,
             refiner: bool = False) -> GuidedDenoiser:
     """The model's guided denoiser for the task: its own conditioning, size ids and inpaint channels."""
+    if model.arch.is_flow:
+        return _flow_guided(model, task, observer, mask)
     conditioning = build_conditioning(model.pipeline, model.arch, task.prompt, task.negative_prompt, task.clip_skip,
                                       prompt_steps(task), embeddings=task.embeddings,
                                       hires_base_steps=task.hires_base_steps, emphasis=task.emphasis)
@@ -153,7 +195,7 @@ def sample_task(model: LoadedModel, task: ImageTask, observer: StepObserver,
     if task.init_image is not None or task.init_latent is not None:
         init_latent = _init_latent(model, task, device)
     if task.mask is not None and init_latent is not None:
-        keep = lat.latent_keep_mask(task.mask, device)
+        keep = lat.latent_keep_mask(task.mask, device, model.latent_format.scale)
         init_latent = _masked_start(task, init_latent, keep, device)
         mask = LatentMask(init_latent, keep)  # inpainting models see the mask themselves instead
     # 2. The guided denoiser, and the refiner's, built when the switch comes.
@@ -162,12 +204,14 @@ def sample_task(model: LoadedModel, task: ImageTask, observer: StepObserver,
         denoiser = SwitchingDenoiser(denoiser, lambda: _guided(refiner.model, task, observer, mask, refiner=True),
                                      model.sigmas, refiner.switch_at)
     # 3. Sampling.
-    channels = model.pipeline.vae.config.latent_channels
+    channels = model.arch.family.latent_channels
+    scale = model.latent_format.scale
     plan = SamplingPlan(sampler=task.sampler, schedule=task.schedule, steps=task.steps, noise=task.noise,
-                        latent_shape=(channels, task.height // lat.LATENT_SCALE, task.width // lat.LATENT_SCALE),
+                        latent_shape=(channels, task.height // scale, task.width // scale),
                         init_latent=init_latent, denoising_strength=task.denoising_strength,
-                        is_sdxl=model.arch.is_sdxl, exact_steps=task.exact_steps, params=task.sampler_params)
-    return run_sampling(plan, denoiser, model.sigmas, device, observer)
+                        is_sdxl=model.arch.is_sdxl, exact_steps=task.exact_steps, params=task.sampler_params,
+                        flow=model.arch.is_flow)
+    return run_sampling(plan, denoiser, task_sigmas(model, task), device, observer)
 
 
 def run_task(model: LoadedModel, task: ImageTask, observer: StepObserver,

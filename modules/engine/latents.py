@@ -47,14 +47,13 @@ def encode_image(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     if vae.dtype in _HALF_DTYPES and _has_nans(latents):
         _in_full_precision_after_nans(model, "encoding an image")
         latents = vae.encode(pixels.to(device, torch.float32)).latent_dist.mode()
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (latents.float() - shift) * vae.config.scaling_factor
+    return model.latent_format.from_vae(vae, latents.float())
 
 
 def _use_tiling(model: LoadedModel, latents: torch.Tensor) -> None:
     """Decode in tiles for large images, and always when GPU memory is short (offload modes):
     a 2048x2048 decode alone needs several GiB of activations."""
-    large = max(latents.shape[-2:]) * LATENT_SCALE > TILED_DECODE_ABOVE
+    large = max(latents.shape[-2:]) * model.latent_format.scale > TILED_DECODE_ABOVE
     offloading = model.device.memory is not MemoryMode.FULL
     vae = model.pipeline.vae
     if large or offloading:
@@ -67,8 +66,7 @@ def _decode(model: LoadedModel, latents: torch.Tensor) -> tuple[torch.Tensor, to
     """The decoded pixels, and the dtype the VAE ran in to produce them."""
     vae = model.pipeline.vae
     _use_tiling(model, latents)
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    scaled = latents.to(model.execution_device, vae.dtype) / vae.config.scaling_factor + shift
+    scaled = model.latent_format.to_vae(vae, latents.to(model.execution_device, vae.dtype))
     return vae.decode(scaled, return_dict=False)[0], vae.dtype
 
 
@@ -95,9 +93,9 @@ def blurred_mask(mask: Image.Image, blur: int) -> Image.Image:
     return mask.filter(ImageFilter.GaussianBlur(blur)) if blur > 0 else mask
 
 
-def latent_keep_mask(mask: Image.Image, device: torch.device) -> torch.Tensor:
+def latent_keep_mask(mask: Image.Image, device: torch.device, scale: int = LATENT_SCALE) -> torch.Tensor:
     """(1, 1, h, w): 1 where the original latent is kept. Rounded, as A1111 does at latent size."""
-    small = mask.resize((mask.width // LATENT_SCALE, mask.height // LATENT_SCALE), Image.Resampling.BILINEAR)
+    small = mask.resize((mask.width // scale, mask.height // scale), Image.Resampling.BILINEAR)
     repaint = np.around(np.asarray(small, dtype=np.float32) / 255.0)
     return torch.from_numpy(1.0 - repaint)[None, None].to(device)
 

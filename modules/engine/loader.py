@@ -10,103 +10,50 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 import torch
-from diffusers import (
-    DDPMScheduler,
-    DiffusionPipeline,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLImg2ImgPipeline,
-    StableDiffusionXLPipeline,
-)
+from diffusers import DDPMScheduler, DiffusionPipeline
 
 from modules.engine.checkpoint_files import (
     index_of_state_dict,
     load_pickle_state_dict,
     read_safetensors_index,
 )
-from modules.engine.config_folders import prepare_config_folder
 from modules.engine.devices import DeviceInfo
-from modules.engine.model_detect import ModelArch, UnknownArchitecture, infer_dims
-from modules.engine.placement import execution_device, place
+from modules.engine.families import registry
+from modules.engine.families.base import ComponentDirs, EngineFamily, FileLoad, FolderLoad
+from modules.engine.loaded_model import LoadedModel
+from modules.engine.model_detect import ModelArch, UnknownArchitecture
+from modules.engine.placement import place
 from modules.engine.sampling.schedules import ModelSigmas
 from modules.errors import ModelLoadError
 
+__all__ = ["LoadedModel", "load_model"]
+
 log = logging.getLogger(__name__)
 
-PIPELINE_CLASSES: dict[ModelArch, type[DiffusionPipeline]] = {
-    ModelArch.SD1: StableDiffusionPipeline,
-    ModelArch.SD1_INPAINT: StableDiffusionInpaintPipeline,
-    ModelArch.SD2_V: StableDiffusionPipeline,
-    ModelArch.SDXL: StableDiffusionXLPipeline,
-    ModelArch.SDXL_REFINER: StableDiffusionXLImg2ImgPipeline,
-}
 
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A pipeline on its device, with what the rest of the engine needs to know about it."""
-
-    path: Path
-    arch: ModelArch
-    pipeline: DiffusionPipeline
-    device: DeviceInfo
-    load_seconds: float
-    base_scheduler_config: Mapping[str, Any]  # the noise schedule the model was trained with
-    sigmas: ModelSigmas  # its discrete noise levels, which every sampling schedule derives from
-
-    @property
-    def execution_device(self) -> torch.device:
-        """Where the models compute: the GPU even when offloading keeps their weights in RAM."""
-        return execution_device(self.pipeline)
-
-    @property
-    def v_prediction(self) -> bool:
-        return self.base_scheduler_config.get("prediction_type") == "v_prediction"
-
-
-def _dtype_kwargs(device: DeviceInfo) -> dict[str, torch.dtype]:
-    # Always explicit: without it a component may take the dtype its config names (real SDXL
-    # text encoder configs say float16), even on the CPU.
-    return {"dtype": device.dtype}
-
-
-def _arch_of_folder(folder: Path) -> ModelArch:
-    try:
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(str(folder), f"not a diffusers model folder ({exc})") from exc
-    name = index.get("_class_name", "")
-    if "XL" in name:
-        return ModelArch.SDXL_REFINER if index.get("text_encoder", [None])[0] is None else ModelArch.SDXL
-    if unet.get("in_channels") == 9:
-        return ModelArch.SD1_INPAINT
-    if unet.get("cross_attention_dim") == 1024:
-        return ModelArch.SD2_V
-    return ModelArch.SD1
-
-
-def _load_single_file(path: Path, device: DeviceInfo, config_cache: Path) -> tuple[ModelArch, DiffusionPipeline]:
+def _load_single_file(path: Path, device: DeviceInfo, config_cache: Path,
+                      components: ComponentDirs) -> tuple[EngineFamily, ModelArch, DiffusionPipeline]:
     if path.suffix.lower() == ".safetensors":
         index = read_safetensors_index(path)
     else:
         index = index_of_state_dict(load_pickle_state_dict(path))  # refuses anything but tensors
     try:
-        dims = infer_dims(index)
+        family, arch = registry.detect_file(index)
     except UnknownArchitecture as exc:
         raise ModelLoadError(str(path), f"not a Stable Diffusion checkpoint Atelier knows: {exc}") from exc
-    folder = prepare_config_folder(dims, config_cache)
-    pipeline_class = PIPELINE_CLASSES[dims.arch]
-    pipe = pipeline_class.from_single_file(str(path), config=str(folder), local_files_only=True,
-                                           **_dtype_kwargs(device))
-    return dims.arch, pipe
+    pipe = family.load_file(FileLoad(path, index, arch, device, config_cache, components))
+    return family, arch, pipe
+
+
+def _load_folder(path: Path, device: DeviceInfo,
+                 components: ComponentDirs) -> tuple[EngineFamily, ModelArch, DiffusionPipeline]:
+    family, arch = registry.detect_folder(path)
+    model_index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    return family, arch, family.load_folder(FolderLoad(path, model_index, arch, device, components))
 
 
 def _check_materialised(path: Path, pipe: DiffusionPipeline) -> None:
@@ -118,21 +65,18 @@ def _check_materialised(path: Path, pipe: DiffusionPipeline) -> None:
                     raise ModelLoadError(str(path), f"the file has no weights for {name}.{param_name}")
 
 
-def load_model(path: Path, device: DeviceInfo, config_cache: Path, placed: bool = True) -> LoadedModel:
+def load_model(path: Path, device: DeviceInfo, config_cache: Path, placed: bool = True,
+               components: ComponentDirs | None = None) -> LoadedModel:
     """Load ``path`` onto ``device`` (``placed=False``: into RAM only, for the caller to place with
     :func:`modules.engine.placement.place` once the device has room); raise :class:`ModelLoadError`
     if it cannot be used."""
     started = time.perf_counter()
     try:
+        components = components or ComponentDirs()
         if path.is_dir():
-            arch = _arch_of_folder(path)
-            # SD1/SD2 pipelines ask for a safety checker; Atelier ships none.
-            extra = {} if arch.is_sdxl else {"safety_checker": None, "requires_safety_checker": False}
-            pipe = PIPELINE_CLASSES[arch].from_pretrained(
-                str(path), local_files_only=True, **_dtype_kwargs(device), **extra
-            )
+            family, arch, pipe = _load_folder(path, device, components)
         else:
-            arch, pipe = _load_single_file(path, device, config_cache)
+            family, arch, pipe = _load_single_file(path, device, config_cache, components)
         _check_materialised(path, pipe)
         if placed:
             place(pipe, arch, device)
@@ -146,6 +90,9 @@ def load_model(path: Path, device: DeviceInfo, config_cache: Path, placed: bool 
     elapsed = time.perf_counter() - started
     log.info("Loaded %s (%s) in %.1f s", path.name, arch.label, elapsed)
     base = MappingProxyType(dict(pipe.scheduler.config))
-    sigmas = ModelSigmas(DDPMScheduler.from_config(dict(base)).alphas_cumprod)
+    if family.default_sigmas is not None:
+        sigmas = family.default_sigmas(pipe)
+    else:
+        sigmas = ModelSigmas(DDPMScheduler.from_config(dict(base)).alphas_cumprod)
     return LoadedModel(path=path, arch=arch, pipeline=pipe, device=device, load_seconds=elapsed,
-                       base_scheduler_config=base, sigmas=sigmas)
+                       base_scheduler_config=base, sigmas=sigmas, latent_format=family.latent_format(pipe))

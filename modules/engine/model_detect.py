@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from modules.engine.checkpoint_files import TensorIndex
+from modules.model_families import FamilyInfo, family_info
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -24,30 +25,38 @@ REFINER_OPENCLIP = "conditioner.embedders.0.model."
 
 
 class ModelArch(enum.Enum):
-    """Architectures Atelier loads; values name the shipped config folders."""
+    """Architectures (families) Atelier loads; values name the shipped config folders and key
+    :data:`modules.model_families.FAMILIES`."""
 
     SD1 = "sd15"
     SD1_INPAINT = "sd15_inpaint"
+    SD2 = "sd2"
     SD2_V = "sd2_v"
     SDXL = "sdxl"
     SDXL_REFINER = "sdxl_refiner"
+    SD35_LARGE = "sd35"
+    SD35_MEDIUM = "sd35_medium"
+    FLUX_DEV = "flux_dev"
+    FLUX_SCHNELL = "flux_schnell"
+    FLUX_FILL = "flux_fill"
+    FLUX2_KLEIN = "flux2_klein"
+    ZIMAGE = "zimage"
 
     @property
     def is_sdxl(self) -> bool:
         return self in (ModelArch.SDXL, ModelArch.SDXL_REFINER)
 
     @property
+    def family(self) -> FamilyInfo:
+        return family_info(self.value)
+
+    @property
+    def is_flow(self) -> bool:
+        return self.family.is_flow
+
+    @property
     def label(self) -> str:
-        return _LABELS[self]
-
-
-_LABELS = {
-    ModelArch.SD1: "SD 1.x",
-    ModelArch.SD1_INPAINT: "SD 1.x inpainting",
-    ModelArch.SD2_V: "SD 2.x (v-prediction)",
-    ModelArch.SDXL: "SDXL",
-    ModelArch.SDXL_REFINER: "SDXL refiner",
-}
+        return self.family.label
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,9 @@ class SamplingPlan:
     # exactly, over the tail of a longer schedule (A1111's setup_img2img_steps with steps given).
     exact_steps: bool = False
     params: SamplerParams = SamplerParams()  # A1111's sampler parameters (eta, churn, schedule range)
+    # A flow family: x = (1 - sigma) * x0 + sigma * noise (else x = x0 + sigma * noise); samplers
+    # whose noise step depends on it are told so.
+    flow: bool = False
 
 
 def sampler_sigmas(plan: SamplingPlan, model: ModelSigmas) -> torch.Tensor:
@@ -81,6 +84,8 @@ def _sampler_kwargs(fn: Callable[..., Any], plan: SamplingPlan, x: torch.Tensor,
     params = inspect.signature(fn).parameters
     kwargs: dict[str, Any] = dict(plan.sampler.options)
     kwargs.update({k: v for k, v in sampler_kwargs(plan.sampler, plan.params).items() if k in params})
+    if "flow" in params:
+        kwargs["flow"] = plan.flow
     if "noise_sampler" in params:
         if plan.sampler.noise is NoiseSource.BROWNIAN:
             # A1111's CPU RNG keeps the trees on the CPU (the same noise on any hardware); otherwise
@@ -109,7 +114,8 @@ def run_sampling(plan: SamplingPlan, denoiser: GuidedDenoiser | SwitchingDenoise
                        plan.noise.variation_strength, plan.noise.eta_noise_seed_delta, plan.noise.resize_from)
     x = noise.first() * sigmas[0]
     if plan.init_latent is not None:
-        x = x + plan.init_latent.to(device)
+        init = plan.init_latent.to(device)
+        x = x + (init * (1 - sigmas[0]) if plan.flow else init)
     # 3. The sampler's own noise, and 4. the run.
     fn = get_sampler_function(plan.sampler.function)
 

@@ -21,7 +21,16 @@ class ModelSigmas:
     """The model's discrete noise levels (one per training timestep) and the maps sigma <-> t."""
 
     def __init__(self, alphas_cumprod: torch.Tensor) -> None:
-        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        self._set_sigmas(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+
+    @classmethod
+    def from_sigmas(cls, sigmas: torch.Tensor) -> ModelSigmas:
+        """A table given as sigmas directly, increasing (flow families: sigma = shifted t)."""
+        table = cls.__new__(cls)
+        table._set_sigmas(sigmas)
+        return table
+
+    def _set_sigmas(self, sigmas: torch.Tensor) -> None:
         self.sigmas = sigmas.float()
         self.log_sigmas = self.sigmas.log()
         # The table on each device it has been used on: copied there once, not at every model call.
