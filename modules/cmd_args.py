@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from modules.paths import MODEL_FOLDER_FLAGS
+from modules.paths import MODEL_FOLDER_FLAGS, TEXT_ENCODER_FOLDER
 from modules.precision import Precision
 
 
@@ -42,6 +42,7 @@ class Flags:
     medvram: bool = False
     medvram_sdxl: bool = False
     lowvram: bool = False
+    text_encoder_cpu: bool = False  # the flow families' T5 / LLM text encoders stay on the CPU
     loglevel: str = "INFO"
     autolaunch: bool = False
     exit: bool = False
@@ -122,6 +123,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                        help=f"extra folder to look for {folder} models in (besides models/{folder})")
     p.add_argument("--controlnet-dir", type=Path, metavar="DIR",
                    help="extra folder to look for ControlNet models in (besides models/ControlNet)")
+    p.add_argument("--text-encoder-dir", type=Path, metavar="DIR",
+                   help="extra folder to look for text encoders (clip_l, clip_g, t5xxl, ...) in (besides "
+                        "models/text_encoder)")
     p.add_argument("--disable-all-extensions", action="store_true",
                    help="start without loading any extension (built-in ones included)")
 
@@ -143,6 +147,9 @@ def _add_device_flags(p: argparse.ArgumentParser) -> None:
     memory.add_argument("--medvram-sdxl", action="store_true", help="--medvram for SDXL models only")
     memory.add_argument("--lowvram", action="store_true", help="move weights to the GPU layer by layer (slowest, "
                         "least memory)")
+    p.add_argument("--text-encoder-cpu", action="store_true",
+                   help="keep the T5 / LLM text encoders of FLUX, SD3.5, FLUX.2 and Z-Image on the CPU (in RAM); only "
+                        "their output goes to the GPU. Saves 4-9 GB of VRAM; prompts encode more slowly")
     p.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="run jobs on GPU workers through Ray: HOST:PORT of the head (this machine's LAN address "
                         "starts it here), or 'auto' for the cluster this machine belongs to; see docs/scale-out.md")
@@ -199,7 +206,8 @@ def parse_flags(argv: Sequence[str], environ: Mapping[str, str]) -> Flags:
         models_dir=ns.models_dir, model_folders=_model_folders(ns), device_id=ns.device_id, use_cpu=tuple(m.lower() for m in ns.use_cpu),
         no_half=ns.no_half, no_half_vae=ns.no_half_vae, precision=Precision(ns.precision),
         upcast_sampling=ns.upcast_sampling, xformers=ns.xformers, opt_sdp_attention=ns.opt_sdp_attention,
-        medvram=ns.medvram, medvram_sdxl=ns.medvram_sdxl, lowvram=ns.lowvram, loglevel=ns.loglevel,
+        medvram=ns.medvram, medvram_sdxl=ns.medvram_sdxl, lowvram=ns.lowvram,
+        text_encoder_cpu=ns.text_encoder_cpu, loglevel=ns.loglevel,
         autolaunch=ns.autolaunch, exit=ns.exit, api=ns.api, nowebui=ns.nowebui, gradio_auth=ns.gradio_auth,
         gradio_auth_path=ns.gradio_auth_path, api_auth=ns.api_auth,
         cors_allow_origins=_items(ns.cors_allow_origins), allowed_hosts=_items(ns.allowed_hosts),
@@ -214,7 +222,8 @@ def parse_flags(argv: Sequence[str], environ: Mapping[str, str]) -> Flags:
 def _model_folders(ns: argparse.Namespace) -> tuple[tuple[str, Path], ...]:
     found = tuple((folder, getattr(ns, f"{flag}_models_path")) for flag, folder in MODEL_FOLDER_FLAGS.items()
                   if getattr(ns, f"{flag}_models_path") is not None)
-    return found + ((("ControlNet", ns.controlnet_dir),) if ns.controlnet_dir is not None else ())
+    found += (("ControlNet", ns.controlnet_dir),) if ns.controlnet_dir is not None else ()
+    return found + (((TEXT_ENCODER_FOLDER, ns.text_encoder_dir),) if ns.text_encoder_dir is not None else ())
 
 
 def _items(text: str) -> tuple[str, ...]:

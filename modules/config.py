@@ -94,6 +94,7 @@ class Settings:
     img2img_fix_steps: bool = False  # A1111's option: img2img runs exactly ``steps``, not steps x denoising
     live_previews_enable: bool = True  # A1111's option: False, no job gets a live preview
     fast_path: bool = False  # channels_last + torch.compile of the UNet (CUDA); off until measured
+    text_encoder_cpu: bool = False  # as --text-encoder-cpu: the flow families' T5 / LLM encoders stay on the CPU
     shared_jobs: bool = False  # true: a single-user instance, every signed-in name sees every job
     ray_address: str = ""  # "auto" or HOST:PORT: run jobs on Ray workers (--ray-address wins); "" in process
     # A1111's quicksettings_list: the options shown in the bar at the top of the page, by A1111 name.

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from modules import prompt_parser
+from modules.model_families import FAMILIES, Feature
 from modules.params import DEFAULT_EMPHASIS, DEFAULT_FACE_RESTORER, GenerationRequest
 from modules.sampler_params import INFOTEXT_KEYS as SAMPLER_PARAM_KEYS
 from modules.sampler_params import from_values as sampler_params_from
@@ -29,7 +30,7 @@ from modules.samplers import RngSource, resolve_sampler
 # A1111's fixed order of the parameters line. Keys not listed here (extensions' own) follow them in
 # the order given, and "Version" always comes last.
 INFOTEXT_KEY_ORDER: tuple[str, ...] = (
-    "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration",
+    "Steps", "Sampler", "Schedule type", "CFG scale", "Distilled CFG Scale", "Shift", "Image CFG scale", "Seed", "Face restoration",
     "Size", "Model hash", "Model", "VAE hash", "VAE", "Variation seed", "Variation seed strength",
     "Seed resize from", "Denoising strength", "Clip skip", "ENSD", "RNG", "Tiling",
     # Feature keys, in the order A1111 added them.
@@ -46,7 +47,7 @@ REQUEST_KEYS = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
      "Clip skip", "Variation seed", "Variation seed strength", "Denoising strength", "ENSD", "RNG", "Tiling",
      "Mask blur", "Mask mode", "Masked content", "Inpaint area", "Masked area padding", "Styles array", VERSION_KEY}
-    | {"Face restoration", "Emphasis"}
+    | {"Face restoration", "Emphasis", "Distilled CFG Scale", "Shift"}
     | {"Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Hires sampler", "Hires schedule type",
        "Hires prompt", "Hires negative prompt", "Seed resize from"}
     | set(SAMPLER_PARAM_KEYS.values())
@@ -66,6 +67,7 @@ class ModelIdentity:
 
     name: str  # file stem, e.g. "v1-5-pruned-emaonly"
     hash: str | None  # first 10 hex digits of the file's sha256; None when not computed
+    family: str | None = None  # its family's key (a ModelArch value); None when not known
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,11 @@ def _request_params(request: GenerationRequest, seed: int, model: ModelIdentity 
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
     }
+    family = FAMILIES.get(model.family) if model is not None and model.family else None
+    if family is not None and family.supports(Feature.DISTILLED_CFG):  # Forge writes it for such models only
+        params["Distilled CFG Scale"] = format_number(request.distilled_cfg_scale)
+    if request.shift is not None:
+        params["Shift"] = format_number(request.shift)
     if request.restore_faces:  # A1111 names the restorer that ran, only when one did
         params["Face restoration"] = request.face_restoration_model or DEFAULT_FACE_RESTORER
     if model is not None and model.hash:

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from modules import prompt_parser
 from modules.infotext import ParsedInfotext, format_number
 from modules.params import (
+    DEFAULT_DISTILLED_CFG_SCALE,
     DEFAULT_EMPHASIS,
     EMPHASIS_MODES,
     FACE_RESTORERS,
@@ -190,11 +191,22 @@ def request_from_infotext(
         refiner=_read_refiner(params, warnings),
         vae=params.get("VAE") or base.vae,
         emphasis=_read_emphasis(parsed, base.emphasis, warnings),
+        # Forge's keys; without them the image had no distilled guidance and the family's own shift.
+        distilled_cfg_scale=_read_float(params, "Distilled CFG Scale", DEFAULT_DISTILLED_CFG_SCALE, warnings),
+        shift=_read_shift(params, warnings),
         # A1111's sampler parameters; as in A1111, a missing one keeps the base's (the server's option).
         **{name: _read_optional_float(params, key, getattr(base, name), warnings)
            for name, key in SAMPLER_PARAM_KEYS.items()},
     )
     return request, warnings
+
+
+def _read_shift(params: Mapping[str, str], warnings: list[str]) -> float | None:
+    """Forge's ``Shift``, or Forge Neo's ``Z-Image Shift`` (where 0 means the model's own); None: the family's."""
+    if "Shift" in params:
+        return _read_optional_float(params, "Shift", None, warnings)
+    shift = _read_optional_float(params, "Z-Image Shift", None, warnings)
+    return shift or None
 
 
 def _read_emphasis(parsed: ParsedInfotext, kept: str | None, warnings: list[str]) -> str | None:

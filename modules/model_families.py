@@ -111,11 +111,13 @@ FAMILIES: Mapping[str, FamilyInfo] = MappingProxyType(dict([
         sampler="Euler", schedule="Simple", steps=20, cfg_scale=1.0, width=1024, height=1024,
         distilled_cfg_scale=30.0), _FLOW_FEATURES | {Feature.DISTILLED_CFG, Feature.INPAINT_CHANNELS},
         latent_channels=16, size_multiple=16, group="flux"),
+    # The distilled klein models (BFL's example: 4 steps, guidance 1, i.e. no CFG); the "base"
+    # checkpoints are the same architecture and want ~50 steps at CFG 4 (Flux2KleinPipeline's defaults).
     _info("flux2_klein", "FLUX.2 klein", DenoiserKind.FLOW, FamilyDefaults(
         sampler="Euler", schedule="Simple", steps=4, cfg_scale=1.0, width=1024, height=1024),
         _FLOW_FEATURES, latent_channels=128, size_multiple=16, group="flux2"),
     _info("zimage", "Z-Image", DenoiserKind.FLOW, FamilyDefaults(
-        sampler="Euler", schedule="Simple", steps=8, cfg_scale=1.0, width=1024, height=1024, shift=3.0),
+        sampler="Euler", schedule="Simple", steps=9, cfg_scale=1.0, width=1024, height=1024, shift=3.0),
         _FLOW_FEATURES, latent_channels=16, size_multiple=16, group="zimage"),
 ]))
 

@@ -144,6 +144,11 @@ LATENT_SCALE = 8  # pixels per latent cell in every SD VAE
 MIN_CFG_SCALE = 1.0  # the largest is GenerationLimits.max_cfg_scale
 FRACTION_RANGE = (0.0, 1.0)  # strengths, visibilities, weights and the refiner's switch point
 HIRES_SCALE_RANGE = (1.0, 8.0)  # A1111's hr_scale
+# Forge's "Distilled CFG Scale" slider (FLUX.1 dev's guidance, distilled into the network) and the flow
+# shift of a flow-matching family's sigmas (Forge Neo's "Shift"; None: the family's own rule).
+DEFAULT_DISTILLED_CFG_SCALE = 3.5
+DISTILLED_CFG_RANGE = (0.0, 30.0)
+SHIFT_RANGE = (0.1, 30.0)  # 0 would put every sigma at 0
 VAE_AUTOMATIC = "Automatic"  # A1111: a VAE named like the checkpoint if there is one, else the checkpoint's own
 VAE_NONE = "None"  # the checkpoint's own VAE
 
@@ -274,6 +279,10 @@ class GenerationRequest:
     # Lanczos, or Nearest, or an upscaler model; None = the server's.
     img2img_upscaler: str | None = None
     emphasis: str | None = None  # one of EMPHASIS_MODES (A1111's option "emphasis"); None = the server's
+    # Flow families (Forge's fields): distilled guidance (families with it; others refuse another value)
+    # and the sigma shift (None: the family's own, a fixed value or one from the image size).
+    distilled_cfg_scale: float = DEFAULT_DISTILLED_CFG_SCALE
+    shift: float | None = None
     # (k, n): this job is job k of a script's n (an X/Y/Z plot's cells), for the progress shown.
     part_of: tuple[int, int] | None = None
     # A1111's sampler parameters (options eta_ancestral, eta_ddim, s_churn, s_tmin, s_tmax, s_noise,

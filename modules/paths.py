@@ -11,6 +11,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 UPSCALER_FOLDERS = ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT", "ScuNET")
 GFPGAN_FOLDER = "GFPGAN"
 CODEFORMER_FOLDER = "Codeformer"
+TEXT_ENCODER_FOLDER = "text_encoder"  # Forge's models/text_encoder
 # A1111's ``--<name>-models-path`` flags: each adds a folder to the models folder of that name.
 MODEL_FOLDER_FLAGS = {"esrgan": "ESRGAN", "realesrgan": "RealESRGAN", "swinir": "SwinIR", "dat": "DAT",
                       "hat": "HAT", "scunet": "ScuNET", "gfpgan": GFPGAN_FOLDER, "codeformer": CODEFORMER_FOLDER}
@@ -42,6 +43,16 @@ class AppPaths:
         found += [folder for name, folder in self.extra_model_dirs if name.lower() == kind.lower()
                   and folder not in found]
         return tuple(found)
+
+    @property
+    def text_encoder_dirs(self) -> tuple[Path, ...]:
+        """models/text_encoder (Forge's folder: clip_l, clip_g, t5xxl, LLM encoders) and --text-encoder-dir."""
+        return self.model_dirs(TEXT_ENCODER_FOLDER)
+
+    @property
+    def tokenizers_dir(self) -> Path:
+        """models/text_encoder/tokenizers: T5 and LLM tokenizers, one folder per repository they come from."""
+        return self.models_dir / TEXT_ENCODER_FOLDER / "tokenizers"
 
     @property
     def config_cache(self) -> Path:

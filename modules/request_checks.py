@@ -13,12 +13,16 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from modules.errors import FieldError, ValidationError
+from modules.model_families import FamilyInfo, Feature
 from modules.params import (
+    DEFAULT_DISTILLED_CFG_SCALE,
+    DISTILLED_CFG_RANGE,
     FRACTION_RANGE,
     HIRES_SCALE_RANGE,
     LATENT_SCALE,
     MAX_SEED,
     MIN_CFG_SCALE,
+    SHIFT_RANGE,
     GenerationLimits,
     GenerationRequest,
     HiresFix,
@@ -30,7 +34,7 @@ from modules.params import (
     preview_method_problem,
 )
 from modules.sampler_params import request_problems as sampler_param_problems
-from modules.samplers import RngSource, ScheduleType, resolve_sampler, sampler_names
+from modules.samplers import RngSource, ScheduleType, flow_refusal, resolve_sampler, sampler_names
 from modules.upscalers import find_upscaler, upscaler_names
 
 _NOT_UNICODE = "holds an unpaired surrogate (\\ud800-\\udfff), which is not Unicode text"
@@ -179,6 +183,9 @@ def validate_request(request: GenerationRequest, limits: GenerationLimits = Gene
         errors.append(FieldError("schedule", f"unknown schedule type {request.schedule!r}; valid: {valid}"))
     _check_int(errors, "steps", request.steps, 1, limits.max_steps)
     _check_range(errors, "cfg_scale", request.cfg_scale, MIN_CFG_SCALE, limits.max_cfg_scale)
+    _check_range(errors, "distilled_cfg_scale", request.distilled_cfg_scale, *DISTILLED_CFG_RANGE)
+    if request.shift is not None:
+        _check_range(errors, "shift", request.shift, *SHIFT_RANGE)
     _check_size(errors, "width", request.width, limits)
     _check_size(errors, "height", request.height, limits)
     if not _is_int(request.seed) or not (request.seed == -1 or 0 <= request.seed <= MAX_SEED):
@@ -196,6 +203,53 @@ def validate_request(request: GenerationRequest, limits: GenerationLimits = Gene
     errors.extend(FieldError(name, problem) for name, problem in sampler_param_problems(request))
     if errors:
         raise ValidationError(errors)
+
+
+def family_problems(request: GenerationRequest, family: FamilyInfo, embeddings: Sequence[str] = ()) -> list[FieldError]:
+    """What ``family`` cannot honour at all in a (valid) request, one error per field. ``embeddings``:
+    the textual inversion embeddings the prompts name. Fields a family only treats its own way (CFG 1
+    on FLUX.1 dev: no negative pass, as in Forge) are not problems."""
+    errors: list[FieldError] = []
+    label = family.label
+    if request.distilled_cfg_scale != DEFAULT_DISTILLED_CFG_SCALE and not family.supports(Feature.DISTILLED_CFG):
+        errors.append(FieldError("distilled_cfg_scale", f"{label} has no distilled guidance (FLUX.1 dev and Fill do); "
+                                 f"leave it at {DEFAULT_DISTILLED_CFG_SCALE:g}, got {request.distilled_cfg_scale:g}"))
+    if request.shift is not None and not family.supports(Feature.SHIFT):
+        errors.append(FieldError("shift", f"{label} is not a flow-matching model, so it has no shift; "
+                                 "leave it unset"))
+    if request.refiner is not None and family.is_flow:
+        errors.append(FieldError("refiner_checkpoint", f"{label} cannot hand over to a refiner; leave it unset"))
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        if value % family.size_multiple:
+            errors.append(FieldError(name, f"must be a multiple of {family.size_multiple} for {label}, got {value}"))
+    if request.hires is not None and not errors:
+        size = request.hires.upscale_size(request.width, request.height)
+        if any(side % family.size_multiple for side in size):
+            errors.append(FieldError("hr_scale", f"upscales to {size[0]}x{size[1]}; {label} needs both sides to be "
+                                     f"multiples of {family.size_multiple}"))
+    if request.clip_skip is not None and request.clip_skip > 1 and not family.supports(Feature.CLIP_SKIP):
+        errors.append(FieldError("clip_skip", f"{label} has no CLIP layers to skip; set it to 1, "
+                                 f"got {request.clip_skip}"))
+    if family.is_flow:
+        _check_flow_schedules(errors, request)
+    if embeddings and not family.supports(Feature.TEXTUAL_INVERSION):
+        errors.append(FieldError("prompt", f"{label} cannot use textual inversion embeddings; remove "
+                                 f"{', '.join(embeddings)} from the prompts"))
+    return errors
+
+
+def _check_flow_schedules(errors: list[FieldError], request: GenerationRequest) -> None:
+    """Schedule types defined for the Stable Diffusion noise levels only (Align Your Steps)."""
+    passes = [("scheduler", request.sampler, request.schedule)]
+    if request.hires is not None:
+        passes.append(("hr_scheduler", request.hires.sampler or request.sampler,
+                       request.hires.schedule or request.schedule))
+    for field_name, sampler, schedule in passes:
+        found = resolve_sampler(sampler)
+        refusal = flow_refusal(found[0], schedule) if found is not None else None
+        if refusal is not None:
+            errors.append(FieldError(field_name, refusal))
 
 
 def normalize_request(request: GenerationRequest, rng: random.Random | None = None,

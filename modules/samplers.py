@@ -118,6 +118,22 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     _spec("LCM", "sample_lcm", "k_lcm", "lcm", noise=_ANC),
 )
 
+# Schedule types a flow-matching family cannot use, and why (the engine raises the same words).
+FLOW_REFUSED_SCHEDULES: Mapping[ScheduleType, str] = MappingProxyType({
+    ScheduleType.ALIGN_YOUR_STEPS: (
+        "the Align Your Steps schedule is defined for Stable Diffusion 1.5 and SDXL noise levels only; "
+        "a flow-matching model needs another schedule type (Simple, its default, or Beta, Karras, ...)"),
+})
+
+
+def flow_refusal(spec: SamplerSpec, schedule: ScheduleType) -> str | None:
+    """Why ``spec`` with ``schedule`` cannot run on a flow-matching family, or None when it can.
+
+    Every sampler in the table has a flow form; only schedule types can be refused (a request
+    check can call this before any model work, and answer 422 with the text)."""
+    return FLOW_REFUSED_SCHEDULES.get(spec.resolve_schedule(schedule))
+
+
 DEFAULT_SAMPLER = "DPM++ 2M"
 DEFAULT_SCHEDULE = ScheduleType.AUTOMATIC
 

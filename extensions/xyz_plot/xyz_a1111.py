@@ -27,6 +27,8 @@ AXIS_OPTIONS: tuple[tuple[str, str], ...] = (
     ("Face restore", BOTH), ("Token merging ratio", BOTH), ("Token merging ratio high-res", BOTH),
     ("Always discard next-to-last sigma", BOTH), ("SGM noise multiplier", BOTH), ("Refiner checkpoint", BOTH),
     ("Refiner switch at", BOTH), ("RNG source", BOTH), ("FP8 mode", BOTH), ("Size", BOTH),
+    # Forge's axes for flow models, after A1111's so that A1111's positions stay as they are.
+    ("Distilled CFG Scale", BOTH), ("Shift", BOTH),
 )
 
 # Axes whose values A1111's UI picks from a list: with "Use text inputs instead of dropdowns" off,

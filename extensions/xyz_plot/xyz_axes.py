@@ -153,6 +153,8 @@ AXES: tuple[Axis, ...] = (
     Axis("Steps", _ints, _field("steps"), _show),
     Axis("Hires steps", _needs_hires(_ints, "Hires steps"), _apply_hires_steps, _show),
     Axis("CFG Scale", _floats, _field("cfg_scale"), _show),
+    Axis("Distilled CFG Scale", _floats, _field("distilled_cfg_scale"), _show),  # Forge's, for FLUX.1 dev
+    Axis("Shift", _floats, _field("shift"), _show),  # the flow shift of SD 3.5, FLUX, Z-Image
     Axis("Prompt S/R", _prompt_sr, _apply_prompt_sr, lambda value: value[1], show_name=False),
     Axis("Sampler", _samplers, with_sampler, show_name=False),  # combined names bring their schedule
     Axis("Schedule type", _schedules, _field("schedule"), lambda value: value.value),

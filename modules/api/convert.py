@@ -75,7 +75,7 @@ _INFOTEXT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "variation_seed": ("subseed",), "variation_strength": ("subseed_strength",),
     "seed_resize_from_width": ("seed_resize_from_w",), "seed_resize_from_height": ("seed_resize_from_h",),
     "hires": ("enable_hr",), "refiner": ("refiner_checkpoint",), "tiling": ("tiling",),
-    "restore_faces": ("restore_faces",),
+    "restore_faces": ("restore_faces",), "distilled_cfg_scale": ("distilled_cfg_scale",), "shift": ("shift",),
 })
 _IMG2IMG_INFOTEXT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "denoising_strength": ("denoising_strength",), "mask_blur": ("mask_blur",),
@@ -299,6 +299,7 @@ def to_generation_request(body: Txt2ImgBody | Img2ImgBody) -> GenerationRequest:
         seed_resize_from_width=body.seed_resize_from_w, seed_resize_from_height=body.seed_resize_from_h,
         hires=_hires(body), refiner=_refiner(body), extension_params=_extension_params(body),
         tiling=bool(body.tiling), restore_faces=bool(body.restore_faces),
+        distilled_cfg_scale=body.distilled_cfg_scale, shift=body.shift,
         **requested,  # type: ignore[arg-type]
     )
     # 3. img2img inputs.

@@ -37,6 +37,7 @@ from modules.errors import (
     ConfigError,
     DownloadError,
     FieldError,
+    MissingComponentError,
     ModelLoadError,
     ModelNotFoundError,
     NoModelLoadedError,
@@ -45,6 +46,7 @@ from modules.errors import (
     ValidationError,
 )
 from modules.infotext import parse_infotext
+from modules.model_families import FAMILIES
 from modules.params import GenerationResult
 from modules.server_effects import changes_server, changes_server_when
 from modules.services.addons import AddonFile
@@ -53,7 +55,10 @@ from modules.services.extensions import ExtensionState
 from modules.services.image_input import decode_image
 from modules.services.images import infotext_of
 from modules.services.job_types import Job
+from modules.services.missing_components import missing_component_body
+from modules.services.model_families_found import module_files
 from modules.services.system_memory import memory_report
+from modules.services.tokenizer_downloads import TokenizerFetcher
 from modules.upscalers import UPSCALERS, UpscalerKind
 
 PREFIX = "/sdapi/v1"
@@ -61,7 +66,11 @@ PREFIX = "/sdapi/v1"
 
 _STATUS: tuple[tuple[type[AtelierError], int], ...] = (
     (ValidationError, 422), (ConfigError, 422), (ModelNotFoundError, 404), (QueueFullError, 503),
-    (NoModelLoadedError, 503), (ModelLoadError, 500),
+    (NoModelLoadedError, 503),
+    # 409, not 422: the request is valid; the server lacks a file the checkpoint needs, and the same
+    # request succeeds unchanged once the client downloads it (the body says how) or puts it in place.
+    (MissingComponentError, 409),
+    (ModelLoadError, 500),
     (NotEnoughMemoryError, 507),  # refused before it started: the job does not fit the GPU's memory
     (DownloadError, 502),  # the place a model comes from did not give it (or gave a file with the wrong hash)
 )
@@ -78,7 +87,9 @@ def error_response(exc: AtelierError) -> JSONResponse:
         errors = "; ".join(f"{body_field(e.field)}: {e.message}" for e in exc.errors)
         return JSONResponse({"detail": detail, "error": "ValidationError", "errors": errors}, status_code=status)
     headers = {"Retry-After": "5"} if isinstance(exc, QueueFullError) else None
-    return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=status, headers=headers)
+    extra = missing_component_body(exc) if isinstance(exc, MissingComponentError) else {}
+    return JSONResponse({"detail": str(exc), "error": type(exc).__name__, **extra}, status_code=status,
+                        headers=headers)
 
 
 async def _json_body(request: Request, required: bool = False) -> Any:
@@ -206,7 +217,7 @@ class ApiFace:
         self._register_lists(r)
         self._register_models(r)
         extras_api.register(r, s.extras, _json_body, _user)
-        download_api.register(r, s.fetcher, _json_body)
+        download_api.register(r, s.fetcher, _json_body, TokenizerFetcher(s.paths.tokenizers_dir))
         return r
 
     def _register_lists(self, r: APIRouter) -> None:
@@ -246,8 +257,23 @@ class ApiFace:
 
         @r.get("/sd-models", response_model=list[schemas.SDModelItem])
         def sd_models() -> list[schemas.SDModelItem]:
-            return [schemas.SDModelItem(title=i.title, model_name=i.model_name, hash=i.shorthash, sha256=i.sha256,
-                                        filename=str(i.path), config=None) for i in s.registry.all()]
+            engine = s.engine.peek()  # families once the engine is up (detection imports torch); none before
+            family_of = engine.models.families.family_of if engine is not None else lambda _path: None
+            items = []
+            for i in s.registry.all():
+                family = FAMILIES.get(family_of(i.path) or "")
+                items.append(schemas.SDModelItem(title=i.title, model_name=i.model_name, hash=i.shorthash,
+                                                 sha256=i.sha256, filename=str(i.path), config=None,
+                                                 family=family.key if family else None,
+                                                 family_label=family.label if family else None))
+            return items
+
+        @r.get("/sd-modules", response_model=list[schemas.SDModuleItem])
+        def sd_modules() -> list[schemas.SDModuleItem]:
+            """Forge's list of text encoders (models/text_encoder) and VAEs (models/VAE)."""
+            paths = s.paths
+            found = module_files(paths.vae_dirs) + module_files(paths.text_encoder_dirs, skip=[paths.tokenizers_dir])
+            return [schemas.SDModuleItem(model_name=m.name, filename=str(m.path)) for m in found]
 
         @r.post("/refresh-checkpoints")
         @changes_server

@@ -113,6 +113,8 @@ class Txt2ImgBody(_LenientBody):
     n_iter: LenientInt = 1
     steps: LenientInt = 50
     cfg_scale: LenientFloat = 7.0
+    distilled_cfg_scale: LenientFloat = 3.5  # Forge's: FLUX.1 dev's distilled guidance
+    shift: LenientFloat | None = None  # Forge's: a flow family's sigma shift; null: the family's own
     width: LenientInt = 512
     height: LenientInt = 512
     clip_skip: LenientInt | None = None  # not A1111's, but many clients send it; wins over the option
@@ -239,11 +241,20 @@ class SDModelItem(BaseModel):
     sha256: str | None = None
     filename: str
     config: str | None = None
+    family: str | None = None  # Atelier's: the model family's key ("flux_dev"), when known
+    family_label: str | None = None  # ... and its name ("FLUX.1 dev")
 
 
 class SDVaeItem(BaseModel):
     model_name: str
     filename: str
+
+
+class SDModuleItem(BaseModel):
+    """Forge's /sd-modules entry: a text encoder or VAE file a checkpoint without its own may use."""
+
+    model_name: str  # the file name
+    filename: str  # its path
 
 
 class PromptStyleItem(BaseModel):

@@ -1,4 +1,4 @@
-"""Diffusers -> original LDM (A1111 single-file) key names for SD1.x and SDXL components.
+"""Diffusers -> original LDM (A1111 single-file) key names for SD1.x, SD2.x and SDXL components.
 
 This is the inverse of what ``diffusers.loaders.single_file_utils`` does when it loads a
 checkpoint such as ``v1-5-pruned-emaonly.safetensors`` or ``sd_xl_base_1.0.safetensors``. Every
@@ -20,6 +20,7 @@ VAE_PREFIX = "first_stage_model."
 SD1_CLIP_PREFIX = "cond_stage_model.transformer."
 SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."
+SD2_OPENCLIP_PREFIX = "cond_stage_model.model."
 
 # OpenCLIP's initial temperature, ln(1/0.07); real checkpoints carry a trained value we cannot know.
 OPENCLIP_LOGIT_SCALE = math.log(1 / 0.07)
@@ -288,3 +289,16 @@ def pipeline_to_ldm(pipe: Any) -> StateDict:
         text_2 = open_clip_to_ldm(pipe.text_encoder_2.state_dict(), SDXL_OPENCLIP_PREFIX)
         return merge_state_dicts(unet, vae, text, text_2)
     return merge_state_dicts(unet, vae, clip_to_ldm(pipe.text_encoder.state_dict(), SD1_CLIP_PREFIX))
+
+
+def sd2_pipeline_to_ldm(pipe: Any, text_state: Mapping[str, torch.Tensor]) -> StateDict:
+    """A whole SD 2.x diffusers pipeline as one A1111-style state dict.
+
+    ``text_state`` is the whole OpenCLIP text tower in transformers' names (``text_projection.weight``
+    included): SD 2.x conditions on the penultimate layer, so the pipeline's encoder lacks the last
+    layer that real checkpoints still carry under ``cond_stage_model.model``, and diffusers' converter
+    skips (``SD_2_TEXT_ENCODER_KEYS_TO_IGNORE``).
+    """
+    unet = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config)
+    vae = vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config)
+    return merge_state_dicts(unet, vae, open_clip_to_ldm(text_state, SD2_OPENCLIP_PREFIX))

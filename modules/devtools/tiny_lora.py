@@ -15,6 +15,15 @@ Layouts (:class:`LoraStyle`):
 - ``peft``: diffusers' format, ``unet.<path>.lora_A.weight`` / ``lora_B.weight`` and
   ``text_encoder.text_model.<path>...``, with each component's alpha in ``lora_adapter_metadata``.
 
+Flow families (FLUX.1, SD 3.5, Z-Image: pipelines with a ``transformer``) get every Linear/Conv of
+the transformer and of the text encoders their LoRA API adapts (:func:`tiny_flow_lora_tensors`), as
+
+- ``kohya``: ``lora_unet_<original checkpoint name>`` with its fused layers (FLUX.1's
+  ``double_blocks_0_img_attn_qkv`` and ``single_blocks_0_linear1``, SD 3.5's ``joint_blocks_0_x_block_attn_qkv``,
+  Z-Image's ``layers_0_attention_qkv``), alpha = rank / 2, text encoders as ``lora_te1_`` / ``lora_te2_``;
+- ``peft`` (ai-toolkit / diffusers): ``transformer.<diffusers path>.lora_A.weight``, no alpha;
+- ``comfy``: the same under ``diffusion_model.`` (ai-toolkit's Z-Image files, ComfyUI saves).
+
 Usage::
 
     python -m modules.devtools.tiny_lora --checkpoint models/Stable-diffusion/tiny.safetensors \\
@@ -42,6 +51,7 @@ from safetensors.torch import save
 from modules.devtools.ldm_keys import UNET_PREFIX, unet_to_ldm
 from modules.engine.devices import DevicePolicy, choose_device
 from modules.engine.loader import load_model
+from modules.engine.lora_flow import original_routes
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +67,7 @@ class LoraStyle(enum.Enum):
     KOHYA = "kohya"
     KOHYA_LDM = "kohya-ldm"
     PEFT = "peft"
+    COMFY = "comfy"  # flow families only: peft names under ``diffusion_model.``
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,64 @@ def tiny_lora_tensors(pipe: DiffusionPipeline, *, seed: int = 0, style: LoraStyl
     return tensors, metadata
 
 
+def _random_pair(module: torch.nn.Module, rows: int, rank: int, scale: float,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (down, up) for a file layer whose input is ``module``'s and whose up has ``rows`` rows."""
+    down, up = _factors(_Layer("transformer", "", module), rank, scale, gen)
+    return down, torch.randn((rows, *up.shape[1:]), generator=gen) * (scale / math.sqrt(rank))
+
+
+def _flow_entries(pipe: DiffusionPipeline, style: LoraStyle) -> list[tuple[str, torch.nn.Module, int]]:
+    """(name in the file, the layer giving its input width, rows of its up weight) of every covered layer."""
+    model = pipe.transformer
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    entries: list[tuple[str, torch.nn.Module, int]] = []
+    covered: set[str] = set()
+    if style is LoraStyle.KOHYA:
+        for name, route in sorted(original_routes(model, layers).items()):
+            rows = sum(stop - start for part in route for start, stop in part.rows or ((0, _out(layers[part.layer])),))
+            entries.append((name, layers[route[0].layer], rows))
+            covered.update(part.layer for part in route)
+    entries += [(name, module, _out(module)) for name, module in sorted(layers.items()) if name not in covered]
+    prefix = {LoraStyle.KOHYA: "lora_unet_", LoraStyle.PEFT: "transformer.", LoraStyle.COMFY: "diffusion_model."}[style]
+    named = [(prefix + (n.replace(".", "_") if style is LoraStyle.KOHYA else n), m, r) for n, m, r in entries]
+    loadable = getattr(pipe, "_lora_loadable_modules", ())
+    for layer in _layers(pipe, False):
+        if layer.component in loadable and layer.component != "unet":
+            path = "text_model." + layer.name.removeprefix("text_model.")  # files keep CLIP's text_model. level
+            name = (("lora_te1_" if layer.component == "text_encoder" else "lora_te2_") + path.replace(".", "_")
+                    if style is LoraStyle.KOHYA else f"{layer.component}.{path}")
+            named.append((name, layer.module, _out(layer.module)))
+    return named
+
+
+def _out(module: torch.nn.Module) -> int:
+    return int(module.out_features if isinstance(module, torch.nn.Linear) else module.out_channels)
+
+
+def tiny_flow_lora_tensors(pipe: DiffusionPipeline, *, seed: int = 0, style: LoraStyle = LoraStyle.KOHYA,
+                           rank: int = 4, scale: float = 1.0) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a tiny LoRA for a flow pipeline's transformer (and CLIP encoders)."""
+    style = LoraStyle(style)
+    if style is LoraStyle.KOHYA_LDM:
+        raise ValueError("kohya-ldm names SD UNet blocks; flow families use kohya, peft or comfy")
+    gen = torch.Generator().manual_seed(seed)
+    alpha = rank / 2
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module, rows in _flow_entries(pipe, style):
+        down, up = _random_pair(module, rows, rank, scale, gen)
+        if style is LoraStyle.KOHYA:
+            tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"] = down, up
+            tensors[f"{name}.alpha"] = torch.tensor(alpha)
+        else:
+            tensors[f"{name}.lora_A.weight"], tensors[f"{name}.lora_B.weight"] = down, up
+    metadata = {"ss_output_name": f"tiny-{type(pipe.transformer).__name__}-{style.value}-{seed}"}
+    if style is LoraStyle.KOHYA:
+        metadata |= {"ss_network_module": "networks.lora_flux", "ss_network_dim": str(rank),
+                     "ss_network_alpha": str(alpha)}
+    return tensors, metadata
+
+
 def _peft_configs(layers: list[_Layer], rank: int, alpha: float) -> dict[str, object]:
     """Each component's LoraConfig as diffusers stores it (``<component>.<field>``)."""
     config: dict[str, object] = {}
@@ -196,6 +265,17 @@ def _save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], out: Path)
         tmp_name.unlink(missing_ok=True)
 
 
+def write_lora_file(pipe: DiffusionPipeline, out: Path, *, seed: int = 0, style: LoraStyle = LoraStyle.KOHYA,
+                    rank: int = 4, scale: float = 1.0, conv: bool = False) -> Path:
+    """Write a tiny LoRA for an already built ``pipe`` (SD or flow family) to ``out``."""
+    if getattr(pipe, "unet", None) is None:
+        tensors, metadata = tiny_flow_lora_tensors(pipe, seed=seed, style=style, rank=rank, scale=scale)
+    else:
+        tensors, metadata = tiny_lora_tensors(pipe, seed=seed, style=style, rank=rank, scale=scale, conv=conv)
+    _save(tensors, metadata, Path(out))
+    return Path(out)
+
+
 def write_tiny_lora(checkpoint: Path, out: Path, *, seed: int = 0, style: LoraStyle = LoraStyle.KOHYA, rank: int = 4,
                     scale: float = 1.0, conv: bool = False) -> Path:
     """Write a tiny LoRA for ``checkpoint`` (a tiny single file or diffusers folder) to ``out``.
@@ -204,10 +284,9 @@ def write_tiny_lora(checkpoint: Path, out: Path, *, seed: int = 0, style: LoraSt
     """
     with tempfile.TemporaryDirectory(prefix="tiny-lora-configs-") as cache:
         model = load_model(Path(checkpoint), choose_device(DevicePolicy(use_cpu=True)), Path(cache))
-    tensors, metadata = tiny_lora_tensors(model.pipeline, seed=seed, style=style, rank=rank, scale=scale, conv=conv)
     out = Path(out)
-    _save(tensors, metadata, out)
-    log.info("wrote tiny %s LoRA (seed %d, %d tensors) to %s", LoraStyle(style).value, seed, len(tensors), out)
+    write_lora_file(model.pipeline, out, seed=seed, style=style, rank=rank, scale=scale, conv=conv)
+    log.info("wrote tiny %s LoRA (seed %d) to %s", LoraStyle(style).value, seed, out)
     return out
 
 

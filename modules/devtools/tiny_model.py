@@ -243,6 +243,8 @@ def build_tiny_pipeline(arch: TinyArch, seed: int = 0, *, bpe_dir: Path | None =
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     arch = TinyArch(arch)
+    if arch in _FAMILY_WRITERS:
+        raise ValueError(f"{arch.value} is built by {_FAMILY_WRITERS[arch]}, not here")
     if arch is TinyArch.SDXL:
         pipe = _build_sdxl(seed, bpe_dir)
     else:

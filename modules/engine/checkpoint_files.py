@@ -20,7 +20,8 @@ from modules.errors import ModelLoadError, UnsafeCheckpointError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES + (".ckpt",)
+GGUF_SUFFIXES = (".gguf",)  # quantized transformers (modules.engine.quantized)
+CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES + (".ckpt",) + GGUF_SUFFIXES
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; larger headers are hostile
 _LFS_MAGIC = b"version https://git-lfs"
 

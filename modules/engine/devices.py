@@ -4,8 +4,9 @@ CUDA first (fp16 unless told otherwise, bf16 when asked and supported), then App
 CPU in fp32 (bf16 when asked). Memory modes follow A1111's flags: ``--medvram`` keeps each model
 on the GPU only while it runs (model-level CPU offload), ``--medvram-sdxl`` does so for SDXL only,
 ``--lowvram`` moves weights layer by layer (sequential offload). With none given on CUDA, the mode
-is chosen from the card's memory and logged. The choice is made once by the composition root and
-passed down; nothing probes devices at import time.
+is chosen from the card's memory and logged. ``--text-encoder-cpu`` keeps the flow families' T5 / LLM
+text encoders in RAM, in any mode (:func:`modules.engine.placement.keep_on_cpu`). The choice is made
+once by the composition root and passed down; nothing probes devices at import time.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class DevicePolicy:
     upcast_sampling: bool = False
     xformers: bool = False
     memory: MemoryMode | None = None  # None: chosen from the device
+    text_encoders_on_cpu: bool = False  # the flow families' T5 / LLM encoders run on the CPU
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class DeviceInfo:
     # True when the user named the memory mode (a flag): jobs keep it. False: it was chosen from the
     # card's size for loading, and each job's memory plan may pick another.
     memory_forced: bool = False
+    # The flow families' big text encoders (T5, LLMs) stay in RAM and run on the CPU; only their
+    # embeddings go to the device (a 4-9 GB encoder off an 8-16 GB card).
+    text_encoders_on_cpu: bool = False
 
     @property
     def is_accelerator(self) -> bool:
@@ -86,6 +91,7 @@ class DeviceInfo:
         name = str(self.dtype).removeprefix("torch.")
         extra = f", VAE {str(self.vae).removeprefix('torch.')}" if self.vae != self.dtype else ""
         mode = f", {self.memory.value}" if self.memory is not MemoryMode.FULL else ""
+        mode += ", text encoders on the CPU" if self.text_encoders_on_cpu else ""
         return f"{self.device} ({name}{extra}{mode}): {self.reason}"
 
 
@@ -173,7 +179,8 @@ def choose_device(policy: DevicePolicy) -> DeviceInfo:
     if policy.upcast_sampling:
         reasons.append("sampling math in fp32 (it always is: only the UNet runs in the weights' dtype)")
     info = DeviceInfo(device=device, dtype=dtype, reason="; ".join(reasons), vae_dtype=vae_dtype, memory=memory,
-                      attention=attention, memory_forced=policy.memory is not None)
+                      attention=attention, memory_forced=policy.memory is not None,
+                      text_encoders_on_cpu=policy.text_encoders_on_cpu)
     label = "xformers" if attention is Attention.XFORMERS else "PyTorch scaled-dot-product (SDPA)"
     log.info("Device: %s; attention: %s", info.describe(), label)
     return info

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from modules.engine.devices import MemoryMode
-from modules.engine.loader import LoadedModel
+from modules.engine.loaded_model import LoadedModel
 from modules.engine.placement import effective_mode
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,9 @@ Encode = Callable[[Sequence[str]], Mapping[str, Embeds]]
 def build_flow_conditioning(encode: Encode, prompt: str, negative: str, steps: int,
                             hires_base_steps: int | None = None) -> Conditioning:
     """``steps`` counts model calls, as A1111's prompt editing does (see ``prompt_parser.schedule``)."""
-    positives = [(prompt_parser.schedule(text, steps, hires_base_steps), weight)
+    # ``AND`` leaves the spaces around it in the parts: CLIP never saw them, but T5 and LLM
+    # tokenizers would, so each part is stripped.
+    positives = [(prompt_parser.schedule(text.strip(), steps, hires_base_steps), weight)
                  for text, weight in prompt_parser.split_and(prompt)]
     negatives = prompt_parser.schedule(negative, steps, hires_base_steps)
     texts = list(dict.fromkeys(entry.text for entries, _w in positives for entry in entries))

@@ -9,7 +9,7 @@ original pasted back outside the mask.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from modules.engine import latents as lat
 from modules.engine.families.base import FlowJob
 from modules.engine.families.registry import family_for
 from modules.engine.flow_conditioning import build_flow_conditioning
-from modules.engine.loader import LoadedModel
+from modules.engine.loaded_model import LoadedModel
 from modules.engine.model_detect import ModelArch
 from modules.engine.prompt_encoding import build_conditioning
 from modules.engine.sampling.denoiser import (
@@ -206,7 +206,10 @@ def sample_task(model: LoadedModel, task: ImageTask, observer: StepObserver,
     # 3. Sampling.
     channels = model.arch.family.latent_channels
     scale = model.latent_format.scale
-    plan = SamplingPlan(sampler=task.sampler, schedule=task.schedule, steps=task.steps, noise=task.noise,
+    noise = task.noise
+    if noise.resize_from is not None and scale != lat.LATENT_SCALE:  # given in 8-pixel cells
+        noise = replace(noise, resize_from=tuple(side * lat.LATENT_SCALE // scale for side in noise.resize_from))
+    plan = SamplingPlan(sampler=task.sampler, schedule=task.schedule, steps=task.steps, noise=noise,
                         latent_shape=(channels, task.height // scale, task.width // scale),
                         init_latent=init_latent, denoising_strength=task.denoising_strength,
                         is_sdxl=model.arch.is_sdxl, exact_steps=task.exact_steps, params=task.sampler_params,

@@ -17,7 +17,7 @@ from PIL import Image
 
 from modules.engine import latents as lat
 from modules.engine.generate import ImageTask, RefinerPlan, prompt_steps, sample_task
-from modules.engine.loader import LoadedModel
+from modules.engine.loaded_model import LoadedModel
 from modules.engine.sampling.loop import StepObserver
 from modules.upscalers import UpscalerKind, UpscalerSpec
 
@@ -75,7 +75,8 @@ def _upscale_images(images: list[Image.Image], plan: HiresPlan, device: torch.de
 def _upscaled_latents(model: LoadedModel, latents: torch.Tensor, first_images: list[Image.Image] | None,
                       plan: HiresPlan) -> torch.Tensor:
     width, height = plan.upscale_size
-    shape = (height // lat.LATENT_SCALE, width // lat.LATENT_SCALE)
+    scale = model.latent_format.scale  # FLUX.2's sampler latents are 16 pixels a cell
+    shape = (height // scale, width // scale)
     if plan.upscaler.kind is UpscalerKind.LATENT:
         up = torch.nn.functional.interpolate(latents, size=shape, mode=plan.upscaler.mode,
                                              antialias=plan.upscaler.antialias)
@@ -85,7 +86,7 @@ def _upscaled_latents(model: LoadedModel, latents: torch.Tensor, first_images: l
         pixels = torch.cat([lat.image_to_tensor(image, device) for image in _upscale_images(images, plan, device)])
         up = lat.encode_image(model, pixels)
     task = plan.task
-    return _centre_crop(up, task.height // lat.LATENT_SCALE, task.width // lat.LATENT_SCALE)
+    return _centre_crop(up, task.height // scale, task.width // scale)
 
 
 def run_hires(model: LoadedModel, first: ImageTask, plan: HiresPlan, observer: StepObserver,

@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from modules.engine.devices import MemoryMode
-from modules.engine.loader import LoadedModel
+from modules.engine.loaded_model import LoadedModel
 
 log = logging.getLogger(__name__)
 

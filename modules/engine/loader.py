@@ -25,8 +25,9 @@ from modules.engine.devices import DeviceInfo
 from modules.engine.families import registry
 from modules.engine.families.base import ComponentDirs, EngineFamily, FileLoad, FolderLoad
 from modules.engine.loaded_model import LoadedModel
-from modules.engine.model_detect import ModelArch, UnknownArchitecture
+from modules.engine.model_detect import ModelArch, UnknownArchitecture, sidecar_arch
 from modules.engine.placement import place
+from modules.engine.quantized import is_gguf, read_gguf_index
 from modules.engine.sampling.schedules import ModelSigmas
 from modules.errors import ModelLoadError
 
@@ -39,10 +40,13 @@ def _load_single_file(path: Path, device: DeviceInfo, config_cache: Path,
                       components: ComponentDirs) -> tuple[EngineFamily, ModelArch, DiffusionPipeline]:
     if path.suffix.lower() == ".safetensors":
         index = read_safetensors_index(path)
+    elif is_gguf(path):  # a quantized transformer alone; the family loads it (modules.engine.quantized)
+        index = read_gguf_index(path)
     else:
         index = index_of_state_dict(load_pickle_state_dict(path))  # refuses anything but tensors
     try:
         family, arch = registry.detect_file(index)
+        arch = sidecar_arch(path, arch)  # A1111's .yaml beside an SD 2.x file names eps or v
     except UnknownArchitecture as exc:
         raise ModelLoadError(str(path), f"not a Stable Diffusion checkpoint Atelier knows: {exc}") from exc
     pipe = family.load_file(FileLoad(path, index, arch, device, config_cache, components))

@@ -6,8 +6,9 @@ This is the public entry: a job names the LoRAs it wants as :class:`LoraUse` val
 layers to the model's in :mod:`modules.engine.lora_layers`.
 
 This module owns the adapters themselves. They are peft's, attached and weighted through diffusers'
-pipeline LoRA API (``load_lora_into_unet``, ``load_lora_into_text_encoder``, ``set_adapters``,
-``delete_adapters``, ``unload_lora_weights``). Attaching is all or nothing: on failure the pipeline
+pipeline LoRA API (``load_lora_into_unet``, ``load_lora_into_text_encoder``, the transformer's
+``load_lora_adapter`` that every flow pipeline's ``load_lora_into_transformer`` calls, ``set_adapters``,
+``delete_adapters``, ``unload_lora_weights``), so SD UNets and flow transformers take them alike. Attaching is all or nothing: on failure the pipeline
 goes back to the adapters it had. What is loaded is recorded on the pipeline object, whose state it
 describes.
 """
@@ -28,8 +29,8 @@ import torch
 from diffusers import DiffusionPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from modules.engine.lora_files import COMPONENT_PREFIXES, FileStamp, file_stamp, first_line, read_lora_metadata, refuse
-from modules.engine.lora_layers import PreparedLora, index_targets, prepare
+from modules.engine.lora_files import DENOISERS, FileStamp, file_stamp, first_line, read_lora_metadata, refuse
+from modules.engine.lora_layers import PreparedLora, adaptable_components, index_targets, prepare
 
 __all__ = ["LoraUse", "apply_loras", "read_lora_metadata"]
 
@@ -138,6 +139,11 @@ def _attach(pipe: DiffusionPipeline, adapter: str, lora: PreparedLora) -> None:
             if component == "unet":
                 pipe.load_lora_into_unet(prefixed, network_alphas=None, unet=model, adapter_name=adapter,
                                          _pipeline=pipe)
+            elif component == "transformer":
+                # What FluxLoraLoaderMixin / SD3LoraLoaderMixin / ZImageLoraLoaderMixin.load_lora_into_transformer
+                # do; called on the model because their signatures differ from family to family.
+                model.load_lora_adapter(prefixed, prefix=component, network_alphas=None, adapter_name=adapter,
+                                        _pipeline=pipe)
             else:
                 pipe.load_lora_into_text_encoder(prefixed, network_alphas=None, text_encoder=model,
                                                  prefix=component, adapter_name=adapter, _pipeline=pipe)
@@ -150,22 +156,18 @@ def _activate(pipe: DiffusionPipeline, state: _LoraState, uses: Sequence[LoraUse
     for use in uses:
         loaded = state.loaded[use.name]
         names.append(loaded.adapter)
-        weights.append({c: use.unet_weight if c == "unet" else use.te_weight for c in loaded.components})
+        weights.append({c: use.unet_weight if c in DENOISERS else use.te_weight for c in loaded.components})
     pipe.set_adapters(names, weights)
-    for component, _ in COMPONENT_PREFIXES:
-        model = getattr(pipe, component, None)
-        if isinstance(model, torch.nn.Module):
-            for name, param in model.named_parameters():
-                if ".lora_" in name:  # peft turns gradients on for active adapters; inference needs none
-                    param.requires_grad_(False)
+    for component in adaptable_components(pipe):
+        for name, param in getattr(pipe, component).named_parameters():
+            if ".lora_" in name:  # peft turns gradients on for active adapters; inference needs none
+                param.requires_grad_(False)
     state.active = tuple(uses)
 
 
 def _has_adapter_layers(pipe: DiffusionPipeline) -> bool:
-    return any(isinstance(m, BaseTunerLayer)
-               for component, _ in COMPONENT_PREFIXES
-               if isinstance(model := getattr(pipe, component, None), torch.nn.Module)
-               for m in model.modules())
+    return any(isinstance(m, BaseTunerLayer) for component in adaptable_components(pipe)
+               for m in getattr(pipe, component).modules())
 
 
 def _unload_all(pipe: DiffusionPipeline, state: _LoraState) -> None:
@@ -238,8 +240,7 @@ def _fuse(pipe: DiffusionPipeline, state: _LoraState) -> None:
     compiled UNet would guard on (each adapter's scale is a Python float: a new weight would
     otherwise mean a new compilation)."""
     adapters = [state.loaded[use.name].adapter for use in state.active]
-    components = [c for c, _ in COMPONENT_PREFIXES if isinstance(getattr(pipe, c, None), torch.nn.Module)]
-    pipe.fuse_lora(components=components, lora_scale=1.0, adapter_names=adapters)
+    pipe.fuse_lora(components=adaptable_components(pipe), lora_scale=1.0, adapter_names=adapters)
     state.fused = True
 
 
@@ -262,7 +263,8 @@ def apply_loras(pipe: DiffusionPipeline, uses: Sequence[LoraUse], fuse: bool = F
     if not wanted:
         _unload_all(pipe, state)
         return
-    if not hasattr(pipe, "load_lora_into_unet") or not hasattr(pipe, "set_adapters"):
+    takes_loras = hasattr(pipe, "load_lora_into_unet") or hasattr(pipe, "load_lora_into_transformer")
+    if not takes_loras or not hasattr(pipe, "set_adapters"):
         first = next(iter(wanted.values()))
         raise refuse(first.path, f"{type(pipe).__name__} models do not take LoRAs")
     fresh = [use for use in wanted.values()

@@ -4,9 +4,12 @@ This module decides which files Atelier accepts as LoRAs and turns the accepted 
 low-rank factors (:class:`Factors`), one per adapted layer, still under the file's own layer names:
 
 - kohya-ss files (``lora_unet_*``, ``lora_te_*`` / ``lora_te1_*`` / ``lora_te2_*`` layers holding
-  ``lora_down`` / ``lora_up`` / ``alpha``), linear and conv layers alike (so LoCon too);
-- peft / diffusers files (``unet.*`` / ``text_encoder.*`` / ``text_encoder_2.*`` with ``lora_A`` /
-  ``lora_B``, or diffusers' older spellings, which diffusers' own converters normalise).
+  ``lora_down`` / ``lora_up`` / ``alpha``), linear and conv layers alike (so LoCon too); for a flow
+  transformer ``lora_unet_`` names its layers (original or diffusers names) and ``lora_transformer_``
+  its diffusers names; SD 3.5's T5 layers (``lora_te3_``) are skipped, as diffusers skips them;
+- peft / diffusers / ai-toolkit files (``unet.*`` / ``transformer.*`` / ``diffusion_model.*`` /
+  ``text_encoder.*`` / ``text_encoder_2.*`` with ``lora_A`` / ``lora_B`` or ``lora_down`` / ``lora_up``,
+  or diffusers' older spellings, which diffusers' own converters normalise).
 
 LyCORIS LoHa, LoKr, OFT, GLoRA, (IA)^3, full-difference and CP-decomposed files, and DoRA, are refused
 by name, as are checkpoints, embeddings and VAEs put among the LoRAs. Every refusal is an
@@ -16,6 +19,7 @@ by name, as are checkpoints, embeddings and VAEs put among the LoRAs. Every refu
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -36,6 +40,8 @@ from safetensors.torch import load_file
 from modules.engine.checkpoint_files import load_pickle_state_dict, read_safetensors_index
 from modules.errors import AddonLoadError, ModelLoadError
 
+log = logging.getLogger(__name__)
+
 KIND = "LoRA"
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 _PICKLE_SUFFIXES = (".pt", ".ckpt", ".pth", ".bin")
@@ -45,9 +51,15 @@ COMPONENT_PREFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("unet", ("lora_unet_",)),
     ("text_encoder", ("lora_te_", "lora_te1_")),
     ("text_encoder_2", ("lora_te2_",)),
+    ("transformer", ("lora_transformer_",)),
 )
 COMPONENT_LABELS = MappingProxyType(
-    {"unet": "UNet", "text_encoder": "text encoder", "text_encoder_2": "second (SDXL) text encoder"})
+    {"unet": "UNet", "text_encoder": "text encoder", "text_encoder_2": "second (SDXL) text encoder",
+     "transformer": "transformer"})
+DENOISERS = frozenset({"unet", "transformer"})  # a kohya ``lora_unet_`` layer is a flow model's transformer too
+# peft-style roots that name a component by another word: ai-toolkit and ComfyUI write ``diffusion_model.``
+_PEFT_ROOTS = MappingProxyType({"diffusion_model": "transformer"})
+_SKIPPED_KOHYA = ("lora_te3_",)  # SD 3.5's T5: no pipeline LoRA API adapts it (diffusers drops these too)
 _KOHYA_PARTS = frozenset({"lora_down.weight", "lora_up.weight", "alpha"})
 PEFT_DOWN, PEFT_UP = ".lora_A.weight", ".lora_B.weight"
 
@@ -158,7 +170,7 @@ def _not_a_lora(path: Path, keys: Sequence[str]) -> AddonLoadError:
     if named := next((k for k in keys if "lora" in k.lower()), None):
         return refuse(path, f"it holds LoRA weights under layer names Atelier does not know (e.g. {named})")
     return refuse(path, "it holds no LoRA weights (expected lora_unet_/lora_te_ layers with lora_down/lora_up, "
-                        "or unet./text_encoder. layers with lora_A/lora_B)")
+                        "or unet./transformer./text_encoder. layers with lora_A/lora_B)")
 
 
 def _kohya_component(layer: str) -> str | None:
@@ -186,7 +198,12 @@ def _kohya_factors(path: Path, tensors: Mapping[str, torch.Tensor]) -> list[Fact
         layer, _, part = key.partition(".")
         layers.setdefault(layer, {})[part] = tensor
     factors = []
+    if skipped := [layer for layer in layers if layer.startswith(_SKIPPED_KOHYA)]:
+        log.warning("LoRA %s: its %d T5 text encoder layers are skipped (e.g. %s)", path.name, len(skipped),
+                    skipped[0])
     for layer, parts in layers.items():
+        if layer.startswith(_SKIPPED_KOHYA):
+            continue
         component = _kohya_component(layer)
         if component is None or not set(parts) <= _KOHYA_PARTS:
             raise refuse(path, f"unexpected tensors in a kohya LoRA: {layer}.{{{', '.join(sorted(parts))}}}")
@@ -230,6 +247,11 @@ def _as_peft_names(path: Path, component: str, tensors: dict[str, torch.Tensor])
     """Older diffusers spellings (``to_q_lora.down``, ``lora_linear_layer``) -> peft's, by diffusers' converters."""
     if all(k.endswith((PEFT_DOWN, PEFT_UP)) for k in tensors):
         return tensors
+    if component == "transformer":
+        # ComfyUI / some ai-toolkit saves: peft layer names with kohya's factor names, which is how
+        # diffusers' ``_convert_kohya_flux_lora_to_diffusers`` reads them too.
+        return {k.replace(".lora_down.weight", PEFT_DOWN).replace(".lora_up.weight", PEFT_UP): v
+                for k, v in tensors.items()}
     try:
         if component == "unet":
             return convert_unet_state_dict_to_peft(tensors)
@@ -241,29 +263,30 @@ def _as_peft_names(path: Path, component: str, tensors: dict[str, torch.Tensor])
 def _peft_factors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> list[Factors]:
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
-        component, _, rest = key.partition(".")
-        if component not in COMPONENT_LABELS:
+        root, _, rest = key.partition(".")
+        if root not in COMPONENT_LABELS and root not in _PEFT_ROOTS:
             raise refuse(path, f"unexpected tensor {key!r} in a peft/diffusers LoRA")
-        groups.setdefault(component, {})[rest] = tensor
+        groups.setdefault(root, {})[rest] = tensor
     config = _peft_alpha_config(metadata)
     factors = []
-    for component, group in groups.items():
+    for root, group in groups.items():
+        component = _PEFT_ROOTS.get(root, root)
         alphas = {k.removesuffix(".alpha"): v for k, v in group.items() if k.endswith(".alpha")}
         weights = _as_peft_names(path, component, {k: v for k, v in group.items() if not k.endswith(".alpha")})
         layers: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in weights.items():
             suffix = PEFT_DOWN if key.endswith(PEFT_DOWN) else PEFT_UP if key.endswith(PEFT_UP) else None
             if suffix is None:
-                raise refuse(path, f"unexpected tensor {component}.{key} in a peft/diffusers LoRA")
+                raise refuse(path, f"unexpected tensor {root}.{key} in a peft/diffusers LoRA")
             layers.setdefault(key.removesuffix(suffix), {})[suffix] = tensor
         for layer, parts in layers.items():
             if len(parts) != 2:
-                raise refuse(path, f"layer {component}.{layer} lacks its lora_A or lora_B weight (incomplete file?)")
+                raise refuse(path, f"layer {root}.{layer} lacks its lora_A or lora_B weight (incomplete file?)")
             down = parts[PEFT_DOWN]
-            alpha = _alpha_of(path, f"{component}.{layer}.alpha", alphas.get(layer))
+            alpha = _alpha_of(path, f"{root}.{layer}.alpha", alphas.get(layer))
             scale = alpha / rank_of(down) if alpha is not None else _peft_scale(config, component, layer,
                                                                                 rank_of(down))
-            factors.append(Factors(component, f"{component}.{layer}", down, parts[PEFT_UP], scale))
+            factors.append(Factors(component, f"{root}.{layer}", down, parts[PEFT_UP], scale))
     return factors
 
 
@@ -273,6 +296,7 @@ def parse_factors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Map
     _refuse_foreign_formats(path, keys)
     if any(_kohya_component(k) for k in keys):
         return _kohya_factors(path, tensors)
-    if any(k.partition(".")[0] in COMPONENT_LABELS and "lora" in k for k in keys):
+    if any((k.partition(".")[0] in COMPONENT_LABELS or k.partition(".")[0] in _PEFT_ROOTS) and "lora" in k
+           for k in keys):
         return _peft_factors(path, tensors, metadata)
     raise _not_a_lora(path, keys)

@@ -4,7 +4,11 @@ Names are matched against the model itself rather than rewritten by string rules
 Conv2d of the UNet and text encoders is indexed under its diffusers path, its kohya spelling and, for
 the UNet, its original LDM path (``input_blocks`` / ``middle_block`` / ``output_blocks``). That gives
 one exact answer for SD1, SD2 and SDXL alike (diffusers remaps LDM block names only for SDXL) and
-refuses a file made for another base model before anything changes.
+refuses a file made for another base model before anything changes. A flow family's transformer is
+indexed under its diffusers names and its original checkpoint names (:mod:`modules.engine.lora_flow`),
+where one file layer may feed several model layers (fused q/k/v): each gets the shared down weight
+and its own rows of the up weight, so the fused layer's change ``up @ down`` is exactly the split
+layers' changes stacked.
 
 Each matched layer's factors are checked against the layer's shape and converted to peft's names.
 The network alpha is folded into the up weights, so each adapter runs at its weight times 1 and
@@ -28,6 +32,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from modules.engine.lora_files import (
     COMPONENT_LABELS,
     COMPONENT_PREFIXES,
+    DENOISERS,
     PEFT_DOWN,
     PEFT_UP,
     Factors,
@@ -39,6 +44,7 @@ from modules.engine.lora_files import (
     read_tensors,
     refuse,
 )
+from modules.engine.lora_flow import Rows, foreign_group, transformer_routes
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,17 @@ class Target:
     component: str
     name: str
     module: torch.nn.Linear | torch.nn.Conv2d
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A target and which rows of a file layer's up weight it takes (in order); None: all of them."""
+
+    target: Target
+    rows: Rows | None = None
+
+
+Route = tuple[Slot, ...]  # the model layers one file layer changes
 
 
 @dataclass(frozen=True)
@@ -146,20 +163,38 @@ def _aliases(component: str, name: str, ldm_pairs: Sequence[tuple[str, str, bool
         yield ldm
 
 
-def index_targets(pipe: DiffusionPipeline) -> dict[str, Target]:
+def adaptable_components(pipe: DiffusionPipeline) -> list[str]:
+    """The pipeline's parts a LoRA may change: those it has and its LoRA API loads (not Z-Image's LLM)."""
+    loadable = getattr(pipe, "_lora_loadable_modules", None)
+    return [component for component, _ in COMPONENT_PREFIXES
+            if isinstance(getattr(pipe, component, None), torch.nn.Module)
+            and (loadable is None or component in loadable)]
+
+
+def _transformer_index(model: torch.nn.Module) -> dict[str, Route]:
+    layers = dict(_adaptable_layers(model))
+    targets = {name: Target("transformer", name, module) for name, module in layers.items()}
+    return {key: tuple(Slot(targets[part.layer], part.rows) for part in route)
+            for key, route in transformer_routes(model, layers).items()}
+
+
+def index_targets(pipe: DiffusionPipeline) -> dict[str, Route]:
     """Every adaptable layer under each name a file may give it: ``component.path`` and kohya's spellings."""
-    index: dict[str, Target] = {}
+    index: dict[str, Route] = {}
     for component, prefixes in COMPONENT_PREFIXES:
-        model = getattr(pipe, component, None)
-        if not isinstance(model, torch.nn.Module):
+        if component not in adaptable_components(pipe):
+            continue
+        model = getattr(pipe, component)
+        if component == "transformer":
+            index.update(_transformer_index(model))
             continue
         ldm_pairs = ldm_block_pairs(model.config) if component == "unet" else None
         for name, module in _adaptable_layers(model):
-            target = Target(component, name, module)
+            route = (Slot(Target(component, name, module)),)
             for alias in _aliases(component, name, ldm_pairs):
-                index.setdefault(f"{component}.{alias}", target)
+                index.setdefault(f"{component}.{alias}", route)
                 for prefix in prefixes:
-                    index.setdefault(prefix + alias.replace(".", "_"), target)
+                    index.setdefault(prefix + alias.replace(".", "_"), route)
     return index
 
 
@@ -173,19 +208,40 @@ def _made_for(factors: Sequence[Factors], metadata: Mapping[str, str]) -> str:
     return "it was probably made for another base model" + (f" (the file says {base})" if base else "")
 
 
-def _resolve(path: Path, factors: Sequence[Factors], index: Mapping[str, Target], pipe: DiffusionPipeline,
-             metadata: Mapping[str, str]) -> list[tuple[Factors, Target]]:
-    found: list[tuple[Factors, Target]] = []
+def _denoiser(pipe: DiffusionPipeline) -> torch.nn.Module | None:
+    return next((model for c in ("unet", "transformer") if isinstance(model := getattr(pipe, c, None), torch.nn.Module)),
+                None)
+
+
+def _refuse_other_family(path: Path, factors: Sequence[Factors], pipe: DiffusionPipeline) -> None:
+    """A LoRA whose layer names say plainly which other family it is for, refused by that name."""
+    denoiser = _denoiser(pipe)
+    made_for = foreign_group((f.key for f in factors if f.component in DENOISERS), denoiser) if denoiser else None
+    if made_for is not None:
+        raise refuse(path, f"it is a LoRA for {made_for} models; the loaded model is {type(denoiser).__name__} "
+                           f"({type(pipe).__name__})")
+
+
+def _label(component: str, pipe: DiffusionPipeline) -> str:
+    if component in DENOISERS:
+        return "transformer" if getattr(pipe, "unet", None) is None else "UNet"
+    return COMPONENT_LABELS[component]
+
+
+def _resolve(path: Path, factors: Sequence[Factors], index: Mapping[str, Route], pipe: DiffusionPipeline,
+             metadata: Mapping[str, str]) -> list[tuple[Factors, Route]]:
+    found: list[tuple[Factors, Route]] = []
     missing: dict[str, list[str]] = {}
     for factor in factors:
-        target = index.get(factor.key)
-        if target is None:
+        route = index.get(factor.key)
+        if route is None:
             missing.setdefault(factor.component, []).append(factor.key)
         else:
-            found.append((factor, target))
+            found.append((factor, route))
     for component, keys in missing.items():
-        label = COMPONENT_LABELS[component]
-        if not isinstance(getattr(pipe, component, None), torch.nn.Module):
+        label = _label(component, pipe)
+        present = _denoiser(pipe) is not None if component in DENOISERS else component in adaptable_components(pipe)
+        if not present:
             raise refuse(path, f"it changes a {label}, which the loaded model does not have; "
                                f"{_made_for(factors, metadata)}")
         total = sum(1 for f in factors if f.component == component)
@@ -229,18 +285,38 @@ def _fit(path: Path, factor: Factors, target: Target, hint: str) -> tuple[torch.
     return down.to(device, weight.dtype), scaled_up.to(device, weight.dtype)
 
 
-def prepare(pipe: DiffusionPipeline, path: Path, index: Mapping[str, Target]) -> PreparedLora:
+def _split(path: Path, factor: Factors, route: Route, hint: str) -> list[tuple[Target, Factors]]:
+    """One file layer's factors for each model layer it changes: the same down, the slot's rows of up.
+
+    With ``D`` shared and ``U`` cut into row blocks ``U_i``, each slot's change ``U_i @ D`` is block
+    ``i`` of the fused change ``U @ D``: together they are exactly what the file's layer does.
+    """
+    if len(route) == 1 and route[0].rows is None:
+        return [(route[0].target, factor)]
+    up = _squeeze_1x1(factor.up)
+    covered = sum(stop - start for slot in route for start, stop in slot.rows or ())
+    if up.ndim != 2 or up.shape[0] != covered:
+        raise refuse(path, f"layer {factor.key} does not fit the loaded model: its up weight has "
+                           f"{tuple(factor.up.shape)}, the model's layers there take {covered} rows; {hint}")
+    return [(slot.target, Factors(factor.component, factor.key, factor.down,
+                                  torch.cat([up[start:stop] for start, stop in slot.rows or ()]), factor.scale))
+            for slot in route]
+
+
+def prepare(pipe: DiffusionPipeline, path: Path, index: Mapping[str, Route]) -> PreparedLora:
     """Read, check and convert one file against ``index`` (from :func:`index_targets`); the pipeline is not touched."""
     stamp = file_stamp(path)
     tensors = read_tensors(path)
     metadata = read_lora_metadata(path)
     factors = parse_factors(path, tensors, metadata)
+    _refuse_other_family(path, factors, pipe)
     hint = _made_for(factors, metadata)
     out: dict[str, dict[str, torch.Tensor]] = {}
-    for factor, target in _resolve(path, factors, index, pipe, metadata):
-        group = out.setdefault(target.component, {})
-        if f"{target.name}{PEFT_DOWN}" in group:
-            raise refuse(path, f"two of its layers both change {target.component}.{target.name}")
-        down, up = _fit(path, factor, target, hint)
-        group[f"{target.name}{PEFT_DOWN}"], group[f"{target.name}{PEFT_UP}"] = down, up
+    for factor, route in _resolve(path, factors, index, pipe, metadata):
+        for target, part in _split(path, factor, route, hint):
+            group = out.setdefault(target.component, {})
+            if f"{target.name}{PEFT_DOWN}" in group:
+                raise refuse(path, f"two of its layers both change {target.component}.{target.name}")
+            down, up = _fit(path, part, target, hint)
+            group[f"{target.name}{PEFT_DOWN}"], group[f"{target.name}{PEFT_UP}"] = down, up
     return PreparedLora(stamp=stamp, tensors=out)

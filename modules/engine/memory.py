@@ -15,8 +15,8 @@ import logging
 import torch
 
 from modules.engine.devices import MemoryMode
-from modules.engine.loader import LoadedModel
-from modules.engine.placement import effective_mode
+from modules.engine.loaded_model import LoadedModel
+from modules.engine.placement import effective_mode, kept_on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ def unpark(model: LoadedModel) -> None:
     copies are queued on the stream the job's first kernels run on, so they wait for them)."""
     if _moves_whole(model):
         for module in _modules(model):
-            module.to(model.device.device, non_blocking=True)
+            if not kept_on_cpu(module):  # --text-encoder-cpu: its T5 / LLM never goes to the device
+                module.to(model.device.device, non_blocking=True)
 
 
 def on_device_bytes(model: LoadedModel) -> int:

@@ -1,16 +1,23 @@
 """Telling what a checkpoint is from its tensor names and shapes.
 
 diffusers calls every small or unusual checkpoint "v1", so Atelier decides the architecture itself
-(SD1.x, SD1.x inpainting, SD2.x v-prediction, SDXL base, SDXL refiner) and reads the dimensions
-that vary between checkpoints (channels, depths, text encoder sizes) off the shapes, so a config
-folder can be written that matches the weights exactly.
+(SD1.x, SD1.x inpainting, SD2.x eps / v-prediction, SDXL base, SDXL refiner) and reads the
+dimensions that vary between checkpoints (channels, depths, text encoder sizes) off the shapes, so a
+config folder can be written that matches the weights exactly.
+
+SD 2.x 512 (eps) and 768 (v-prediction) checkpoints have the same shapes; what they predict is read
+from a marker: A1111's ``.yaml`` beside the file (``model.params.parameterization: "v"``; no key
+means eps), else the safetensors header (SAI ModelSpec ``modelspec.prediction_type`` /
+``modelspec.architecture``), else v (the 768 models are the common SD 2.x).
 """
 
 from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from modules.engine.checkpoint_files import TensorIndex
 from modules.model_families import FamilyInfo, family_info
@@ -103,6 +110,73 @@ class UnknownArchitecture(ValueError):
     """The tensors do not look like a Stable Diffusion checkpoint Atelier knows."""
 
 
+SD2_ARCHS = (ModelArch.SD2, ModelArch.SD2_V)
+_V_NAMES = frozenset({"v", "v_prediction", "v-prediction"})
+_EPS_NAMES = frozenset({"eps", "epsilon"})
+_YAML_KEY = ("model", "params", "parameterization")
+_MAX_YAML_BYTES = 1 << 20  # A1111's configs are ~2 KB; a huge file is not one
+
+
+def sd2_arch_from_metadata(metadata: Mapping[str, str]) -> ModelArch | None:
+    """SD 2.x eps or v from SAI ModelSpec header keys (kohya's trainers write both); None: not said."""
+    prediction = metadata.get("modelspec.prediction_type", "").strip().lower()
+    if prediction in _V_NAMES:
+        return ModelArch.SD2_V
+    if prediction in _EPS_NAMES:
+        return ModelArch.SD2
+    architecture = metadata.get("modelspec.architecture", "").strip().lower()
+    if architecture.startswith("stable-diffusion-v2-768-v"):
+        return ModelArch.SD2_V
+    if architecture.startswith("stable-diffusion-v2-512"):
+        return ModelArch.SD2
+    return None
+
+
+def yaml_parameterization(path: Path) -> str | None:
+    """``model.params.parameterization`` of an A1111/LDM config (``"eps"`` when the config has a
+    ``model`` section without the key, as LDM's default); None when there is no such config.
+
+    A line-based reader for this one key, so the engine needs no YAML library: LDM configs are
+    plain block mappings (two-space indents, ``key: value``), which is all it understands.
+    """
+    try:
+        if path.stat().st_size > _MAX_YAML_BYTES:
+            return None
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    stack: list[tuple[int, str]] = []  # (indent, key) of the open mappings above the current line
+    has_model = False
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].rstrip()
+        content = line.lstrip(" ")
+        if not content or content.startswith(("#", "-")) or ":" not in content:
+            continue
+        indent = len(line) - len(content)
+        key, _, value = content.partition(":")
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, key.strip().strip("\"'")))
+        path_keys = tuple(k for _, k in stack)
+        has_model = has_model or path_keys == _YAML_KEY[:1]
+        if path_keys == _YAML_KEY:
+            return value.strip().strip("\"'").lower() or None
+    return "eps" if has_model else None
+
+
+def sidecar_arch(path: Path, arch: ModelArch) -> ModelArch:
+    """``arch``, or the SD 2.x kind that A1111's ``.yaml`` beside the checkpoint names (it wins over
+    the header: it is what the user put there for A1111 to read)."""
+    if arch not in SD2_ARCHS:
+        return arch
+    parameterization = yaml_parameterization(path.with_suffix(".yaml"))
+    if parameterization in _V_NAMES:
+        return ModelArch.SD2_V
+    if parameterization in _EPS_NAMES:
+        return ModelArch.SD2
+    return arch
+
+
 def detect_arch(index: TensorIndex) -> ModelArch:
     conv_in = index.shape(UNET + "input_blocks.0.0.weight")
     if conv_in is None:
@@ -113,7 +187,7 @@ def detect_arch(index: TensorIndex) -> ModelArch:
     elif index.has_prefix(REFINER_OPENCLIP):
         arch = ModelArch.SDXL_REFINER
     elif index.has_prefix(SD2_OPENCLIP):
-        arch = ModelArch.SD2_V
+        arch = sd2_arch_from_metadata(index.metadata) or ModelArch.SD2_V
     elif index.has_prefix(SD1_CLIP):
         arch = ModelArch.SD1_INPAINT if in_channels == 9 else ModelArch.SD1
     else:
@@ -213,7 +287,7 @@ def infer_dims(index: TensorIndex) -> CheckpointDims:
     te1 = te2 = None
     if arch in (ModelArch.SD1, ModelArch.SD1_INPAINT):
         te1 = infer_clip(index, SD1_CLIP)
-    elif arch is ModelArch.SD2_V:
+    elif arch in SD2_ARCHS:
         te1 = infer_open_clip(index, SD2_OPENCLIP, drop_last_layer=True)
     elif arch is ModelArch.SDXL:
         te1 = infer_clip(index, SDXL_CLIP)

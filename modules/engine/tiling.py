@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 import torch
 
 from modules.engine.generate import RefinerPlan
-from modules.engine.loader import LoadedModel
+from modules.engine.loaded_model import LoadedModel
 
 CIRCULAR = "circular"
 

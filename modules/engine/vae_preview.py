@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from modules.engine.devices import MemoryMode
-from modules.engine.loader import LoadedModel
+from modules.engine.loaded_model import LoadedModel
 from modules.engine.preview import pixels_to_preview
 
 

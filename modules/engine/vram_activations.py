@@ -93,8 +93,37 @@ class TextShape:
 
     @staticmethod
     def of(config: Any) -> TextShape:
+        if getattr(config, "d_model", None) is not None:  # T5 (flow families): transformers' T5Config names
+            return TextShape(hidden_size=int(config.d_model), intermediate_size=int(config.d_ff),
+                             layers=int(config.num_layers), heads=int(config.num_heads))
         return TextShape(hidden_size=int(config.hidden_size), intermediate_size=int(config.intermediate_size),
                          layers=int(config.num_hidden_layers), heads=int(config.num_attention_heads))
+
+
+@dataclass(frozen=True)
+class TransformerShape:
+    """A flow family's denoising transformer (FLUX, SD3, Z-Image): its width is what activations scale with."""
+
+    hidden_size: int
+
+    @staticmethod
+    def of(config: Mapping[str, Any]) -> TransformerShape:
+        width = config.get("dim") or config.get("hidden_size")
+        if not width:
+            width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+        return TransformerShape(hidden_size=int(width))
+
+
+# Every flow family makes one image token per 16x16 pixels (2x2 patches of an 8x latent, or FLUX.2's 16x one).
+PIXELS_PER_TOKEN_SIDE = 16
+FLOW_CONTEXT_TOKENS = 512  # T5 / LLM prompts are padded to up to 512 tokens
+
+
+def transformer_elements(shape: TransformerShape, height: int, width: int, context_tokens: int, images: int) -> int:
+    """Peak elements of one transformer call at ``height`` x ``width`` pixels: the residual stream and one
+    block's projections (QKV, output, a 4x MLP); attention runs through SDPA and keeps no score matrix."""
+    tokens = (height // PIXELS_PER_TOKEN_SIDE) * (width // PIXELS_PER_TOKEN_SIDE) + context_tokens
+    return 16 * shape.hidden_size * tokens * images
 
 
 def _per_level(value: int | Sequence[int], levels: int) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from modules.engine.devices import MemoryMode
-from modules.engine.loader import LoadedModel
+from modules.engine.loaded_model import LoadedModel
 from modules.engine.memory import free_device_bytes, on_device_bytes
 from modules.engine.vram_plan import JobMemoryPlan, MemoryPlan, Phase, size_text
 from modules.errors import NotEnoughMemoryError

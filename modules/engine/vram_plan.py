@@ -27,8 +27,8 @@ import torch
 from modules.engine import vram_activations as act
 from modules.engine.devices import GIB, MemoryMode
 from modules.engine.latents import LATENT_SCALE, TILED_DECODE_ABOVE
-from modules.engine.loader import LoadedModel
-from modules.engine.vram_weights import TEXT_ENCODERS, UNET, VAE, PipelineWeights, pipeline_weights
+from modules.engine.loaded_model import LoadedModel
+from modules.engine.vram_weights import DENOISERS, TEXT_ENCODERS, VAE, PipelineWeights, pipeline_weights
 
 # The CUDA context (about 300-500 MiB, by card and driver) and cuBLAS/cuDNN workspaces: memory the
 # process holds on the card that torch's allocator statistics do not show.
@@ -78,7 +78,7 @@ class ModelProfile:
     """What of a loaded model decides its memory: weights, architectures, dtypes, device."""
 
     weights: PipelineWeights
-    unet: act.UnetShape
+    unet: act.UnetShape | None  # None: a flow family's transformer (``transformer``) denoises
     vae: act.VaeShape
     text: tuple[act.TextShape, ...]
     unet_dtype_bytes: int
@@ -86,6 +86,7 @@ class ModelProfile:
     text_dtype_bytes: int
     device_type: str
     is_sdxl: bool
+    transformer: act.TransformerShape | None = None
 
 
 @dataclass(frozen=True)
@@ -163,12 +164,15 @@ def profile_of(model: LoadedModel) -> ModelProfile:
     pipe = model.pipeline
     encoders = [getattr(pipe, name, None) for name in TEXT_ENCODERS]
     encoders = [e for e in encoders if isinstance(e, torch.nn.Module)]
+    denoiser = model.denoiser_network
+    is_unet = getattr(pipe, "unet", None) is not None
     return ModelProfile(
-        weights=pipeline_weights(pipe.components), unet=act.UnetShape.of(pipe.unet.config),
+        weights=pipeline_weights(pipe.components), unet=act.UnetShape.of(denoiser.config) if is_unet else None,
         vae=act.VaeShape.of(pipe.vae.config), text=tuple(act.TextShape.of(e.config) for e in encoders),
-        unet_dtype_bytes=_dtype_bytes(pipe.unet), vae_dtype_bytes=_dtype_bytes(pipe.vae),
+        unet_dtype_bytes=_dtype_bytes(denoiser), vae_dtype_bytes=_dtype_bytes(pipe.vae),
         text_dtype_bytes=_dtype_bytes(encoders[0]) if encoders else 4,
-        device_type=model.execution_device.type, is_sdxl=model.arch.is_sdxl)
+        device_type=model.execution_device.type, is_sdxl=model.arch.is_sdxl,
+        transformer=None if is_unet else act.TransformerShape.of(denoiser.config))
 
 
 def _resident(weights: PipelineWeights, mode: MemoryMode, phase: Phase, vae_has_run: bool) -> int:
@@ -176,7 +180,7 @@ def _resident(weights: PipelineWeights, mode: MemoryMode, phase: Phase, vae_has_
     earlier in the job (under medvram it then stays until the job ends)."""
     if mode is MemoryMode.FULL:
         return weights.total
-    running = TEXT_ENCODERS if phase is Phase.TEXT else (VAE,) if phase in _VAE_PHASES else (UNET,)
+    running = TEXT_ENCODERS if phase is Phase.TEXT else (VAE,) if phase in _VAE_PHASES else DENOISERS
     if mode is MemoryMode.LOWVRAM:
         return weights.largest_layer_of(*running)
     left_over = weights.bytes_of(VAE) if vae_has_run and phase not in _VAE_PHASES else 0
@@ -200,6 +204,9 @@ def _activations(profile: ModelProfile, shape: JobShape, phase: Phase, size: tup
     if phase in _UNET_PHASES:
         tokens = act.TOKENS_PER_CHUNK * shape.prompt_chunks
         images = shape.batch * shape.guidance_groups
+        if profile.unet is None and profile.transformer is not None:
+            elements = act.transformer_elements(profile.transformer, height, width, act.FLOW_CONTEXT_TOKENS, images)
+            return elements * profile.unet_dtype_bytes, True
         return act.unet_elements(profile.unet, latent_h, latent_w, tokens, images) * profile.unet_dtype_bytes, True
     # The VAE's encoder is tiled only when a decode left tiling on: always so when offloading.
     if phase is Phase.ENCODE:  # one init image, expanded to the batch afterwards

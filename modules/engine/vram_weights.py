@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")  # SD3 has three; flow families one or two
 UNET = "unet"
+TRANSFORMER = "transformer"  # a flow family's denoiser
+DENOISERS = (UNET, TRANSFORMER)
 VAE = "vae"
 
 

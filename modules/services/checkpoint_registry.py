@@ -45,7 +45,8 @@ class CheckpointInfo:
 
 
 def _is_diffusers_folder(path: Path) -> bool:
-    return (path / "model_index.json").is_file() and (path / "unet").is_dir()
+    # a UNet family's folder, or a flow family's (its network is a transformer)
+    return (path / "model_index.json").is_file() and ((path / "unet").is_dir() or (path / "transformer").is_dir())
 
 
 def _scan_dir(root: Path) -> list[Path]:

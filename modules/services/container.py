@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from modules.config import Settings
@@ -186,9 +186,12 @@ def _fail_executor(executor: Future[Executor], built: Future[Engine]) -> None:
 def _models(paths: AppPaths, settings: Settings, registry: CheckpointRegistry,
             device: DeviceInfo) -> tuple[DeviceInfo, ModelManager]:
     # Imported here, on the engine's thread: the models module imports torch, diffusers and transformers.
-    from modules.services.models import ModelManager
+    from modules.services.models import ModelManager, component_dirs
 
-    return device, ModelManager(registry, device, paths.config_cache, settings.checkpoint_cache, settings.fast_path)
+    if settings.text_encoder_cpu and not device.text_encoders_on_cpu:  # config.yaml's text_encoder_cpu: true
+        device = replace(device, text_encoders_on_cpu=True)
+    return device, ModelManager(registry, device, paths.config_cache, settings.checkpoint_cache, settings.fast_path,
+                                components=component_dirs(paths))
 
 
 def _build_engine(services: Services, device: DeviceInfo, models: ModelManager, executor: Future[Executor],

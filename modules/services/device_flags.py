@@ -15,4 +15,4 @@ def device_policy(flags: Flags) -> DevicePolicy:
     memory = MemoryMode(flags.memory_mode) if flags.memory_mode else None
     return DevicePolicy(use_cpu="all" in flags.use_cpu, device_id=flags.device_id, no_half=flags.no_half,
                         no_half_vae=flags.no_half_vae, precision=flags.precision, upcast_sampling=flags.upcast_sampling,
-                        xformers=flags.xformers, memory=memory)
+                        xformers=flags.xformers, memory=memory, text_encoders_on_cpu=flags.text_encoder_cpu)

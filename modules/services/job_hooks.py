@@ -93,7 +93,7 @@ class JobHooks:
 
     def job_start(self, model: LoadedModel) -> None:
         """JOB_START, once the job's model, VAE and LoRAs are in place."""
-        unet = model.pipeline.unet
+        unet = model.denoiser_network  # the UNet, or a flow family's transformer
         view = ModelView(family=model.arch.value, architecture=model.arch.label, unet=unet, pipeline=model.pipeline,
                          device=model.execution_device, dtype=next(unet.parameters()).dtype)
         owner = self.job.user

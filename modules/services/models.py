@@ -18,22 +18,30 @@ from pathlib import Path
 import torch
 
 from modules.engine.devices import DeviceInfo, MemoryMode
+from modules.engine.families.base import ComponentDirs
 from modules.engine.fast_path import apply_fast_path
 from modules.engine.loader import LoadedModel, load_model
 from modules.engine.memory import free_device_bytes, on_device_bytes, park, release_memory, unpark, weights_bytes
 from modules.engine.placement import effective_mode, offload_idle, place, place_component, replace_mode
 from modules.engine.vae import load_vae, swap_vae
 from modules.errors import ModelLoadError, NoModelLoadedError
+from modules.paths import AppPaths
 from modules.services.addons import AddonFile
 from modules.services.checkpoint_registry import CheckpointInfo, CheckpointRegistry
+from modules.services.model_families_found import FamilyFinder
 
-__all__ = ["CheckpointInfo", "CheckpointRegistry", "ModelManager", "SwitchReport"]
+__all__ = ["CheckpointInfo", "CheckpointRegistry", "ModelManager", "SwitchReport", "component_dirs"]
 
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
 # What a job needs beyond the weights when two checkpoints share the GPU (activations, the VAE decode).
 _ROOM_FOR_A_JOB = 2 * GIB
+
+
+def component_dirs(paths: AppPaths) -> ComponentDirs:
+    """Where a checkpoint's missing text encoders, VAE and tokenizers are looked for (Forge's folders)."""
+    return ComponentDirs(text_encoders=paths.text_encoder_dirs, vaes=paths.vae_dirs, tokenizers=paths.tokenizers_dir)
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,10 @@ class ModelManager:
     worker, so they never race a generation."""
 
     def __init__(self, registry: CheckpointRegistry, device: DeviceInfo, config_cache: Path, cache_size: int = 1,
-                 fast_path: bool = False) -> None:
+                 fast_path: bool = False, components: ComponentDirs | None = None) -> None:
         self.registry = registry
+        self.components = components or ComponentDirs()
+        self.families = FamilyFinder(self.loaded_family)  # each checkpoint's family, for lists and the UI
         self.device = device
         self._config_cache = config_cache
         self._cache_size = cache_size
@@ -96,6 +106,12 @@ class ModelManager:
         """The checkpoint loaded most recently, even if it has since been unloaded."""
         with self._lock:
             return self._last_loaded
+
+    def loaded_family(self, path: Path) -> str | None:
+        """The family key of ``path`` when it is loaded, the refiner or in the RAM cache (no file read)."""
+        with self._lock:
+            slots = [self._loaded, self._refiner, *self._cache.values()]
+        return next((model.arch.value for model, info in filter(None, slots) if info.path == path), None)
 
     def loaded_model(self) -> LoadedModel | None:
         with self._lock:
@@ -135,7 +151,8 @@ class ModelManager:
             model, info = cached
         else:
             try:  # read into RAM; the old model stays untouched
-                model = load_model(info.path, self.device, self._config_cache, placed=False)
+                model = load_model(info.path, self.device, self._config_cache, placed=False,
+                                   components=self.components)
             except ModelLoadError as exc:
                 with self._lock:
                     self._last_error = str(exc)
@@ -305,7 +322,7 @@ class ModelManager:
             for slot in (self._loaded, self._refiner):
                 if slot is not None and slot[1].path == info.path:
                     return slot
-        model = load_model(info.path, self.device, self._config_cache)
+        model = load_model(info.path, self.device, self._config_cache, components=self.components)
         info = self.registry.hashed(info)
         with self._lock:
             self._refiner = (model, info)

@@ -40,6 +40,17 @@ def _cheap(arch: ModelArch, latents: Any) -> Image.Image:
     return latents_to_preview(latents, arch)
 
 
+def _latent_space_blocker(model: LoadedModel) -> str | None:
+    """Why the model's VAE cannot decode the sampler's latents as they are (FLUX.2's are patchified
+    and normalised for its transformer); None when it can."""
+    vae = getattr(model.pipeline, "vae", None)
+    vae_channels = getattr(getattr(vae, "config", None), "latent_channels", None)
+    if vae_channels is not None and vae_channels != model.arch.family.latent_channels:
+        channels = model.arch.family.latent_channels
+        return f"{model.arch.label} samples {channels}-channel latents its VAE cannot decode directly"
+    return None
+
+
 class PreviewDecoders:
     """The renderers of live previews, and the tiny autoencoders they share between jobs."""
 
@@ -58,13 +69,19 @@ class PreviewDecoders:
     def renderer(self, model: LoadedModel, method: PreviewMethod) -> Render:
         """How the previews of a job on ``model`` are drawn from its latents. Asking for TAESD starts
         fetching a missing tiny autoencoder now, so that it is there by the first preview."""
+        if method is PreviewMethod.TAESD and model.arch.is_flow:
+            # The tiny autoencoders here are SD's and SDXL's (4 channels); flow families' latents are
+            # 16 or 128 channels, so their previews are the cheap projection (with the family's factors).
+            self._note(f"The TAESD live preview has no decoder for {model.arch.label}; previews use Approx "
+                       "cheap instead.", f"taesd-{model.arch.family.group}")
+            return partial(_cheap, model.arch)
         if method is PreviewMethod.TAESD:
             variant = TaesdVariant.for_arch(model.arch)
             if self._root is None or not has_taesd(variant.folder(self._root)):
                 self._start_fetch(variant)  # loading waits for the first preview, off the worker's thread
             return partial(self._taesd, model, variant)
         if method is PreviewMethod.FULL:
-            blocker = vae_preview_blocker(model)
+            blocker = vae_preview_blocker(model) or _latent_space_blocker(model)
             if blocker is None:
                 return partial(self._full, model)
             self._note(f"The Full live preview is not available: {blocker}. Previews use Approx cheap instead.")

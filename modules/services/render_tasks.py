@@ -12,13 +12,16 @@ from PIL import Image
 
 from modules.engine.generate import ImageTask
 from modules.engine.hires import HiresPlan
+from modules.engine.loaded_model import LoadedModel
 from modules.engine.sampling.loop import NoisePlan
-from modules.errors import AddonNotFoundError
+from modules.errors import AddonNotFoundError, ValidationError
 from modules.extra_networks import extract_networks
+from modules.model_families import Feature
 from modules.params import DEFAULT_EMPHASIS, LATENT_SCALE, GenerationRequest
+from modules.request_checks import family_problems
 from modules.sampler_params import from_values as sampler_params_from
 from modules.samplers import resolve_sampler
-from modules.services.addon_library import JobEmbeddings, JobPrompts
+from modules.services.addon_library import AddonLibrary, JobEmbeddings, JobPrompts
 from modules.services.job_inputs import JobInputs
 from modules.services.upscaler_library import UpscalerLibrary
 from modules.upscalers import UpscalerKind, find_upscaler, upscaler_names
@@ -74,7 +77,23 @@ def image_task(request: GenerationRequest, inputs: JobInputs, first: int, prompt
                      denoising_strength=request.denoising_strength, masked_content=request.masked_content,
                      embeddings=embeddings.by_name or None,
                      emphasis=request.emphasis or DEFAULT_EMPHASIS, sampler_params=sampler_params_from(request),
-                     exact_steps=bool(request.img2img_fix_steps))
+                     exact_steps=bool(request.img2img_fix_steps),
+                     distilled_cfg_scale=request.distilled_cfg_scale, shift=request.shift)
+
+
+def check_family(request: GenerationRequest, model: LoadedModel, addons: AddonLibrary) -> None:
+    """Refuse (ValidationError, a 422 naming the field) what the loaded model's family cannot honour
+    at all, before any other work: the family is only known once the checkpoint is loaded."""
+    family = model.arch.family
+    named: list[str] = []
+    if not family.supports(Feature.TEXTUAL_INVERSION):  # every embedding the prompts mention, fitting or not
+        every = with_every_prompt(request)
+        texts = [every.prompt, every.negative_prompt, *(request.hires.prompt, request.hires.negative_prompt)] \
+            if request.hires is not None else [every.prompt, every.negative_prompt]
+        named = sorted(addons.embeddings_for(None, texts, hashes=False).by_name)
+    errors = family_problems(request, family, named)
+    if errors:
+        raise ValidationError(errors)
 
 
 def hires_plan(request: GenerationRequest, first: ImageTask, prompts: JobPrompts,

@@ -50,7 +50,14 @@ from modules.services.job_inputs import JobInputs
 from modules.services.memory_estimate import choose_for_request, forced_mode
 from modules.services.models import CheckpointInfo, ModelManager
 from modules.services.preview_decoders import PreviewDecoders
-from modules.services.render_tasks import hires_plan, image_task, prompt_runs, prompts_of, with_every_prompt
+from modules.services.render_tasks import (
+    check_family,
+    hires_plan,
+    image_task,
+    prompt_runs,
+    prompts_of,
+    with_every_prompt,
+)
 from modules.services.upscaler_library import UpscalerLibrary
 
 log = logging.getLogger(__name__)
@@ -290,6 +297,7 @@ class Renderer:
     def _setup(self, request: GenerationRequest) -> _JobSetup:
         """The model, its VAE, the LoRAs the prompts name, the embeddings they mention, the refiner."""
         model, info = self.models.acquire(request.checkpoint)
+        check_family(request, model, self.addons)  # what the family cannot honour: refused before any work
         model = self._memory_mode_for(model, request)
         vae = self.addons.vae_file(request.vae or VAE_AUTOMATIC, info.model_name)
         self.models.use_vae(model, vae)
@@ -304,8 +312,8 @@ class Renderer:
         used = ModelsUsed(checkpoint_title=info.title, checkpoint_name=info.model_name, checkpoint_hash=info.shorthash,
                           vae_name=vae.name if vae is not None else None,
                           vae_hash=self.addons.vaes.short_hash(vae) if vae is not None else None)
-        return _JobSetup(model, info, ModelIdentity(name=info.model_name, hash=info.shorthash), used, prompts,
-                         embeddings, refiner, extra)
+        identity = ModelIdentity(name=info.model_name, hash=info.shorthash, family=model.arch.value)
+        return _JobSetup(model, info, identity, used, prompts, embeddings, refiner, extra)
 
     def _memory_mode_for(self, model: LoadedModel, request: GenerationRequest) -> LoadedModel:
         """The model in the memory mode the job's predicted peak allows (CUDA only; logged). A job that

@@ -17,6 +17,7 @@ from modules.ui import (
     escape,
     extensions_tab,
     extras_tab,
+    family_fields,
     gallery,
     icons,
     img2img,
@@ -55,6 +56,7 @@ def build_ui(services: Services) -> gr.Blocks:
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_tab.build_tab(services, demo)
         forms = {"txt2img": t2i, "img2img": i2i, "inpaint": inp}  # by tab id
+        family_fields.wire_family_fields(checkpoint, forms, services)  # Forge's per-family controls and presets
         _wire_sends(SendWiring(services, tabs, checkpoint), forms, gal, png, extras)
         workers_panel.build_panel(services)
         _footer(services)

@@ -1,4 +1,6 @@
-"""The checkpoint bar at the top of the page: choose, refresh, or (with none) get one."""
+"""The checkpoint bar at the top of the page: choose, refresh, or (with none) get one; a checkpoint
+that needs a part Atelier can download (a T5 / LLM tokenizer) gets a button that fetches it and loads
+the checkpoint again."""
 
 from __future__ import annotations
 
@@ -6,10 +8,12 @@ import logging
 
 import gradio as gr
 
-from modules.errors import AtelierError
+from modules.errors import AtelierError, MissingComponentError
 from modules.server_effects import changes_server
 from modules.services.container import Services
+from modules.services.missing_components import downloadable
 from modules.services.queue_contract import QueueMode
+from modules.services.tokenizer_downloads import TokenizerFetcher
 from modules.ui import escape, icons
 from modules.ui.common import ui_error
 from modules.ui.quicksettings import build_quicksettings
@@ -34,6 +38,16 @@ def _no_model_notice(services: Services) -> str:
             "Face hub with the button below (needs internet).")
 
 
+def _offer(services: Services, error: AtelierError | None) -> tuple[dict, list[str] | None]:
+    """The download button's update and what it fetches ([component, checkpoint title]): shown only
+    for a missing part Atelier can download, of a checkpoint in the list."""
+    component = downloadable(error) if isinstance(error, MissingComponentError) else None
+    info = next((i for i in services.registry.all() if str(i.path) == error.path), None) if component else None
+    if component is None or info is None:
+        return gr.update(visible=False), None
+    return gr.update(visible=True, value=f"Download {component}"), [component, info.title]
+
+
 def build_bar(services: Services, demo: gr.Blocks) -> gr.Dropdown:
     """The dropdown ``setting_sd_model_checkpoint`` with its refresh button, the VAE and the other
     quicksettings (shown when ``demo`` loads), and the empty-state help."""
@@ -45,6 +59,9 @@ def build_bar(services: Services, demo: gr.Blocks) -> gr.Dropdown:
         build_vae_choice(services)
         build_quicksettings(services, demo)
     status = gr.Markdown("", elem_id="sd_model_status")
+    fetch = gr.Button("", visible=False, elem_id="download_missing_component")
+    fetch_wanted = gr.State(None)  # [component, checkpoint title]: what the button downloads, then loads
+    tokenizers = TokenizerFetcher(services.paths.tokenizers_dir)
     with gr.Group(visible=not services.registry.all()) as empty:
         gr.Markdown(_no_model_notice(services), elem_id="no_checkpoint_notice")
         download = gr.Button("Download Stable Diffusion 1.5 (about 4 GB)", elem_id="download_default_checkpoint")
@@ -56,15 +73,39 @@ def build_bar(services: Services, demo: gr.Blocks) -> gr.Dropdown:
         return (gr.update(choices=titles, value=_current_title(services)), gr.update(visible=not titles),
                 _status_text(services))
 
-    @changes_server  # switches the model every user generates with
-    def on_select(title: str | None) -> tuple[dict, str]:
-        if not title or title == _current_title(services):
-            return gr.skip(), _status_text(services)
+    def switch(title: str) -> tuple[dict, str, dict, list[str] | None]:
+        """Load ``title``; a failure is a warning (its message names the file and folder) and, for a
+        part Atelier can download, the button that fetches it."""
+        error = None
         try:
             services.generation.switch_model(title).future.result()
         except AtelierError as exc:
             gr.Warning(f"{escape.text(exc)} The previous model stays loaded.")
-        return gr.update(choices=_titles(services), value=_current_title(services)), _status_text(services)
+            error = exc
+        return (gr.update(choices=_titles(services), value=_current_title(services)), _status_text(services),
+                *_offer(services, error))
+
+    @changes_server  # switches the model every user generates with
+    def on_select(title: str | None) -> tuple[dict, str, dict, list[str] | None]:
+        if not title or title == _current_title(services):
+            return gr.skip(), _status_text(services), gr.skip(), gr.skip()
+        return switch(title)
+
+    @changes_server  # downloads into the models folder and switches the model for everyone
+    def on_fetch(wanted: list[str] | None,
+                 progress: gr.Progress = gr.Progress()) -> tuple[dict, str, dict, list[str] | None]:
+        if not wanted:
+            return gr.skip(), _status_text(services), gr.update(visible=False), None
+        component, title = wanted
+
+        def report(done: int, total: int) -> None:
+            progress((done, total or None), desc=f"Downloading {component}", unit="bytes")
+
+        try:
+            tokenizers.download(component, on_progress=report)
+        except AtelierError as exc:
+            raise ui_error(exc) from exc
+        return switch(title)  # the next missing part, if any, gets its own message
 
     @changes_server  # downloads a checkpoint and switches to it
     def on_download(progress: gr.Progress = gr.Progress()) -> tuple[dict, dict, str]:
@@ -91,8 +132,10 @@ def build_bar(services: Services, demo: gr.Blocks) -> gr.Dropdown:
     timer = gr.Timer(1.0, active=True)
     timer.tick(on_tick, outputs=[checkpoint, status, timer], api_visibility="private", show_progress="hidden")
     refresh.click(on_refresh, outputs=[checkpoint, empty, status], api_visibility="private")
-    checkpoint.input(on_select, inputs=[checkpoint], outputs=[checkpoint, status], api_visibility="private",
-                     concurrency_limit=None)
+    checkpoint.input(on_select, inputs=[checkpoint], outputs=[checkpoint, status, fetch, fetch_wanted],
+                     api_visibility="private", concurrency_limit=None)
+    fetch.click(on_fetch, inputs=[fetch_wanted], outputs=[checkpoint, status, fetch, fetch_wanted],
+                api_visibility="private")
     download.click(on_download, outputs=[checkpoint, empty, status], api_visibility="private")
     return checkpoint
 

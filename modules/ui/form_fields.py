@@ -122,6 +122,8 @@ SHARED: Mapping[str, Conversion] = MappingProxyType({
     "schedule": Conversion(read=_schedule, show=_label),
     "steps": Conversion(read=whole),
     "cfg_scale": Conversion(read=number),
+    "distilled_cfg_scale": Conversion(read=number),
+    "shift": Conversion(read=lambda value: None if value in (None, "", 0) else number(value)),  # empty: the family's
     "width": Conversion(read=whole),
     "height": Conversion(read=whole),
     "seed": Conversion(read=_seed),

@@ -22,6 +22,7 @@ from modules.ui import escape, icons
 from modules.ui.common import ui_error
 from modules.ui.extension_panels import ExtensionControls, build_extension_controls, run_script_for
 from modules.ui.extra_networks_ui import build_browser
+from modules.ui.family_fields import build_family_fields
 from modules.ui.form_checks import ConfirmBox, build_confirm, confirmation, field_validator, ranged_number, span
 from modules.ui.form_fields import HIRES, SHARED, Component, FormFields, Values
 from modules.ui.hires_refiner import build_refiner
@@ -139,6 +140,7 @@ def _build_sampling(prefix: str, services: Services) -> dict[str, Component]:
             fields["batch_size"] = _whole_number("Batch size", 1, 1, limits.max_batch_size, f"{prefix}_batch_size")
     fields["cfg_scale"] = ranged_number("CFG Scale", 7.0, span(MIN_CFG_SCALE, limits.max_cfg_scale),
                                         f"{prefix}_cfg_scale", step=0.5)
+    fields |= build_family_fields(prefix)  # Distilled CFG Scale and Shift, shown for the families that use them
     with gr.Row():
         # A1111's face restoration (the restorer and CodeFormer's weight are settings), and seamless
         # tiling: the image's opposite edges continue each other.

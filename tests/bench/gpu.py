@@ -78,6 +78,9 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 
 import torch  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
+from gpu_flux import BUILD_NEEDS_S as FLUX_BUILD_NEEDS_S  # noqa: E402
+from gpu_flux import FLUX, flux_rows, flux_runner, make_flux_models  # noqa: E402
+from gpu_flux import HEADER as FLUX_HEADER  # noqa: E402
 from gpu_goals import (  # noqa: E402
     COMPILED,
     DEFAULT,
@@ -115,9 +118,11 @@ from modules.paths import resolve_paths  # noqa: E402
 from modules.services.hashing import HashCache  # noqa: E402
 
 # Rough costs on an H100, so the last row started still ends near the budget.
-BUILD_NEEDS_S = {"sd15": 30.0, "sdxl": 60.0}  # build, save, copy and hash a pair of real-size checkpoints
+BUILD_NEEDS_S = {"sd15": 30.0, "sdxl": 60.0,  # build, save, copy and hash a pair of real-size checkpoints
+                 FLUX: FLUX_BUILD_NEEDS_S}
 COMPILE_NEEDS_S = {"sd15": 150.0, "sdxl": 300.0}  # max-autotune compiling a UNet, then the timed runs
-ROW_ORDER = (EAGER, COMPILED, DEFAULT, FAST, "--medvram", "--medvram-sdxl", "--lowvram", "--xformers")
+ROW_ORDER = (EAGER, COMPILED, DEFAULT, FAST, "--medvram", "--medvram-sdxl", "--lowvram", "--xformers",
+             *(v.name for v in flux_rows(False)))
 
 
 # --- what a run measures -----------------------------------------------------------------------------
@@ -157,15 +162,19 @@ def _xformers_row(xl: bool) -> Variant:
 
 
 def schedule(archs: list[str], cuda: bool, row_set: str) -> list[tuple[str, Variant]]:
-    """Rows in order of importance, so a run cut short by the budget loses the least: every model's
-    baselines and default (switches included) and memory modes first, then the compiled pairs (SD1.5,
-    then SDXL: minutes of compiling each), and xformers last."""
+    """Rows in order of importance, so a run cut short by the budget loses the least: every SD model's
+    baselines and default (switches included) and memory modes first, then FLUX.1-dev's four rows
+    (in every ``--set``), then the compiled pairs (SD1.5, then SDXL: minutes of compiling each), and
+    xformers last."""
     speed, memory = row_set in ("all", "speed"), row_set in ("all", "memory")
     tasks: list[tuple[str, Variant]] = []
+    flux = FLUX in archs
+    archs = [arch for arch in archs if arch != FLUX]
     for arch in archs:
         xl = cuda and arch == "sdxl"
         tasks += [(arch, v) for v in _base_rows(xl, switches=memory)]
         tasks += [(arch, v) for v in _memory_rows(arch, xl)] if memory else []
+    tasks += [(FLUX, v) for v in flux_rows(cuda)] if flux else []
     if speed:
         tasks += [(arch, v) for arch in archs for v in _compiled_rows(arch, cuda)]
         tasks += [(arch, _xformers_row(cuda and arch == "sdxl")) for arch in archs]
@@ -179,9 +188,13 @@ def prepare_models(bench: Bench, arch: str) -> bool:
     """Build the pair of checkpoints for ``arch`` once; False (and a failed row) if that fails."""
     started = time.perf_counter()
     try:
-        models = make_checkpoints(arch, bench.plan, bench.work_dir / "models")
-        paths = resolve_paths(data_dir=bench.work_dir / f"data-{arch}", ckpt_dir=models[0].parent)
-        for path in models:  # hashed once here, as on any start after the first: "cold" is then pure loading
+        if arch == FLUX:  # the single file, the GGUF files and the diffusers folder (tests/bench/gpu_flux.py)
+            models, paths, checkpoints = make_flux_models(bench.plan, bench.work_dir)
+        else:
+            models = make_checkpoints(arch, bench.plan, bench.work_dir / "models")
+            paths = resolve_paths(data_dir=bench.work_dir / f"data-{arch}", ckpt_dir=models[0].parent)
+            checkpoints = list(models)
+        for path in checkpoints:  # hashed once here, as on any start after the first: "cold" is then pure loading
             HashCache(paths.hash_cache).sha256(path)
     except Exception as exc:  # nothing to measure for this model
         bench.broken.add(arch)
@@ -189,7 +202,8 @@ def prepare_models(bench: Bench, arch: str) -> bool:
         print(f"{LABELS[arch]}: building the models failed: {short_error(exc)}", flush=True)
         return False
     bench.models[arch], bench.paths[arch] = models, paths
-    print(f"{LABELS[arch]}: two checkpoints written and hashed in {time.perf_counter() - started:.1f} s", flush=True)
+    print(f"{LABELS[arch]}: {len(checkpoints)} checkpoints written and hashed in {time.perf_counter() - started:.1f} s",
+          flush=True)
     return True
 
 
@@ -217,7 +231,7 @@ def attempt(bench: Bench, arch: str, variant: Variant) -> None:
     print(f"  {LABELS[arch]} {variant.name} ...", flush=True)
     try:
         with kernel_flags_kept():
-            row = run_row(variant, arch, bench)
+            row = run_row(variant, arch, bench, flux_runner(variant) if arch == FLUX else None)
     except ConfigError as exc:  # a variant this machine cannot run (xformers not installed)
         row = Row(LABELS[arch], variant.name, Status.SKIPPED, note=f"cannot run here: {short_error(exc)}")
     except Exception as exc:  # out of memory, a load error, a compile error: this row only
@@ -247,6 +261,7 @@ def print_header(plan: Plan, args: argparse.Namespace) -> None:
         print(f"GPU {torch.cuda.get_device_name()}; torch {torch.__version__}; SD1.5 512x512, SDXL 1024x1024, "
               f"{plan.steps} steps, batch 1, Euler, CFG {CFG}; {plan.repeats} timed run(s) after the warm-up; "
               f"budget {plan.budget_s:.0f} s; rows: {args.set}")
+        print(f"{FLUX_HEADER}, when FLUX.1 runs")
     else:
         print(cpu_banner(plan, args.threads))
         print(f"torch {torch.__version__}; {plan.steps} steps, batch 1, Euler, CFG {CFG}; {plan.repeats} timed run(s)")
@@ -281,7 +296,7 @@ def report(bench: Bench, archs: list[str], args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one timed run per row instead of --repeats")
-    parser.add_argument("--only", choices=["sd15", "sdxl"], help="one model family only")
+    parser.add_argument("--only", choices=["sd15", "sdxl", FLUX], help="one model family only")
     parser.add_argument("--set", choices=["all", "speed", "memory"], default="all",
                         help="speed: baselines, default, compiled rows, xformers; memory: baselines, default, "
                              "switches, memory modes")
@@ -319,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     watch = LatentWatch()
     watch.install()
     print_header(plan, args)
-    archs = [args.only] if args.only else ["sd15", "sdxl"]
+    # FLUX.1-dev joins the default set on CUDA only: without one, its smoke form is --only flux.
+    archs = [args.only] if args.only else ["sd15", "sdxl", *([FLUX] if cuda else [])]
     with tempfile.TemporaryDirectory(prefix="atelier-bench-") as tmp:
         bench = Bench(plan, clock, watch, Path(tmp), args.break_variant)
         for arch, variant in schedule(archs, cuda, args.set):

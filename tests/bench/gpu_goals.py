@@ -18,6 +18,10 @@ EAGER = "diffusers (eager)"
 COMPILED = "diffusers + torch.compile"
 DEFAULT = "Atelier default"
 FAST = "Atelier fast path"
+FLUX_DIFFUSERS = "diffusers FluxPipeline (bf16)"
+FLUX_BF16 = "Atelier bf16"
+FLUX_Q8 = "Atelier GGUF Q8_0"
+FLUX_Q4 = "Atelier GGUF Q4_0"
 
 
 class Status(enum.Enum):
@@ -64,6 +68,7 @@ class Kind(enum.Enum):
     SPEED = "speed"  # it/s against a baseline row
     CARD = "card"  # GiB a user's card must hold: peak reserved + context
     CACHED = "cached"  # seconds to switch back to a checkpoint in the RAM cache
+    CARD_BELOW = "card below"  # card memory under a baseline row's (ratio below the limit)
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,9 @@ GOALS = (
     Goal("SDXL --medvram-sdxl card memory <= 6.5 GiB", "sdxl", Kind.CARD, 6.5, "--medvram-sdxl"),
     Goal("SD1.5 cached checkpoint switch <= 0.5 s", "sd15", Kind.CACHED, 0.5),
     Goal("SDXL cached checkpoint switch <= 0.5 s", "sdxl", Kind.CACHED, 0.5),
+    Goal("FLUX.1-dev Atelier bf16 >= 0.95x diffusers FluxPipeline (bf16)", "flux", Kind.SPEED, 0.95, FLUX_BF16,
+         FLUX_DIFFUSERS),
+    Goal("FLUX.1-dev GGUF Q8_0 card memory below Atelier bf16's", "flux", Kind.CARD_BELOW, 1.0, FLUX_Q8, FLUX_BF16),
 )
 
 
@@ -135,6 +143,20 @@ def _switch_verdict(goal: Goal, switches: list[SwitchTimes]) -> Verdict:
     return Verdict(True, ok, f"{times.cached_s:.2f} s — {'met' if ok else 'MISSED'}")
 
 
+def _card_below_verdict(goal: Goal, row: Row, base: Row | None) -> Verdict:
+    """``row``'s card memory as a fraction of ``base``'s: met strictly below ``goal.limit``."""
+    if base is None or base.status is not Status.MEASURED or base.memory is None:
+        return _not_evaluated(f"no {goal.baseline} memory reading" + (f": {base.note}" if base else ""))
+    if base.image_failed:
+        return _not_evaluated(f"the {goal.baseline} images failed their check")
+    if row.memory is None:
+        return _not_evaluated("no memory reading")
+    value, limit = row.memory.card, base.memory.card * goal.limit
+    ok = value < limit
+    return Verdict(True, ok, f"{value:.2f} GiB vs {base.memory.card:.2f} GiB ({value / base.memory.card:.2f}x) — "
+                             f"{'met' if ok else 'MISSED'}")
+
+
 def _row_verdict(goal: Goal, rows: list[Row]) -> Verdict:
     row = find(rows, LABELS[goal.arch], goal.variant)
     if row is None or row.status is Status.SKIPPED:
@@ -150,6 +172,8 @@ def _row_verdict(goal: Goal, rows: list[Row]) -> Verdict:
         ok = value <= goal.limit
         return Verdict(True, ok, f"{value:.2f} GiB (reserved {row.memory.peak_reserved:.2f} + context "
                                  f"{row.memory.context:.2f}) — {'met' if ok else 'MISSED'}")
+    if goal.kind is Kind.CARD_BELOW:
+        return _card_below_verdict(goal, row, find(rows, row.model, goal.baseline))
     base = find(rows, row.model, goal.baseline)
     if base is None or base.status is not Status.MEASURED or base.its is None:
         return _not_evaluated(f"no {goal.baseline} row" + (f": {base.note}" if base else ""))
@@ -183,7 +207,8 @@ def print_rows(rows: list[Row], cuda: bool) -> None:
         cells = [fmt(memory.peak_allocated, ".2f"), fmt(memory.peak_reserved, ".2f"), fmt(memory.context, ".2f"),
                  fmt(memory.card, ".2f")] if memory else ["—"] * 4
         status = "" if row.status is Status.MEASURED else f"{row.status.value}: "
-        print(f"| {row.model} | {row.variant} | {fmt(row.its, '.2f')} | {fmt(ratio(rows, row, EAGER), '.2f', 'x')} | "
+        eager = ratio(rows, row, EAGER) or ratio(rows, row, FLUX_DIFFUSERS)  # FLUX.1's baseline is eager too
+        print(f"| {row.model} | {row.variant} | {fmt(row.its, '.2f')} | {fmt(eager, '.2f', 'x')} | "
               f"{fmt(ratio(rows, row, COMPILED), '.2f', 'x')} | {' | '.join(cells)} | {fmt(row.job_s, '.2f')} | "
               f"{row.image.text if row.image else '—'} | {status}{row.note} |")
 

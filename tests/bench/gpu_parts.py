@@ -24,9 +24,9 @@ from modules.services.job_types import JobContext
 
 GIB = 1024**3
 PROMPT, NEGATIVE, SEED, CFG = "a photo of a cat", "blurry", 1, 7.0
-GPU_SIZES = {"sd15": 512, "sdxl": 1024}
+GPU_SIZES = {"sd15": 512, "sdxl": 1024, "flux": 1024}
 CPU_SIZE = 64
-LABELS = {"sd15": "SD1.5", "sdxl": "SDXL"}
+LABELS = {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "FLUX.1-dev"}
 
 # Image checks, on the 0..255 scale. A NaN decode saves a flat (black) image; random-weight models
 # still give images with plenty of spread, so a tiny standard deviation means something broke.

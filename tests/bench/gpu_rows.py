@@ -6,7 +6,7 @@ the default one, and the row that comes of it (timings, memory, the image check)
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,7 +277,11 @@ def _row(variant: Variant, arch: str, bench: Bench, measured: Measured, load_s: 
                "; ".join(notes))
 
 
-def run_row(variant: Variant, arch: str, bench: Bench) -> Row:
-    """Measure one row (its images checked; it becomes a reference when it passes)."""
-    run = run_diffusers if variant.diffusers else run_atelier
+Runner = Callable[[Variant, str, Bench], tuple[Measured, float]]
+
+
+def run_row(variant: Variant, arch: str, bench: Bench, run: Runner | None = None) -> Row:
+    """Measure one row (its images checked; it becomes a reference when it passes); ``run``: a
+    family's own way to run it (the FLUX.1 rows), else the SD rows' diffusers or Atelier run."""
+    run = run or (run_diffusers if variant.diffusers else run_atelier)
     return _row(variant, arch, bench, *run(variant, arch, bench))

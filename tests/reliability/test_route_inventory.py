@@ -43,7 +43,7 @@ SERVER_ROUTES = {
     ("POST", "/sdapi/v1/options"), ("POST", "/sdapi/v1/refresh-checkpoints"), ("POST", "/sdapi/v1/refresh-vae"),
     ("POST", "/sdapi/v1/refresh-loras"), ("POST", "/sdapi/v1/refresh-embeddings"),
     ("POST", "/sdapi/v1/unload-checkpoint"), ("POST", "/sdapi/v1/reload-checkpoint"),
-    ("POST", "/sdapi/v1/download-model"),
+    ("POST", "/sdapi/v1/download-model"), ("POST", "/sdapi/v1/download-component"),
     # Gradio's own routes that write outside an event.
     ("POST", "/gradio_api/run-history/connect"), ("POST", "/gradio_api/vibe-edit"), ("POST", "/gradio_api/vibe-edit/"),
     ("POST", "/gradio_api/undo-vibe-edit"), ("POST", "/gradio_api/undo-vibe-edit/"), ("POST", "/gradio_api/vibe-code"),
@@ -61,7 +61,7 @@ OWN_API_ROUTES = {
         "/sdapi/v1/hypernetworks", "/sdapi/v1/latent-upscale-modes", "/sdapi/v1/loras", "/sdapi/v1/memory",
         "/sdapi/v1/options", "/sdapi/v1/progress", "/sdapi/v1/prompt-styles", "/sdapi/v1/realesrgan-models",
         "/sdapi/v1/samplers", "/sdapi/v1/schedulers", "/sdapi/v1/scripts", "/sdapi/v1/script-info",
-        "/sdapi/v1/sd-models", "/sdapi/v1/sd-vae", "/sdapi/v1/upscalers", "/sdapi/v1/workers",
+        "/sdapi/v1/sd-models", "/sdapi/v1/sd-modules", "/sdapi/v1/sd-vae", "/sdapi/v1/upscalers", "/sdapi/v1/workers",
         "/sdapi/v1/downloadable-models", "/docs", "/docs/oauth2-redirect",
         "/openapi.json")
 } | {("GET", p) for p in ("/config", "/config/", "/monitoring", "/monitoring/summary", "/monitoring/{key}")
@@ -77,6 +77,7 @@ OWN_API_ROUTES |= {("GET", f"/controlnet/{p}") for p in ("version", "model_list"
 UI_EVENTS = {
     "modules.ui.app_ui:_footer.<locals>.text": False,
     "modules.ui.checkpoints:build_bar.<locals>.on_download": True,
+    "modules.ui.checkpoints:build_bar.<locals>.on_fetch": True,  # downloads a tokenizer, switches the model
     "modules.ui.checkpoints:build_bar.<locals>.on_refresh": True,
     "modules.ui.checkpoints:build_bar.<locals>.on_select": True,
     "modules.ui.checkpoints:build_bar.<locals>.on_tick": False,
@@ -102,6 +103,7 @@ UI_EVENTS = {
     "modules.ui.gallery:_wire_selection.<locals>.on_delete": True,
     "modules.ui.gallery:_wire_selection.<locals>.on_select": False,
     "modules.ui.generation_form:_memory_estimate_event.<locals>.estimate": False,  # reads: a prediction
+    "modules.ui.family_fields:wire_family_fields.<locals>.on_checkpoint": False,  # shows the family's controls
     "modules.ui.generation_form:_wire_seed_buttons.<locals>.<lambda>": False,
     "modules.ui.generation_form:_wire_seed_buttons.<locals>.on_select": False,
     "modules.ui.generation_form:_wire_token_counters.<locals>.<lambda>": False,

@@ -40,6 +40,7 @@ FILLED = {
     "subseed_strength": 0.25, "seed_resize_from_w": 320, "seed_resize_from_h": 256, "enable_refiner": True,
     "refiner_checkpoint": "other-model", "refiner_switch_at": 0.6,
     "tiling": True, "restore_faces": False,  # the infotext has no "Face restoration": unticked
+    "distilled_cfg_scale": 3.5, "shift": None,  # no Forge keys: no distilled guidance, the family's own shift
 }
 FILLED_HIRES = {
     "enable_hr": True, "hr_upscaler": "Latent", "hires_steps": 7, "denoising_strength": 0.45, "hr_scale": 1.5,

@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 from modules.engine.checkpoint_files import TensorIndex
-from modules.engine.families import sd_unet
+from modules.engine.families import flux, flux2, sd1, sd2, sd3, sdxl, zimage
 from modules.engine.families.base import EngineFamily
 from modules.engine.model_detect import ModelArch, UnknownArchitecture
 from modules.errors import ModelLoadError
 
 # Tried in order: the first family that recognises a checkpoint loads it.
-FAMILIES: tuple[EngineFamily, ...] = (sd_unet.FAMILY,)
+FAMILIES: tuple[EngineFamily, ...] = (flux.FAMILY, flux.FILL_FAMILY,
+                                      zimage.FAMILY, flux2.FAMILY, sd3.FAMILY, sd1.FAMILY, sd2.FAMILY, sdxl.FAMILY)
 
 
 def family_for(arch: ModelArch) -> EngineFamily:

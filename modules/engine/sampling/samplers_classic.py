@@ -3,7 +3,9 @@
 Each follows Karras et al. (2022), "Elucidating the Design Space of Diffusion-Based Generative
 Models", with the update rules A1111 users get from k-diffusion. DDIM and PLMS are written in the
 same variance-exploding coordinates (x = x0 + sigma * eps), where DDIM is exactly an Euler step
-and PLMS an Adams-Bashforth combination of the last noise predictions.
+and PLMS an Adams-Bashforth combination of the last noise predictions. With ``flow=True`` (a
+flow-matching model) the steps that add noise take their rectified-flow form
+(:mod:`~modules.engine.sampling.samplers_flow`); the deterministic steps are the same.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from modules.engine.sampling.common import (
     sigma_levels,
     to_d,
 )
+from modules.engine.sampling.samplers_flow import (
+    dpm_2_ancestral_flow,
+    euler_ancestral_flow,
+    flow_churned,
+    lcm_flow,
+)
 
 
 def churn_gamma(levels: list[float], i: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
@@ -35,10 +43,13 @@ def churn_gamma(levels: list[float], i: int, s_churn: float, s_tmin: float, s_tm
 
 
 def churned(x: torch.Tensor, sigma: torch.Tensor, gamma: float, s_noise: float,
-            noise: NoiseSampler, levels: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """x raised from ``sigma`` to sigma_hat = sigma * (1 + gamma) with fresh noise times ``s_noise``."""
+            noise: NoiseSampler, levels: tuple[float, float], flow: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """x raised from ``sigma`` to sigma_hat = sigma * (1 + gamma) with fresh noise times ``s_noise``
+    (on a flow model, to the same raised signal-to-noise level, rescaling the signal)."""
     if gamma <= 0:
         return x, sigma
+    if flow:
+        return flow_churned(x, sigma, gamma, s_noise, noise, levels)
     sigma_hat = sigma * (gamma + 1)
     return x + noise(*levels) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5, sigma_hat
 
@@ -47,7 +58,7 @@ def churned(x: torch.Tensor, sigma: torch.Tensor, gamma: float, s_noise: float,
 def sample_euler(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                  callback: Callback = None, disable: bool | None = None, s_churn: float = 0.0,
                  s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                 noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+                 noise_sampler: NoiseSampler | None = None, flow: bool = False) -> torch.Tensor:
     """First-order Euler steps along the probability-flow ODE (with churn, Karras et al. algorithm 2)."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
@@ -55,7 +66,7 @@ def sample_euler(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         gamma = churn_gamma(levels, i, s_churn, s_tmin, s_tmax)
-        x, sigma_hat = churned(x, sigmas[i], gamma, s_noise, noise_sampler, (levels[i], levels[i + 1]))
+        x, sigma_hat = churned(x, sigmas[i], gamma, s_noise, noise_sampler, (levels[i], levels[i + 1]), flow)
         denoised = model(x, sigma_hat * s_in, **extra_args)
         d = to_d(x, sigma_hat, denoised)
         report(callback, x, i, sigmas[i], sigma_hat, denoised)
@@ -66,10 +77,13 @@ def sample_euler(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
 @torch.no_grad()
 def sample_euler_ancestral(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                            callback: Callback = None, disable: bool | None = None, eta: float = 1.0,
-                           s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+                           s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                           flow: bool = False) -> torch.Tensor:
     """Euler to sigma_down, then fresh noise up to the next sigma."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
+    if flow:
+        return euler_ancestral_flow(model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler)
     s_in = batch_ones(x)
     levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
@@ -86,7 +100,7 @@ def sample_euler_ancestral(model: Any, x: torch.Tensor, sigmas: torch.Tensor, ex
 def sample_heun(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                 callback: Callback = None, disable: bool | None = None, s_churn: float = 0.0,
                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+                noise_sampler: NoiseSampler | None = None, flow: bool = False) -> torch.Tensor:
     """Heun's second-order method (Karras et al., algorithm 2 with churn); Euler for the last step to 0."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
@@ -94,7 +108,7 @@ def sample_heun(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: d
     levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         gamma = churn_gamma(levels, i, s_churn, s_tmin, s_tmax)
-        x, sigma_hat = churned(x, sigmas[i], gamma, s_noise, noise_sampler, (levels[i], levels[i + 1]))
+        x, sigma_hat = churned(x, sigmas[i], gamma, s_noise, noise_sampler, (levels[i], levels[i + 1]), flow)
         denoised = model(x, sigma_hat * s_in, **extra_args)
         d = to_d(x, sigma_hat, denoised)
         report(callback, x, i, sigmas[i], sigma_hat, denoised)
@@ -116,7 +130,7 @@ def _log_midpoint(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def sample_dpm_2(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                  callback: Callback = None, disable: bool | None = None, s_churn: float = 0.0,
                  s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                 noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+                 noise_sampler: NoiseSampler | None = None, flow: bool = False) -> torch.Tensor:
     """DPM-Solver-2 as in k-diffusion: the derivative is taken at the log-midpoint sigma (with churn)."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
@@ -124,7 +138,7 @@ def sample_dpm_2(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
         gamma = churn_gamma(levels, i, s_churn, s_tmin, s_tmax)
-        x, sigma_hat = churned(x, sigmas[i], gamma, s_noise, noise_sampler, (levels[i], levels[i + 1]))
+        x, sigma_hat = churned(x, sigmas[i], gamma, s_noise, noise_sampler, (levels[i], levels[i + 1]), flow)
         denoised = model(x, sigma_hat * s_in, **extra_args)
         d = to_d(x, sigma_hat, denoised)
         report(callback, x, i, sigmas[i], sigma_hat, denoised)
@@ -141,10 +155,13 @@ def sample_dpm_2(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
 @torch.no_grad()
 def sample_dpm_2_ancestral(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                            callback: Callback = None, disable: bool | None = None, eta: float = 1.0,
-                           s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+                           s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                           flow: bool = False) -> torch.Tensor:
     """DPM-Solver-2 to sigma_down, then fresh noise."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
+    if flow:
+        return dpm_2_ancestral_flow(model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler)
     s_in = batch_ones(x)
     levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
@@ -200,10 +217,12 @@ def sample_lms(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: di
 @torch.no_grad()
 def sample_lcm(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                callback: Callback = None, disable: bool | None = None,
-               noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+               noise_sampler: NoiseSampler | None = None, flow: bool = False) -> torch.Tensor:
     """Latent consistency sampling: jump to the prediction, then re-noise to the next sigma."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
+    if flow:
+        return lcm_flow(model, x, sigmas, extra_args, callback, noise_sampler)
     s_in = batch_ones(x)
     levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
@@ -218,13 +237,13 @@ def sample_lcm(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: di
 @torch.no_grad()
 def sample_ddim(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                 callback: Callback = None, disable: bool | None = None, eta: float = 0.0,
-                noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
-    """DDIM (Song et al. 2020). With eta 0 it is exactly Euler in these coordinates; eta > 0 adds
-    DDIM's stochastic part, which is the ancestral split of the step."""
+                noise_sampler: NoiseSampler | None = None, flow: bool = False) -> torch.Tensor:
+    """DDIM (Song et al. 2020). With eta 0 it is exactly Euler in these coordinates (on a flow model
+    too); eta > 0 adds DDIM's stochastic part, which is the ancestral split of the step."""
     if not eta:
         return sample_euler(model, x, sigmas, extra_args, callback, disable)
     return sample_euler_ancestral(model, x, sigmas, extra_args, callback, disable, eta=eta,
-                                  noise_sampler=noise_sampler)
+                                  noise_sampler=noise_sampler, flow=flow)
 
 
 _PLMS_WEIGHTS = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))

@@ -5,7 +5,8 @@ Both work in half-log-SNR time t = -log(sigma) with the single-step DPM-Solver-1
 paper's exponential-integrator form (alpha = 1 in these coordinates). Unlike k-diffusion they take
 the ``sigmas`` every sampler takes, and read from it only ``sigma_min`` (smallest positive sigma),
 ``sigma_max`` and, for DPM fast, the evaluation budget ``len(sigmas) - 1``. Both stop at
-``sigma_min`` (not 0) and return that x, as k-diffusion does.
+``sigma_min`` (not 0) and return that x, as k-diffusion does. On a flow model (``flow=True``) they
+run in the variance-exploding coordinates of the same model (:func:`via_variance_exploding`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from modules.engine.sampling.common import (
     sigma_fn,
     t_fn,
 )
+from modules.engine.sampling.samplers_flow import ADAPTIVE_TOP_LEVEL, via_variance_exploding
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +120,12 @@ def fast_orders(nfe: int) -> list[int]:
 @torch.no_grad()
 def sample_dpm_fast(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                     callback: Callback = None, disable: bool | None = None, eta: float = 0.0,
-                    s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+                    s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                    flow: bool = False) -> torch.Tensor:
     """DPM-Solver-3 steps evenly spaced in t, with ``len(sigmas) - 1`` model evaluations in all."""
+    if flow:
+        return via_variance_exploding(sample_dpm_fast, model, x, sigmas, extra_args or {}, callback, eta=eta,
+                                      s_noise=s_noise, noise_sampler=noise_sampler)
     nfe = len(sigmas) - 1
     if nfe < 1:
         return x
@@ -196,12 +202,17 @@ def sample_dpm_adaptive(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
                         rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05, pcoeff: float = 0.0,
                         icoeff: float = 1.0, dcoeff: float = 0.0, accept_safety: float = 0.81, eta: float = 0.0,
                         s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
-                        max_evaluations: int = 1000) -> torch.Tensor:
+                        max_evaluations: int = 1000, flow: bool = False) -> torch.Tensor:
     """Adaptive DPM-Solver-12 or -23 from sigma_max to sigma_min, ``rtol``/``atol`` per element.
 
     ``max_evaluations`` bounds the work: when another try could exceed it, one DPM-Solver-1 step
     finishes straight to sigma_min (so the total never exceeds it).
     """
+    if flow:
+        return via_variance_exploding(
+            sample_dpm_adaptive, model, x, sigmas, extra_args or {}, callback, ADAPTIVE_TOP_LEVEL, order=order, rtol=rtol, atol=atol,
+            h_init=h_init, pcoeff=pcoeff, icoeff=icoeff, dcoeff=dcoeff, accept_safety=accept_safety, eta=eta,
+            s_noise=s_noise, noise_sampler=noise_sampler, max_evaluations=max_evaluations)
     if order not in (2, 3):
         raise ValueError("order must be 2 or 3")
     sigma_min, sigma_max = _sigma_range(sigmas)

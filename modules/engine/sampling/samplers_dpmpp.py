@@ -3,6 +3,8 @@
 Written in half-log-SNR time t = -log(sigma) on the data prediction, as A1111's samplers use it:
 2M (multistep, second order), 2S a (single-step with ancestral noise), SDE (single-step
 stochastic, r = 1/2), 2M SDE (midpoint or Heun correction) and 3M SDE (third-order multistep).
+With ``flow=True`` each runs its flow-matching form in lambda = log(alpha / sigma)
+(:mod:`~modules.engine.sampling.samplers_flow_dpmpp`); without it, the arithmetic is unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ from modules.engine.sampling.common import (
     to_d,
 )
 from modules.engine.sampling.noise import BrownianTreeNoise
+from modules.engine.sampling.samplers_flow_dpmpp import (
+    dpmpp_2m_flow,
+    dpmpp_2m_sde_flow,
+    dpmpp_2s_ancestral_flow,
+    dpmpp_3m_sde_flow,
+    dpmpp_sde_flow,
+)
 
 
 def _brownian_default(x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict) -> NoiseSampler:
@@ -37,9 +46,11 @@ def _brownian_default(x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict) -
 
 @torch.no_grad()
 def sample_dpmpp_2m(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-                    callback: Callback = None, disable: bool | None = None) -> torch.Tensor:
+                    callback: Callback = None, disable: bool | None = None, flow: bool = False) -> torch.Tensor:
     """DPM-Solver++(2M): reuses the previous step's prediction for second order at one call a step."""
     extra_args = extra_args or {}
+    if flow:
+        return dpmpp_2m_flow(model, x, sigmas, extra_args, callback)
     s_in = batch_ones(x)
     old_denoised = None
     levels = sigma_levels(sigmas)
@@ -61,10 +72,13 @@ def sample_dpmpp_2m(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_arg
 @torch.no_grad()
 def sample_dpmpp_2s_ancestral(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                               callback: Callback = None, disable: bool | None = None, eta: float = 1.0,
-                              s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+                              s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                              flow: bool = False) -> torch.Tensor:
     """DPM-Solver++(2S) to sigma_down with a midpoint evaluation, then fresh noise."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
+    if flow:
+        return dpmpp_2s_ancestral_flow(model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler)
     s_in = batch_ones(x)
     levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
@@ -88,10 +102,13 @@ def sample_dpmpp_2s_ancestral(model: Any, x: torch.Tensor, sigmas: torch.Tensor,
 @torch.no_grad()
 def sample_dpmpp_sde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                      callback: Callback = None, disable: bool | None = None, eta: float = 1.0,
-                     s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None, r: float = 0.5) -> torch.Tensor:
+                     s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None, r: float = 0.5,
+                     flow: bool = False) -> torch.Tensor:
     """DPM-Solver++ (stochastic, single-step): two evaluations a step, Brownian-tree noise."""
     extra_args = dict(extra_args or {})
     noise_sampler = noise_sampler or _brownian_default(x, sigmas, extra_args)
+    if flow:
+        return dpmpp_sde_flow(model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler, r)
     s_in = batch_ones(x)
     levels = sigma_levels(sigmas)
     for i in range(len(sigmas) - 1):
@@ -125,12 +142,14 @@ def sample_dpmpp_sde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_ar
 def sample_dpmpp_2m_sde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                         callback: Callback = None, disable: bool | None = None, eta: float = 1.0,
                         s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
-                        solver_type: str = "midpoint") -> torch.Tensor:
+                        solver_type: str = "midpoint", flow: bool = False) -> torch.Tensor:
     """DPM-Solver++(2M) SDE: exponential-integrator step with noise, second-order correction."""
     if solver_type not in ("heun", "midpoint"):
         raise ValueError("solver_type must be 'heun' or 'midpoint'")
     extra_args = dict(extra_args or {})
     noise_sampler = noise_sampler or _brownian_default(x, sigmas, extra_args)
+    if flow:
+        return dpmpp_2m_sde_flow(model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler, solver_type)
     s_in = batch_ones(x)
     old_denoised, h_last = None, None
     levels = sigma_levels(sigmas)
@@ -160,10 +179,13 @@ def sample_dpmpp_2m_sde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
 @torch.no_grad()
 def sample_dpmpp_3m_sde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                         callback: Callback = None, disable: bool | None = None, eta: float = 1.0,
-                        s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+                        s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                        flow: bool = False) -> torch.Tensor:
     """DPM-Solver++(3M) SDE: third-order multistep with noise."""
     extra_args = dict(extra_args or {})
     noise_sampler = noise_sampler or _brownian_default(x, sigmas, extra_args)
+    if flow:
+        return dpmpp_3m_sde_flow(model, x, sigmas, extra_args, callback, eta, s_noise, noise_sampler)
     s_in = batch_ones(x)
     denoised_1 = denoised_2 = None
     h_1 = h_2 = None

@@ -2,7 +2,9 @@
 
 Each function returns ``steps + 1`` decreasing sigmas ending at 0 (KL Optimal, as in A1111, ends at
 the model's smallest sigma instead). Model-derived schedules interpolate log-sigma between the
-model's discrete timesteps, so fractional timesteps are allowed.
+model's discrete timesteps, so fractional timesteps are allowed. On a flow model's table
+(``ModelSigmas.flow``: sigma in (0, 1], the top level exactly 1) every schedule ends at 0 and
+starts at 1, and Align Your Steps, defined for SD1.5 / SDXL noise levels only, is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from modules.samplers import ScheduleType
+from modules.samplers import FLOW_REFUSED_SCHEDULES, ScheduleType
 
 
 class ModelSigmas:
@@ -22,12 +24,15 @@ class ModelSigmas:
 
     def __init__(self, alphas_cumprod: torch.Tensor) -> None:
         self._set_sigmas(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+        self.flow = False
 
     @classmethod
-    def from_sigmas(cls, sigmas: torch.Tensor) -> ModelSigmas:
-        """A table given as sigmas directly, increasing (flow families: sigma = shifted t)."""
+    def from_sigmas(cls, sigmas: torch.Tensor, flow: bool = True) -> ModelSigmas:
+        """A table given as sigmas directly, increasing (flow families: sigma = shifted t, ending at
+        1; ``flow`` says the levels are a flow model's, x = (1 - sigma) x0 + sigma noise)."""
         table = cls.__new__(cls)
         table._set_sigmas(sigmas)
+        table.flow = flow
         return table
 
     def _set_sigmas(self, sigmas: torch.Tensor) -> None:
@@ -113,19 +118,38 @@ def simple(n: int, model: ModelSigmas) -> torch.Tensor:
 
 def ddim(n: int, model: ModelSigmas) -> torch.Tensor:
     """DDIM's uniform discrete timesteps (1, 1 + k, 1 + 2k, ...), from the top. As in A1111, a
-    step count that does not divide the 1000 timesteps can give one step more than asked."""
+    step count that does not divide the 1000 timesteps can give one step more than asked.
+
+    On a flow table the same stride is counted down from the last level (sigma 1), as diffusers'
+    flow schedulers space their steps ("trailing"): a flow model's text-to-image start must be pure
+    noise, and x at sigma < 1 would need the data's share it does not have."""
     stride = max(len(model.sigmas) // n, 1)
+    if model.flow:
+        return _with_zero(model.sigmas.flip(0)[::stride])
     return _with_zero(model.sigmas[1::stride].flip(0))
 
 
-def kl_optimal(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
-    """Evenly spaced in arctan(sigma) (Sabour et al. 2024); ends at sigma_min, as A1111's does."""
+def kl_optimal(n: int, sigma_min: float, sigma_max: float, flow: bool = False) -> torch.Tensor:
+    """Evenly spaced in arctan(sigma) (Sabour et al. 2024); ends at sigma_min, as A1111's does.
+
+    On a flow table (``flow``) the n levels run from sigma_max to sigma_min and a final 0 follows
+    (ComfyUI's form): a flow model's last step must reach the data, sigma 0. The first level is
+    sigma_max exactly (tan(atan(1)) is not 1 in floating point)."""
+    if flow:
+        ramp = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
+        levels = torch.tan(ramp * math.atan(sigma_min) + (1 - ramp) * math.atan(sigma_max))
+        levels[0] = sigma_max
+        return _with_zero(levels)
     steps = torch.arange(n + 1, dtype=torch.float32) / n
     return torch.tan(steps * math.atan(sigma_min) + (1 - steps) * math.atan(sigma_max))
 
 
 _AYS_SD15 = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)
 _AYS_SDXL = (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029)
+
+
+class ScheduleUnsupported(ValueError):
+    """A schedule type that is not defined for this model's noise levels."""
 
 
 def align_your_steps(n: int, is_sdxl: bool) -> torch.Tensor:
@@ -152,6 +176,9 @@ def compute_sigmas(schedule: ScheduleType, n: int, model: ModelSigmas, is_sdxl: 
     two sigmas, instead of the model's) and ``rho`` (of Karras and Polyexponential)."""
     overrides = overrides or {}
     lo, hi = overrides.get("sigma_min", model.sigma_min), overrides.get("sigma_max", model.sigma_max)
+    if model.flow:  # a flow model has no level above 1 (pure noise), whatever range was asked for
+        hi = min(hi, model.sigma_max)
+        lo = min(lo, hi)
     rho = overrides.get("rho")
     table: dict[ScheduleType, Callable[[], torch.Tensor]] = {
         ScheduleType.UNIFORM: lambda: uniform(n, model),
@@ -168,4 +195,18 @@ def compute_sigmas(schedule: ScheduleType, n: int, model: ModelSigmas, is_sdxl: 
     }
     if schedule not in table:
         raise ValueError(f"{schedule.value} is not a concrete schedule")
+    if model.flow:
+        return _flow_schedule(schedule, n, model, lo, hi, table)
+    return table[schedule]()
+
+
+def _flow_schedule(schedule: ScheduleType, n: int, model: ModelSigmas, lo: float, hi: float,
+                   table: Mapping[ScheduleType, Callable[[], torch.Tensor]]) -> torch.Tensor:
+    """A schedule on a flow model's levels (sigma in (0, 1]): every type as on a UNet, but Align
+    Your Steps is refused (NVIDIA's levels are SD1.5's and SDXL's noise levels; none is published
+    for a flow model) and KL Optimal ends at 0."""
+    if schedule in FLOW_REFUSED_SCHEDULES:
+        raise ScheduleUnsupported(FLOW_REFUSED_SCHEDULES[schedule])
+    if schedule is ScheduleType.KL_OPTIMAL:
+        return kl_optimal(n, lo, hi, flow=True)
     return table[schedule]()

@@ -32,7 +32,7 @@ from modules.services.hashing import HashCache
 from modules.services.job_hooks import job_hooks_for
 from modules.services.job_types import JobContext
 from modules.services.model_downloads import upscaler_aliases
-from modules.services.models import CheckpointInfo, CheckpointRegistry, ModelManager
+from modules.services.models import CheckpointInfo, CheckpointRegistry, ModelManager, component_dirs
 from modules.services.preview_decoders import PreviewDecoders
 from modules.services.renderer import EncodingSink, Renderer
 from modules.services.upscaler_library import UpscalerLibrary
@@ -99,7 +99,7 @@ class RenderEngine:
         hashes = HashCache(paths.hash_cache)
         self._registry = CheckpointRegistry(paths.checkpoint_dirs, hashes)
         self._models = ModelManager(self._registry, self._device, paths.config_cache, config.checkpoint_cache,
-                                    config.fast_path)
+                                    config.fast_path, components=component_dirs(paths))
         self._lock = threading.Lock()
         self._loaded: list[tuple[str, str]] = []
         self._load_count = 0

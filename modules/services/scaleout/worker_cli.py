@@ -90,6 +90,7 @@ def _start_workers(ns: argparse.Namespace, flags: Flags) -> list[Any]:
 
     settings = load_settings(resolve_paths(flags.data_dir, flags.models_dir).config_file)
     policy = replace(device_policy(flags), device_id=None)  # Ray gives each worker its own GPU as cuda:0
+    policy = replace(policy, text_encoders_on_cpu=policy.text_encoders_on_cpu or settings.text_encoder_cpu)
     if ns.cpu_workers:
         count, slots, kind = ns.cpu_workers, WorkerSlots(ns.cpu_workers, num_gpus=0, num_cpus=1), "cpu"
         policy = replace(policy, use_cpu=True)

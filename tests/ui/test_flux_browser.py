@@ -1,0 +1,67 @@
+"""Picking a FLUX.1 dev checkpoint in the browser: Forge's Distilled CFG Scale and Shift appear, the
+form takes the family's defaults, and Generate makes an image whose parameters carry them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modules.infotext import parse_infotext
+from tests.server_process import Server, start_server, stop_server
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server over a tiny SD 1.5 (loaded at start) and a tiny FLUX.1 dev."""
+    from modules.devtools.tiny_model import TinyArch, write_tiny_model
+
+    folder: Path = tmp_path_factory.mktemp("flux-checkpoints")
+    write_tiny_model(TinyArch.SD15, folder / "tiny-sd15.safetensors", seed=0)
+    write_tiny_model(TinyArch.FLUX_DEV, folder / "tiny-flux-dev.safetensors", seed=0)
+    proc, srv = start_server(tmp_path_factory.mktemp("flux-ui-data"), folder, "--ckpt", "tiny-sd15.safetensors")
+    yield srv
+    stop_server(proc)
+
+
+def set_number(page, elem_id: str, value: int | float) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_pick_flux_see_distilled_cfg_appear_and_generate(page) -> None:
+    distilled = page.locator("#txt2img_distilled_cfg_scale")
+    page.wait_for_function("() => document.querySelector('#setting_sd_model_checkpoint input').value !== ''")
+    assert not distilled.is_visible()  # SD 1.5 is loaded: no distilled guidance to set
+
+    page.locator("#setting_sd_model_checkpoint input").click()
+    page.get_by_role("option", name=re.compile(r"^tiny-flux-dev\.safetensors")).click()
+    distilled.wait_for(state="visible")
+    page.locator("#txt2img_shift").wait_for(state="visible")
+    # Forge's FLUX preset: CFG 1 (no negative pass), the distilled guidance at 3.5, Euler / Simple.
+    page.wait_for_function("() => document.querySelector('#txt2img_cfg_scale input').value === '1'")
+    assert page.locator("#txt2img_distilled_cfg_scale input[type=number]").input_value() == "3.5"
+
+    page.locator("#txt2img_distilled_cfg_scale input[type=number]").fill("5")
+    page.locator("#txt2img_distilled_cfg_scale input[type=number]").press("Enter")
+    set_number(page, "txt2img_width", 64)
+    set_number(page, "txt2img_height", 64)
+    set_number(page, "txt2img_steps", 2)
+    page.locator("#txt2img_prompt textarea").fill("a lighthouse")
+    page.locator("#txt2img_generate").click()
+
+    page.wait_for_function("() => document.querySelector('#html_info_txt2img textarea').value.includes('Seed:')")
+    params = parse_infotext(page.locator("#html_info_txt2img textarea").input_value()).params
+    assert params["Model"] == "tiny-flux-dev" and params["Distilled CFG Scale"] == "5"
+    assert params["CFG scale"] == "1" and params["Size"] == "64x64"
+    page.locator("#txt2img_gallery img").first.wait_for()
+
+    # Back to SD 1.5: the control hides again, and its value goes back to one SD accepts.
+    page.locator("#setting_sd_model_checkpoint input").click()
+    page.get_by_role("option", name=re.compile(r"^tiny-sd15\.safetensors")).click()
+    distilled.wait_for(state="hidden")
