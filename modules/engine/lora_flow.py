@@ -1,6 +1,6 @@
 """The names LoRA files give a flow-matching transformer's layers, and which family a file was made for.
 
-LoRAs for FLUX.1, SD 3.5 and Z-Image name the denoiser's layers in one of two ways:
+LoRAs for FLUX.1, FLUX.2, SD 3.5 and Z-Image name the denoiser's layers in one of two ways:
 
 - diffusers' names (ai-toolkit, diffusers, peft): ``transformer.<path>``, ``diffusion_model.<path>``
   or kohya-style ``lora_transformer_<path with underscores>`` / ``lora_unet_<...>``;
@@ -14,7 +14,7 @@ This module maps every such name onto a :data:`Route`: the diffusers layers a fi
 which rows of its up weight go to each. The original names follow the single-file converters in
 diffusers' ``loaders/single_file_utils.py`` (``convert_flux_transformer_checkpoint_to_diffusers``,
 ``convert_sd3_transformer_checkpoint_to_diffusers``, ``convert_z_image_transformer_checkpoint_to_diffusers``)
-and the LoRA converters in ``loaders/lora_conversion_utils.py`` (``_convert_kohya_flux_lora_to_diffusers``,
+and the LoRA converters in ``loaders/lora_conversion_utils.py`` (``_convert_kohya_flux_lora_to_diffusers``, ``_convert_kohya_flux2_lora_to_diffusers``,
 ``_convert_non_diffusers_z_image_lora_to_diffusers``); the split sizes come from the loaded layers'
 shapes rather than FLUX.1's fixed 3072, so pruned and tiny models map too. Nothing here changes a model.
 """
@@ -68,6 +68,12 @@ _FLUX_DOUBLE = (("img_mod.lin", "norm1.linear"), ("txt_mod.lin", "norm1_context.
                 ("img_mlp.0", "ff.net.0.proj"), ("img_mlp.2", "ff.net.2"),
                 ("txt_mlp.0", "ff_context.net.0.proj"), ("txt_mlp.2", "ff_context.net.2"),
                 ("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out"))
+_FLUX2_TOP = (("img_in", "x_embedder"), ("txt_in", "context_embedder"), ("final_layer.linear", "proj_out"),
+              ("time_in.in_layer", "time_guidance_embed.timestep_embedder.linear_1"),
+              ("time_in.out_layer", "time_guidance_embed.timestep_embedder.linear_2"))
+_FLUX2_DOUBLE = (("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out"),
+                 ("img_mlp.0", "ff.linear_in"), ("img_mlp.2", "ff.linear_out"),
+                 ("txt_mlp.0", "ff_context.linear_in"), ("txt_mlp.2", "ff_context.linear_out"))
 _QKV = ("attn.to_q", "attn.to_k", "attn.to_v")
 _ADD_QKV = ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")
 _SD3_TOP = (("x_embedder.proj", "pos_embed.proj"), ("context_embedder", "context_embedder"),
@@ -135,6 +141,21 @@ def _flux_originals(layers: Layers) -> dict[str, Route | None]:
     return out
 
 
+def _flux2_originals(layers: Layers) -> dict[str, Route | None]:
+    """BFL names of a Flux2Transformer2DModel, as diffusers' ``_convert_kohya_flux2_lora_to_diffusers`` maps them."""
+    out: dict[str, Route | None] = {bfl: _one(layers, ours) for bfl, ours in _FLUX2_TOP}
+    for i in _blocks(layers, "transformer_blocks."):
+        d = f"transformer_blocks.{i}."
+        out.update({f"double_blocks.{i}.{bfl}": _one(layers, d + ours) for bfl, ours in _FLUX2_DOUBLE})
+        out[f"double_blocks.{i}.img_attn.qkv"] = _fused(layers, (d + n for n in _QKV))
+        out[f"double_blocks.{i}.txt_attn.qkv"] = _fused(layers, (d + n for n in _ADD_QKV))
+    for i in _blocks(layers, "single_transformer_blocks."):
+        d = f"single_transformer_blocks.{i}."
+        out[f"single_blocks.{i}.linear1"] = _one(layers, d + "attn.to_qkv_mlp_proj")  # fused in diffusers too
+        out[f"single_blocks.{i}.linear2"] = _one(layers, d + "attn.to_out")
+    return out
+
+
 def _sd3_originals(layers: Layers) -> dict[str, Route | None]:
     """Stability's MMDiT names of an SD3Transformer2DModel (``convert_sd3_transformer_checkpoint_to_diffusers``)."""
     out: dict[str, Route | None] = {sai: _one(layers, ours) for sai, ours in _SD3_TOP}
@@ -175,6 +196,7 @@ def _zimage_originals(layers: Layers) -> dict[str, Route | None]:
 
 _ORIGINALS: Mapping[str, Callable[[Layers], dict[str, Route | None]]] = {
     "FluxTransformer2DModel": _flux_originals,
+    "Flux2Transformer2DModel": _flux2_originals,
     "SD3Transformer2DModel": _sd3_originals,
     "ZImageTransformer2DModel": _zimage_originals,
 }

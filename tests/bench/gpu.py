@@ -1,18 +1,28 @@
-"""Benchmark: Atelier against diffusers on a GPU, with real-size SD1.5 and SDXL models.
+"""Benchmark: Atelier against diffusers on a GPU, with real-size SD1.5 and SDXL models, and FLUX.1-dev
+at real width with reduced depth.
 
 Run on demand, never in CI's test pass. On an H100:
 
-    venv/bin/python tests/bench/gpu.py                             # both models: baselines, defaults, switches,
+    venv/bin/python tests/bench/gpu.py                             # SD1.5, SDXL: baselines, defaults, switches,
                                                                    # memory modes (about 7 minutes)
     venv/bin/python tests/bench/gpu.py --only sd15 --set speed     # SD1.5 with both compiled rows (6-8 min)
     venv/bin/python tests/bench/gpu.py --only sdxl --set speed --budget 720
                                                                    # SDXL with both compiled rows: minutes of
                                                                    # compiling each, so about 13 minutes
     venv/bin/python tests/bench/gpu.py --quick                     # one timed run per row instead of --repeats
+    venv/bin/python tests/bench/gpu.py --only flux                 # FLUX.1-dev: diffusers FluxPipeline, Atelier
+                                                                   # bf16, GGUF Q8_0 and Q4_0 (about 4 minutes)
 
 The compiled rows (the fast path and its compiled baseline: a pair, which starts only with time left
 for both) come after the baseline, default and memory rows, so the first command leaves them out
 unless the budget allows; the times above assume about 2.5 minutes of compiling for an SD1.5 UNet.
+
+FLUX.1-dev's rows (``tests/bench/gpu_flux.py`` says how its model is built and checked) join the
+default set on CUDA after the SD baseline, default and memory rows, within the budget. They were
+written without a GPU at hand: only their CPU smoke form (``--only flux``, below) has run. The GPU
+check to run on a card:
+
+    venv/bin/python tests/bench/gpu.py --only flux --quick --budget 600; echo "exit $?"
 
 Other flags: [--set all|speed|memory] [--steps 20] [--repeats 3] [--budget 400] [--threads 1]
 [--real-size] [--break-variant NAME]. Without CUDA the same command runs tiny models at 64x64 on the

@@ -134,6 +134,22 @@ def test_schnell_and_fill_are_told_apart(schnell: LoadedModel, fill: LoadedModel
     assert fill.arch is ModelArch.FLUX_FILL and fill.pipeline.transformer.config.in_channels == 384
 
 
+def test_gguf_transformers_load_quantised_and_stay_close(dev: Files, model: LoadedModel) -> None:
+    """A GGUF transformer (city96's layout: BFL names) with the encoders and VAE in their folders: the
+    weights stay quantised, and the denoiser stays near the float model's, Q8_0 nearer than Q4_0."""
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    reference = torch.from_numpy(_make(model)).float()
+    errors = {}
+    for quant in ("Q8_0", "Q4_0"):
+        path = write_tiny_model(TinyArch.FLUX_DEV, dev.root / f"flux1-dev-{quant}.gguf", seed=3, gguf=quant)
+        quantised = load_model(path, CPU, dev.root / "cache", components=dev.components)
+        assert quantised.arch is ModelArch.FLUX_DEV
+        assert any(isinstance(p, GGUFParameter) for p in quantised.pipeline.transformer.parameters())
+        errors[quant] = float((torch.from_numpy(_make(quantised)).float() - reference).abs().mean())
+    assert errors["Q8_0"] < 2.0 and errors["Q8_0"] <= errors["Q4_0"], errors  # mean pixel levels of 255
+
+
 def test_a_missing_part_is_named_with_where_to_put_it(dev: Files) -> None:
     bare = replace(dev.components, text_encoders=(dev.root / "nothing",))
     with pytest.raises(MissingComponentError) as caught:

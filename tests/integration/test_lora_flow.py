@@ -5,7 +5,8 @@ FLUX.1's ``linear1``, swapped final modulation) and an ai-toolkit/diffusers one 
 A probe layer must compute ``W + weight * alpha / rank * up @ down`` by hand (for a fused layer,
 the probe's rows of ``up``); the whole transformer must compute what its original-layout
 checkpoint, edited by the same LoRA and converted by the family's own converter, computes; and with
-no LoRA the weights and a generated image are bit for bit the fresh model's.
+no LoRA the weights and a generated image are bit for bit the fresh model's. FLUX.2 klein gets the
+probe and exact-unapply checks on its pipeline alone.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Rig:
     loras: dict[str, Path]
     base_state: dict[str, torch.Tensor]
     base_image: np.ndarray
+    family: Family
 
     @property
     def pipe(self):
@@ -107,9 +109,7 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     loras = {style.value: write_lora_file(model.pipeline, root / f"{request.param}-{style.value}.safetensors",
                                           seed=2, style=style)
              for style in (LoraStyle.KOHYA, LoraStyle.PEFT, LoraStyle.COMFY)}
-    rig = Rig(model, loras, _state(model.denoiser_network), _image(model))
-    rig.family = family  # type: ignore[attr-defined]
-    return rig
+    return Rig(model, loras, _state(model.denoiser_network), _image(model), family)
 
 
 @pytest.fixture(autouse=True)
@@ -135,7 +135,7 @@ def _by_hand(rig: Rig, layer: str, x: torch.Tensor, delta: torch.Tensor) -> torc
 
 @pytest.mark.parametrize("weight", [1.0, 0.5])
 def test_kohya_fused_qkv_gives_the_probe_its_rows_of_the_delta(rig: Rig, weight: float) -> None:
-    file_layer, probe, third = rig.family.fused_probe  # type: ignore[attr-defined]
+    file_layer, probe, third = rig.family.fused_probe
     tensors = load_file(str(rig.loras["kohya"]))
     up, down = tensors[f"{file_layer}.lora_up.weight"], tensors[f"{file_layer}.lora_down.weight"]
     rows = up.shape[0] // 3
@@ -151,7 +151,7 @@ def test_kohya_fused_qkv_gives_the_probe_its_rows_of_the_delta(rig: Rig, weight:
 @pytest.mark.parametrize("style", ["peft", "comfy"])
 @pytest.mark.parametrize("weight", [1.0, 0.5])
 def test_ai_toolkit_layer_changes_by_weight_times_up_down(rig: Rig, style: str, weight: float) -> None:
-    probe = rig.family.plain_probe  # type: ignore[attr-defined]
+    probe = rig.family.plain_probe
     prefix = "transformer." if style == "peft" else "diffusion_model."
     tensors = load_file(str(rig.loras[style]))
     up, down = tensors[f"{prefix}{probe}.lora_B.weight"], tensors[f"{prefix}{probe}.lora_A.weight"]
@@ -164,10 +164,10 @@ def test_ai_toolkit_layer_changes_by_weight_times_up_down(rig: Rig, style: str, 
 def _original_layout(rig: Rig) -> tuple[Callable, Callable]:
     """(diffusers -> original, original -> diffusers) transformer state converters of the family."""
     transformer = rig.transformer
-    if rig.family.arch is TinyArch.FLUX_DEV:  # type: ignore[attr-defined]
+    if rig.family.arch is TinyArch.FLUX_DEV:
         dims = tiny_flux.tiny_dims(rig.model.arch)
         return (lambda s: flux_keys.to_bfl(s, dims)), (lambda s: flux_keys.to_diffusers(s, dims))
-    if rig.family.arch is TinyArch.SD35:  # type: ignore[attr-defined]
+    if rig.family.arch is TinyArch.SD35:
         from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
         return ((lambda s: tiny_sd3.transformer_to_sai(s, transformer.config)),
                 (lambda s: convert_sd3_transformer_checkpoint_to_diffusers(dict(s))))
@@ -209,13 +209,13 @@ def _sample(output: tuple) -> torch.Tensor:
 def _probe_inputs(rig: Rig) -> dict[str, object]:
     gen = torch.Generator().manual_seed(3)
     config = rig.transformer.config
-    if rig.family.arch is TinyArch.FLUX_DEV:  # type: ignore[attr-defined]
+    if rig.family.arch is TinyArch.FLUX_DEV:
         return {"hidden_states": torch.randn(1, 16, config.in_channels, generator=gen),
                 "encoder_hidden_states": torch.randn(1, 5, config.joint_attention_dim, generator=gen),
                 "pooled_projections": torch.randn(1, config.pooled_projection_dim, generator=gen),
                 "timestep": torch.tensor([0.5]), "guidance": torch.tensor([3.5]),
                 "img_ids": torch.zeros(16, 3), "txt_ids": torch.zeros(5, 3), "return_dict": False}
-    if rig.family.arch is TinyArch.SD35:  # type: ignore[attr-defined]
+    if rig.family.arch is TinyArch.SD35:
         return {"hidden_states": torch.randn(1, config.in_channels, 8, 8, generator=gen),
                 "encoder_hidden_states": torch.randn(1, 5, config.joint_attention_dim, generator=gen),
                 "pooled_projections": torch.randn(1, config.pooled_projection_dim, generator=gen),
@@ -247,7 +247,7 @@ def test_weight_zero_is_the_base_and_half_differs_from_one(rig: Rig) -> None:
 
 def test_a_lora_for_another_family_is_refused_naming_the_file(rig: Rig, tmp_path: Path) -> None:
     """Every other family's kohya file (FLUX.1 on SD 3.5, ...) is refused; the model keeps working, unchanged."""
-    others = [name for name, family in FAMILIES.items() if family is not rig.family]  # type: ignore[attr-defined]
+    others = [name for name, family in FAMILIES.items() if family is not rig.family]
     for other in others:
         pipe = {"flux": lambda: tiny_flux.build_tiny_flux_pipeline(TinyArch.FLUX_DEV),
                 "sd3": lambda: tiny_sd3.build_tiny_sd3_pipeline(TinyArch.SD35),
@@ -291,3 +291,29 @@ def test_services_apply_a_flux_lora_from_the_prompt(tmp_path: Path) -> None:
     parsed = parse_infotext(result.images[0].infotext)
     assert parsed.prompt.endswith("<lora:flux-style:0.8>")
     assert parsed.params["Lora hashes"].startswith("flux-style: ")
+
+
+def test_flux2_klein_takes_kohya_and_ai_toolkit_loras_and_unapplies_exactly(tmp_path: Path) -> None:
+    from modules.devtools import tiny_flux2
+
+    pipe = tiny_flux2.build_tiny_pipeline(TinyArch.FLUX2_KLEIN, seed=1)
+    base = _state(pipe.transformer)
+    kohya = write_lora_file(pipe, tmp_path / "klein-kohya.safetensors", seed=2, style=LoraStyle.KOHYA)
+    peft = write_lora_file(pipe, tmp_path / "klein-peft.safetensors", seed=3, style=LoraStyle.PEFT)
+    tensors = load_file(str(kohya))
+    up = tensors["lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"]
+    down = tensors["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"]
+    rows = up.shape[0] // 3
+    x = torch.randn(3, down.shape[1], generator=torch.Generator().manual_seed(4))
+    probe = "transformer_blocks.0.attn.to_v"
+    apply_loras(pipe, [use(kohya, 0.5), use(peft, 1.0)])
+    peft_tensors = load_file(str(peft))
+    delta = (0.5 * (ALPHA / RANK) * up[2 * rows:] @ down
+             + peft_tensors[f"transformer.{probe}.lora_B.weight"] @ peft_tensors[f"transformer.{probe}.lora_A.weight"])
+    with torch.inference_mode():
+        got = pipe.transformer.get_submodule(probe)(x)
+    expected = torch.nn.functional.linear(x, base[f"{probe}.weight"] + delta, base.get(f"{probe}.bias"))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    apply_loras(pipe, [])
+    after = _state(pipe.transformer)
+    assert after.keys() == base.keys() and all(torch.equal(after[k], base[k]) for k in base)

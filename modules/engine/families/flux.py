@@ -11,6 +11,7 @@ How the loop runs the model is in :mod:`.flux_flow`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxPipeline
 
+from modules.atomic import write_text_atomic
 from modules.engine.checkpoint_files import TensorIndex
 from modules.engine.families import flux_flow, flux_keys
 from modules.engine.families import flux_parts as parts
@@ -63,13 +65,30 @@ def _pipeline_class(arch: ModelArch) -> type[DiffusionPipeline]:
 
 
 def _gguf_transformer(load: FileLoad, dtype: torch.dtype) -> torch.nn.Module:
-    """A GGUF transformer (real FLUX.1 widths) through the quantized-file helper."""
+    """A GGUF transformer through the quantized-file helper, its config read off the file's shapes (any
+    width, tiny ones included) and its BFL names converted here (diffusers' converter assumes 3072 wide)."""
     from diffusers import FluxTransformer2DModel
 
     from modules.engine import quantized
 
-    return quantized.load_gguf_transformer(FluxTransformer2DModel, load.path, parts.config_dir(load.arch), dtype,
-                                           subfolder="transformer")
+    dims = flux_keys.infer_dims(load.index)
+    found = flux_keys.transformer_prefix(load.index)
+    if dims is None or found is None:
+        raise ModelLoadError(str(load.path), "no FLUX.1 transformer in the GGUF file")
+    prefix, bfl = found
+    config = {"_class_name": "FluxTransformer2DModel", **dims.config()}
+    text = json.dumps(config, sort_keys=True)
+    folder = load.config_cache / f"flux-gguf-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    if not (folder / "config.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(folder / "config.json", text)
+
+    def convert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if bfl:
+            return flux_keys.to_diffusers(state, dims, prefix)
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+    return quantized.load_gguf_transformer(FluxTransformer2DModel, load.path, folder, dtype, convert=convert)
 
 
 def _transformer(load: FileLoad, dtype: torch.dtype) -> torch.nn.Module:

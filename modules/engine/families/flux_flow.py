@@ -18,7 +18,7 @@ from modules.engine.families.base import FlowJob
 from modules.engine.families.text_weights import apply_weights, weighted_tokens
 from modules.engine.model_detect import ModelArch
 from modules.engine.sampling.denoiser import Embeds
-from modules.engine.sampling.flow import dynamic_shift, flow_sigmas
+from modules.engine.sampling.flow import compute_dtype, dynamic_shift, flow_sigmas
 from modules.engine.sampling.schedules import ModelSigmas
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class FluxNetwork:
 
     def __post_init__(self) -> None:
         # Read once: diffusers' ``.dtype`` walks every submodule.
-        self.dtype = next(self.transformer.parameters()).dtype
+        self.dtype = compute_dtype(self.transformer)
 
     def conditions(self, embeds: Embeds) -> dict[str, torch.Tensor]:
         assert embeds.pooled is not None

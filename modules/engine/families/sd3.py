@@ -25,7 +25,7 @@ from modules.engine.families.base import EngineFamily, FileLoad, FlowJob, FlowPa
 from modules.engine.families.text_weights import apply_weights, weighted_tokens
 from modules.engine.model_detect import ModelArch
 from modules.engine.sampling.denoiser import Embeds
-from modules.engine.sampling.flow import flow_sigmas
+from modules.engine.sampling.flow import compute_dtype, flow_sigmas
 from modules.engine.sampling.schedules import ModelSigmas
 from modules.errors import ModelLoadError
 
@@ -138,7 +138,7 @@ class SD3Network:
 def network(model: LoadedModel, job: FlowJob) -> SD3Network:
     pipe = model.pipeline
     return SD3Network(pipe.transformer, int(pipe.scheduler.config.num_train_timesteps),
-                      next(pipe.transformer.parameters()).dtype)
+                      compute_dtype(pipe.transformer))
 
 
 def _shift(pipe: DiffusionPipeline) -> float:

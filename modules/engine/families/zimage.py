@@ -25,7 +25,7 @@ from modules.engine.latent_format import LatentFormat
 from modules.engine.loaded_model import LoadedModel
 from modules.engine.model_detect import ModelArch
 from modules.engine.sampling.denoiser import Embeds
-from modules.engine.sampling.flow import dynamic_shift, flow_sigmas
+from modules.engine.sampling.flow import compute_dtype, dynamic_shift, flow_sigmas
 from modules.engine.sampling.schedules import ModelSigmas
 
 CAPTION_MASK = "caption_mask"
@@ -144,7 +144,7 @@ class ZImageNetwork:
 
     def __init__(self, transformer: torch.nn.Module) -> None:
         self.transformer = transformer
-        self.dtype = next(transformer.parameters()).dtype
+        self.dtype = compute_dtype(transformer)
 
     def conditions(self, embeds: Embeds) -> dict[str, torch.Tensor]:
         mask = embeds.mask if isinstance(embeds, MaskedEmbeds) else None

@@ -41,6 +41,12 @@ class FlowNetwork(Protocol):
         ...
 
 
+def compute_dtype(network: torch.nn.Module) -> torch.dtype:
+    """The dtype a network computes in: its first floating-point parameter's (a GGUF model's quantised
+    weights are stored as bytes and dequantised to it), read once since ``.dtype`` walks every module."""
+    return next(p.dtype for p in network.parameters() if p.dtype.is_floating_point)
+
+
 def shifted(t: torch.Tensor, shift: float) -> torch.Tensor:
     """The family's sigma at training time ``t`` in (0, 1]."""
     return shift * t / (1 + (shift - 1) * t)
