@@ -138,10 +138,14 @@ class MissingComponentError(ModelLoadError):
     """A checkpoint loads only with a part it does not bundle (a text encoder, a VAE, a tokenizer):
     names the part, the file to put where, and where it can be downloaded from (None: nowhere known)."""
 
-    def __init__(self, path: str, component: str, file_hint: str, folder: str, url: str | None = None) -> None:
+    def __init__(self, path: str, component: str, file_hint: str, folder: str, url: str | None = None,
+                 unusable: tuple[str, ...] = ()) -> None:
         self.component = component
         self.file_hint = file_hint
         self.folder = folder
         self.url = url
+        self.unusable = unusable  # files that were there but do not fit (another family's, another size)
         where = f"; it can be downloaded from {url}" if url else ""
-        super().__init__(path, f"needs the {component} ({file_hint}): put it in {folder}{where}")
+        found = (f" ({', '.join(unusable)} {'is' if len(unusable) == 1 else 'are'} there but made for another "
+                 "model: the shapes do not fit this one)") if unusable else ""
+        super().__init__(path, f"needs the {component} ({file_hint}): put it in {folder}{where}{found}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -78,6 +78,8 @@ class DeviceInfo:
     # The flow families' big text encoders (T5, LLMs) stay in RAM and run on the CPU; only their
     # embeddings go to the device (a 4-9 GB encoder off an 8-16 GB card).
     text_encoders_on_cpu: bool = False
+    # True when the user named the precision (--precision, --no-half): every family keeps it.
+    precision_forced: bool = False
 
     @property
     def is_accelerator(self) -> bool:
@@ -86,6 +88,17 @@ class DeviceInfo:
     @property
     def vae(self) -> torch.dtype:
         return self.vae_dtype or self.dtype
+
+    def for_flow_family(self) -> DeviceInfo:
+        """The device a flow-matching model runs on: bfloat16 instead of the default float16 on a card
+        that has it (their transformers and T5/LLM encoders overflow in fp16; Forge and ComfyUI run
+        them in bf16 too), unless the user named the precision."""
+        bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if self.precision_forced or self.dtype != torch.float16 or not bf16:
+            return self
+        return replace(self, dtype=torch.bfloat16, vae_dtype=self.vae_dtype or torch.bfloat16,
+                       reason=self.reason.replace("half precision", "bfloat16 (flow-matching model: fp16 "
+                                                                     "overflows in it)"))
 
     def describe(self) -> str:
         name = str(self.dtype).removeprefix("torch.")
@@ -180,7 +193,8 @@ def choose_device(policy: DevicePolicy) -> DeviceInfo:
         reasons.append("sampling math in fp32 (it always is: only the UNet runs in the weights' dtype)")
     info = DeviceInfo(device=device, dtype=dtype, reason="; ".join(reasons), vae_dtype=vae_dtype, memory=memory,
                       attention=attention, memory_forced=policy.memory is not None,
-                      text_encoders_on_cpu=policy.text_encoders_on_cpu)
+                      text_encoders_on_cpu=policy.text_encoders_on_cpu,
+                      precision_forced=policy.no_half or policy.precision is not Precision.AUTOCAST)
     label = "xformers" if attention is Attention.XFORMERS else "PyTorch scaled-dot-product (SDPA)"
     log.info("Device: %s; attention: %s", info.describe(), label)
     return info

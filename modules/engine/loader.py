@@ -49,7 +49,7 @@ def _load_single_file(path: Path, device: DeviceInfo, config_cache: Path,
         arch = sidecar_arch(path, arch)  # A1111's .yaml beside an SD 2.x file names eps or v
     except UnknownArchitecture as exc:
         raise ModelLoadError(str(path), f"not a Stable Diffusion checkpoint Atelier knows: {exc}") from exc
-    pipe = family.load_file(FileLoad(path, index, arch, device, config_cache, components))
+    pipe = family.load_file(FileLoad(path, index, arch, _device_for(arch, device), config_cache, components))
     return family, arch, pipe
 
 
@@ -57,7 +57,12 @@ def _load_folder(path: Path, device: DeviceInfo,
                  components: ComponentDirs) -> tuple[EngineFamily, ModelArch, DiffusionPipeline]:
     family, arch = registry.detect_folder(path)
     model_index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
-    return family, arch, family.load_folder(FolderLoad(path, model_index, arch, device, components))
+    return family, arch, family.load_folder(FolderLoad(path, model_index, arch, _device_for(arch, device),
+                                                       components))
+
+
+def _device_for(arch: ModelArch, device: DeviceInfo) -> DeviceInfo:
+    return device.for_flow_family() if arch.is_flow else device
 
 
 def _check_materialised(path: Path, pipe: DiffusionPipeline) -> None:
@@ -81,6 +86,7 @@ def load_model(path: Path, device: DeviceInfo, config_cache: Path, placed: bool 
             family, arch, pipe = _load_folder(path, device, components)
         else:
             family, arch, pipe = _load_single_file(path, device, config_cache, components)
+        device = _device_for(arch, device)  # flow families: bf16 rather than fp16 where the card has it
         _check_materialised(path, pipe)
         if placed:
             place(pipe, arch, device)

@@ -48,48 +48,27 @@ def _offer(services: Services, error: AtelierError | None) -> tuple[dict, list[s
     return gr.update(visible=True, value=f"Download {component}"), [component, info.title]
 
 
-def build_bar(services: Services, demo: gr.Blocks) -> gr.Dropdown:
-    """The dropdown ``setting_sd_model_checkpoint`` with its refresh button, the VAE and the other
-    quicksettings (shown when ``demo`` loads), and the empty-state help."""
-    with gr.Row(elem_id="quicksettings"):
-        checkpoint = gr.Dropdown(choices=_titles(services), value=None,
-                                 label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint", scale=4)
-        refresh = gr.Button(icons.REFRESH, elem_id="refresh_sd_model_checkpoint", elem_classes="tool-button",
-                            scale=0)
-        build_vae_choice(services)
-        build_quicksettings(services, demo)
-    status = gr.Markdown("", elem_id="sd_model_status")
+def _switch(services: Services, title: str) -> tuple[dict, str, dict, list[str] | None]:
+    """Load ``title``; a failure is a warning (its message names the file and folder) and, for a part
+    Atelier can download, the button that fetches it (the last two values update it and its state)."""
+    error = None
+    try:
+        services.generation.switch_model(title).future.result()
+    except AtelierError as exc:
+        gr.Warning(f"{escape.text(exc)} The previous model stays loaded.")
+        error = exc
+    return (gr.update(choices=_titles(services), value=_current_title(services)), _status_text(services),
+            *_offer(services, error))
+
+
+def build_component_offer(services: Services, checkpoint: gr.Dropdown,
+                          status: gr.Markdown) -> tuple[gr.Button, gr.State]:
+    """The hidden "Download <component>" button a failed switch shows (see :func:`_offer`), and its
+    state ([component, checkpoint title]); a click downloads the part with progress, then loads the
+    checkpoint again."""
     fetch = gr.Button("", visible=False, elem_id="download_missing_component")
     fetch_wanted = gr.State(None)  # [component, checkpoint title]: what the button downloads, then loads
     tokenizers = TokenizerFetcher(services.paths.tokenizers_dir)
-    with gr.Group(visible=not services.registry.all()) as empty:
-        gr.Markdown(_no_model_notice(services), elem_id="no_checkpoint_notice")
-        download = gr.Button("Download Stable Diffusion 1.5 (about 4 GB)", elem_id="download_default_checkpoint")
-
-    @changes_server  # rescans the checkpoint folders for everyone
-    def on_refresh() -> tuple[dict, dict, str]:
-        services.registry.refresh()
-        titles = _titles(services)
-        return (gr.update(choices=titles, value=_current_title(services)), gr.update(visible=not titles),
-                _status_text(services))
-
-    def switch(title: str) -> tuple[dict, str, dict, list[str] | None]:
-        """Load ``title``; a failure is a warning (its message names the file and folder) and, for a
-        part Atelier can download, the button that fetches it."""
-        error = None
-        try:
-            services.generation.switch_model(title).future.result()
-        except AtelierError as exc:
-            gr.Warning(f"{escape.text(exc)} The previous model stays loaded.")
-            error = exc
-        return (gr.update(choices=_titles(services), value=_current_title(services)), _status_text(services),
-                *_offer(services, error))
-
-    @changes_server  # switches the model every user generates with
-    def on_select(title: str | None) -> tuple[dict, str, dict, list[str] | None]:
-        if not title or title == _current_title(services):
-            return gr.skip(), _status_text(services), gr.skip(), gr.skip()
-        return switch(title)
 
     @changes_server  # downloads into the models folder and switches the model for everyone
     def on_fetch(wanted: list[str] | None,
@@ -105,7 +84,42 @@ def build_bar(services: Services, demo: gr.Blocks) -> gr.Dropdown:
             tokenizers.download(component, on_progress=report)
         except AtelierError as exc:
             raise ui_error(exc) from exc
-        return switch(title)  # the next missing part, if any, gets its own message
+        return _switch(services, title)  # the next missing part, if any, gets its own message
+
+    fetch.click(on_fetch, inputs=[fetch_wanted], outputs=[checkpoint, status, fetch, fetch_wanted],
+                api_visibility="private")
+    return fetch, fetch_wanted
+
+
+def build_bar(services: Services, demo: gr.Blocks) -> gr.Dropdown:
+    """The dropdown ``setting_sd_model_checkpoint`` with its refresh button, the VAE and the other
+    quicksettings (shown when ``demo`` loads), the download offer for a missing part, and the
+    empty-state help."""
+    with gr.Row(elem_id="quicksettings"):
+        checkpoint = gr.Dropdown(choices=_titles(services), value=None,
+                                 label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint", scale=4)
+        refresh = gr.Button(icons.REFRESH, elem_id="refresh_sd_model_checkpoint", elem_classes="tool-button",
+                            scale=0)
+        build_vae_choice(services)
+        build_quicksettings(services, demo)
+    status = gr.Markdown("", elem_id="sd_model_status")
+    fetch, fetch_wanted = build_component_offer(services, checkpoint, status)
+    with gr.Group(visible=not services.registry.all()) as empty:
+        gr.Markdown(_no_model_notice(services), elem_id="no_checkpoint_notice")
+        download = gr.Button("Download Stable Diffusion 1.5 (about 4 GB)", elem_id="download_default_checkpoint")
+
+    @changes_server  # rescans the checkpoint folders for everyone
+    def on_refresh() -> tuple[dict, dict, str]:
+        services.registry.refresh()
+        titles = _titles(services)
+        return (gr.update(choices=titles, value=_current_title(services)), gr.update(visible=not titles),
+                _status_text(services))
+
+    @changes_server  # switches the model every user generates with
+    def on_select(title: str | None) -> tuple[dict, str, dict, list[str] | None]:
+        if not title or title == _current_title(services):
+            return gr.skip(), _status_text(services), gr.skip(), gr.skip()
+        return _switch(services, title)
 
     @changes_server  # downloads a checkpoint and switches to it
     def on_download(progress: gr.Progress = gr.Progress()) -> tuple[dict, dict, str]:
@@ -134,8 +148,6 @@ def build_bar(services: Services, demo: gr.Blocks) -> gr.Dropdown:
     refresh.click(on_refresh, outputs=[checkpoint, empty, status], api_visibility="private")
     checkpoint.input(on_select, inputs=[checkpoint], outputs=[checkpoint, status, fetch, fetch_wanted],
                      api_visibility="private", concurrency_limit=None)
-    fetch.click(on_fetch, inputs=[fetch_wanted], outputs=[checkpoint, status, fetch, fetch_wanted],
-                api_visibility="private")
     download.click(on_download, outputs=[checkpoint, empty, status], api_visibility="private")
     return checkpoint
 

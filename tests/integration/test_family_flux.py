@@ -290,3 +290,16 @@ def test_hires_fix_makes_the_larger_image(model: LoadedModel) -> None:
     assert found is not None
     images = run_hires(model, first, HiresPlan(task=second, upscaler=found, upscale_size=(96, 96)), _Quiet())
     assert images is not None and images[0].size == (96, 96) and _pixels(images).std() > 1
+
+
+def test_variation_seeds_blend_towards_the_variation_noise(model: LoadedModel) -> None:
+    """A1111's variation seed on a flow model: strength 0 is the seed's image, a small strength a
+    nearby one, strength 1 the variation seed's own image; each reproduces."""
+    def noise(strength: float) -> NoisePlan:
+        return NoisePlan(seeds=(7,), variation_seeds=(99,), variation_strength=strength)
+
+    base, near, full = (_make(model, noise=noise(s)) for s in (0.0, 0.2, 1.0))
+    assert np.array_equal(base, _make(model))
+    assert np.array_equal(full, _make(model, noise=NoisePlan(seeds=(99,))))
+    assert np.array_equal(near, _make(model, noise=noise(0.2)))
+    assert 0 < np.abs(near - base).mean() < np.abs(full - base).mean()

@@ -77,10 +77,10 @@ OWN_API_ROUTES |= {("GET", f"/controlnet/{p}") for p in ("version", "model_list"
 UI_EVENTS = {
     "modules.ui.app_ui:_footer.<locals>.text": False,
     "modules.ui.checkpoints:build_bar.<locals>.on_download": True,
-    "modules.ui.checkpoints:build_bar.<locals>.on_fetch": True,  # downloads a tokenizer, switches the model
     "modules.ui.checkpoints:build_bar.<locals>.on_refresh": True,
     "modules.ui.checkpoints:build_bar.<locals>.on_select": True,
     "modules.ui.checkpoints:build_bar.<locals>.on_tick": False,
+    "modules.ui.checkpoints:build_component_offer.<locals>.on_fetch": True,  # downloads a tokenizer, switches the model
     "modules.ui.extension_panels:_scripts.<locals>.<lambda>": False,
     "modules.ui.extensions_tab:_build_install.<locals>.ask": True,
     "modules.ui.extensions_tab:_build_requirements.<locals>.<lambda>": False,

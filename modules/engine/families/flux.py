@@ -124,12 +124,16 @@ def _locate(load: FileLoad, dims: flux_keys.FluxDims) -> tuple[parts.Found, part
         found = parts.find_t5(idx, p)
         return found if found is not None and parts.t5_width(found) == dims.joint_attention_dim else None
 
-    t5_found = t5(index, path) or parts.search(comps.text_encoders, ("t5xxl*", "t5*"), t5)
+    t5_found, refused = t5(index, path), ()
     if t5_found is None:
-        raise parts.missing_t5(path, comps)
-    clip_found = clip(index, path) or parts.search(comps.text_encoders, ("clip_l*",), clip)
+        t5_found, refused = parts.search_all(comps.text_encoders, ("t5xxl*", "t5*"), t5)
+    if t5_found is None:
+        raise parts.missing_t5(path, comps, refused)
+    clip_found = clip(index, path)
     if clip_found is None:
-        raise parts.missing_clip(path, comps)
+        clip_found, refused = parts.search_all(comps.text_encoders, ("clip_l*",), clip)
+    if clip_found is None:
+        raise parts.missing_clip(path, comps, refused)
     vae_found = parts.find_vae(index, path) or parts.search(comps.vaes, ("ae*", "flux*"), parts.find_vae)
     if vae_found is None:
         raise parts.missing_vae(path, comps)

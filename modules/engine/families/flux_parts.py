@@ -209,12 +209,20 @@ def _candidates(dirs: tuple[Path, ...], patterns: tuple[str, ...]) -> list[Path]
     """Files in ``dirs`` whose names match ``patterns`` first (in pattern order), then the rest."""
     files = [f for d in dirs if d.is_dir() for f in sorted(d.iterdir())
              if f.is_file() and f.suffix.lower() == ".safetensors"]
-    named = [f for pat in patterns for f in files if f.match(pat) or f.name.lower().startswith(pat.rstrip("*"))]
+    named = [f for pat in patterns for f in files if _named(f, (pat,))]
     return list(dict.fromkeys(named + files))
 
 
 def search(dirs: tuple[Path, ...], patterns: tuple[str, ...],
            accept: Callable[[TensorIndex, Path], Found | None]) -> Found | None:
+    return search_all(dirs, patterns, accept)[0]
+
+
+def search_all(dirs: tuple[Path, ...], patterns: tuple[str, ...],
+               accept: Callable[[TensorIndex, Path], Found | None]) -> tuple[Found | None, tuple[str, ...]]:
+    """The first file named like ``patterns`` that ``accept`` takes, and the names of those it refused
+    (another family's encoder, another width), so a message can say why none was taken."""
+    refused: list[str] = []
     for candidate in _candidates(dirs, patterns):
         try:
             index = read_safetensors_index(candidate)
@@ -222,22 +230,29 @@ def search(dirs: tuple[Path, ...], patterns: tuple[str, ...],
             continue  # a broken file beside the right one is not this model's problem
         found = accept(index, candidate)
         if found is not None:
-            return found
-    return None
+            return found, tuple(refused)
+        if _named(candidate, patterns):  # named as the part, yet not it: worth saying
+            refused.append(candidate.name)
+    return None, tuple(refused)
+
+
+def _named(path: Path, patterns: tuple[str, ...]) -> bool:
+    return any(path.match(pat) or path.name.lower().startswith(pat.rstrip("*")) for pat in patterns)
 
 
 def _folder(dirs: tuple[Path, ...], default: str) -> str:
     return str(dirs[0]) if dirs else default
 
 
-def missing_t5(path: Path, components: ComponentDirs) -> MissingComponentError:
+def missing_t5(path: Path, components: ComponentDirs, unusable: tuple[str, ...] = ()) -> MissingComponentError:
     return MissingComponentError(str(path), "T5-XXL text encoder", "t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn"
-                                 ".safetensors", _folder(components.text_encoders, "models/text_encoder"), ENCODERS_URL)
+                                 ".safetensors", _folder(components.text_encoders, "models/text_encoder"), ENCODERS_URL,
+                                 unusable)
 
 
-def missing_clip(path: Path, components: ComponentDirs) -> MissingComponentError:
+def missing_clip(path: Path, components: ComponentDirs, unusable: tuple[str, ...] = ()) -> MissingComponentError:
     return MissingComponentError(str(path), "CLIP-L text encoder", "clip_l.safetensors",
-                                 _folder(components.text_encoders, "models/text_encoder"), ENCODERS_URL)
+                                 _folder(components.text_encoders, "models/text_encoder"), ENCODERS_URL, unusable)
 
 
 def missing_vae(path: Path, components: ComponentDirs) -> MissingComponentError:
