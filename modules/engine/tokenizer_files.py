@@ -9,6 +9,7 @@ Only the fast tokenizer files (``tokenizer.json`` and its config) are fetched: t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,8 @@ class TokenizerSource:
 
     def url(self) -> str:
         sub = f"/tree/main/{self.subfolder}" if self.subfolder else ""
-        return f"{HF_BASE_URL}/{self.repo_id}{sub}"
+        base = os.environ.get("HF_ENDPOINT", HF_BASE_URL).rstrip("/")  # a mirror, when the hub client uses one
+        return f"{base}/{self.repo_id}{sub}"
 
 
 # T5: the fast tokenizer files of the T5-XXL encoder FLUX.1 and SD3.5 use (the same SentencePiece

@@ -205,7 +205,8 @@ def test_lists_have_a1111_shapes(client: httpx.Client, server: Server) -> None:
     assert [s["label"] for s in schedulers] == [s.value for s in ScheduleType]
     assert set(schedulers[0]) == {"name", "label", "aliases", "default_rho", "need_inner_model"}
     model = client.get(f"{API}/sd-models").json()[0]
-    assert set(model) == {"title", "model_name", "hash", "sha256", "filename", "config"}
+    # A1111's keys, and the model family (clients ignore keys they do not know)
+    assert set(model) == {"title", "model_name", "hash", "sha256", "filename", "config", "family", "family_label"}
     assert client.get(f"{API}/embeddings").json() == {"loaded": {}, "skipped": {}}
     assert set(client.get(f"{API}/scripts").json()) == {"txt2img", "img2img"}
     assert "ram" in client.get(f"{API}/memory").json()

@@ -222,7 +222,8 @@ def _form_request(**changes: object) -> GenerationRequest:
     values = {"prompt": "a red cube", "negative_prompt": "", "sampler": "Euler", "schedule": "Automatic",
               "steps": 2.0, "cfg_scale": 7.0, "width": 64.0, "height": 64.0, "seed": 1.0, "batch_count": 1.0,
               "batch_size": 1.0, "clip_skip": 1.0, "styles": [], "variation_seed": -1, "variation_strength": 0.0,
-              "seed_resize_from_width": 0, "seed_resize_from_height": 0, "tiling": False, "restore_faces": False}
+              "seed_resize_from_width": 0, "seed_resize_from_height": 0, "tiling": False, "restore_faces": False,
+              "distilled_cfg_scale": 3.5, "shift": None}
     return request_from_values({**values, **changes})
 
 

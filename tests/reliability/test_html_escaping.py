@@ -144,7 +144,7 @@ def test_sending_an_image_whose_infotext_names_a_hostile_model_warns_escaped(pag
 
 def test_a_hostile_checkpoint_file_warns_and_shows_its_status_escaped(page: Page, toasts: list[str]) -> None:
     title = next(info.title for info in page.services.registry.all() if FILE_ATTACK in info.title)
-    _choices, status = page.handler("setting_sd_model_checkpoint", "input")(title)  # empty file: fails to load
+    _choices, status, *_offer = page.handler("setting_sd_model_checkpoint", "input")(title)  # empty: fails to load
     [warning] = toasts
     assert_shown_as_text(warning, FILE_ATTACK)
     assert_markdown_shown_as_text(status, FILE_ATTACK)  # gr.Markdown: no link, image or tag either
