@@ -205,10 +205,11 @@ def validate_request(request: GenerationRequest, limits: GenerationLimits = Gene
         raise ValidationError(errors)
 
 
-def family_problems(request: GenerationRequest, family: FamilyInfo, embeddings: Sequence[str] = ()) -> list[FieldError]:
-    """What ``family`` cannot honour at all in a (valid) request, one error per field. ``embeddings``:
-    the textual inversion embeddings the prompts name. Fields a family only treats its own way (CFG 1
-    on FLUX.1 dev: no negative pass, as in Forge) are not problems."""
+def family_problems(request: GenerationRequest, family: FamilyInfo) -> list[FieldError]:
+    """What ``family`` cannot honour at all in a (valid) request, one error per field. Fields a family
+    only treats its own way (CFG 1 on FLUX.1 dev: no negative pass, as in Forge) are not problems, nor
+    are embedding names in a prompt: as on SD, an embedding that does not fit the model is skipped
+    (listed under ``skipped`` by /sdapi/v1/embeddings) and the word stays text."""
     errors: list[FieldError] = []
     label = family.label
     if request.distilled_cfg_scale != DEFAULT_DISTILLED_CFG_SCALE and not family.supports(Feature.DISTILLED_CFG):
@@ -233,9 +234,6 @@ def family_problems(request: GenerationRequest, family: FamilyInfo, embeddings: 
                                  f"got {request.clip_skip}"))
     if family.is_flow:
         _check_flow_schedules(errors, request)
-    if embeddings and not family.supports(Feature.TEXTUAL_INVERSION):
-        errors.append(FieldError("prompt", f"{label} cannot use textual inversion embeddings; remove "
-                                 f"{', '.join(embeddings)} from the prompts"))
     return errors
 
 

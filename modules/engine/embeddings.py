@@ -36,6 +36,7 @@ from safetensors.torch import load_file
 from modules.engine.checkpoint_files import SAFETENSORS_SUFFIXES, read_safetensors_index
 from modules.engine.model_detect import ModelArch
 from modules.errors import AddonLoadError, ModelLoadError
+from modules.model_families import Feature
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,12 @@ def encoder_width(encoder: torch.nn.Module) -> int:
 
 
 def fits(embedding: Embedding, pipe: DiffusionPipeline, arch: ModelArch) -> bool:
-    """Whether ``embedding`` has vectors of the right width for every text encoder of the model."""
+    """Whether ``embedding`` has vectors of the right width for every text encoder of the model. The
+    flow families take none: their prompts go through T5 / LLM encoders (a CLIP-L-wide SD 1.x
+    embedding would fit FLUX's pooled CLIP alone), so their embeddings are skipped, as another
+    family's are on SD, and the word stays plain text."""
+    if not arch.family.supports(Feature.TEXTUAL_INVERSION):
+        return False
     slots = encoder_slots(pipe, arch)
     return bool(slots) and all(
         slot in embedding.vectors and int(embedding.vectors[slot].shape[-1]) == encoder_width(encoder)

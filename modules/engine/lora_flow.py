@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from modules.engine.families import flux_keys
+
 Rows = tuple[tuple[int, int], ...]
 
 
@@ -57,17 +59,8 @@ _FILE_MARKERS = (
      "SD 1/2/XL"),
 )
 
-_FLUX_TOP = (("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
-             ("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
-             ("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"),
-             ("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"),
-             ("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1"),
-             ("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2"),
-             ("txt_in", "context_embedder"), ("img_in", "x_embedder"), ("final_layer.linear", "proj_out"))
-_FLUX_DOUBLE = (("img_mod.lin", "norm1.linear"), ("txt_mod.lin", "norm1_context.linear"),
-                ("img_mlp.0", "ff.net.0.proj"), ("img_mlp.2", "ff.net.2"),
-                ("txt_mlp.0", "ff_context.net.0.proj"), ("txt_mlp.2", "ff_context.net.2"),
-                ("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out"))
+_FLUX_TOP = flux_keys.TOP_NAMES  # the same (original, diffusers) pairs the checkpoint loader uses
+_FLUX_DOUBLE = flux_keys.DOUBLE_NAMES
 _FLUX2_TOP = (("img_in", "x_embedder"), ("txt_in", "context_embedder"), ("final_layer.linear", "proj_out"),
               ("time_in.in_layer", "time_guidance_embed.timestep_embedder.linear_1"),
               ("time_in.out_layer", "time_guidance_embed.timestep_embedder.linear_2"))

@@ -45,7 +45,7 @@ from modules.errors import AddonLoadError, ModelLoadError
 log = logging.getLogger(__name__)
 
 KIND = "VAE"
-LATENT_CHANNELS = 4  # every architecture Atelier loads (SD1, SD2, SDXL) has a 4-channel latent space
+LATENT_CHANNELS = 4  # the Stable Diffusion UNet families' latent space (the flow families: their FamilyInfo)
 LEVELS = 4  # four resolution levels: latents are 1/8 of the image, as the samplers assume
 
 _LDM_MARKER = "encoder.down.0.block.0.conv1.weight"
@@ -157,9 +157,12 @@ def vae_dims(state: Mapping[str, torch.Tensor], naming: VaeNaming, arch: ModelAr
     conv_in = index.shape(prefix + "encoder.conv_in.weight")
     if conv_in is None or len(conv_in) != 4 or conv_in[1] != 3:
         raise _Refusal(f"the encoder does not take RGB images (encoder.conv_in has shape {conv_in})")
-    if dims.latent_channels != LATENT_CHANNELS:
+    if arch is ModelArch.FLUX2_KLEIN:  # its VAE is another class (patchified, batch-normalised latents)
+        raise _Refusal(f"{arch.label} decodes with its own VAE only; choose Automatic or None for it")
+    expected = arch.family.latent_channels
+    if dims.latent_channels != expected:
         raise _Refusal(f"this VAE has {dims.latent_channels} latent channels; {arch.label} models use "
-                       f"{LATENT_CHANNELS} (it belongs to another model family)")
+                       f"{expected} (it belongs to another model family)")
     if len(dims.block_out_channels) != LEVELS:
         raise _Refusal(f"this VAE scales images by {2 ** (len(dims.block_out_channels) - 1)}, "
                        f"not by {2 ** (LEVELS - 1)} as {arch.label} models do")

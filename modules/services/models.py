@@ -338,7 +338,7 @@ class ModelManager:
         own = state.own if state is not None else model.pipeline.vae
         if state is None and file is None:
             return  # nothing swapped yet: the checkpoint's own is in place
-        vae = own if file is None else load_vae(file.path, model.arch, self.device, self._config_cache)
+        vae = own if file is None else load_vae(file.path, model.arch, model.device, self._config_cache)
         if file is not None and file.path in self._full_precision_vaes:
             vae.to(dtype=torch.float32)  # it overflowed in half precision before
         self._swap_in(model, vae)

@@ -16,12 +16,11 @@ from modules.engine.loaded_model import LoadedModel
 from modules.engine.sampling.loop import NoisePlan
 from modules.errors import AddonNotFoundError, ValidationError
 from modules.extra_networks import extract_networks
-from modules.model_families import Feature
 from modules.params import DEFAULT_EMPHASIS, LATENT_SCALE, GenerationRequest
 from modules.request_checks import family_problems
 from modules.sampler_params import from_values as sampler_params_from
 from modules.samplers import resolve_sampler
-from modules.services.addon_library import AddonLibrary, JobEmbeddings, JobPrompts
+from modules.services.addon_library import JobEmbeddings, JobPrompts
 from modules.services.job_inputs import JobInputs
 from modules.services.upscaler_library import UpscalerLibrary
 from modules.upscalers import UpscalerKind, find_upscaler, upscaler_names
@@ -81,17 +80,10 @@ def image_task(request: GenerationRequest, inputs: JobInputs, first: int, prompt
                      distilled_cfg_scale=request.distilled_cfg_scale, shift=request.shift)
 
 
-def check_family(request: GenerationRequest, model: LoadedModel, addons: AddonLibrary) -> None:
+def check_family(request: GenerationRequest, model: LoadedModel) -> None:
     """Refuse (ValidationError, a 422 naming the field) what the loaded model's family cannot honour
     at all, before any other work: the family is only known once the checkpoint is loaded."""
-    family = model.arch.family
-    named: list[str] = []
-    if not family.supports(Feature.TEXTUAL_INVERSION):  # every embedding the prompts mention, fitting or not
-        every = with_every_prompt(request)
-        texts = [every.prompt, every.negative_prompt, *(request.hires.prompt, request.hires.negative_prompt)] \
-            if request.hires is not None else [every.prompt, every.negative_prompt]
-        named = sorted(addons.embeddings_for(None, texts, hashes=False).by_name)
-    errors = family_problems(request, family, named)
+    errors = family_problems(request, model.arch.family)
     if errors:
         raise ValidationError(errors)
 

@@ -297,7 +297,7 @@ class Renderer:
     def _setup(self, request: GenerationRequest) -> _JobSetup:
         """The model, its VAE, the LoRAs the prompts name, the embeddings they mention, the refiner."""
         model, info = self.models.acquire(request.checkpoint)
-        check_family(request, model, self.addons)  # what the family cannot honour: refused before any work
+        check_family(request, model)  # what the family cannot honour: refused before any work
         model = self._memory_mode_for(model, request)
         vae = self.addons.vae_file(request.vae or VAE_AUTOMATIC, info.model_name)
         self.models.use_vae(model, vae)

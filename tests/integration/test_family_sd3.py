@@ -22,7 +22,6 @@ from safetensors.torch import save_file
 from modules.devtools.ldm_keys import vae_to_ldm
 from modules.devtools.tiny_model import TinyArch
 from modules.devtools.tiny_sd3 import build_tiny_sd3_pipeline, t5_tokenizer_json, transformer_to_sai, write_tiny
-from modules.engine.devices import DeviceInfo
 from modules.engine.families.base import ComponentDirs
 from modules.engine.generate import ImageTask, run_task, sample_task, task_sigmas
 from modules.engine.hires import HiresPlan, run_hires
@@ -31,31 +30,19 @@ from modules.engine.model_detect import ModelArch
 from modules.engine.sampling.loop import NoisePlan, SamplingPlan, sampler_sigmas
 from modules.engine.sampling.noise import ImageNoise
 from modules.errors import MissingComponentError
-from modules.samplers import ScheduleType, resolve_sampler
 from modules.upscalers import find_upscaler
+from tests.family_run import CPU, euler_task
+from tests.family_run import Quiet as _Quiet
+from tests.family_run import pixels as _pixels
 
-CPU = DeviceInfo(device=torch.device("cpu"), dtype=torch.float32, reason="test")
 # fp32 on the CPU: the same math in another order (batched CFG, our Euler step); measured ~1e-6.
 PARITY_ATOL = 1e-4
 
 
-class _Quiet:
-    def on_step(self, step: int, total: int, denoised: torch.Tensor) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
-
 
 def _task(**changes: Any) -> ImageTask:
-    task = ImageTask(prompt="a red lighthouse", negative_prompt="blurry", sampler=resolve_sampler("Euler")[0],  # type: ignore[index]
-                     schedule=ScheduleType.SIMPLE, steps=3, cfg_scale=4.5, width=64, height=64, clip_skip=1,
-                     noise=NoisePlan(seeds=(7,)))
-    return replace(task, **changes)
+    return euler_task(**{"prompt": "a red lighthouse", "negative_prompt": "blurry", "cfg_scale": 4.5, "steps": 3, **changes})
 
-
-def _pixels(images: list[Image.Image]) -> np.ndarray:
-    return np.stack([np.asarray(image.convert("RGB")).astype(int) for image in images])
 
 
 def _split_files(root: Path) -> tuple[Path, ComponentDirs]:

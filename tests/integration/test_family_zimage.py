@@ -22,7 +22,6 @@ from PIL import Image
 
 from modules.devtools import tiny_zimage
 from modules.engine import latents as lat
-from modules.engine.devices import DeviceInfo
 from modules.engine.families import zimage_files as files
 from modules.engine.families.base import ComponentDirs
 from modules.engine.generate import ImageTask, run_task, sample_task, task_sigmas
@@ -32,30 +31,18 @@ from modules.engine.model_detect import ModelArch
 from modules.engine.sampling.loop import NoisePlan, SamplingPlan, sampler_sigmas
 from modules.engine.sampling.noise import ImageNoise
 from modules.errors import MissingComponentError
-from modules.samplers import ScheduleType, resolve_sampler
 from modules.upscalers import find_upscaler
+from tests.family_run import CPU, euler_task
+from tests.family_run import Quiet as _Quiet
+from tests.family_run import pixels as _pixels
 
-CPU = DeviceInfo(device=torch.device("cpu"), dtype=torch.float32, reason="test")
 PARITY_ATOL = 1e-4
 
 
-class _Quiet:
-    def on_step(self, step: int, total: int, denoised: torch.Tensor) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
-
 
 def _task(**changes: Any) -> ImageTask:
-    task = ImageTask(prompt="a red fox in snow", negative_prompt="", sampler=resolve_sampler("Euler")[0],  # type: ignore[index]
-                     schedule=ScheduleType.SIMPLE, steps=3, cfg_scale=1.0, width=64, height=64, clip_skip=1,
-                     noise=NoisePlan(seeds=(7,)))
-    return replace(task, **changes)
+    return euler_task(**{"prompt": "a red fox in snow", "negative_prompt": "", "cfg_scale": 1.0, "steps": 3, **changes})
 
-
-def _pixels(images: list[Image.Image]) -> np.ndarray:
-    return np.stack([np.asarray(image.convert("RGB")).astype(int) for image in images])
 
 
 def _make(model: LoadedModel, **changes: Any) -> np.ndarray:

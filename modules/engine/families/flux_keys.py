@@ -27,14 +27,14 @@ _DIFFUSERS_MARKERS = ("transformer_blocks.0.attn.add_q_proj.weight", "single_tra
 _BLOCK = re.compile(r"^(double_blocks|single_blocks|transformer_blocks|single_transformer_blocks)\.(\d+)\.")
 
 # (BFL name, diffusers name) of the parameters that map one to one (each with .weight and .bias)
-_TOP = (("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
+TOP_NAMES = (("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
         ("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
         ("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"),
         ("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"),
         ("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1"),
         ("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2"),
         ("txt_in", "context_embedder"), ("img_in", "x_embedder"), ("final_layer.linear", "proj_out"))
-_DOUBLE = (("img_mod.lin", "norm1.linear"), ("txt_mod.lin", "norm1_context.linear"),
+DOUBLE_NAMES = (("img_mod.lin", "norm1.linear"), ("txt_mod.lin", "norm1_context.linear"),
            ("img_mlp.0", "ff.net.0.proj"), ("img_mlp.2", "ff.net.2"),
            ("txt_mlp.0", "ff_context.net.0.proj"), ("txt_mlp.2", "ff_context.net.2"),
            ("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out"))
@@ -130,11 +130,11 @@ def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
 
 def _pairs(dims: FluxDims) -> list[tuple[str, str]]:
     """Every one-to-one (BFL, diffusers) parameter name pair of the model."""
-    pairs = [(f"{b}.{kind}", f"{d}.{kind}") for b, d in _TOP for kind in ("weight", "bias")
+    pairs = [(f"{b}.{kind}", f"{d}.{kind}") for b, d in TOP_NAMES for kind in ("weight", "bias")
              if dims.guidance_embeds or not b.startswith("guidance_in")]
     for i in range(dims.num_layers):
         pairs += [(f"double_blocks.{i}.{b}.{kind}", f"transformer_blocks.{i}.{d}.{kind}")
-                  for b, d in _DOUBLE for kind in ("weight", "bias")]
+                  for b, d in DOUBLE_NAMES for kind in ("weight", "bias")]
         pairs += [(f"double_blocks.{i}.{b}", f"transformer_blocks.{i}.{d}") for b, d in _DOUBLE_NORMS]
     for i in range(dims.num_single_layers):
         pairs += [(f"single_blocks.{i}.{b}.{kind}", f"single_transformer_blocks.{i}.{d}.{kind}")
