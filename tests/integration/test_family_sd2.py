@@ -18,7 +18,7 @@ from PIL import Image
 from modules.devtools.tiny_model import TinyArch, write_tiny_model
 from modules.devtools.tiny_sd2 import Sd2Marker, write_tiny
 from modules.engine.model_detect import ModelArch, sd2_arch_from_metadata, sidecar_arch, yaml_parameterization
-from modules.params import GenerationRequest
+from modules.params import GenerationRequest, HiresFix
 from tests.conftest import make_services
 
 
@@ -79,7 +79,7 @@ def test_each_format_and_marker_loads_as_its_kind(sd2_files: Sd2Files, tmp_path:
 def test_a1111_yaml_beside_the_file_makes_it_eps(sd2_files: Sd2Files, tmp_path: Path) -> None:
     assert sd2_files.yaml_eps.with_suffix(".yaml").is_file()
     model = _load(sd2_files.yaml_eps, tmp_path)
-    assert model.v_prediction is False
+    assert model.v_prediction is False and model.arch is ModelArch.SD2 and model.arch.label == "SD 2.x"
     assert sidecar_arch(sd2_files.yaml_eps, ModelArch.SD2_V) is ModelArch.SD2
 
 
@@ -146,3 +146,19 @@ def test_img2img_on_both_kinds(sd2_services) -> None:
         result = sd2_services.generation.generate(request)
         assert result.images and "Denoising strength: 0.6" in result.images[0].infotext
         assert f"Model: {Path(checkpoint).stem}," in result.images[0].infotext
+
+
+def test_inpaint_and_hires_fix_on_both_kinds(sd2_services) -> None:
+    init = Image.new("RGB", (64, 64), (200, 60, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    for checkpoint in ("sd2-eps.safetensors", "sd2-v.safetensors"):
+        painted = _pixels(sd2_services, replace(BASE, checkpoint=checkpoint, init_image=_png(init), mask=_png(mask),
+                                                mask_blur=0, denoising_strength=0.9))
+        assert np.array_equal(painted[:8, :8], np.full((8, 8, 3), (200, 60, 40)))  # outside the mask: kept
+        assert np.abs(painted[24:40, 24:40] - np.array((200, 60, 40))).mean() > 5  # inside: repainted
+        hires = sd2_services.generation.generate(replace(BASE, checkpoint=checkpoint, hires=HiresFix(
+            scale=1.5, steps=2, denoising_strength=0.5, upscaler="Latent")))
+        with Image.open(io.BytesIO(hires.images[0].png)) as image:
+            assert image.size == (96, 96)
+        assert "Hires upscale: 1.5" in hires.images[0].infotext
