@@ -51,15 +51,21 @@ def _detect(path: Path) -> str | None:
     cannot be told without loading it (pickled .ckpt files, unknown layouts)."""
     from modules.engine.checkpoint_files import SAFETENSORS_SUFFIXES, read_safetensors_index
     from modules.engine.families import registry
-    from modules.engine.model_detect import UnknownArchitecture
+    from modules.engine.model_detect import UnknownArchitecture, sidecar_arch
+    from modules.engine.quantized import is_gguf, read_gguf_index
     from modules.errors import ModelLoadError
 
     try:
         if path.is_dir():
             return registry.detect_folder(path)[1].value
-        if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+            index = read_safetensors_index(path)
+        elif is_gguf(path):
+            index = read_gguf_index(path)
+        else:
             return None
-        return registry.detect_file(read_safetensors_index(path))[1].value
+        # as the loader decides: A1111's .yaml beside an SD 2.x file names eps or v
+        return sidecar_arch(path, registry.detect_file(index)[1]).value
     except (UnknownArchitecture, ModelLoadError, OSError, ValueError) as exc:
         log.debug("No family for %s: %s", path, exc)
         return None

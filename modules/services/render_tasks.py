@@ -16,6 +16,7 @@ from modules.engine.loaded_model import LoadedModel
 from modules.engine.sampling.loop import NoisePlan
 from modules.errors import AddonNotFoundError, ValidationError
 from modules.extra_networks import extract_networks
+from modules.model_families import Feature
 from modules.params import DEFAULT_EMPHASIS, LATENT_SCALE, GenerationRequest
 from modules.request_checks import family_problems
 from modules.sampler_params import from_values as sampler_params_from
@@ -78,6 +79,14 @@ def image_task(request: GenerationRequest, inputs: JobInputs, first: int, prompt
                      emphasis=request.emphasis or DEFAULT_EMPHASIS, sampler_params=sampler_params_from(request),
                      exact_steps=bool(request.img2img_fix_steps),
                      distilled_cfg_scale=request.distilled_cfg_scale, shift=request.shift)
+
+
+def fit_server_defaults(request: GenerationRequest, model: LoadedModel) -> GenerationRequest:
+    """``request`` with the server's clip skip left out on a family without CLIP skip: a server
+    setting made for SD models yields to the model (a request's own value is checked, not changed)."""
+    if "clip_skip" in request.server_defaults and not model.arch.family.supports(Feature.CLIP_SKIP):
+        return replace(request, clip_skip=1)
+    return request
 
 
 def check_family(request: GenerationRequest, model: LoadedModel) -> None:

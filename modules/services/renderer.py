@@ -29,7 +29,7 @@ from modules.engine.memory import is_out_of_memory
 from modules.engine.sampling.hooks import DenoiserHooks
 from modules.engine.tiling import seamless_tiling
 from modules.engine.vram_choice import budget_bytes
-from modules.errors import FieldError, NotEnoughMemoryError, OutOfMemoryError, ValidationError
+from modules.errors import AddonLoadError, FieldError, NotEnoughMemoryError, OutOfMemoryError, ValidationError
 from modules.extension_helpers import png_with_infotext
 from modules.infotext import ModelIdentity, build_infotext
 from modules.params import (
@@ -37,6 +37,7 @@ from modules.params import (
     DEFAULT_FACE_RESTORER,
     NO_LIVE_PREVIEW,
     VAE_AUTOMATIC,
+    VAE_NONE,
     GeneratedImage,
     GenerationRequest,
     GenerationResult,
@@ -52,6 +53,7 @@ from modules.services.models import CheckpointInfo, ModelManager
 from modules.services.preview_decoders import PreviewDecoders
 from modules.services.render_tasks import (
     check_family,
+    fit_server_defaults,
     hires_plan,
     image_task,
     prompt_runs,
@@ -234,7 +236,8 @@ class Renderer:
         if context.interrupted:  # interrupted while waiting in the queue
             return Rendering(request, ModelsUsed(), True, 0.0, ())
         # 1. The model and everything the job adds to it (extensions' JOB_START last).
-        job = replace(self._setup(request), hooks=hooks)
+        request, job = self._setup(request)  # the request as the model's family takes the server's defaults
+        job = replace(job, hooks=hooks)
         made = 0
         try:
             if hooks is not None:
@@ -294,13 +297,15 @@ class Renderer:
         device = job.model.execution_device
         return [self.face_restorers.restore(image, name, weight, device) for image in images]
 
-    def _setup(self, request: GenerationRequest) -> _JobSetup:
+    def _setup(self, request: GenerationRequest) -> tuple[GenerationRequest, _JobSetup]:
         """The model, its VAE, the LoRAs the prompts name, the embeddings they mention, the refiner."""
         model, info = self.models.acquire(request.checkpoint)
+        request = fit_server_defaults(request, model)
         check_family(request, model)  # what the family cannot honour: refused before any work
         model = self._memory_mode_for(model, request)
-        vae = self.addons.vae_file(request.vae or VAE_AUTOMATIC, info.model_name)
-        self.models.use_vae(model, vae)
+        vae, notes = self._vae_for(request, model, info), []
+        if vae is None and request.vae not in (None, VAE_AUTOMATIC, VAE_NONE):
+            notes.append(f"The server's VAE {request.vae} does not fit {model.arch.label}; the model's own was used.")
         prompts = self.addons.prompts(with_every_prompt(request))
         apply_loras(model.pipeline, prompts.loras, fuse=self.models.fast_path)
         embeddings = self.addons.embeddings_for(model, prompts.texts())
@@ -313,7 +318,20 @@ class Renderer:
                           vae_name=vae.name if vae is not None else None,
                           vae_hash=self.addons.vaes.short_hash(vae) if vae is not None else None)
         identity = ModelIdentity(name=info.model_name, hash=info.shorthash, family=model.arch.value)
-        return _JobSetup(model, info, identity, used, prompts, embeddings, refiner, extra)
+        return request, _JobSetup(model, info, identity, used, prompts, embeddings, refiner, extra, notes)
+
+    def _vae_for(self, request: GenerationRequest, model: LoadedModel, info: CheckpointInfo) -> AddonFile | None:
+        """The job's VAE, put in place. The server's VAE setting (not the request's own choice) that
+        does not fit the model's family (an SD VAE on FLUX) gives way to the model's own VAE."""
+        vae = self.addons.vae_file(request.vae or VAE_AUTOMATIC, info.model_name)
+        try:
+            self.models.use_vae(model, vae)
+        except AddonLoadError:
+            if "vae" not in request.server_defaults or not model.arch.is_flow:
+                raise
+            vae = None
+            self.models.use_vae(model, None)
+        return vae
 
     def _memory_mode_for(self, model: LoadedModel, request: GenerationRequest) -> LoadedModel:
         """The model in the memory mode the job's predicted peak allows (CUDA only; logged). A job that

@@ -31,8 +31,10 @@ def with_server_defaults(request: GenerationRequest, settings: Settings) -> Gene
     hires = request.hires
     if hires is not None and hires.save_first_pass is None:
         hires = replace(hires, save_first_pass=settings.save_images_before_highres_fix)
+    family_bound = frozenset(name for name in ("clip_skip", "vae") if getattr(request, name) is None)
     return replace(
         request,
+        server_defaults=request.server_defaults | family_bound,
         clip_skip=settings.clip_skip if request.clip_skip is None else request.clip_skip,
         eta_noise_seed_delta=(settings.eta_noise_seed_delta if request.eta_noise_seed_delta is None
                               else request.eta_noise_seed_delta),

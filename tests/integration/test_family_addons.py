@@ -16,7 +16,7 @@ from modules.devtools import tiny_flux
 from modules.devtools.tiny_embedding import write_tiny_embedding
 from modules.devtools.tiny_model import TinyArch, write_tiny_model
 from modules.devtools.tiny_vae import write_tiny_vae
-from modules.errors import AtelierError
+from modules.errors import AtelierError, ValidationError
 from modules.params import GenerationRequest
 from tests.conftest import make_services
 
@@ -65,3 +65,24 @@ def test_an_sd_embedding_in_the_prompt_is_skipped_on_flux(services) -> None:
     named = services.generation.generate(GenerationRequest(**{**request.__dict__, "prompt": "a boat, lighthouse"}))
     assert "TI hashes" not in named.images[0].infotext and "lighthouse" in named.images[0].infotext
     assert named.images[0].png != plain.images[0].png  # the word is read as text
+
+
+def test_the_servers_sd_settings_yield_to_flux_but_a_requests_own_values_do_not(services) -> None:
+    """A server set up for SD models (clip skip 2, an SD VAE chosen) still runs FLUX jobs: those
+    settings do not fit the family, so the job uses clip skip 1 and the model's own VAE, and says so.
+    The same values sent by the request itself are refused, naming the field."""
+    services.options.update({"clip_skip": 2, "sd_vae": "sd-vae.safetensors"})
+    try:
+        request = GenerationRequest(prompt="a boat", steps=2, width=64, height=64, cfg_scale=1.0, sampler="Euler",
+                                    seed=3, save_images=False)
+        result = services.generation.generate(request)
+        text = result.images[0].infotext
+        assert "Clip skip" not in text and "VAE:" not in text
+        assert any("sd-vae.safetensors" in warning for warning in result.warnings)
+        assert result.images[0].png == services.generation.generate(_request("None")).images[0].png
+        with pytest.raises(ValidationError, match="clip_skip"):
+            services.generation.generate(GenerationRequest(**{**request.__dict__, "clip_skip": 2}))
+        with pytest.raises(AtelierError, match="sd-vae.safetensors"):
+            services.generation.generate(_request("sd-vae.safetensors"))
+    finally:
+        services.options.update({"clip_skip": 1, "sd_vae": "Automatic"})

@@ -162,3 +162,12 @@ def test_inpaint_and_hires_fix_on_both_kinds(sd2_services) -> None:
         with Image.open(io.BytesIO(hires.images[0].png)) as image:
             assert image.size == (96, 96)
         assert "Hires upscale: 1.5" in hires.images[0].infotext
+
+
+def test_the_model_list_names_the_family_the_marker_gives(sd2_files: Sd2Files, tmp_path: Path) -> None:
+    from modules.services.model_families_found import FamilyFinder
+
+    finder = FamilyFinder(lambda _path: None)  # nothing loaded: read from the files
+    assert finder.family_of(sd2_files.yaml_eps) == "sd2"  # the .yaml beside it, as the loader reads it
+    gguf = write_tiny_model(TinyArch.FLUX_SCHNELL, tmp_path / "flux1-schnell-Q8_0.gguf", seed=1, gguf="Q8_0")
+    assert finder.family_of(gguf) == "flux_schnell"
