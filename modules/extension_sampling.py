@@ -90,7 +90,7 @@ class ModelPatches:
 class ModelView:
     """The loaded model a job runs on, for JOB_START handlers."""
 
-    family: str  # the checkpoint kind: "sd15", "sd15_inpaint", "sd2_v", "sdxl", "sdxl_refiner"
+    family: str  # the checkpoint kind (ModelArch value): "sd15", "sd15_inpaint", "sd2", "sd2_v", "sdxl", "flux_dev", ...
     architecture: str  # its label, as MODEL_LOADED gives it ("SD 1.x", "SDXL", ...)
     unet: Module
     pipeline: Any  # the diffusers pipeline (vae, text encoders, unet)

@@ -100,6 +100,9 @@ def _control_image(unit: Mapping[str, Any], request: Any,
     return image.convert("RGB"), mask.convert("L").resize(image.size), mode
 
 
+UNET_FAMILIES = ("sd15", "sd2", "sdxl")  # ModelView.family prefixes of the models units can act on
+
+
 def prepare(ctx: JobStart, cache: ControlNetCache, preprocess: Preprocess) -> None:
     """JOB_START: load, check and preprocess every active unit; a refusal names the unit's key."""
     import torch
@@ -107,6 +110,10 @@ def prepare(ctx: JobStart, cache: ControlNetCache, preprocess: Preprocess) -> No
     request = ctx.job.request
     if not any(is_active(unit) for _index, unit in unit_values(ctx.params)):
         return  # most jobs: no unit, nothing to list or load
+    if not ctx.model.family.startswith(UNET_FAMILIES):  # FLUX, SD 3.5, ...: transformers, no UNet
+        raise ValidationError([FieldError("alwayson_scripts.controlnet", f"ControlNet, T2I-Adapter and IP-Adapter "
+                                          f"units need an SD 1.x, SD 2.x or SDXL model; the loaded model is "
+                                          f"{ctx.model.architecture}")])
     models = find_models(ctx.host)
     prepared: list[PreparedUnit] = []
     errors: list[FieldError] = []

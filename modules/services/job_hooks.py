@@ -74,6 +74,7 @@ class JobHooks:
         self._has_after_cfg = bool(self._handlers[Hook.AFTER_CFG])
         self._pass = -1
         self._step = -1
+        self._latent_scale = LATENT_SCALE
         self._total = 0
 
     def _state(self, record: ExtensionRecord) -> dict[str, Any]:
@@ -94,6 +95,7 @@ class JobHooks:
     def job_start(self, model: LoadedModel) -> None:
         """JOB_START, once the job's model, VAE and LoRAs are in place."""
         unet = model.denoiser_network  # the UNet, or a flow family's transformer
+        self._latent_scale = model.latent_format.scale  # pixels per latent cell, for the sizes hooks see
         view = ModelView(family=model.arch.value, architecture=model.arch.label, unet=unet, pipeline=model.pipeline,
                          device=model.execution_device, dtype=next(unet.parameters()).dtype)
         owner = self.job.user
@@ -147,7 +149,8 @@ class JobHooks:
         def context(record: ExtensionRecord) -> ModelCall:
             current[:] = [ModelCallChanges()]  # a handler that fails adds nothing
             return ModelCall(self.job, self._params(record), self._state(record), max(self._step, 0), self._total,
-                             self._pass, inputs.x.shape[-1] * LATENT_SCALE, inputs.x.shape[-2] * LATENT_SCALE,
+                             self._pass, inputs.x.shape[-1] * self._latent_scale,
+                             inputs.x.shape[-2] * self._latent_scale,
                              inputs.x, inputs.sigma, inputs.timestep, inputs.tokens, inputs.added, inputs.cond_rows,
                              inputs.batch, inputs.unet, current[0])
 

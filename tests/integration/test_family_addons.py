@@ -5,6 +5,7 @@ the word stays text, and the infotext claims no TI hash."""
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
@@ -86,3 +87,14 @@ def test_the_servers_sd_settings_yield_to_flux_but_a_requests_own_values_do_not(
             services.generation.generate(_request("sd-vae.safetensors"))
     finally:
         services.options.update({"clip_skip": 1, "sd_vae": "Automatic"})
+
+
+def test_controlnet_units_on_flux_are_refused_naming_the_model(services) -> None:
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 120, 30)).save(picture, format="PNG")
+    unit = {"enabled": True, "module": "none", "model": "None", "image": base64.b64encode(picture.getvalue()).decode()}
+    request = GenerationRequest(**{**_request("None").__dict__, "extension_params": {"controlnet": {"unit_0": unit}}})
+    with pytest.raises(ValidationError, match="FLUX.1 dev") as refused:
+        services.generation.generate(request)
+    assert [e.field for e in refused.value.errors] == ["alwayson_scripts.controlnet"]
+    assert _pixels(services, "None").std() > 1  # the next job runs
