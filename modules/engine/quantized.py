@@ -156,3 +156,30 @@ def apply_fp8_storage(model: torch.nn.Module, device: DeviceInfo, storage_dtype:
     model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=device.dtype)
     log.info("%s keeps its weights in %s (computes in %s)", type(model).__name__, storage, device.dtype)
     return True
+
+
+_SCALE_SUFFIX = ".scale_weight"
+_SCALED_FP8_EXTRAS = ("scaled_fp8", ".scaled_fp8", ".scale_input")
+
+
+def apply_weight_scales(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's "scaled fp8" files (``t5xxl_fp8_e4m3fn_scaled``, ``*_fp8_scaled`` checkpoints) keep each
+    linear weight in fp8 beside a per-layer ``<layer>.scale_weight``, and mark the format with a
+    ``scaled_fp8`` tensor: the real weight is the upcast weight times its scale (ComfyUI's
+    ``scaled_fp8_ops``). ``state`` with the scales applied (in float32, then the weight's own float dtype;
+    fp8 weights come back in float32) and the format's extra tensors removed; a state without them is
+    returned unchanged."""
+    import torch
+
+    scales = {key[: -len(_SCALE_SUFFIX)]: value for key, value in state.items() if key.endswith(_SCALE_SUFFIX)}
+    extras = [key for key in state if key == "scaled_fp8" or key.endswith(_SCALED_FP8_EXTRAS[1:])]
+    if not scales and not extras:
+        return state
+    out = {key: value for key, value in state.items() if not key.endswith(_SCALE_SUFFIX) and key not in extras}
+    for layer, scale in scales.items():
+        weight = out.get(layer + ".weight")
+        if weight is None:
+            continue
+        target = weight.dtype if weight.dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
+        out[layer + ".weight"] = (weight.to(torch.float32) * scale.to(torch.float32)).to(target)
+    return out

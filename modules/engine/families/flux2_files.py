@@ -23,6 +23,7 @@ from safetensors import safe_open
 
 from modules.engine.checkpoint_files import TensorIndex, load_pickle_state_dict, read_safetensors_index
 from modules.engine.config_folders import SHIPPED_CONFIGS
+from modules.engine.quantized import apply_weight_scales
 
 CONFIGS = SHIPPED_CONFIGS / "flux2_klein"
 COMFY_PREFIX = "model.diffusion_model."
@@ -169,9 +170,9 @@ def read_tensors(path: Path, index: TensorIndex, prefix: str, skip: tuple[str, .
     keys = [k for k in index.shapes if k.startswith(prefix) and not any(k.startswith(s) for s in skip if s)]
     if path.suffix.lower() != ".safetensors":
         state = load_pickle_state_dict(path)
-        return {k[len(prefix):]: state[k] for k in keys}
+        return apply_weight_scales({k[len(prefix):]: state[k] for k in keys})
     with safe_open(str(path), framework="pt") as handle:
-        return {k[len(prefix):]: handle.get_tensor(k) for k in keys}
+        return apply_weight_scales({k[len(prefix):]: handle.get_tensor(k) for k in keys})
 
 
 def find_component(folders: tuple[Path, ...], globs: tuple[str, ...],

@@ -23,6 +23,7 @@ from modules.engine.checkpoint_files import TensorIndex, load_pickle_state_dict,
 from modules.engine.config_folders import SHIPPED_CONFIGS, read_bpe_file
 from modules.engine.families.base import ComponentDirs
 from modules.engine.model_detect import ModelArch
+from modules.engine.quantized import apply_weight_scales
 from modules.engine.tokenizer_files import find_tokenizer, missing_tokenizer
 from modules.errors import MissingComponentError, ModelLoadError
 
@@ -71,7 +72,7 @@ def read_tensors(path: Path, prefix: str, dtype: torch.dtype) -> dict[str, torch
                     out[key[len(prefix):]] = f.get_tensor(key)
     else:
         out = {k[len(prefix):]: v for k, v in load_pickle_state_dict(path).items() if k.startswith(prefix)}
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in out.items()}
+    return apply_weight_scales({k: v.to(dtype) if v.is_floating_point() else v for k, v in out.items()})
 
 
 def build_module(make: Callable[[], torch.nn.Module], state: Mapping[str, torch.Tensor], what: str,

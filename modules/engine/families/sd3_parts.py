@@ -43,6 +43,7 @@ from modules.engine.config_folders import read_bpe_file
 from modules.engine.families import sd3_layout as layout
 from modules.engine.families.base import FileLoad
 from modules.engine.model_detect import ModelArch
+from modules.engine.quantized import apply_weight_scales
 from modules.engine.tokenizer_files import find_tokenizer, missing_tokenizer
 from modules.errors import MissingComponentError, ModelLoadError
 
@@ -67,9 +68,11 @@ def read_tensors(part: Part, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The part's tensors without its prefix, cast to ``dtype`` (fp8 files upcast here)."""
     if part.path.suffix.lower() == ".safetensors":
         with safe_open(str(part.path), framework="pt") as f:
-            return {k[len(part.prefix):]: f.get_tensor(k).to(dtype) for k in f.keys() if k.startswith(part.prefix)}
+            read = {k[len(part.prefix):]: f.get_tensor(k).to(dtype) for k in f.keys() if k.startswith(part.prefix)}
+        return apply_weight_scales(read)
     state = load_pickle_state_dict(part.path)
-    return {k[len(part.prefix):]: v.to(dtype) for k, v in state.items() if k.startswith(part.prefix)}
+    return apply_weight_scales({k[len(part.prefix):]: v.to(dtype) for k, v in state.items()
+                                if k.startswith(part.prefix)})
 
 
 def _materialise(part: Part, make: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor],
@@ -206,6 +209,10 @@ def load_gguf(load: FileLoad, config: dict[str, Any], dtype: torch.dtype) -> SD3
 
 def load_clip(part: Part, config: dict[str, Any], dtype: torch.dtype) -> CLIPTextModelWithProjection:
     state = {k: v for k, v in read_tensors(part, dtype).items() if not k.endswith("position_ids")}
+    if "text_projection.weight" not in state:
+        # Stability's and ComfyUI's CLIP-L has no projection: SD3 pools it unprojected, and diffusers'
+        # create_diffusers_clip_model_from_ldm gives it an identity text_projection for that.
+        state["text_projection.weight"] = torch.eye(config["hidden_size"], dtype=dtype)
     return _materialise(part, lambda: CLIPTextModelWithProjection(CLIPTextConfig(**config)), state, dtype)
 
 

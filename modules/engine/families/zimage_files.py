@@ -29,6 +29,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qw
 from modules.engine.checkpoint_files import TensorIndex, read_safetensors_index
 from modules.engine.config_folders import SHIPPED_CONFIGS
 from modules.engine.families.base import ComponentDirs
+from modules.engine.quantized import apply_weight_scales
 from modules.errors import MissingComponentError, ModelLoadError
 
 CONFIGS = SHIPPED_CONFIGS / "zimage"
@@ -97,7 +98,7 @@ def read_tensors(path: Path, prefix: str, dtype: torch.dtype, skip: tuple[str, .
             if key.startswith(prefix) and not any(key.startswith(s) for s in skip):
                 tensor = f.get_tensor(key)
                 state[key[len(prefix):]] = tensor.to(dtype) if tensor.is_floating_point() else tensor
-    return state
+    return apply_weight_scales(state)
 
 
 def _materialise(module: torch.nn.Module, state: StateDict, path: Path, part: str) -> torch.nn.Module:
