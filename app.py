@@ -2,6 +2,8 @@
 
 Run ``./webui.sh`` (which installs what is needed) or ``python app.py --help``.
 ``python app.py worker --join HOST:PORT`` starts a GPU host's workers instead (docs/scale-out.md).
+``python app.py users add NAME --role admin|user`` (and ``list``, ``remove``, ``passwd``) manages the
+accounts (docs/accounts.md).
 ``python app.py test-extension FOLDER [pytest args...]`` runs an extension's tests inside a real
 Atelier on a tiny model (:mod:`modules.devtools.extension_testing`).
 """
@@ -256,6 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from modules.services.scaleout.worker_cli import worker_main
 
         return worker_main(args[1:], os.environ)
+    if args[:1] == ["users"]:
+        from modules.services.account_cli import accounts_main
+
+        return accounts_main(args[1:], os.environ)
     if args[:1] == ["test-extension"]:
         from modules.devtools.extension_testing import run_extension_tests
 

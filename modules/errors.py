@@ -149,3 +149,36 @@ class MissingComponentError(ModelLoadError):
         found = (f" ({', '.join(unusable)} {'is' if len(unusable) == 1 else 'are'} there but made for another "
                  "model: the shapes do not fit this one)") if unusable else ""
         super().__init__(path, f"needs the {component} ({file_hint}): put it in {folder}{where}{found}")
+
+
+class AccountError(AtelierError):
+    """A change to the accounts was refused: a bad name or password, a name taken, the last admin."""
+
+
+class AccountNotFoundError(AccountError):
+    """No account (or API token) of that name or id."""
+
+
+class ForbiddenError(AtelierError):
+    """The caller's role or limits do not allow this (HTTP 403); ``limit`` names the limit, if one."""
+
+    def __init__(self, message: str, limit: str | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class RateLimitError(AtelierError):
+    """Too many jobs in the caller's window (HTTP 429); ``retry_after`` in seconds."""
+
+    def __init__(self, message: str, limit: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class JobNotFoundError(AtelierError):
+    """No job of that id that the caller may see (another user's job is not found either)."""
+
+
+class StoreError(AtelierError):
+    """The job store could not record a job, so it was not accepted (HTTP 503)."""

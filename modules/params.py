@@ -306,6 +306,7 @@ class GenerationRequest:
     # The user the job belongs to (None: no login), set by the front when it queues the job, so
     # hooks on a worker name them too. It never changes the pixels.
     owner: str | None = field(default=None, compare=False)
+    job_id: str | None = field(default=None, compare=False)  # set by the queue: what its saved files are filed under
     # Fields the front filled from the server's settings (not the request's own): on a model family
     # that cannot use the setting (clip skip, an SD VAE on a flow model) they yield to its own.
     server_defaults: frozenset[str] = field(default=frozenset(), compare=False)

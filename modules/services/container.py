@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from modules.config import Settings
 from modules.paths import AppPaths
+from modules.services.accounts import AccountStore
 from modules.services.addon_library import AddonLibrary
 from modules.services.addons import AddonKind, AddonRegistry
 from modules.services.checkpoint_registry import CheckpointRegistry
@@ -30,11 +31,14 @@ from modules.services.face_restorers import FaceRestorers
 from modules.services.gallery import Gallery
 from modules.services.hashing import HashCache
 from modules.services.images import ImageSaver
+from modules.services.job_store import JobStore
 from modules.services.jobs import Executor, JobQueue
 from modules.services.model_downloads import ModelFetcher, upscaler_aliases
 from modules.services.outputs import OutputStore
 from modules.services.queue_contract import JobQueueContract, QueueMode
+from modules.services.queue_view import QueueView
 from modules.services.settings_store import SettingsStore
+from modules.services.studio_db import StudioDb, db_path, open_studio_db
 from modules.services.styles import StyleStore
 from modules.services.upscaler_library import TileOptions, UpscalerLibrary
 
@@ -66,6 +70,10 @@ class Services:
     extensions: ExtensionManager
     installer: ExtensionInstaller  # git clone/pull and pip for users' extensions
     engine: EngineSlot  # the parts below; reading one waits until the engine is built
+    db: StudioDb  # accounts and jobs (data dir / atelier.db)
+    accounts: AccountStore  # users, roles, limits, API tokens
+    jobs: JobStore  # every accepted job, its files, the history (the queue's journal)
+    queue_view: QueueView  # the queue and history as each viewer may see them (panel and routes)
     on_close: Callable[[], None] | None = None  # scale-out: stop the Ray head this process started
 
     @property
@@ -94,6 +102,7 @@ class Services:
         self.queue.stop(timeout)
         if self.on_close is not None:
             self.on_close()
+        self.db.close()
 
 
 def build_services(paths: AppPaths, settings: Settings, device: DeviceInfo, extensions: bool = True,
@@ -125,7 +134,10 @@ def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[
     manager = ExtensionManager(paths.builtin_extensions_dir, paths.user_extensions_dir, paths.extension_state_file,
                                enabled=extensions)
     options = SettingsStore(paths.config_file, settings)
-    outputs = OutputStore(ImageSaver(paths.outputs_dir, settings=options.get, data_dir=paths.data_dir), manager)
+    db = open_studio_db(db_path(paths.data_dir))  # a damaged file stops the start (ConfigError), never reset
+    accounts, job_store = AccountStore(db), JobStore(db)
+    outputs = OutputStore(ImageSaver(paths.outputs_dir, settings=options.get, data_dir=paths.data_dir), manager,
+                          ledger=job_store)
     upscalers = UpscalerLibrary(paths.upscaler_dirs, lambda: _tiles(options.get()), upscaler_aliases(),
                                 lambda: options.get().upscaler_extra_architectures)
     face_restorers = FaceRestorers(paths.gfpgan_dirs, paths.codeformer_dirs, face_detector)
@@ -160,12 +172,18 @@ def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[
                         upscalers=upscalers, extras=extras, fetcher=ModelFetcher(paths.models_dir), extensions=manager,
                         installer=ExtensionInstaller(paths.user_extensions_dir, network_exposed, insecure_extensions,
                                                      builtin_dir=paths.builtin_extensions_dir),
-                        face_restorers=face_restorers, engine=engine, on_close=on_close)
+                        face_restorers=face_restorers, engine=engine, db=db, accounts=accounts, jobs=job_store,
+                        queue_view=QueueView(job_queue, job_store, lambda: services.generation, paths.outputs_dir),
+                        on_close=on_close)
     # 3. The extensions, whose hosts submit through the generation front once it is there.
     files = ExtensionFiles(paths, hashes)
     manager.load_all(lambda name: ExtensionHost(
         name, lambda: services.generation, manager, registry, paths.extension_settings_dir, outputs.saver,
         services.upscalers.names, services.extras.upscale, files))
+    # 4. The job store: jobs accepted before a restart go back in line before the workers start.
+    job_queue.set_journal(job_store, admins=lambda name: (found := accounts.identity(name)) is not None
+                          and found.is_admin)
+    job_queue.recover(job_store.unfinished())
     job_queue.start()
     if scale_out is not None:
         engine.build_now()

@@ -65,6 +65,7 @@ class NameContext:
     job_timestamp: datetime = field(default_factory=datetime.now)
     now: datetime = field(default_factory=datetime.now)
     grid: bool = False
+    owner: str | None = None  # the account whose job it is: its own folder when outputs go per user
 
 
 def _prompt_words(ctx: NameContext) -> str:

@@ -53,6 +53,15 @@ class JobStatus(enum.Enum):
     FAILED = "failed"
 
 
+class JobEnd(enum.Enum):
+    """How a job ended, as the job store and the history record it."""
+
+    FINISHED = "finished"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # stopped while it ran (its finished images are kept)
+    CANCELLED = "cancelled"  # ended before it ran
+
+
 @dataclass(frozen=True)
 class ProgressSnapshot:
     """A consistent view of one job's progress, safe to hand to any thread."""

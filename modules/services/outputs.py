@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 
@@ -55,15 +55,24 @@ def name_context(request: GenerationRequest, text: str, seed: int | None, index:
         batch_size=request.batch_size, batch_index=max(index, 0) % request.batch_size, iteration=batch,
         batch_count=request.batch_count,
         denoising=request.denoising_strength if request.is_img2img else None, clip_skip=request.clip_skip,
-        job_timestamp=job_time, now=now, grid=grid)
+        job_timestamp=job_time, now=now, grid=grid, owner=request.owner)
+
+
+class SaveLedger(Protocol):
+    """Which files each job saved (the job store): a job run again after a restart reuses them."""
+
+    def saved_file(self, job_id: str, kind: str, index: int) -> Path | None: ...
+
+    def record_file(self, job_id: str, kind: str, index: int, path: Path, seed: int | None) -> None: ...
 
 
 class OutputStore:
     """Runs the saving hooks and writes images as the saving settings (the saver's) say; one per front process."""
 
-    def __init__(self, saver: ImageSaver, extensions: ExtensionManager) -> None:
+    def __init__(self, saver: ImageSaver, extensions: ExtensionManager, ledger: SaveLedger | None = None) -> None:
         self.saver = saver
         self.extensions = extensions
+        self.ledger = ledger
 
     def keep(self, request: GenerationRequest, images: Sequence[Image.Image], first: int, texts: Sequence[str],
              notes: list[str], job_time: datetime | None = None) -> tuple[list[GeneratedImage], list[Image.Image]]:

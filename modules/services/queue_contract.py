@@ -20,14 +20,14 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from modules.errors import QueueFullError
 from modules.params import GenerationRequest, GenerationResult
-from modules.services.job_types import Job, JobContext, JobSpec, JobStatus, ProgressSnapshot
+from modules.services.job_types import Job, JobContext, JobEnd, JobSpec, JobStatus, ProgressSnapshot
 
 _HISTORY = 200  # finished jobs kept for lookups by id
 
@@ -80,6 +80,35 @@ class WorkerStatus:
                 "job_id": self.job_id}
 
 
+class JobJournal(Protocol):
+    """Where a queue writes its jobs down (the job store), so they outlive the process. Only
+    generation jobs are journalled; the queue calls these on its own threads."""
+
+    def accepted(self, job: Job) -> None:
+        """Before ``job`` joins the line: raising (StoreError) refuses it."""
+
+    def started(self, job: Job) -> None: ...
+
+    def ended(self, job: Job, end: JobEnd, error: str | None) -> None: ...
+
+    def pinned(self, order: tuple[str, ...]) -> None:
+        """An admin's order for the head of the queue (job ids, first first)."""
+
+    def last_seq(self) -> int:
+        """The highest running number of any job written down: new ids continue after it."""
+
+
+@dataclass(frozen=True)
+class RecoveredJob:
+    """An accepted job found unfinished at start (waiting, or running when the process died)."""
+
+    id: str
+    spec: JobSpec
+    owner: str | None
+    submitted_at: float
+    pin: int | None = None
+
+
 @runtime_checkable
 class JobQueueContract(Protocol):
     """A bounded queue of jobs run by one or more workers. Every method is safe from any thread."""
@@ -129,6 +158,17 @@ class JobQueueContract(Protocol):
     def workers(self) -> tuple[WorkerStatus, ...]:
         """The workers that run jobs, for the status panel."""
 
+    def move(self, job_id: str, position: int) -> bool:
+        """Put a waiting job at ``position`` (1: next) of the line, an admin's order ahead of the fair
+        one; False for a job not waiting."""
+
+    def recover(self, jobs: tuple[RecoveredJob, ...]) -> None:
+        """Put jobs accepted before a restart back in line (already journalled), before new ones."""
+
+    def set_journal(self, journal: JobJournal | None, admins: Callable[[str], bool] | None = None) -> None:
+        """Write jobs down in ``journal`` from now on; ``admins``: whether a name may see and steer
+        every job."""
+
 
 class JobQueueBase(abc.ABC):
     """Bookkeeping every queue shares: ids, the limit, history, owners, and steering by id."""
@@ -148,6 +188,16 @@ class JobQueueBase(abc.ABC):
         """Whether ``user`` may watch, interrupt or skip ``job``: always on a shared (single-user)
         instance and for jobs submitted without a user; otherwise only the job's own user."""
         return self._shared or job.owner is None or job.owner == user
+
+    def set_journal(self, journal: JobJournal | None, admins: Callable[[str], bool] | None = None) -> None:
+        self._journal, self._admins = journal, admins  # CONTRACT-TEMP
+
+    def recover(self, jobs: tuple[RecoveredJob, ...]) -> None:
+        if jobs:  # CONTRACT-TEMP
+            raise NotImplementedError
+
+    def move(self, job_id: str, position: int) -> bool:
+        return False  # CONTRACT-TEMP
 
     def _new_job(self, spec: JobSpec, owner: str | None, context: JobContext | None = None) -> Job:
         """A job added to the waiting list (under the lock), or QueueFullError at the limit."""
