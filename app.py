@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from modules.services.scaleout.front import ScaleOut
     from modules.web.credentials import AuthConfig
     from modules.web.hosts import HostPolicy
+    from modules.web.sessions import SessionTable
 
 log = logging.getLogger("atelier")
 MAX_UPLOAD = "50mb"  # larger uploads are refused by Gradio with a message, before they fill the disk
@@ -116,7 +117,8 @@ def _scale_out(flags: Flags, configured: str) -> ScaleOut | None:
 
 def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
     """The whole server behind one request guard: API routes first (they must precede Gradio's
-    catch-all mount), then the UI; the guard in front of both."""
+    catch-all mount), then the UI; the guard in front of both. The ``--gradio-auth`` users are
+    seeded into the accounts first (as admins)."""
     from fastapi import FastAPI
     from fastapi.middleware.cors import CORSMiddleware
 
@@ -124,6 +126,7 @@ def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
     from modules.api.route_effects import ApiRouteEffects
     from modules.web.guard import Faces, GuardConfig, RequestGuard
 
+    _seed_admins(services, auth)
     docs = flags.serves_api
     app = FastAPI(title="Atelier API", version=__version__, docs_url="/docs" if docs else None,
                   redoc_url=None, openapi_url="/openapi.json" if docs else None)
@@ -141,15 +144,15 @@ def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
     if flags.cors_allow_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(flags.cors_allow_origins), allow_methods=["*"],
                            allow_headers=["*"], allow_credentials=True)
-    api_paths = (routes.PREFIX, "/docs", "/openapi.json")
+    api_paths = (*routes.API_PREFIXES, "/docs", "/openapi.json")
     faces = Faces(
         is_ui=lambda path: ui is not None and not path.startswith(api_paths) and not extension_api.covers(path),
         is_open=ui.is_open if ui is not None else lambda path: False,
-        has_session=ui.has_session if ui is not None else lambda scope: False,
+        session_user=ui.session_user if ui is not None else lambda scope: None,
         login_route=lambda path: (flags.subpath + "/login" if ui is not None
                                   and _route_key(path, flags.subpath) == "/login" else None),
-        effects=tuple(effects))
-    config = GuardConfig(auth=auth, listen=flags.listen,
+        effects=tuple(effects), may_read=_file_rule(flags, services))
+    config = GuardConfig(auth=auth, accounts=services.accounts, listen=flags.listen,
                          hosts=_host_policy(flags),
                          cors_origins=frozenset(o.rstrip("/").lower() for o in flags.cors_allow_origins))
     return RequestGuard(app, config, faces)
@@ -161,7 +164,8 @@ class MountedUi:
 
     effects: Any  # GradioEventEffects: which events change the server
     is_open: Callable[[str], bool]  # paths open before a login
-    has_session: Callable[[dict[str, Any]], bool]  # a request with a live Gradio login
+    session_user: Callable[[dict[str, Any]], str | None]  # the user of a request's live Gradio login
+    sessions: SessionTable  # Gradio's login sessions, which expire and end when an account changes
 
 
 def _mount_ui(app: Any, flags: Flags, services: Services, auth: AuthConfig) -> tuple[Any, MountedUi]:
@@ -172,12 +176,12 @@ def _mount_ui(app: Any, flags: Flags, services: Services, auth: AuthConfig) -> t
     from modules.ui.app_ui import build_ui, open_paths
     from modules.ui.common import CSS, HEAD
     from modules.ui.event_effects import GradioEventEffects
-    from modules.ui.session import gradio_session_check
+    from modules.ui.session import gradio_session_user, trust_the_guard
 
     blocks = build_ui(services)
     private_events.seal(blocks)  # extensions' UI events (value=lambda, every=) stay off the public API
     app = gr.mount_gradio_app(app, blocks, path=flags.subpath or "/", css=CSS, head=HEAD,
-                              theme=gr.themes.Default(), auth=auth.ui.as_gradio() if auth.ui else None,
+                              theme=gr.themes.Default(), auth=None,  # set below, and as accounts come and go
                               show_error=True, max_file_size=MAX_UPLOAD, enable_monitoring=False,
                               footer_links=[], run_history=False)  # the Settings tab replaces Gradio's panel
     # Gradio checks that a file an event names was uploaded (or is one the server hands out)
@@ -185,8 +189,63 @@ def _mount_ui(app: Any, flags: Flags, services: Services, auth: AuthConfig) -> t
     # path on the machine could be sent as an image input and read back from the cache.
     blocks.has_launched = True
     gradio_app = next(r.app for r in app.routes if hasattr(getattr(r, "app", None), "tokens"))
+    sessions = _sign_in_for_gradio(gradio_app, services, auth)
+    trust_the_guard(gradio_app)
     return app, MountedUi(effects=GradioEventEffects(blocks, flags.subpath), is_open=open_paths(flags.subpath),
-                          has_session=gradio_session_check(gradio_app))
+                          session_user=gradio_session_user(gradio_app), sessions=sessions)
+
+
+def _sign_in_for_gradio(gradio_app: Any, services: Services, auth: AuthConfig) -> SessionTable:
+    """Gradio's login page over the accounts, and sessions that expire and end with an account's change.
+
+    Gradio reads ``gradio_app.auth`` on each request: it stays None (no login page) while nothing asks
+    for sign-in, and is set once the first account appears (the page shows the login on reload)."""
+    import asyncio
+
+    from modules.services.accounts import AccountEvent
+    from modules.web.sessions import SessionTable
+
+    accounts = services.accounts
+
+    async def check(name: str, password: str) -> bool:  # argon2 is slow on purpose: off the event loop
+        return await asyncio.to_thread(accounts.check_password, name, password) is not None
+
+    def follow(event: AccountEvent, name: str) -> None:
+        if event in (AccountEvent.PASSWORD_CHANGED, AccountEvent.REMOVED, AccountEvent.ROLE_CHANGED):
+            ended = sessions.end_user(name)
+            if ended:
+                log.info("Signed out %s (%d session(s)): account %s", name, ended, event.value.replace("_", " "))
+        gradio_app.auth = check if auth.ui is not None or accounts.sign_in_required() else None
+
+    hours = services.settings.session_hours
+    sessions = SessionTable(max_age=hours * 3600)
+    gradio_app.tokens = sessions
+    accounts.on_change(follow)
+    gradio_app.auth = check if auth.ui is not None or accounts.sign_in_required() else None
+    return sessions
+
+
+def _seed_admins(services: Services, auth: AuthConfig) -> None:
+    """``--gradio-auth`` users not yet in the accounts become admins (as they had full access before)."""
+    if auth.ui is None:
+        return
+    added = services.accounts.seed_admins(auth.ui.users)
+    if added:
+        log.info("Added %s from --gradio-auth as admin account(s)", ", ".join(added))
+
+
+def _file_rule(flags: Flags, services: Services) -> Callable[[str, Any], bool]:
+    """Who may read which output file through Gradio's file route (a user: not another's)."""
+    from modules.services.file_owners import FileOwners
+    from modules.web.file_rule import file_rule
+
+    def account_name(name: str) -> str | None:
+        found = services.accounts.identity(name)
+        return found.name if found is not None else None
+
+    outputs = services.paths.outputs_dir
+    return file_rule(outputs, flags.subpath, FileOwners(services.db, outputs, account_name),
+                     per_user=lambda: services.options.get().outputs_per_user)
 
 
 def _route_key(path: str, subpath: str) -> str:
@@ -237,12 +296,12 @@ def _upload_folder(cache_dir: Path) -> Path | None:
     return folder
 
 
-def _warn_about_exposure(flags: Flags, auth: AuthConfig) -> None:
-    if flags.listen and not auth.enabled:
+def _warn_about_exposure(flags: Flags, auth: AuthConfig, accounts_exist: bool = False) -> None:
+    if flags.listen and not auth.enabled and not accounts_exist:
         log.warning("--listen without --gradio-auth/--api-auth: anyone on the network can use Atelier. "
                     "Changes to settings, models, styles, files and extensions from the network are refused; "
                     "add a password to allow them.")
-    if auth.api is not None and auth.ui is None and not flags.nowebui:
+    if auth.api is not None and auth.ui is None and not flags.nowebui and not accounts_exist:
         log.warning("--api-auth protects the API only: the web UI (and its /config) is open to anyone who can "
                     "reach this server. Add --gradio-auth-path to protect the UI too.")
     if "*" in flags.allowed_hosts:
@@ -309,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     scheme = "https" if flags.tls_certfile else "http"
     url = f"{scheme}://{'localhost' if flags.listen else '127.0.0.1'}:{flags.port}{flags.subpath}"
-    _warn_about_exposure(flags, auth)
+    _warn_about_exposure(flags, auth, services.accounts.sign_in_required())
     if flags.autolaunch:
         threading.Timer(2.0, webbrowser.open, args=(url,)).start()
     log.info("Running on local URL: %s%s", url, "  (API: /sdapi/v1, docs: /docs)" if flags.serves_api else "")

@@ -96,6 +96,7 @@ class Settings:
     fast_path: bool = False  # channels_last + torch.compile of the UNet (CUDA); off until measured
     text_encoder_cpu: bool = False  # as --text-encoder-cpu: the flow families' T5 / LLM encoders stay on the CPU
     shared_jobs: bool = False  # true: a single-user instance, every signed-in name sees every job
+    session_hours: float = 12.0  # a sign-in session ends this long after its login, or after as long unused
     ray_address: str = ""  # "auto" or HOST:PORT: run jobs on Ray workers (--ray-address wins); "" in process
     # A1111's quicksettings_list: the options shown in the bar at the top of the page, by A1111 name.
     quicksettings_list: tuple[str, ...] = QUICKSETTINGS_DEFAULT
@@ -108,6 +109,7 @@ class Settings:
     save_images_replace_action: str = "Replace"
     save_to_dirs: bool = True
     grid_save_to_dirs: bool = True
+    outputs_per_user: bool = False  # a signed-in user's images go under outputs/<user>/; the Gallery shows them theirs
     directories_filename_pattern: str = "[date]"
     save_txt: bool = False
     grid_format: str = "png"
@@ -151,11 +153,23 @@ _CHOICE_CHECKS: dict[str, Callable[[object], str | None]] = {"show_progress_type
                                                               "emphasis": emphasis_problem,
                                                               **{key: functools.partial(outdir_problem, key)
                                                                  for key in OUTDIR_DEFAULTS}}
+SESSION_HOURS_RANGE = (0.05, 24.0 * 366)  # three minutes to a year
+
+
+def _session_hours_problem(value: object) -> str | None:
+    low, high = SESSION_HOURS_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        return f"must be a number of hours from {low:g} to {high:g}, got {value!r}"
+    return None
+
+
 # Every number setting says what it allows (its range) in its own check.
 _FLOAT_CHECKS: dict[str, Callable[[object], str | None]] = {
     "code_former_weight": code_former_weight_problem,
+    "session_hours": _session_hours_problem,
     **{name: (lambda value, name=name: sampler_param_problem(name, value)) for name in SAMPLER_PARAM_NAMES}}
 FLOAT_RANGES: dict[str, tuple[float, float]] = {"code_former_weight": CODE_FORMER_WEIGHT_RANGE,
+                                                "session_hours": SESSION_HOURS_RANGE,
                                                 **SAMPLER_PARAM_RANGES}  # shown by the UI
 MAX_LIST_ITEMS = 64
 _NON_BLANK = frozenset({"sd_vae", "upscaler_for_img2img"})  # a blank VAE name would make every job from the UI invalid

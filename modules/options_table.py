@@ -224,6 +224,8 @@ SAVING_OPTIONS: tuple[Option, ...] = (
     Option("jpeg_quality", "jpeg_quality", None, _whole, S.SAVING, "Quality for saved jpeg and webp images"),
     Option("save_to_dirs", "save_to_dirs", None, _flag, S.SAVING, "Save images to a subdirectory"),
     Option("grid_save_to_dirs", "grid_save_to_dirs", None, _flag, S.SAVING, "Save grids to a subdirectory"),
+    Option("outputs_per_user", "outputs_per_user", None, _flag, S.SAVING,
+           "Save each user's images under outputs/<user name>/ (the Gallery shows a user only their own)"),
     Option("directories_filename_pattern", "directories_filename_pattern", None, _TEXT, S.SAVING,
            "Directory name pattern"),
     _outdir("outdir_samples", "Output directory for images; if empty, defaults to three directories below"),

@@ -23,11 +23,20 @@ class Effect(enum.Enum):
 
     OWN = "own"  # reads, or starts/steers the caller's own jobs
     SERVER = "server"  # changes what every user gets (settings, models, lists, files, extensions)
+    # Deletes the caller's own jobs and their files: a signed-in user may (their own only); without
+    # any sign-in every file is everyone's, so from the network it is refused as SERVER is.
+    OWN_FILES = "own_files"
 
 
 def changes_server(fn: F) -> F:
     """Mark an event handler or route endpoint as changing the server for everyone."""
     setattr(fn, _MARK, Effect.SERVER)
+    return fn
+
+
+def deletes_own_files(fn: F) -> F:
+    """Mark a handler that deletes the caller's own jobs and files (see :attr:`Effect.OWN_FILES`)."""
+    setattr(fn, _MARK, Effect.OWN_FILES)
     return fn
 
 

@@ -47,7 +47,7 @@ RESERVED = frozenset({
     "static", "svelte", "theme.css", "config", "queue", "upload", "upload_progress", "info", "heartbeat",
     "favicon.ico", "manifest.json", "robots.txt", "pwa_icon", "monitoring", "proxy=", "custom_component", "dev",
     "stream", "run", "call", "api", "reset", "app_id", "login_check", "startup-events", "user", "token",
-    "gradio", "ext",
+    "gradio", "ext", "agent-scheduler",
 })
 _SEGMENT = re.compile(r"^/[a-z0-9_-]+$")
 

@@ -18,7 +18,7 @@ import pydantic
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from modules.api import download_api, extras_api, schemas, scripts_api
+from modules.api import accounts_api, agent_scheduler_api, download_api, extras_api, queue_api, schemas, scripts_api
 from modules.api.convert import (
     body_field,
     decode_base64_image,
@@ -33,21 +33,27 @@ from modules.api.saving_api import refuse_unhonoured_overrides, reply_image_byte
 from modules.api.upscaler_items import realesrgan_items, upscaler_items
 from modules.cmd_args import Flags
 from modules.errors import (
+    AccountError,
+    AccountNotFoundError,
     AtelierError,
     ConfigError,
     DownloadError,
     FieldError,
+    ForbiddenError,
+    JobNotFoundError,
     MissingComponentError,
     ModelLoadError,
     ModelNotFoundError,
     NoModelLoadedError,
     NotEnoughMemoryError,
     QueueFullError,
+    RateLimitError,
+    StoreError,
     ValidationError,
 )
 from modules.infotext import parse_infotext
 from modules.model_families import FAMILIES
-from modules.params import GenerationResult
+from modules.params import GenerationRequest, GenerationResult
 from modules.server_effects import changes_server, changes_server_when
 from modules.services.addons import AddonFile
 from modules.services.container import Services
@@ -62,6 +68,7 @@ from modules.services.tokenizer_downloads import TokenizerFetcher
 from modules.upscalers import UPSCALERS, UpscalerKind
 
 PREFIX = "/sdapi/v1"
+API_PREFIXES = (PREFIX, agent_scheduler_api.PREFIX)  # what the request guard treats as API paths
 
 
 _STATUS: tuple[tuple[type[AtelierError], int], ...] = (
@@ -73,6 +80,10 @@ _STATUS: tuple[tuple[type[AtelierError], int], ...] = (
     (ModelLoadError, 500),
     (NotEnoughMemoryError, 507),  # refused before it started: the job does not fit the GPU's memory
     (DownloadError, 502),  # the place a model comes from did not give it (or gave a file with the wrong hash)
+    # The studio's: another user's job is "not found" (never revealed); a role or limit refuses (403),
+    # a quota says when to come back (429); a job the store could not record was not accepted (503).
+    (JobNotFoundError, 404), (AccountNotFoundError, 404), (AccountError, 400), (ForbiddenError, 403),
+    (RateLimitError, 429), (StoreError, 503),
 )
 
 
@@ -86,8 +97,10 @@ def error_response(exc: AtelierError) -> JSONResponse:
                         "msg": e.message, "type": "value_error"} for e in exc.errors]
         errors = "; ".join(f"{body_field(e.field)}: {e.message}" for e in exc.errors)
         return JSONResponse({"detail": detail, "error": "ValidationError", "errors": errors}, status_code=status)
-    headers = {"Retry-After": "5"} if isinstance(exc, QueueFullError) else None
-    extra = missing_component_body(exc) if isinstance(exc, MissingComponentError) else {}
+    headers = {"Retry-After": "5"} if isinstance(exc, QueueFullError) else \
+        {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimitError) else None
+    extra = missing_component_body(exc) if isinstance(exc, MissingComponentError) else \
+        {"limit": exc.limit} if isinstance(exc, (ForbiddenError, RateLimitError)) else {}
     return JSONResponse({"detail": str(exc), "error": type(exc).__name__, **extra}, status_code=status,
                         headers=headers)
 
@@ -117,8 +130,10 @@ class ApiFace:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    async def _generate(self, request: Request, body_type: type[schemas.Txt2ImgBody]) -> JSONResponse:
-        body = parse_body(body_type, await _json_body(request, required=True))
+    async def prepare_body(self, data: object, body_type: type[schemas.Txt2ImgBody],
+                           ) -> tuple[schemas.Txt2ImgBody, GenerationRequest]:
+        """A decoded txt2img/img2img body and the request it asks for (the queue routes' too)."""
+        body = parse_body(body_type, data)
         refuse_unhonoured_overrides(body.override_settings, body.override_settings_restore_afterwards is not False,
                                     self.services.server_options)
         generation = replace(to_generation_request(body), save_images=body.save_images)
@@ -126,6 +141,10 @@ class ApiFace:
             # A1111: the overrides become the server's settings (the guard let this through as a
             # change to the server); otherwise they are this job's alone.
             await asyncio.to_thread(self.services.server_options.apply, body.override_settings)
+        return body, generation
+
+    async def _generate(self, request: Request, body_type: type[schemas.Txt2ImgBody]) -> JSONResponse:
+        body, generation = await self.prepare_body(await _json_body(request, required=True), body_type)
         if body.script_name and body.script_name.strip().lower() not in ("", "none"):
             tab = "img2img" if isinstance(body, schemas.Img2ImgBody) else "txt2img"
             # Every job the script submits is the caller's, as a plain job is.
@@ -365,8 +384,13 @@ def _memory(services: Services) -> schemas.MemoryResponse:
 
 
 def install(app: FastAPI, services: Services, flags: Flags) -> None:
-    """Add the /sdapi/v1 routes and the error handlers that turn service errors into JSON."""
-    app.include_router(ApiFace(services, flags).router())
+    """Add the /sdapi/v1 routes (the queue's, the accounts' and agent-scheduler's too) and the error
+    handlers that turn service errors into JSON."""
+    face = ApiFace(services, flags)
+    app.include_router(face.router())
+    app.include_router(queue_api.router(services, flags, face.prepare_body, _json_body))
+    app.include_router(accounts_api.router(services, _json_body))
+    app.include_router(agent_scheduler_api.router(services, flags, face.prepare_body, _json_body))
 
     @app.exception_handler(AtelierError)
     async def _atelier_error(request: Request, exc: AtelierError) -> JSONResponse:

@@ -134,8 +134,13 @@ def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[
     manager = ExtensionManager(paths.builtin_extensions_dir, paths.user_extensions_dir, paths.extension_state_file,
                                enabled=extensions)
     options = SettingsStore(paths.config_file, settings)
-    db = open_studio_db(db_path(paths.data_dir))  # a damaged file stops the start (ConfigError), never reset
+    db = open_studio_db(db_path(paths.data_dir), server_start=True)  # a damaged file stops the start (ConfigError), never reset
     accounts, job_store = AccountStore(db), JobStore(db)
+
+    def admins(name: str) -> bool:  # the accounts' admins see and steer every job (--api-auth logins: their own)
+        found = accounts.identity(name)
+        return found is not None and found.is_admin
+
     outputs = OutputStore(ImageSaver(paths.outputs_dir, settings=options.get, data_dir=paths.data_dir), manager,
                           ledger=job_store)
     upscalers = UpscalerLibrary(paths.upscaler_dirs, lambda: _tiles(options.get()), upscaler_aliases(),
@@ -147,7 +152,11 @@ def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[
 
     def build() -> Engine:
         device, models = made if made is not None else _models(paths, settings, registry, choose_device())
-        return _build_engine(services, device, models, executor, on_engine)
+        built = _build_engine(services, device, models, executor, on_engine)
+        # Jobs accepted before a restart go back in line once the startup model is loaded (on_engine),
+        # so one that names no checkpoint runs on the model the server starts with, as it would have.
+        job_queue.recover(recovered)
+        return built
 
     engine = EngineSlot(build)
     engine.future.add_done_callback(lambda built: _fail_executor(executor, built))
@@ -173,17 +182,17 @@ def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[
                         installer=ExtensionInstaller(paths.user_extensions_dir, network_exposed, insecure_extensions,
                                                      builtin_dir=paths.builtin_extensions_dir),
                         face_restorers=face_restorers, engine=engine, db=db, accounts=accounts, jobs=job_store,
-                        queue_view=QueueView(job_queue, job_store, lambda: services.generation, paths.outputs_dir),
+                        queue_view=QueueView(job_queue, job_store, lambda: services.generation, paths.outputs_dir,
+                                             admins=admins),
                         on_close=on_close)
     # 3. The extensions, whose hosts submit through the generation front once it is there.
     files = ExtensionFiles(paths, hashes)
     manager.load_all(lambda name: ExtensionHost(
         name, lambda: services.generation, manager, registry, paths.extension_settings_dir, outputs.saver,
         services.upscalers.names, services.extras.upscale, files))
-    # 4. The job store: jobs accepted before a restart go back in line before the workers start.
-    job_queue.set_journal(job_store, admins=lambda name: (found := accounts.identity(name)) is not None
-                          and found.is_admin)
-    job_queue.recover(job_store.unfinished())
+    # 4. The job store: jobs accepted before a restart are read now and put back in line by build().
+    job_queue.set_journal(job_store, admins=admins)
+    recovered = job_store.unfinished()
     job_queue.start()
     if scale_out is not None:
         engine.build_now()
@@ -222,7 +231,8 @@ def _build_engine(services: Services, device: DeviceInfo, models: ModelManager, 
 
     generation = GenerationService(models, services.styles, services.settings.limits, services.addons,
                                    services.extensions, services.options, services.queue, services.upscalers,
-                                   services.face_restorers)
+                                   services.face_restorers, account_limits=services.accounts.limits,
+                                   recent_jobs=services.jobs.accepted_since)
     models.on_loaded = lambda info, model: services.extensions.model_loaded(info.title, model.arch.label)
     if services.queue.mode is QueueMode.LOCAL:
         executor.set_result(_in_process_executor(services, models))

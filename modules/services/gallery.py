@@ -94,6 +94,7 @@ class GalleryQuery:
     sampler: str = ""  # case-insensitive exact match
     seed: int | None = None
     size: str = ""  # "WxH"; text that is not a size matches nothing
+    within: str = ""  # only this first folder (a user's own, when outputs go per user); "" = everything
 
 
 @dataclass(frozen=True)
@@ -222,9 +223,10 @@ def _where(query: GalleryQuery) -> tuple[str, list[object]]:
         # "%" or "_" stays a literal character.
         clauses.append("instr(search, ?) > 0")
         args.append(query.text.strip().casefold())
-    for column in ("folder", "date", "model", "sampler"):
+    for column in ("folder", "date", "model", "sampler", "within"):
         if value := getattr(query, column).strip():
-            clauses.append(f"{column} = ? COLLATE NOCASE" if column in ("model", "sampler") else f"{column} = ?")
+            clauses.append(f"{column} = ? COLLATE NOCASE" if column in ("model", "sampler") else
+                           f"{'folder' if column == 'within' else column} = ?")
             args.append(value)
     if query.seed is not None:
         clauses.append("seed = ?")
@@ -307,11 +309,12 @@ class Gallery:
             ).fetchall()
         return GalleryPage(items=tuple(self._item(r) for r in rows), page=page, pages=pages, total=total)
 
-    def folders(self) -> list[str]:
-        """Folders holding images, sorted by name."""
+    def folders(self, within: str = "") -> list[str]:
+        """Folders holding images, sorted by name (``within``: only that one, if it holds any)."""
         self._ensure_index()
         with self._lock:
-            rows = self._db.execute("SELECT DISTINCT folder FROM images WHERE folder != '' ORDER BY folder")
+            rows = self._db.execute("SELECT DISTINCT folder FROM images WHERE folder != ''"
+                                    + (" AND folder = ?" if within else "") + " ORDER BY folder", [within][:bool(within)])
             return [r[0] for r in rows]
 
     def dates(self, folder: str = "") -> list[str]:

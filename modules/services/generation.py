@@ -12,12 +12,14 @@ worker; the front's store (:mod:`modules.services.outputs`) saves what comes bac
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from modules.engine.token_count import TokenCount
 from modules.errors import (
+    AccountNotFoundError,
     AddonNotFoundError,
     AtelierError,
     ExtensionError,
@@ -26,6 +28,7 @@ from modules.errors import (
     ValidationError,
 )
 from modules.extension_api import ScriptRun
+from modules.identity import UserLimits
 from modules.params import GenerationLimits, GenerationRequest, GenerationResult, code_former_weight_problem
 from modules.request_checks import normalize_request, validate_request
 from modules.services import memory_estimate
@@ -43,6 +46,7 @@ from modules.services.settings_store import SettingsStore, clip_skip_max_of, cli
 from modules.services.styles import StyleStore
 from modules.services.token_counter import count_prompt_tokens
 from modules.services.upscaler_library import UpscalerLibrary
+from modules.services.user_limits import check_limits, checkpoint_names
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,9 @@ class GenerationService:
 
     def __init__(self, models: ModelManager, styles: StyleStore, limits: GenerationLimits, addons: AddonLibrary,
                  extensions: ExtensionManager, options: SettingsStore, queue: JobQueueContract,
-                 upscalers: UpscalerLibrary | None = None, face_restorers: FaceRestorers | None = None) -> None:
+                 upscalers: UpscalerLibrary | None = None, face_restorers: FaceRestorers | None = None,
+                 account_limits: Callable[[str], UserLimits] | None = None,
+                 recent_jobs: Callable[[str, float], Sequence[float]] | None = None) -> None:
         self.models = models
         self.upscalers = upscalers  # the upscaler models hires fix may name
         self.face_restorers = face_restorers  # what "Restore faces" runs (None: it is refused)
@@ -62,12 +68,16 @@ class GenerationService:
         self.limits = limits
         self.options = options  # the server's settings in force: what a job leaves unset
         self.queue = queue
+        self.account_limits = account_limits  # an account's limits by name (None: nobody has any)
+        self.recent_jobs = recent_jobs  # when an owner's jobs since a time were accepted (jobs per hour)
 
     # --- faces call these ---------------------------------------------------------------------
 
     def prepare(self, request: GenerationRequest, owner: str | None = None) -> GenerationRequest:
         """Validate (raises ValidationError naming every bad field) and normalise a request that
-        ``owner`` submits (the user its BEFORE_GENERATE hooks' host acts for)."""
+        ``owner`` submits (the user its BEFORE_GENERATE hooks' host acts for). ``owner``'s limits
+        come first: a request past one is refused (ForbiddenError, RateLimitError) before any work."""
+        limits = self._check_limits(request, owner)
         request = self._with_server_defaults(request)
         upscalers = self.upscalers.names() if self.upscalers is not None and request.hires is not None else []
         validate_request(request, self.limits, upscalers)
@@ -89,9 +99,37 @@ class GenerationService:
             validate_request(changed, self.limits, upscalers)
             self.addons.check(changed)
             self._check_face_restoration(changed)
+            if limits is not None:  # nor may it take the job past the owner's limits
+                self._check_limits(changed, owner, limits, count_jobs=False)
         # Per-image prompts and seeds are planned once the seeds are fixed, and belong to the job.
         planned = self.extensions.plan_images(normalize_request(changed, upscalers=upscalers), owner)
         return replace(planned, owner=owner)
+
+    def _check_limits(self, request: GenerationRequest, owner: str | None, limits: UserLimits | None = None,
+                      count_jobs: bool = True) -> UserLimits | None:
+        """Refuse a request past ``owner``'s limits (their own, or ``limits``); the limits checked."""
+        if owner is None or (limits is None and self.account_limits is None):
+            return None
+        if limits is None:
+            try:
+                limits = self.account_limits(owner)  # type: ignore[misc]
+            except AccountNotFoundError:  # an --api-auth login: no account, no limits
+                return None
+        if not limits.any:
+            return limits
+        now = time.time()
+        recent = self.recent_jobs(owner, now - 3600) if count_jobs and self.recent_jobs is not None else ()
+        check_limits(request, limits, recent, now, self._checkpoint_names(request.checkpoint),
+                     self._checkpoint_names(request.refiner.checkpoint) if request.refiner is not None else ())
+        return limits
+
+    def _checkpoint_names(self, query: str | None) -> tuple[str, ...]:
+        """The names of the checkpoint ``query`` finds (None: the server's current one) for the
+        limits' globs; a name nothing matches is its own only name (and is refused later)."""
+        info = self.models.registry.find(query) if query else self.models.current()
+        if info is None:
+            return checkpoint_names(query)
+        return checkpoint_names(info.title, info.name, info.path.name, info.model_name)
 
     def _with_server_defaults(self, request: GenerationRequest) -> GenerationRequest:
         """What the request leaves to the server (None), from the settings in force now: the one

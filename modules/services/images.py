@@ -6,8 +6,9 @@ A1111's saving options change this (see docs/options.md): the folders (``outdir_
 sub-folder (``save_to_dirs``, ``directories_filename_pattern``), the name after the number
 (``samples_filename_pattern``), the number itself (``save_images_add_number``), the format
 (``samples_format``, ``grid_format``, ``jpeg_quality``) and a ``.txt`` beside each image (``save_txt``).
-The infotext is the PNG text chunk ``parameters``, or EXIF UserComment in JPEG and WebP. Every
-file is written atomically, so a failure leaves no partial image.
+With ``outputs_per_user`` a signed-in user's job saves under ``outputs/<user>/`` (the same folders
+inside it). The infotext is the PNG text chunk ``parameters``, or EXIF UserComment in JPEG and WebP.
+Every file is written atomically, so a failure leaves no partial image.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ _GRID_NUMBERED = re.compile(r"^grid-(\d+)")
 _EXTRAS_NUMBERED = re.compile(r"^(\d+)[-.]")
 _SAFE_NAME = re.compile(r"[^\w\-. ]+")
 EXTRAS_FOLDER = "extras-images"  # A1111's outdir_extras_samples, undated as A1111 keeps it
+_NOT_IN_FOLDER_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def user_folder(owner: str) -> str:
+    """The folder under outputs/ of ``owner``'s images when outputs go per user: the account name
+    (account names are folder-safe), with anything that could leave one folder replaced."""
+    name = _NOT_IN_FOLDER_NAME.sub("_", owner)
+    return "_" if name in ("", ".", "..") else name
 
 
 class OutputKind(enum.Enum):
@@ -167,16 +176,22 @@ class ImageSaver:
     def now(self) -> datetime:
         return datetime.combine(self._today(), datetime.now().time())
 
-    def base_folder(self, kind: OutputKind, settings: Settings | None = None) -> Path:
-        """The folder ``outdir_*`` names for ``kind``; ValueError when it leaves its root."""
+    def base_folder(self, kind: OutputKind, settings: Settings | None = None, owner: str | None = None) -> Path:
+        """The folder ``outdir_*`` names for ``kind`` (inside ``owner``'s folder when outputs go per
+        user); ValueError when it leaves its root."""
         settings = settings or self.settings()
         shared, own = kind.options
-        return resolve_outdir(getattr(settings, shared) or getattr(settings, own), self.outputs_dir, self.data_dir)
+        outputs = self.outputs_dir
+        if owner and settings.outputs_per_user:
+            outputs = self.outputs_dir / user_folder(owner)
+            if not is_within(outputs, self.outputs_dir):  # a link in the way: never write elsewhere
+                raise ValueError(f"{outputs} leads outside {self.outputs_dir}")
+        return resolve_outdir(getattr(settings, shared) or getattr(settings, own), outputs, self.data_dir)
 
     def folder(self, kind: OutputKind, ctx: NameContext | None = None) -> Path:
         """Where the next image of ``kind`` goes: its folder, then the sub-folder the pattern names."""
         settings = self.settings()
-        base = self.base_folder(kind, settings)
+        base = self.base_folder(kind, settings, ctx.owner if ctx is not None else None)
         if not (settings.grid_save_to_dirs if kind.is_grid else settings.save_to_dirs):
             return base
         ctx = ctx or NameContext(seed=None, now=self.now(), grid=kind.is_grid)

@@ -10,7 +10,6 @@ cancellation.
 from __future__ import annotations
 
 import logging
-import queue
 import socket
 import threading
 from collections.abc import Callable
@@ -26,14 +25,15 @@ Executor = Callable[[JobSpec, JobContext], Any]
 
 
 class JobQueue(JobQueueBase):
-    """A bounded FIFO of jobs run one at a time by a single worker thread in this process."""
+    """A bounded line of jobs (in the fair order of :class:`JobQueueBase`) run one at a time by a
+    single worker thread in this process, which takes the head of the line."""
 
     def __init__(self, executor: Executor, limit: int, shared: bool = True,
                  describe: Callable[[], tuple[str, str | None]] | None = None) -> None:
         super().__init__(limit, shared)
         self._executor = executor
         self._describe = describe  # (device, loaded checkpoint title) for the status panel
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._stopping = False
         self._current: Job | None = None
         self._thread: threading.Thread | None = None
         self._done = 0
@@ -44,22 +44,23 @@ class JobQueue(JobQueueBase):
             self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Interrupt the running job, drop waiting ones, and end the worker."""
+        """Interrupt the running job, end waiting ones unrun, and end the worker. The journal keeps
+        both unfinished: they run after a restart."""
+        self._close_journal()
         with self._lock:
             pending, self._pending = self._pending, []
-            current = self._current
+            current, self._stopping = self._current, True
+            self._changed.notify_all()
         for job in pending:
             job.context.interrupt()
+            self._end_unrun(job)
         if current is not None:
             current.context.interrupt()
-        self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
 
     def submit(self, spec: JobSpec, owner: str | None = None) -> Job:
-        job = self._new_job(spec, owner)
-        self._queue.put(job)
-        return job
+        return self._new_job(spec, owner)
 
     def current(self) -> Job | None:
         with self._lock:
@@ -82,16 +83,23 @@ class JobQueue(JobQueueBase):
         # Everything on this thread is the worker's: the job, its hooks, and its caller's future
         # callbacks (they run where the result is set), none of which may wait for the queue.
         with on_worker():
-            while (job := self._queue.get()) is not None:
+            while (job := self._take()) is not None:
                 self._run(job)
 
-    def _run(self, job: Job) -> None:
-        with self._lock:
-            if job not in self._pending:  # dropped by stop()
-                return
-            self._pending.remove(job)
+    def _take(self) -> Job | None:
+        """The head of the line, once there is one; None when the queue stops."""
+        with self._changed:
+            while not self._pending and not self._stopping:
+                self._changed.wait()
+            if self._stopping:
+                return None
+            job = self._pending.pop(0)
             self._current = job
             job.status = JobStatus.RUNNING
+            return job
+
+    def _run(self, job: Job) -> None:
+        self._on_start(job)
         job.context.mark_started()
         result: object = None
         error: BaseException | None = None

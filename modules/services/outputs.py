@@ -75,7 +75,8 @@ class OutputStore:
         self.ledger = ledger
 
     def keep(self, request: GenerationRequest, images: Sequence[Image.Image], first: int, texts: Sequence[str],
-             notes: list[str], job_time: datetime | None = None) -> tuple[list[GeneratedImage], list[Image.Image]]:
+             notes: list[str], job_time: datetime | None = None,
+             first_pass: bool = False) -> tuple[list[GeneratedImage], list[Image.Image]]:
         """Each image after the extensions' AFTER_IMAGE hooks, saved with its infotext; and those
         final images (for the grid)."""
         kind = OutputKind.IMG2IMG if request.is_img2img else OutputKind.TXT2IMG
@@ -83,7 +84,8 @@ class OutputStore:
         for offset, (image, text) in enumerate(zip(images, texts)):
             index, seed = first + offset, request.seed_for(first + offset)
             image = self.extensions.after_image(request, image, seed, index, notes)
-            output = self.output(request, png_bytes(image, text), text, kind, seed, index, notes, job_time, image)
+            output = self.output(request, png_bytes(image, text), text, kind, seed, index, notes, job_time, image,
+                                 first_pass=first_pass)
             self.extensions.image_saved(request, output.path, text, seed, index, notes)
             saved.append(output)
             final.append(image)
@@ -91,13 +93,20 @@ class OutputStore:
 
     def output(self, request: GenerationRequest, data: bytes, text: str, kind: OutputKind, seed: int, index: int,
                notes: list[str], job_time: datetime | None = None, image: Image.Image | None = None,
-               save: bool = True) -> GeneratedImage:
+               save: bool = True, first_pass: bool = False) -> GeneratedImage:
         """The encoded image (PNG), saved when the request asks in the format the settings name
-        (a failed save becomes a note, not an error)."""
+        (a failed save becomes a note, not an error). A job's image saved before (the job ran again
+        after a restart) is not written again: the ledger gives its file."""
         path = None
         if request.save_images and save:
             try:
-                path = self._save(request, data, text, kind, seed, index, job_time, image)
+                key = f"{kind.value}-first-pass" if first_pass else kind.value  # hires fix's first pass: its own file
+                job_id, ledger = request.job_id, self.ledger
+                path = ledger.saved_file(job_id, key, index) if ledger is not None and job_id is not None else None
+                if path is None:
+                    path = self._save(request, data, text, kind, seed, index, job_time, image)
+                    if ledger is not None and job_id is not None:
+                        ledger.record_file(job_id, key, index, path, seed)
             except (OSError, ValueError) as exc:  # disk full, folder gone or outside its root, EXIF too long
                 log.error("Could not save the %s image of seed %d: %s", kind.value, seed, exc)
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
@@ -136,7 +145,7 @@ class OutputStore:
         for title, architecture in rendered.model_loads:
             self.extensions.model_loaded(title, architecture)
         for image in rendered.first_pass:
-            self._keep_png(result.request, image, notes)
+            self._keep_png(result.request, image, notes, first_pass=True)
         saved, pixels = [], []
         for image in result.images:
             output, pixel = self._keep_png(result.request, image, notes)
@@ -149,15 +158,15 @@ class OutputStore:
                                                      for p, s in zip(pixels, saved)], notes, job_time)
         return replace(result, images=tuple(saved), grid=grid, warnings=result.warnings + tuple(dict.fromkeys(notes)))
 
-    def _keep_png(self, request: GenerationRequest, image: GeneratedImage,
-                  notes: list[str]) -> tuple[GeneratedImage, Image.Image | None]:
+    def _keep_png(self, request: GenerationRequest, image: GeneratedImage, notes: list[str],
+                  first_pass: bool = False) -> tuple[GeneratedImage, Image.Image | None]:
         """One rendered image stored; decoded (and encoded again) only when an AFTER_IMAGE hook may change it."""
         kind = OutputKind.IMG2IMG if request.is_img2img else OutputKind.TXT2IMG
         data, pixels = image.png, None
         if self.extensions.has(Hook.AFTER_IMAGE):
             pixels = self.extensions.after_image(request, _decode(data), image.seed, image.index, notes)
             data = png_bytes(pixels, image.infotext)
-        output = self.output(request, data, image.infotext, kind, image.seed, image.index, notes)
+        output = self.output(request, data, image.infotext, kind, image.seed, image.index, notes, first_pass=first_pass)
         self.extensions.image_saved(request, output.path, image.infotext, image.seed, image.index, notes)
         return output, pixels
 
@@ -180,7 +189,7 @@ class StoreSink:
         return finals
 
     def first_pass(self, request: GenerationRequest, images: list[Image.Image], first: int, texts: list[str]) -> None:
-        self.outputs.keep(request, images, first, texts, self.notes, self.started)
+        self.outputs.keep(request, images, first, texts, self.notes, self.started, first_pass=True)
 
     def result(self, rendering: Rendering) -> GenerationResult:
         """The job's result: what was stored, a grid for more than one image, every warning."""

@@ -113,10 +113,11 @@ def db_path(data_dir: Path) -> Path:
     return data_dir / DB_NAME
 
 
-def open_studio_db(path: Path) -> StudioDb:
+def open_studio_db(path: Path, server_start: bool = False) -> StudioDb:
     """The database at ``path``, created or migrated to :data:`SCHEMA_VERSION`. A file that is not a
     sound SQLite database, or one from a newer Atelier, raises ConfigError (startup stops) naming
-    the file and its latest backup."""
+    the file and its latest backup. ``server_start``: the server is starting on it (a sound file is
+    then copied to ``<name>.backup-last-start``; the ``users`` command and tools leave that copy be)."""
     # 1. Check what is there before SQLAlchemy touches it.
     version = _checked_version(path) if path.exists() else 0
     if version > SCHEMA_VERSION:
@@ -126,7 +127,7 @@ def open_studio_db(path: Path) -> StudioDb:
     if 0 < version < SCHEMA_VERSION:
         backup = _backup(path, f"v{version}-{time.strftime('%Y%m%d-%H%M%S')}")
         log.info("Migrating %s from schema %d to %d (backup: %s)", path, version, SCHEMA_VERSION, backup)
-    elif version:
+    elif version and server_start:
         _backup(path, "last-start")
     # 3. Open it, with the pragmas every connection needs.
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from modules.services.container import Services
 from modules.services.engine_slot import STARTING
 from modules.services.system_memory import memory_report
 from modules.ui import (
+    account_tab,
     checkpoints,
     escape,
     extensions_tab,
@@ -24,6 +25,7 @@ from modules.ui import (
     inpaint,
     png_info,
     private_events,
+    queue_tab,
     settings_tab,
     txt2img,
     workers_panel,
@@ -36,7 +38,7 @@ def build_ui(services: Services) -> gr.Blocks:
     """Build the Blocks. Outputs are served in place (no copy into Gradio's cache)."""
     gr.set_static_paths(paths=[services.paths.outputs_dir, services.paths.cache_dir / "thumbnails"])
     with gr.Blocks(title="Atelier", analytics_enabled=False) as demo:
-        checkpoint = checkpoints.build_bar(services, demo)
+        checkpoint, job_checkpoint = checkpoints.build_bar(services, demo)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.build_tab(services)
@@ -48,16 +50,21 @@ def build_ui(services: Services) -> gr.Blocks:
                 extras = extras_tab.build_tab(services)
             with gr.Tab("Gallery", id="gallery", elem_id="tab_gallery") as gallery_tab:
                 gal = gallery.build_tab(services, gallery_tab)
+            with gr.Tab(queue_tab.TAB_LABEL, id="queue", elem_id="tab_queue") as queue_page:
+                queue = queue_tab.build_tab(services, queue_page, tabs)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = png_info.build_tab()
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 extensions_tab.build_tab(services, demo)
             _extension_tabs(services)
+            with gr.Tab("Account", id="account", elem_id="tab_account") as account_page:
+                account_tab.build_tab(services, demo, account_page)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_tab.build_tab(services, demo)
         forms = {"txt2img": t2i, "img2img": i2i, "inpaint": inp}  # by tab id
+        checkpoints.share_job_checkpoint(job_checkpoint, [f.fields[checkpoints.JOB_CHECKPOINT] for f in forms.values()])
         family_fields.wire_family_fields(checkpoint, forms, services)  # Forge's per-family controls and presets
-        _wire_sends(SendWiring(services, tabs, checkpoint), forms, gal, png, extras)
+        _wire_sends(SendWiring(services, tabs, checkpoint), forms, gal, png, extras, queue)
         workers_panel.build_panel(services)
         _footer(services)
     return demo
@@ -92,7 +99,7 @@ def _extension_tabs(services: Services) -> None:
 
 
 def _wire_sends(send: SendWiring, forms: Mapping[str, GenerationForm], gal: gallery.GalleryTab,
-                png: png_info.PngInfoTab, extras: extras_tab.ExtrasTab) -> None:
+                png: png_info.PngInfoTab, extras: extras_tab.ExtrasTab, queue: queue_tab.QueueTab) -> None:
     """Every "Send to" button and each form's paste, by target tab id (the forms' prefixes)."""
     for source in forms.values():
         for target_id in source.send_buttons:
@@ -106,6 +113,7 @@ def _wire_sends(send: SendWiring, forms: Mapping[str, GenerationForm], gal: gall
         send.wire(png.send_buttons[target_id], [png.image, png.text], lambda path, text: (path, text or ""),
                   target_id, target)
         send.wire(gal.send_buttons[target_id], [gal.selected, gal.info], gal.pick, target_id, target)
+        send.wire(queue.send_buttons[target_id], [queue.picked], queue.pick, target_id, target)
     for target_id, button in extras.send_buttons.items():
         send.wire(button, [extras.infos, extras.selected], pick_shown, target_id, forms[target_id])
     send.to_extras(png.send_buttons["extras"], [png.image, png.text], lambda path, text: (path, text or ""),

@@ -1,14 +1,23 @@
 """The checkpoint bar at the top of the page: choose, refresh, or (with none) get one; a checkpoint
 that needs a part Atelier can download (a T5 / LLM tokenizer) gets a button that fetches it and loads
-the checkpoint again."""
+the checkpoint again.
+
+The server-wide choice is an admin's. A signed-in user who is no admin sees "Checkpoint for my jobs"
+instead: a choice of this page's own, among the checkpoints their limits allow, that each Generate
+click of the page puts in its job (``request.checkpoint``); the front checks it against the limits."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
 
 import gradio as gr
 
 from modules.errors import AtelierError, MissingComponentError
+from modules.identity import is_admin
+from modules.params import GenerationRequest
 from modules.server_effects import changes_server
 from modules.services.container import Services
 from modules.services.missing_components import downloadable
@@ -17,9 +26,12 @@ from modules.services.tokenizer_downloads import TokenizerFetcher
 from modules.ui import escape, icons
 from modules.ui.common import ui_error
 from modules.ui.quicksettings import build_quicksettings
+from modules.ui.session import identity_of
 from modules.ui.vae_bar import build_vae_choice
 
 log = logging.getLogger(__name__)
+
+JOB_CHECKPOINT = "job_checkpoint"  # a form's field: this page's "Checkpoint for my jobs" (None: the server's)
 
 
 def _titles(services: Services) -> list[str]:
@@ -91,13 +103,16 @@ def build_component_offer(services: Services, checkpoint: gr.Dropdown,
     return fetch, fetch_wanted
 
 
-def build_bar(services: Services, demo: gr.Blocks) -> gr.Dropdown:
+def build_bar(services: Services, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     """The dropdown ``setting_sd_model_checkpoint`` with its refresh button, the VAE and the other
     quicksettings (shown when ``demo`` loads), the download offer for a missing part, and the
-    empty-state help."""
+    empty-state help; and "Checkpoint for my jobs" (``job_checkpoint``), shown instead of the
+    server-wide dropdown to a signed-in user who is no admin (see :func:`share_job_checkpoint`)."""
     with gr.Row(elem_id="quicksettings"):
         checkpoint = gr.Dropdown(choices=_titles(services), value=None,
                                  label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint", scale=4)
+        mine = gr.Dropdown(choices=[], value=None, label="Checkpoint for my jobs", elem_id="job_checkpoint", scale=4,
+                           visible=False)
         refresh = gr.Button(icons.REFRESH, elem_id="refresh_sd_model_checkpoint", elem_classes="tool-button",
                             scale=0)
         build_vae_choice(services)
@@ -149,7 +164,44 @@ def build_bar(services: Services, demo: gr.Blocks) -> gr.Dropdown:
     checkpoint.input(on_select, inputs=[checkpoint], outputs=[checkpoint, status, fetch, fetch_wanted],
                      api_visibility="private", concurrency_limit=None)
     download.click(on_download, outputs=[checkpoint, empty, status], api_visibility="private")
-    return checkpoint
+    def on_page(request: gr.Request) -> tuple[dict, dict, dict]:
+        return _job_choice(services, request)
+
+    demo.load(on_page, outputs=[checkpoint, refresh, mine], api_visibility="private", queue=False)
+    return checkpoint, mine
+
+
+def allowed_titles(services: Services, name: str) -> list[str]:
+    """The checkpoints account ``name`` may use (by their titles)."""
+    limits = services.accounts.limits(name)
+    return [i.title for i in services.registry.all()
+            if limits.allows_checkpoint(i.title, i.name, i.path.name, i.model_name)]
+
+
+def _job_choice(services: Services, request: gr.Request) -> tuple[dict, dict, dict]:
+    """On page load: the server-wide dropdown for admins (and without sign-in); for a user, their
+    own choice among the checkpoints they may use, starting at the server's when it is one."""
+    identity = identity_of(request)
+    if is_admin(identity):
+        return gr.update(visible=True), gr.update(visible=True), gr.update(visible=False, value=None)
+    assert identity is not None
+    titles = allowed_titles(services, identity.name)
+    current = _current_title(services) if services.engine.peek() is not None else None
+    value = current if current in titles else (titles[0] if titles else None)
+    return gr.update(visible=False), gr.update(visible=False), gr.update(visible=True, choices=titles, value=value)
+
+
+def share_job_checkpoint(mine: gr.Dropdown, fields: Iterable[Any]) -> None:
+    """Every form's :data:`JOB_CHECKPOINT` field follows this page's "Checkpoint for my jobs"."""
+    states = list(fields)
+    mine.change(lambda title: [title or None] * len(states), inputs=[mine], outputs=states, queue=False,
+                show_progress="hidden", api_visibility="private")
+
+
+def with_job_checkpoint(request: GenerationRequest, values: Mapping[str, Any]) -> GenerationRequest:
+    """``request`` for the checkpoint this page chose for its jobs (a user's own choice), if any."""
+    chosen = values[JOB_CHECKPOINT] if JOB_CHECKPOINT in values else None
+    return replace(request, checkpoint=chosen) if chosen else request
 
 
 def _status_text(services: Services) -> str:

@@ -1,5 +1,6 @@
 """The Gallery tab: every output, newest first, by folder and date, searchable, paged; select one to
-see it full size with its parameters, send it to a tab, see its folder, or delete it (confirmed)."""
+see it full size with its parameters, send it to a tab, see its folder, or delete it (confirmed).
+When outputs go per user, a signed-in user who is no admin sees only their own folder."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from typing import Any
 import gradio as gr
 
 from modules.errors import AtelierError
+from modules.identity import is_admin
 from modules.server_effects import changes_server
 from modules.services.container import Services
 from modules.services.gallery import GalleryPage, GalleryQuery
-from modules.services.images import read_infotext
+from modules.services.images import read_infotext, user_folder
 from modules.ui import icons
 from modules.ui.common import ui_error
+from modules.ui.session import identity_of
 
 ALL = "All"
 
@@ -43,12 +46,22 @@ class _Filters:
     def components(self) -> set[Any]:
         return {self.text, self.folder, self.date, self.model, self.sampler, self.seed, self.size}
 
-    def query(self, values: dict[Any, Any]) -> GalleryQuery:
+    def query(self, values: dict[Any, Any], within: str = "") -> GalleryQuery:
         folder, date, seed = values[self.folder], values[self.date], values[self.seed]
         return GalleryQuery(text=values[self.text] or "", folder="" if folder in ("", ALL, None) else folder,
                             date="" if date in ("", ALL, None) else date, model=(values[self.model] or "").strip(),
                             sampler=(values[self.sampler] or "").strip(), seed=None if seed in (None, "") else int(seed),
-                            size=(values[self.size] or "").strip())
+                            size=(values[self.size] or "").strip(), within=within)
+
+
+def own_folder(services: Services, request: gr.Request | None) -> str:
+    """The one folder under outputs/ the viewer may see: their own when outputs go per user and
+    they are no admin; "" (everything) otherwise."""
+    identity = identity_of(request)
+    if is_admin(identity) or not services.options.get().outputs_per_user:
+        return ""
+    assert identity is not None
+    return user_folder(identity.name)
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,7 @@ class _Pages:
     """Loading a page of thumbnails for the filters' values (handlers take Gradio's named values)."""
 
     def __init__(self, services: Services, filters: _Filters, view: _View, page_no: gr.State, items: gr.State) -> None:
+        self.services = services
         self.gallery = services.gallery
         self.filters = filters
         self.view = view
@@ -141,8 +155,9 @@ class _Pages:
         self.items = items
         self.outputs = {view.thumbs, view.page_info, page_no, items}
 
-    def load(self, number: int, values: dict[Any, Any]) -> dict[Any, Any]:
-        page: GalleryPage = self.gallery.page(self.filters.query(values), max(1, int(number)))
+    def load(self, number: int, values: dict[Any, Any], request: gr.Request | None) -> dict[Any, Any]:
+        within = own_folder(self.services, request)
+        page: GalleryPage = self.gallery.page(self.filters.query(values, within), max(1, int(number)))
         try:
             thumbs = self.gallery.thumbnails(page.items)  # made in parallel, cached
         except (OSError, AtelierError) as exc:
@@ -152,19 +167,21 @@ class _Pages:
         return {self.view.thumbs: shown, self.view.page_info: label, self.page_no: page.page,
                 self.items: [item.relative for item in page.items]}
 
-    def first(self, values: dict[Any, Any]) -> dict[Any, Any]:
-        return self.load(1, values)
+    def first(self, values: dict[Any, Any], request: gr.Request) -> dict[Any, Any]:
+        return self.load(1, values, request)
 
-    def previous(self, values: dict[Any, Any]) -> dict[Any, Any]:
-        return self.load(values[self.page_no] - 1, values)
+    def previous(self, values: dict[Any, Any], request: gr.Request) -> dict[Any, Any]:
+        return self.load(values[self.page_no] - 1, values, request)
 
-    def following(self, values: dict[Any, Any]) -> dict[Any, Any]:
-        return self.load(values[self.page_no] + 1, values)
+    def following(self, values: dict[Any, Any], request: gr.Request) -> dict[Any, Any]:
+        return self.load(values[self.page_no] + 1, values, request)
 
-    def on_refresh(self, values: dict[Any, Any]) -> dict[Any, Any]:
+    def on_refresh(self, values: dict[Any, Any], request: gr.Request) -> dict[Any, Any]:
         self.gallery.refresh()
-        return {self.filters.folder: gr.update(choices=[ALL, *self.gallery.folders()]),
-                self.filters.date: gr.update(choices=[ALL, *self.gallery.dates()]), **self.load(1, values)}
+        within = own_folder(self.services, request)
+        return {self.filters.folder: gr.update(choices=[ALL, *self.gallery.folders(within)]),
+                self.filters.date: gr.update(choices=[ALL, *self.gallery.dates(within)]),
+                **self.load(1, values, request)}
 
 
 def _wire_selection(services: Services, view: _View, pages: _Pages, items: gr.State, selected: gr.State,
@@ -183,14 +200,14 @@ def _wire_selection(services: Services, view: _View, pages: _Pages, items: gr.St
                 selected: relatives[index], view.confirm_row: gr.Row(visible=False)}
 
     @changes_server  # deletes a file from outputs/
-    def on_delete(values: dict[Any, Any]) -> dict[Any, Any]:
+    def on_delete(values: dict[Any, Any], request: gr.Request) -> dict[Any, Any]:
         try:
             gallery_service.delete(values[selected] or "")
         except AtelierError as exc:
             raise ui_error(exc) from exc
         gr.Info("Deleted.")
         return {view.full: None, view.info: "", view.location: "", selected: "",
-                view.confirm_row: gr.Row(visible=False), **pages.load(values[page_no], values)}
+                view.confirm_row: gr.Row(visible=False), **pages.load(values[page_no], values, request)}
 
     private = {"api_visibility": "private"}
     view.thumbs.select(on_select, inputs=[items], outputs=selection, **private)

@@ -19,6 +19,7 @@ from modules.params import FRACTION_RANGE, LATENT_SCALE, MIN_CFG_SCALE, Generati
 from modules.samplers import DEFAULT_SAMPLER, ScheduleType, sampler_names
 from modules.services.container import Services
 from modules.ui import escape, icons
+from modules.ui.checkpoints import JOB_CHECKPOINT, with_job_checkpoint
 from modules.ui.common import ui_error
 from modules.ui.extension_panels import ExtensionControls, build_extension_controls, run_script_for
 from modules.ui.extra_networks_ui import build_browser
@@ -211,6 +212,7 @@ def build_form(prefix: str, services: Services, extra: Declare | None = None,
                                       services.settings.limits.max_clip_skip, f"{prefix}_clip_skip")
             declared = declared | {"clip_skip": clip_skip}
             declared = declared | {OVERRIDE_FIELD: build_box(prefix)}  # a pasted infotext's other options
+            declared = declared | {JOB_CHECKPOINT: gr.State(None)}  # a user's "Checkpoint for my jobs"
         with gr.Column(scale=1, elem_classes="results-column"):
             buttons = _build_buttons(prefix)
             results = _build_results(prefix, send_to)
@@ -293,7 +295,7 @@ def wire_generation(form: GenerationForm, services: Services, make_request: Make
     view = form.view()
 
     def full_request(values: Values) -> GenerationRequest:  # the tab's request, with the override box's fields
-        return with_overrides(make_request(values), values)
+        return with_job_checkpoint(with_overrides(make_request(values), values), values)
 
     def jobs(job_request: GenerationRequest, owner: str | None,
              script: str | None, script_values: dict[str, Any]) -> Generator[Updates, None, GenerationResult | None]:

@@ -1,15 +1,18 @@
 """The one guard in front of every route and every UI event: host, body size, origin, content
-type, login, the network rule. Nothing reaches Gradio or the API without passing it.
+type, sign-in, roles, the network rule, file access. Nothing reaches Gradio or the API without
+passing it.
 
 Each request goes through the same numbered checks (:meth:`RequestGuard.__call__`); a refusal is
 answered before any work, with a status and a ``detail`` that says which rule said no. The faces
 tell the guard the few things only they know (:class:`Faces`): which paths are the UI's, which
-are open before a login, whether a Gradio session cookie is live, and which requests change the
-server for everyone.
+are open before a login, whose Gradio session a cookie is, which requests change the server for
+everyone, and which files a user may read. The accounts (:class:`Authenticator`) say who may sign
+in; the guard records who did (:mod:`modules.web.signin`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -17,9 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
+from modules.identity import Identity, Role
 from modules.server_effects import Effect
 from modules.web import body as bodies
-from modules.web.credentials import AuthConfig, Credentials, basic_credentials
+from modules.web import signin
+from modules.web.credentials import AuthConfig, Authenticator, NoAccounts, basic_credentials, bearer_token
 from modules.web.hosts import HostPolicy, host_name_of, is_loopback
 from modules.web.limiter import FailureLimiter
 from modules.web.log_safety import printable
@@ -48,15 +53,19 @@ class Faces:
 
     is_ui: Callable[[str], bool] = lambda path: False
     is_open: Callable[[str], bool] = lambda path: False
-    has_session: Callable[[Scope], bool] = lambda scope: False
+    # The user name of the live Gradio login session a request's cookie names, or None.
+    session_user: Callable[[Scope], str | None] = lambda scope: None
     # The login form's one path for any spelling of it (case, slashes), or None for other paths.
     login_route: Callable[[str], str | None] = lambda path: None
     effects: tuple[EffectResolver, ...] = ()
+    # Whether the caller (None: no sign-in) may read what a GET names; False is answered 404.
+    may_read: Callable[[str, Identity | None], bool] = lambda path, identity: True
 
 
 @dataclass(frozen=True)
 class GuardConfig:
     auth: AuthConfig
+    accounts: Authenticator = field(default_factory=NoAccounts)
     hosts: HostPolicy = field(default_factory=HostPolicy)
     listen: bool = False
     cors_origins: frozenset[str] = frozenset()
@@ -119,7 +128,7 @@ class RequestGuard:
     async def __call__(self, scope: Scope, receive: bodies.Receive, send: bodies.Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        scope = _collapse_leading_slashes(scope)
+        scope = signin.without_identity(_collapse_leading_slashes(scope))
         request = Incoming.of(scope)
         try:
             # 1. The Host names this server (DNS rebinding), 2. the body is not too large,
@@ -128,9 +137,11 @@ class RequestGuard:
             self._check_declared_size(request)
             self._check_origin(request)
             self._check_content_type(request)
-            # 5. Who is asking (login, HTTP Basic, Gradio session), 6. what the network may change.
+            # 5. Who is asking (login, HTTP Basic, Bearer token, Gradio session), 6. what a user's role
+            # and the network may change, 7. whether the caller may read the file a GET names.
             scope, receive, send = await self._authenticate(scope, request, receive, send)
-            receive = await self._check_network_rule(scope, request, receive)
+            receive = await self._check_reach(scope, request, receive)
+            self._check_read(scope, request)
         except Refusal as refusal:
             return await _refuse(scope, send, refusal)
         except bodies.BodyTooLarge:
@@ -178,36 +189,69 @@ class RequestGuard:
             raise Refusal(415, f"The request body must be JSON (Content-Type: application/json), "
                                f"not {media[:60] or 'empty'!r}.")
 
+    def _login_needed(self, path: str) -> bool:
+        """Whether ``path`` needs a signed-in caller now: once an account exists, everything does;
+        the flags alone protect their own face (``--api-auth`` alone leaves the UI open)."""
+        auth = self.config.auth
+        if auth.ui is not None or self.config.accounts.sign_in_required():
+            return True
+        return auth.api is not None and not self.faces.is_ui(path)
+
     async def _authenticate(self, scope: Scope, request: Incoming, receive: bodies.Receive,
                             send: bodies.Send) -> tuple[Scope, bodies.Receive, bodies.Send]:
-        """Let the request in as a user, or refuse it; login attempts are counted under any spelling."""
-        auth = self.config.auth
-        if not auth.enabled:
-            return scope, receive, send
+        """Let the request in as someone, or refuse it; login attempts are counted under any spelling."""
+        if not self._login_needed(request.path):
+            return scope, receive, send  # no sign-in here: any Authorization header is ignored (A1111)
         login = self.faces.login_route(request.path) if request.method == "POST" else None
         if login is not None:  # every spelling is the same login, served and counted as one
             scope = {**scope, "path": login, "raw_path": login.encode()}
             return await self._login_attempt(scope, request, receive, send)
         if self.faces.is_open(request.path):
             return scope, receive, send
-        credentials = self._credentials_for(request.path)
-        if credentials is None:  # this face has no login (--api-auth alone leaves the UI open)
-            return scope, receive, send
-        given = basic_credentials(scope.get("headers", []))
+        headers = scope.get("headers", [])
+        given = basic_credentials(headers)
+        token = bearer_token(headers) if given is None else None
         self._check_limiter(request.address, given[0] if given else None)
-        if given is not None and credentials.check(*given):
-            state = {**scope.get("state", {}), "atelier_user": given[0], "atelier_authenticated": True}
-            return {**scope, "state": state}, receive, send
-        if self.faces.is_ui(request.path) and given is None and self.faces.has_session(scope):
-            state = {**scope.get("state", {}), "atelier_authenticated": True}
-            return {**scope, "state": state}, receive, send
         if given is not None:
-            self.limiter.failed(request.address, given[0])
-            log.warning("Failed login from %s for %s", request.address, printable(request.path))  # never the password
+            identity = await self._check_password(*given, api=not self.faces.is_ui(request.path))
+        elif token is not None:
+            identity = await asyncio.to_thread(self.config.accounts.check_token, token)
+        else:
+            identity = self._session_identity(scope, request)
+            if identity is not None:
+                self._check_cookie_origin(request)
+        if identity is not None:
+            return signin.with_identity(scope, identity), receive, send
+        if given is not None or token is not None:
+            self.limiter.failed(request.address, given[0] if given else None)
+            log.warning("Failed login from %s for %s", request.address, printable(request.path))  # never the secret
         raise Refusal(401, "Not authenticated", ((b"www-authenticate", b'Basic realm="Atelier"'),))
 
-    def _credentials_for(self, path: str) -> Credentials | None:
-        return self.config.auth.ui if self.faces.is_ui(path) else self.config.auth.api
+    async def _check_password(self, user: str, password: str, api: bool) -> Identity | None:
+        """``--api-auth`` credentials (API routes: an admin of the server), else the accounts; an unknown
+        name costs the accounts as much as a wrong password."""
+        flags = self.config.auth.api
+        if api and flags is not None and flags.check(user, password):
+            return Identity(user, Role.ADMIN)
+        return await asyncio.to_thread(self.config.accounts.check_password, user, password)
+
+    def _session_identity(self, scope: Scope, request: Incoming) -> Identity | None:
+        """The account behind a live Gradio session (UI routes only); a removed account's is dead."""
+        if not self.faces.is_ui(request.path):
+            return None
+        name = self.faces.session_user(scope)
+        return self.config.accounts.identity(name) if name else None
+
+    def _check_cookie_origin(self, request: Incoming) -> None:
+        """A cookie goes with any request the browser makes: a change it carries must come from our page."""
+        if not request.changes_state:
+            return
+        if not signin.names_this_server(request.headers, self.config.cors_origins,
+                                        self.config.hosts.named_by_operator):
+            log.warning("Refused a %s %s from %s carried by a session cookie without this server's "
+                        "Origin or Referer", request.method, printable(request.path), request.address)
+            raise Refusal(403, "Cross-site request refused: a change made with a sign-in cookie must come "
+                               "from this server's page (Origin or Referer).")
 
     def _check_limiter(self, address: str, user: str | None) -> None:
         if (wait := self.limiter.retry_after(address, user)) is not None:
@@ -221,30 +265,57 @@ class RequestGuard:
         address, limiter = request.address, self.limiter
 
         async def counting(message: bodies.Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] in (400, 401, 403):
-                limiter.failed(address, user)
-                log.warning("Failed login from %s", address)
+            if message["type"] == "http.response.start":
+                if message["status"] in (400, 401, 403):
+                    limiter.failed(address, user)
+                    log.warning("Failed login from %s", address)
+                # The session cookie never rides along on a request another site's page makes.
+                message = {**message, "headers": signin.strict_cookies(list(message.get("headers", [])))}
             await send(message)
 
         return scope, bodies.replay(body, receive), counting
 
-    async def _check_network_rule(self, scope: Scope, request: Incoming, receive: bodies.Receive) -> bodies.Receive:
-        """Shared on the network with no password, nobody there may change the server for everyone."""
-        if not self.config.listen or is_loopback(request.address) or request.websocket:
+    async def _check_reach(self, scope: Scope, request: Incoming, receive: bodies.Receive) -> bodies.Receive:
+        """A signed-in user (not an admin) may not change the server for everyone; neither may anyone on
+        the network while the server has no sign-in at all."""
+        identity = signin.recorded_identity(scope)
+        as_user = identity is not None and not identity.is_admin
+        from_network = (self.config.listen and not is_loopback(request.address) and identity is None
+                        and not self._login_needed(request.path))
+        if request.websocket or not (as_user or from_network):
             return receive
-        if scope.get("state", {}).get("atelier_authenticated") or self._credentials_for(request.path) is not None:
+        # Without any sign-in every file is everyone's: deleting "own" files from the network is refused too.
+        reach = (Effect.SERVER,) if identity is not None else (Effect.SERVER, Effect.OWN_FILES)
+        changes, receive = await self._changes_server(request, receive, reach)
+        if not changes:
             return receive
+        if identity is not None:
+            log.warning("Refused a change to the server by %s, a user (%s)", printable(identity.name),
+                        printable(request.path))
+            raise Refusal(403, "Only an admin may change settings, models, styles, files, extensions or "
+                               f"accounts (you are signed in as {identity.name}, a user).")
+        log.warning("Refused a change to the server from %s (%s): no password is set",
+                    request.address, printable(request.path))
+        raise Refusal(403, "Settings, models, styles, files and extensions cannot be changed from the "
+                           "network while the server runs with --listen and no password; start it with "
+                           "--gradio-auth-path (or --gradio-auth) to allow it.")
+
+    async def _changes_server(self, request: Incoming, receive: bodies.Receive,
+                              reach: tuple[Effect, ...]) -> tuple[bool, bodies.Receive]:
+        """Whether any face marks the request with one of ``reach`` (reading the body when one needs it),
+        and the ``receive`` that still hands the app the whole body."""
         needs_body = any(r.needs_body(request.method, request.path) for r in self.faces.effects)
         body = b""
         if needs_body:
             body = await bodies.read_all(receive, self.config.max_body) or b""
-        if any(r.effect(request.method, request.path, body) is Effect.SERVER for r in self.faces.effects):
-            log.warning("Refused a change to the server from %s (%s): no password is set",
-                        request.address, printable(request.path))
-            raise Refusal(403, "Settings, models, styles, files and extensions cannot be changed from the "
-                               "network while the server runs with --listen and no password; start it with "
-                               "--gradio-auth-path (or --gradio-auth) to allow it.")
-        return bodies.replay(body, receive) if needs_body else receive
+        changes = any(r.effect(request.method, request.path, body) in reach for r in self.faces.effects)
+        return changes, (bodies.replay(body, receive) if needs_body else receive)
+
+    def _check_read(self, scope: Scope, request: Incoming) -> None:
+        if request.method not in ("GET", "HEAD") or request.websocket:
+            return
+        if not self.faces.may_read(request.path, signin.recorded_identity(scope)):
+            raise Refusal(404, "Not Found")
 
     async def _forward(self, scope: Scope, receive: bodies.Receive, send: bodies.Send) -> None:
         """Run the app with the body limit enforced as it streams in."""

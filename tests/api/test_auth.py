@@ -1,22 +1,29 @@
-"""One auth layer over UI, API, docs and files; secrets never shown; LAN safety without auth."""
+"""One auth layer over UI, API, docs and files; secrets never shown; LAN safety without auth;
+accounts from the database (Basic, Bearer tokens, roles, sign-out) on a real server."""
 
 from __future__ import annotations
 
 import base64
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
 import app as app_module
 from modules.cmd_args import parse_flags
+from modules.services.accounts import AccountStore
+from modules.services.studio_db import db_path, open_studio_db
 from modules.web.credentials import load_auth
 from modules.web.limiter import FailureLimiter
 from tests.conftest import make_services
 from tests.gradio_events import routes_of
+from tests.server_process import ROOT, Server, start_server, stop_server
 
 PASSWORD = "s3cret-pass-words"
 # The only routes a stranger may reach with auth on: Gradio's login page and its static assets.
@@ -99,7 +106,9 @@ def test_separate_api_credentials(tmp_path: Path) -> None:
     client, services = build(tmp_path, "--api", "--gradio-auth", f"alice:{PASSWORD}", "--api-auth", "bot:other-pass")
     try:
         assert client.get("/sdapi/v1/options", headers=basic("bot", "other-pass")).status_code == 200
-        assert client.get("/sdapi/v1/options", headers=basic("alice", PASSWORD)).status_code == 401
+        # alice is an admin account now (seeded from --gradio-auth): accounts sign in to the API too.
+        assert client.get("/sdapi/v1/options", headers=basic("alice", PASSWORD)).status_code == 200
+        assert client.get("/gradio_api/info", headers=basic("bot", "other-pass")).status_code == 401  # API only
         assert client.get("/gradio_api/info").status_code == 401
         assert client.post("/login", data={"username": "alice", "password": PASSWORD}).status_code == 200
         assert client.get("/gradio_api/info").status_code == 200  # the login session opens the UI's routes
@@ -174,3 +183,90 @@ def test_subpath_and_cors(tmp_path: Path) -> None:
         assert "access-control-allow-origin" not in other.headers
     finally:
         services.close()
+
+
+def test_sign_out_under_a_subpath_ends_the_session_and_cookie_changes_need_our_origin(tmp_path: Path) -> None:
+    client, services = build(tmp_path, "--api", "--subpath", "/atelier", "--gradio-auth", f"alice:{PASSWORD}")
+    try:
+        login = client.post("/atelier/login", data={"username": "alice", "password": PASSWORD})
+        assert login.status_code == 200
+        assert all("SameSite=Strict" in c for c in login.headers.get_list("set-cookie"))
+        assert client.get("/atelier/gradio_api/info").status_code == 200
+        refused = client.post("/atelier/gradio_api/queue/join", json={})
+        assert refused.status_code == 403 and "Origin or Referer" in refused.text  # a cookie alone changes nothing
+        assert client.post("/atelier/gradio_api/queue/join", json={},
+                           headers={"Origin": "http://127.0.0.1"}).status_code != 403
+        out = client.get("/atelier/logout", follow_redirects=False)
+        assert out.status_code == 302
+        client.cookies.clear()
+        assert client.get("/atelier/gradio_api/info").status_code == 401
+    finally:
+        services.close()
+
+
+# --- accounts on a real server: users made with `app.py users add` ----------------------------------
+
+ADMIN_PW, USER_PW = "admin-pass-77", "user-pass-77"
+
+
+def add_user(data: Path, name: str, role: str, password: str) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "app.py"), "users", "add", name, "--role", role,
+                           "--password", password, "--data-dir", str(data)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, AccountStore]]:
+    """A server (no flags' credentials) whose database holds an admin and a user; the test's own
+    handle on the same database, for tokens."""
+    data = tmp_path_factory.mktemp("studio")
+    add_user(data, "ann", "admin", ADMIN_PW)
+    add_user(data, "uma", "user", USER_PW)
+    models = tmp_path_factory.mktemp("no-models")
+    proc, server = start_server(data, models, "--api")
+    db = open_studio_db(db_path(data))
+    try:
+        yield server, AccountStore(db)
+    finally:
+        db.close()
+        stop_server(proc)
+
+
+def test_once_an_account_exists_everything_asks_for_sign_in(studio: tuple[Server, AccountStore]) -> None:
+    server, _ = studio
+    for path in ("/sdapi/v1/samplers", "/sdapi/v1/options", "/gradio_api/info", "/docs"):
+        assert httpx.get(server.url + path).status_code == 401, path
+    assert httpx.get(server.url + "/sdapi/v1/samplers", auth=("uma", USER_PW)).status_code == 200
+    assert httpx.get(server.url + "/gradio_api/info", auth=("ann", ADMIN_PW)).status_code == 200
+
+
+def test_unknown_user_and_wrong_password_are_answered_alike(studio: tuple[Server, AccountStore]) -> None:
+    server, _ = studio
+    wrong = httpx.get(server.url + "/sdapi/v1/samplers", auth=("uma", "not-it-77"))
+    unknown = httpx.get(server.url + "/sdapi/v1/samplers", auth=("nobody", "not-it-77"))
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.content == unknown.content
+    same = {k: v for k, v in wrong.headers.items() if k != "date"}
+    assert same == {k: v for k, v in unknown.headers.items() if k != "date"}
+    assert "www-authenticate" in same
+
+
+def test_api_tokens_sign_in_until_revoked(studio: tuple[Server, AccountStore]) -> None:
+    server, accounts = studio
+    info, secret = accounts.create_token("uma", "script")
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert httpx.get(server.url + "/sdapi/v1/samplers", headers=headers).status_code == 200
+    accounts.revoke_token(info.id, "uma")
+    revoked = httpx.get(server.url + "/sdapi/v1/samplers", headers=headers)
+    assert revoked.status_code == 401
+
+
+def test_only_an_admin_changes_the_servers_options(studio: tuple[Server, AccountStore]) -> None:
+    server, _ = studio
+    refused = httpx.post(server.url + "/sdapi/v1/options", json={}, auth=("uma", USER_PW), timeout=60)
+    assert refused.status_code == 403 and "signed in as uma, a user" in refused.json()["detail"]
+    forged = httpx.post(server.url + "/sdapi/v1/options", json={}, auth=("uma", USER_PW),
+                        headers={"X-Atelier-User": "ann", "X-Atelier-Role": "admin"}, timeout=60)
+    assert forged.status_code == 403
+    assert httpx.post(server.url + "/sdapi/v1/options", json={}, auth=("ann", ADMIN_PW), timeout=60).status_code == 200

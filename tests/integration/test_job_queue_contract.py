@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from modules.devtools.fake_worker import HANG_ONCE, FakeEngine, FakeEngineConfig, FakeHooks
-from modules.errors import ModelLoadError, QueueFullError
+from modules.errors import ModelLoadError, QueueFullError, StoreError
 from modules.params import GenerationRequest
-from modules.services.job_types import Job, JobStatus
+from modules.services.job_types import Job, JobEnd, JobStatus
 from modules.services.jobs import JobQueue
-from modules.services.queue_contract import JobQueueContract, QueueMode, WorkerState
+from modules.services.queue_contract import JobQueueContract, QueueMode, RecoveredJob, WorkerState
 
 STEP = 0.01
 LONG = 3000  # steps: half a minute, always interrupted long before
@@ -44,7 +44,9 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
 def make_queue(backend: Backend) -> Iterator[Callable[..., JobQueueContract]]:
     made: list[JobQueueContract] = []
 
-    def make(limit: int = 3, shared: bool = True) -> JobQueueContract:
+    def make(limit: int = 3, shared: bool = True, journal: FakeJournal | None = None,
+             recovered: tuple[RecoveredJob, ...] = (), admins: Callable[[str], bool] | None = None,
+             before_start: Callable[[JobQueueContract], None] | None = None) -> JobQueueContract:
         queue: JobQueueContract
         if backend.mode is QueueMode.LOCAL:
             queue = JobQueue(FakeEngine(FakeEngineConfig(step_seconds=STEP)).run, limit, shared=shared)
@@ -54,6 +56,11 @@ def make_queue(backend: Backend) -> Iterator[Callable[..., JobQueueContract]]:
 
             settings = DispatchSettings(namespace=backend.namespace or "", discover_seconds=0.2, poll_seconds=0.05)
             queue = RayJobQueue(FakeHooks(), limit, shared=shared, settings=settings)
+        if journal is not None or admins is not None:
+            queue.set_journal(journal, admins=admins)
+        queue.recover(recovered)
+        if before_start is not None:
+            before_start(queue)
         queue.start()
         made.append(queue)
         wait_until(lambda: queue.workers() and all(w.state is WorkerState.IDLE for w in queue.workers()))
@@ -64,6 +71,39 @@ def make_queue(backend: Backend) -> Iterator[Callable[..., JobQueueContract]]:
         queue.stop(10)
 
 
+class FakeJournal:
+    """Records what a queue writes down; ``refuse``: accepted() fails as a broken store's does."""
+
+    def __init__(self, last: int = 0, refuse: bool = False) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.queue: JobQueueContract | None = None
+        self.last, self.refuse = last, refuse
+
+    def accepted(self, job: Job) -> None:
+        if self.refuse:
+            raise StoreError("The job store could not record the job.")
+        in_line = self.queue is not None and any(j.id == job.id for j in self.queue.all_waiting())
+        self.calls.append(("accepted", (job.id, job.spec.job_id, in_line)))
+
+    def started(self, job: Job) -> None:
+        self.calls.append(("started", job.id))
+
+    def ended(self, job: Job, end: JobEnd, error: str | None) -> None:
+        self.calls.append(("ended", (job.id, end, error)))
+
+    def pinned(self, order: tuple[str, ...]) -> None:
+        self.calls.append(("pinned", order))
+
+    def last_seq(self) -> int:
+        return self.last
+
+    def of(self, kind: str) -> list[Any]:
+        return [value for k, value in self.calls if k == kind]
+
+    def ends(self) -> dict[str, JobEnd]:
+        return {job_id: end for job_id, end, _error in self.of("ended")}
+
+
 def wait_until(condition: Callable[[], Any], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -71,9 +111,10 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def fill_workers(queue: JobQueueContract, prompt: str = "long") -> list[Job]:
+def fill_workers(queue: JobQueueContract, prompt: str = "long", owner: str | None = None) -> list[Job]:
     """One long job per worker, each running once this returns."""
-    jobs = [queue.submit(GenerationRequest(prompt=f"{prompt}{i}", steps=LONG)) for i in range(len(queue.workers()))]
+    jobs = [queue.submit(GenerationRequest(prompt=f"{prompt}{i}", steps=LONG), owner=owner)
+            for i in range(len(queue.workers()))]
     wait_until(lambda: all(queue.snapshot(job).step >= 2 for job in jobs))
     return jobs
 
@@ -177,6 +218,122 @@ def test_stop_interrupts_running_jobs(make_queue) -> None:
     running = fill_workers(queue)
     queue.stop(10)
     assert all(job.future.result(10)["interrupted"] for job in running)
+
+
+def test_one_job_of_a_second_user_does_not_wait_behind_the_first_users_line(make_queue) -> None:
+    """Round-robin by user: alice runs and has three more waiting; bob's one job is next, then
+    carol's (whose first job is older than alice's next), and they take turns."""
+    journal = FakeJournal()
+    queue = make_queue(limit=6, shared=False, journal=journal)
+    running = fill_workers(queue, owner="alice")
+    alices = [queue.submit(GenerationRequest(prompt=f"alice {i}", steps=1), owner="alice") for i in range(3)]
+    bobs = queue.submit(GenerationRequest(prompt="bob", steps=1), owner="bob")
+    carols = [queue.submit(GenerationRequest(prompt=f"carol {i}", steps=1), owner="carol") for i in range(2)]
+    expected = (bobs, carols[0], alices[0], carols[1], alices[1], alices[2])
+    assert queue.all_waiting() == expected
+    assert queue.position(bobs) == 1 and queue.waiting("bob") == (bobs,)
+    assert all(queue.interrupt(job.id, user="alice") for job in running)
+    assert all(job.future.result(30)["batches"] == [0] for job in expected)
+    started = [job_id for job_id in journal.of("started") if job_id not in {job.id for job in running}]
+    assert bobs.id in started[:len(queue.workers())]
+    if len(queue.workers()) == 1:
+        assert started == [job.id for job in expected]
+
+
+def test_an_admin_moves_a_waiting_job_to_the_head_of_the_line(make_queue) -> None:
+    journal = FakeJournal()
+    queue = make_queue(limit=4, journal=journal)
+    running = fill_workers(queue)
+    a, b, c = (queue.submit(GenerationRequest(prompt=p, steps=1)) for p in "abc")
+    assert queue.move(c.id, 1) and queue.all_waiting() == (c, a, b) and queue.pinned_ids() == (c.id,)
+    assert queue.move(b.id, 2) and queue.all_waiting() == (c, b, a) and queue.pinned_ids() == (c.id, b.id)
+    assert journal.of("pinned") == [(c.id,), (c.id, b.id)] and queue.position(b) == 2
+    assert not queue.move(running[0].id, 1) and not queue.move("no-such-job", 1)
+    d = queue.submit(GenerationRequest(prompt="d", steps=1))
+    assert queue.all_waiting() == (c, b, a, d)  # new jobs line up behind the pinned ones
+    for job in running:
+        queue.interrupt(job.id)
+    assert all(job.future.result(30)["batches"] == [0] for job in (a, b, c, d))
+    started = [job_id for job_id in journal.of("started") if job_id in {a.id, b.id, c.id, d.id}]
+    assert set(started[:2]) == {c.id, b.id} and queue.pinned_ids() == ()
+
+
+def test_the_journal_hears_of_each_job_from_acceptance_to_its_end(make_queue) -> None:
+    journal = FakeJournal(last=41)
+    queue = make_queue(limit=4, journal=journal)
+    journal.queue = queue
+    running = fill_workers(queue)
+    cancelled = queue.submit(GenerationRequest(prompt="cancel me", steps=1))
+    bad = queue.submit(GenerationRequest(prompt="boom"))
+    good = queue.submit(GenerationRequest(prompt="fine", steps=1))
+    assert running[0].id.startswith("42-")  # ids go on after the journal's last one
+    assert queue.cancel(cancelled.id, None)
+    for job in running:
+        queue.interrupt(job.id)
+    assert good.future.result(30)["batches"] == [0]
+    everyone = (*running, cancelled, bad, good)
+    wait_until(lambda: len(journal.ends()) == len(everyone))
+    # Written down before it joined the line, with its id in its request.
+    assert journal.of("accepted") == [(job.id, job.id, False) for job in everyone]
+    assert journal.ends() == {**{job.id: JobEnd.INTERRUPTED for job in running}, cancelled.id: JobEnd.CANCELLED,
+                              bad.id: JobEnd.FAILED, good.id: JobEnd.FINISHED}
+    assert "exploded" in next(error for job_id, _end, error in journal.of("ended") if job_id == bad.id)
+    assert cancelled.id not in journal.of("started") and {bad.id, good.id} <= set(journal.of("started"))
+
+
+def test_a_job_the_journal_cannot_write_down_is_not_accepted(make_queue) -> None:
+    journal = FakeJournal(refuse=True)
+    queue = make_queue(limit=1, journal=journal)
+    with pytest.raises(StoreError, match="could not record"):
+        queue.submit(GenerationRequest(prompt="lost", steps=1))
+    assert queue.pending_count() == 0 and queue.all_waiting() == () and queue.current() is None
+    journal.refuse = False  # the refused job took no place in line: the one place is free
+    assert queue.submit(GenerationRequest(prompt="kept", steps=1)).future.result(30)["batches"] == [0]
+
+
+def test_recovered_jobs_run_first_and_how_they_end_is_written_down(make_queue) -> None:
+    journal = FakeJournal(last=9)
+    now = time.time()
+    recovered = (RecoveredJob("9-aaaaaaaa", GenerationRequest(prompt="was running", steps=1), "bob", now - 60),
+                 RecoveredJob("3-bbbbbbbb", GenerationRequest(prompt="waited", steps=1), "alice", now - 90))
+    before: dict[str, Any] = {}
+
+    def submit_before_start(queue: JobQueueContract) -> None:
+        before["new"] = queue.submit(GenerationRequest(prompt="new", steps=1), owner="carol")
+        before["order"] = [job.id for job in queue.all_waiting()]
+
+    queue = make_queue(journal=journal, recovered=recovered, before_start=submit_before_start)
+    new = before["new"]
+    assert before["order"] == ["9-aaaaaaaa", "3-bbbbbbbb", new.id] and new.id.startswith("10-")
+    wait_until(lambda: len(journal.ends()) == 3)
+    assert journal.ends() == {"9-aaaaaaaa": JobEnd.FINISHED, "3-bbbbbbbb": JobEnd.FINISHED, new.id: JobEnd.FINISHED}
+    assert journal.of("accepted") == [(new.id, new.id, False)]  # the recovered ones are written down already
+    assert "9-aaaaaaaa" in journal.of("started")[:len(queue.workers())]
+    first = queue.get("9-aaaaaaaa")
+    assert first is not None and first.owner == "bob" and first.spec.job_id == first.id
+    assert first.future.result(1)["batches"] == [0]
+
+
+def test_an_admin_sees_and_steers_every_users_jobs(make_queue) -> None:
+    queue = make_queue(limit=3, shared=False, admins=lambda name: name == "root")
+    running = fill_workers(queue, owner="alice")
+    waiting = queue.submit(GenerationRequest(prompt="alice's", steps=1), owner="alice")
+    assert queue.waiting("root") == (waiting,) and queue.waiting("bob") == ()
+    assert queue.visible_current("root") is running[0] and queue.visible_current("bob") is None
+    assert not queue.cancel(waiting.id, "bob") and queue.cancel(waiting.id, "root")
+    assert all(queue.interrupt(job.id, user="root") for job in running)
+    assert all(job.future.result(30)["interrupted"] for job in running)
+
+
+def test_a_stop_leaves_unfinished_jobs_unfinished_in_the_journal(make_queue) -> None:
+    """They run again after the restart, so the stop's own interrupt and cancel are not their end."""
+    journal = FakeJournal()
+    queue = make_queue(journal=journal)
+    running = fill_workers(queue)
+    waiting = queue.submit(GenerationRequest(prompt="waiting", steps=1))
+    queue.stop(10)
+    assert _ended_unrun(waiting.future.result(10)) and all(job.future.result(10)["interrupted"] for job in running)
+    assert journal.ends() == {} and len(journal.of("accepted")) == len(running) + 1
 
 
 def test_a_stuck_worker_is_replaced_and_its_job_runs_elsewhere(backend: Backend, make_queue,

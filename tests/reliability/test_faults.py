@@ -157,6 +157,11 @@ def test_kill_9_during_a_job_keeps_config_styles_and_outputs(tiny_models, tmp_pa
         with httpx.Client(base_url=server.url, timeout=120) as client:
             assert client.get(f"{API}/options").json()["CLIP_stop_at_last_layers"] == 2
             assert [s["name"] for s in client.get(f"{API}/prompt-styles").json()] == ["film"]
+            # The job that was running was accepted: it is back in line; ending it frees the worker.
+            line = client.get(f"{API}/queue").json()
+            recovered = line["running"] + line["pending"]
+            assert [(job["steps"], job["images"]) for job in recovered] == [(150, 50)]
+            assert client.post(f"{API}/queue/{recovered[0]['id']}/cancel").status_code == 200
             reply = client.post(f"{API}/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64})
             assert reply.status_code == 200 and json.loads(reply.json()["info"])["all_seeds"]
     finally:

@@ -44,6 +44,10 @@ SERVER_ROUTES = {
     ("POST", "/sdapi/v1/refresh-loras"), ("POST", "/sdapi/v1/refresh-embeddings"),
     ("POST", "/sdapi/v1/unload-checkpoint"), ("POST", "/sdapi/v1/reload-checkpoint"),
     ("POST", "/sdapi/v1/download-model"), ("POST", "/sdapi/v1/download-component"),
+    # The studio's admin routes: reordering the queue, managing users (agent-scheduler's run/move too).
+    ("POST", "/sdapi/v1/queue/{job_id}/move"), ("GET", "/sdapi/v1/users"), ("POST", "/sdapi/v1/users"),
+    ("POST", "/sdapi/v1/users/{name}"), ("DELETE", "/sdapi/v1/users/{name}"),
+    ("POST", "/agent-scheduler/v1/task/{task_id}/run"), ("POST", "/agent-scheduler/v1/task/{task_id}/move/{over_id}"),
     # Gradio's own routes that write outside an event.
     ("POST", "/gradio_api/run-history/connect"), ("POST", "/gradio_api/vibe-edit"), ("POST", "/gradio_api/vibe-edit/"),
     ("POST", "/gradio_api/undo-vibe-edit"), ("POST", "/gradio_api/undo-vibe-edit/"), ("POST", "/gradio_api/vibe-code"),
@@ -70,6 +74,21 @@ OWN_API_ROUTES = {
 # Built-in extensions' routes (modules/api/extension_routes.py): a GET reads; a POST changes the
 # server only when its handler is marked (then it belongs in SERVER_ROUTES). ControlNet's, as A1111's:
 # the lists read, and detect runs a preprocessor for the caller, as an extras job does.
+# The studio's queue, history and own account (each acts only on the caller's own jobs and tokens),
+# and agent-scheduler's routes over the same queue.
+OWN_API_ROUTES |= {("GET", p) for p in (
+    "/sdapi/v1/queue", "/sdapi/v1/queue/history", "/sdapi/v1/queue/{job_id}", "/sdapi/v1/account",
+    "/sdapi/v1/account/tokens", "/agent-scheduler/v1/samplers", "/agent-scheduler/v1/sd-models",
+    "/agent-scheduler/v1/queue", "/agent-scheduler/v1/history", "/agent-scheduler/v1/task/{task_id}",
+    "/agent-scheduler/v1/task/{task_id}/position", "/agent-scheduler/v1/task/{task_id}/results")} | {
+    ("POST", p) for p in (
+        "/sdapi/v1/queue/txt2img", "/sdapi/v1/queue/img2img", "/sdapi/v1/queue/{job_id}/cancel",
+        "/sdapi/v1/queue/history/{job_id}/run-again", "/sdapi/v1/account/password", "/sdapi/v1/account/tokens",
+        "/agent-scheduler/v1/queue/txt2img", "/agent-scheduler/v1/queue/img2img",
+        "/agent-scheduler/v1/task/{task_id}/requeue")} | {
+    ("DELETE", p) for p in ("/sdapi/v1/account/tokens/{token_id}",)}
+# Deleting one's own jobs and their files: a signed-in user may; without sign-in, not from the network.
+SERVER_ROUTES |= {("DELETE", p) for p in ("/sdapi/v1/queue/history/{job_id}", "/agent-scheduler/v1/task/{task_id}")}
 OWN_API_ROUTES |= {("GET", f"/controlnet/{p}") for p in ("version", "model_list", "module_list", "control_types",
                                                           "settings")} | {("POST", "/controlnet/detect")}
 
@@ -80,6 +99,8 @@ UI_EVENTS = {
     "modules.ui.checkpoints:build_bar.<locals>.on_refresh": True,
     "modules.ui.checkpoints:build_bar.<locals>.on_select": True,
     "modules.ui.checkpoints:build_bar.<locals>.on_tick": False,
+    "modules.ui.checkpoints:build_bar.<locals>.on_page": False,
+    "modules.ui.checkpoints:share_job_checkpoint.<locals>.<lambda>": False,
     "modules.ui.checkpoints:build_component_offer.<locals>.on_fetch": True,  # downloads a tokenizer, switches the model
     "modules.ui.extension_panels:_scripts.<locals>.<lambda>": False,
     "modules.ui.extensions_tab:_build_install.<locals>.ask": True,
@@ -143,6 +164,27 @@ UI_EVENTS = {
     "modules.ui.vae_bar:build_vae_choice.<locals>.on_refresh": True,
     "modules.ui.vae_bar:build_vae_choice.<locals>.on_select": True,
     "modules.ui.workers_panel:build_panel.<locals>.refresh": False,
+    "modules.ui.queue_tab:_wire_line.<locals>.refresh": False,  # the Queue tab: the viewer's view of the line
+    "modules.ui.queue_tab:_wire_line.<locals>.on_show": False,
+    "modules.ui.queue_tab:_wire_line.<locals>.on_tab": False,  # starts or stops the refresh timer
+    "modules.ui.queue_tab:_wire_line.<locals>.on_cancel": False,  # own jobs (admins: any)
+    "modules.ui.queue_tab:_wire_line.<locals>.on_move": True,  # reorders everyone's jobs: admins only
+    "modules.ui.queue_history:wire_section.<locals>.first": False,  # the viewer's history
+    "modules.ui.queue_history:wire_section.<locals>.previous": False,
+    "modules.ui.queue_history:wire_section.<locals>.following": False,
+    "modules.ui.queue_history:wire_section.<locals>.on_pick": False,
+    "modules.ui.queue_history:wire_section.<locals>.on_run_again": False,  # a job of the viewer's, limits apply
+    "modules.ui.queue_history:wire_section.<locals>.on_delete": True,  # own files; from the network: only signed in
+    "modules.ui.queue_history:wire_section.<locals>.<lambda>": False,  # shows or hides the delete question
+    "modules.ui.account_tab:build_tab.<locals>.on_load": False,  # the Account tab, as the viewer's role shows it
+    "modules.ui.account_tab:_wire_own.<locals>.on_change_password": False,  # the viewer's own account
+    "modules.ui.account_tab:_wire_own.<locals>.on_create": False,  # the viewer's own API token
+    "modules.ui.account_tab:_wire_own.<locals>.on_revoke": False,
+    "modules.ui.users_panel:wire_panel.<locals>.on_add": True,  # users admin: admins only
+    "modules.ui.users_panel:wire_panel.<locals>.on_pick": True,
+    "modules.ui.users_panel:wire_panel.<locals>.on_save": True,
+    "modules.ui.users_panel:wire_panel.<locals>.on_set_password": True,
+    "modules.ui.users_panel:wire_panel.<locals>.on_remove": True,
     # Built-in extensions' panels (their helper modules' own names). ControlNet's: follow the chosen
     # preprocessor, re-list the model files for this page, a unit's own image, a preprocessing preview.
     "cn_ui:_wire_unit.<locals>.on_module_picked": False,
@@ -235,8 +277,11 @@ def test_every_ui_event_refuses_another_sites_page_a_foreign_host_and_a_stranger
             assert client.post("/gradio_api/queue/join", json=body, headers={"Origin": FOREIGN}).status_code == 403
             assert client.post("/gradio_api/queue/join", json=body,
                                headers={"Host": "evil.example:7860"}).status_code == 421
-            signed_in = client.post("/gradio_api/queue/join", json=body)  # no session hash: Gradio says 400
+            # A page of this site (its own Origin) gets through; with no session hash Gradio says 400.
+            signed_in = client.post("/gradio_api/queue/join", json=body, headers={"Origin": "http://127.0.0.1:7860"})
             assert signed_in.status_code == 400, (event_name(block_fn), signed_in.status_code)
+        # A request that only a session cookie signs in must say it comes from this site (CSRF).
+        assert client.post("/gradio_api/queue/join", json={"data": [], "fn_index": 0}).status_code == 403
         client.cookies.clear()
         assert client.post("/gradio_api/queue/join", json={"data": [], "fn_index": 0}).status_code == 401
 

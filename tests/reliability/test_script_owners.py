@@ -98,13 +98,27 @@ def _job_ids(events: Path) -> list[str]:
 # --- over HTTP, as another user would try it ------------------------------------------------------
 
 
+def _users(data: Path) -> None:
+    """Alice and Bob as accounts with the user role (--gradio-auth logins would be admins, who see all)."""
+    from modules.identity import Role
+    from modules.services.accounts import AccountStore
+    from modules.services.studio_db import db_path, open_studio_db
+
+    db = open_studio_db(db_path(data))
+    store = AccountStore(db)
+    for name, password in (ALICE, BOB):
+        store.add(name, password, Role.USER)
+    db.close()
+
+
 @pytest.fixture(scope="module")
 def server(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("script-owners")
     (data / "config.yaml").write_text("shared_jobs: false\n")
     _probe(data, data / "events.jsonl")
-    proc, srv = start_server(data, tiny_models.folder, "--api", "--gradio-auth", "alice:a-secret,bob:b-secret",
-                             "--ckpt", "tiny-sd15.safetensors", ready_path=f"{API}/options")
+    _users(data)
+    proc, srv = start_server(data, tiny_models.folder, "--api", "--ckpt", "tiny-sd15.safetensors",
+                             ready_path=f"{API}/options")
     yield srv
     stop_server(proc)
 

@@ -14,6 +14,7 @@ from PIL import Image
 from modules.params import GenerationRequest, HiresFix, MaskedContent, Refiner, ResizeMode
 from modules.samplers import ScheduleType
 from modules.ui import img2img, inpaint, txt2img
+from modules.ui.checkpoints import with_job_checkpoint
 from modules.ui.form_fields import (
     GROUPS,
     SAME,
@@ -100,8 +101,9 @@ def editor(with_mask: bool = True) -> dict[str, Any]:
 
 
 def on_generate(make: Any) -> Any:
-    """What Generate builds from a tab's request: it with the "Override settings" entries applied."""
-    return lambda values: with_overrides(make(values), values)
+    """What Generate builds from a tab's request: it with the "Override settings" entries and the
+    page's "Checkpoint for my jobs" applied."""
+    return lambda values: with_job_checkpoint(with_overrides(make(values), values), values)
 
 
 def reads(make: Any, values: dict[str, Any]) -> set[str]:

@@ -79,6 +79,7 @@ class RayJobQueue(JobQueueBase):
 
     def stop(self, timeout: float | None = None) -> None:
         """Interrupt running jobs (waiting for them up to ``stop_grace``), end waiting ones unrun."""
+        self._close_journal()
         self._stopping.set()
         self._wake.set()
         if self._threads:
@@ -97,6 +98,9 @@ class RayJobQueue(JobQueueBase):
     def running(self) -> tuple[Job, ...]:
         with self._lock:
             return tuple(self._running)
+
+    def _new_context(self, job_id: str) -> RemoteJobContext:
+        return RemoteJobContext(job_id)  # progress mirrored from the worker (recovered jobs too)
 
     def _end_unrun(self, job: Job) -> None:
         """A cancelled waiting job ends as a stopped server ends it: the front's unrun result."""
@@ -192,6 +196,7 @@ class RayJobQueue(JobQueueBase):
             self._pending.remove(job)
             self._running.append(job)
             job.status = JobStatus.RUNNING
+        self._on_start(job)
         self._attempts[job.id] = self._attempts.get(job.id, 0) + 1
         self._bypassed.pop(job.id, None)
         job.context.mark_started()
@@ -299,6 +304,7 @@ class RayJobQueue(JobQueueBase):
             self._running.remove(job)
             job.status = JobStatus.QUEUED
             bisect.insort(self._pending, job, key=_rank)  # back in line at its own place
+            self._reorder()  # then where the fair order puts it
 
     def _unload_all(self) -> None:
         self._unload_requested.clear()
@@ -343,6 +349,7 @@ class RayJobQueue(JobQueueBase):
             self._pending.remove(job)
             self._running.append(job)
             job.status = JobStatus.RUNNING
+        self._on_start(job)
         job.context.mark_started()
         result, error = None, None
         try:
