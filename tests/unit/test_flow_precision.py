@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules.engine.devices import DevicePolicy, DeviceInfo, choose_device
+from modules.engine.devices import DeviceInfo, DevicePolicy, choose_device
 from modules.precision import Precision
 
 
