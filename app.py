@@ -124,9 +124,10 @@ def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
 
     from modules.api import extension_routes, routes
     from modules.api.route_effects import ApiRouteEffects
+    from modules.ui.sign_in import file_rule_for, seed_admins
     from modules.web.guard import Faces, GuardConfig, RequestGuard
 
-    _seed_admins(services, auth)
+    seed_admins(services.accounts, auth)
     docs = flags.serves_api
     app = FastAPI(title="Atelier API", version=__version__, docs_url="/docs" if docs else None,
                   redoc_url=None, openapi_url="/openapi.json" if docs else None)
@@ -151,7 +152,7 @@ def _build_app(flags: Flags, services: Services, auth: AuthConfig) -> Any:
         session_user=ui.session_user if ui is not None else lambda scope: None,
         login_route=lambda path: (flags.subpath + "/login" if ui is not None
                                   and _route_key(path, flags.subpath) == "/login" else None),
-        effects=tuple(effects), may_read=_file_rule(flags, services))
+        effects=tuple(effects), may_read=file_rule_for(flags.subpath, services))
     config = GuardConfig(auth=auth, accounts=services.accounts, listen=flags.listen,
                          hosts=_host_policy(flags),
                          cors_origins=frozenset(o.rstrip("/").lower() for o in flags.cors_allow_origins))
@@ -177,6 +178,7 @@ def _mount_ui(app: Any, flags: Flags, services: Services, auth: AuthConfig) -> t
     from modules.ui.common import CSS, HEAD
     from modules.ui.event_effects import GradioEventEffects
     from modules.ui.session import gradio_session_user, trust_the_guard
+    from modules.ui.sign_in import sign_in_for_gradio
 
     blocks = build_ui(services)
     private_events.seal(blocks)  # extensions' UI events (value=lambda, every=) stay off the public API
@@ -189,63 +191,10 @@ def _mount_ui(app: Any, flags: Flags, services: Services, auth: AuthConfig) -> t
     # path on the machine could be sent as an image input and read back from the cache.
     blocks.has_launched = True
     gradio_app = next(r.app for r in app.routes if hasattr(getattr(r, "app", None), "tokens"))
-    sessions = _sign_in_for_gradio(gradio_app, services, auth)
+    sessions = sign_in_for_gradio(gradio_app, services.accounts, auth, services.settings.session_hours)
     trust_the_guard(gradio_app)
     return app, MountedUi(effects=GradioEventEffects(blocks, flags.subpath), is_open=open_paths(flags.subpath),
                           session_user=gradio_session_user(gradio_app), sessions=sessions)
-
-
-def _sign_in_for_gradio(gradio_app: Any, services: Services, auth: AuthConfig) -> SessionTable:
-    """Gradio's login page over the accounts, and sessions that expire and end with an account's change.
-
-    Gradio reads ``gradio_app.auth`` on each request: it stays None (no login page) while nothing asks
-    for sign-in, and is set once the first account appears (the page shows the login on reload)."""
-    import asyncio
-
-    from modules.services.accounts import AccountEvent
-    from modules.web.sessions import SessionTable
-
-    accounts = services.accounts
-
-    async def check(name: str, password: str) -> bool:  # argon2 is slow on purpose: off the event loop
-        return await asyncio.to_thread(accounts.check_password, name, password) is not None
-
-    def follow(event: AccountEvent, name: str) -> None:
-        if event in (AccountEvent.PASSWORD_CHANGED, AccountEvent.REMOVED, AccountEvent.ROLE_CHANGED):
-            ended = sessions.end_user(name)
-            if ended:
-                log.info("Signed out %s (%d session(s)): account %s", name, ended, event.value.replace("_", " "))
-        gradio_app.auth = check if auth.ui is not None or accounts.sign_in_required() else None
-
-    hours = services.settings.session_hours
-    sessions = SessionTable(max_age=hours * 3600)
-    gradio_app.tokens = sessions
-    accounts.on_change(follow)
-    gradio_app.auth = check if auth.ui is not None or accounts.sign_in_required() else None
-    return sessions
-
-
-def _seed_admins(services: Services, auth: AuthConfig) -> None:
-    """``--gradio-auth`` users not yet in the accounts become admins (as they had full access before)."""
-    if auth.ui is None:
-        return
-    added = services.accounts.seed_admins(auth.ui.users)
-    if added:
-        log.info("Added %s from --gradio-auth as admin account(s)", ", ".join(added))
-
-
-def _file_rule(flags: Flags, services: Services) -> Callable[[str, Any], bool]:
-    """Who may read which output file through Gradio's file route (a user: not another's)."""
-    from modules.services.file_owners import FileOwners
-    from modules.web.file_rule import file_rule
-
-    def account_name(name: str) -> str | None:
-        found = services.accounts.identity(name)
-        return found.name if found is not None else None
-
-    outputs = services.paths.outputs_dir
-    return file_rule(outputs, flags.subpath, FileOwners(services.db, outputs, account_name),
-                     per_user=lambda: services.options.get().outputs_per_user)
 
 
 def _route_key(path: str, subpath: str) -> str:
