@@ -15,6 +15,7 @@ from modules.identity import Identity, Role, UserLimits
 from modules.services.account_cli import accounts_main
 from modules.services.accounts import AccountStore
 from modules.services.studio_db import db_path, open_studio_db
+from tests.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,3 +128,18 @@ def test_a_damaged_database_is_refused_naming_its_backup(tmp_path: Path) -> None
     assert refused.returncode == 2
     assert "damaged" in refused.stderr and f"{path.name}.backup-last-start" in refused.stderr
     assert path.read_bytes().startswith(b"this is not a database")  # never reset
+
+
+def test_the_server_will_not_start_on_a_damaged_database(tmp_path: Path) -> None:
+    """A damaged studio database stops the server at start (exit 2) with a message naming the backup
+    to go back to; the file is left as it was, never reset."""
+    assert users(tmp_path, "add", "hal", "--role", "admin", "--password", "hal-password").returncode == 0
+    path = db_path(tmp_path)
+    open_studio_db(path, server_start=True).close()  # the last start's backup
+    path.write_bytes(b"not a database" * 500)
+    environ = {k: v for k, v in os.environ.items() if k != "COMMANDLINE_ARGS"}
+    started = subprocess.run([sys.executable, "app.py", "--data-dir", str(tmp_path), "--ckpt-dir", str(tmp_path),
+                              "--port", str(free_port())], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 2, started.stderr[-2000:]
+    assert "damaged" in started.stderr and f"{path.name}.backup-last-start" in started.stderr
+    assert path.read_bytes() == b"not a database" * 500

@@ -214,9 +214,13 @@ def build(tmp_path: Path, *args: str) -> tuple[object, object]:
     return app_module._build_app(flags, services, auth), services
 
 
-@pytest.fixture
-def secured(tmp_path: Path) -> Iterator[object]:
-    guard, services = build(tmp_path, "--gradio-auth", f"alice:{PASSWORD}")
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One app for the module (building one takes seconds): alice an admin (--gradio-auth), uma a user."""
+    from modules.identity import Role
+
+    guard, services = build(tmp_path_factory.mktemp("secured"), "--gradio-auth", f"alice:{PASSWORD}")
+    services.accounts.add("uma", PASSWORD, Role.USER)
     yield guard
     services.close()
 
@@ -294,14 +298,49 @@ def test_the_network_rule_covers_exactly_the_server_changing_routes_and_events(e
             reply = lan.request(method, concrete(path), json={"data": []})
             expected_refused = (method, path) in SERVER_ROUTES | UNNAMED_EVENT_ROUTES
             assert (reply.status_code == 403) == expected_refused, (method, path, reply.status_code)
+        # Every event by its index; by its API name too for one event of each handler (the other
+        # events of a handler, such as each quicksetting's apply, carry the same mark).
+        first_of: dict[str, int] = {}
         for index, block_fn in blocks_of(exposed).fns.items():
-            changes = UI_EVENTS[event_name(block_fn)]
-            for route in ("/gradio_api/queue/join", f"/gradio_api/run/{block_fn.api_name}",
-                          f"/gradio_api/call/{block_fn.api_name}"):
+            name = event_name(block_fn)
+            routes = ["/gradio_api/queue/join"]
+            if first_of.setdefault(name, index) == index:
+                routes += [f"/gradio_api/run/{block_fn.api_name}", f"/gradio_api/call/{block_fn.api_name}"]
+            for route in routes:
                 body = {"data": [], "fn_index": index, "session_hash": None}
                 reply = lan.post(route, json=body)
-                assert (reply.status_code == 403) == changes, (event_name(block_fn), route, reply.status_code)
+                assert (reply.status_code == 403) == UI_EVENTS[name], (name, route, reply.status_code)
     with TestClient(exposed, base_url="http://127.0.0.1:7860", client=LOCAL) as local:
-        for index, block_fn in blocks_of(exposed).fns.items():
+        for name, index in first_of.items():
             body = {"data": [], "fn_index": index, "session_hash": None}
-            assert local.post("/gradio_api/queue/join", json=body).status_code == 400, event_name(block_fn)
+            assert local.post("/gradio_api/queue/join", json=body).status_code == 400, name
+
+
+# --- roles: a signed-in user (not an admin) is refused exactly what changes the server --------------
+
+OWN_FILES_ROUTES = {("DELETE", "/sdapi/v1/queue/history/{job_id}"), ("DELETE", "/agent-scheduler/v1/task/{task_id}")}
+OWN_FILES_EVENTS = {"modules.ui.queue_history:wire_section.<locals>.on_delete"}
+
+
+def test_a_user_is_refused_every_server_change_and_nothing_else(secured) -> None:
+    """Every API route and UI event a user sends: refused by the role rule (403) where it changes the
+    server for everyone (deleting one's own jobs is not that), through to the route otherwise; the
+    same requests by an admin always get through."""
+    user = {"Authorization": "Basic " + base64.b64encode(f"uma:{PASSWORD}".encode()).decode()}
+
+    def by_role(reply) -> bool:  # the guard's refusal, not a route's own 403
+        return reply.status_code == 403 and "Only an admin" in reply.text
+
+    with TestClient(secured, base_url="http://127.0.0.1:7860", client=LOCAL) as client:
+        for method, path in sorted(SERVER_ROUTES | OWN_API_ROUTES):
+            if method in ("GET", "HEAD", "OPTIONS") or path.startswith("/gradio_api/"):
+                continue  # Gradio's event routes: by event, below
+            refused = (method, path) in SERVER_ROUTES - OWN_FILES_ROUTES
+            for who, expected in ((user, refused), (basic(), False)):
+                reply = client.request(method, concrete(path), json={}, headers=who)
+                assert by_role(reply) == expected, (method, path, reply.status_code, reply.text[:200])
+        for index, block_fn in blocks_of(secured).fns.items():
+            name = event_name(block_fn)
+            body = {"data": [], "fn_index": index, "session_hash": None}
+            reply = client.post("/gradio_api/queue/join", json=body, headers=user)
+            assert by_role(reply) == (UI_EVENTS[name] and name not in OWN_FILES_EVENTS), (name, reply.status_code)
