@@ -14,8 +14,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One plain server for every browser test file that needs no flags of its own (starting one takes
+    seconds); a file that needs another setup defines its own ``server``."""
     proc, srv = start_server(tmp_path_factory.mktemp("ui-data"), tiny_models.folder, "--ckpt", "tiny-sd15.safetensors")
     yield srv
     stop_server(proc)

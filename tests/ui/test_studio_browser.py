@@ -19,7 +19,9 @@ from tests.server_process import Server, start_server, stop_server
 pytestmark = pytest.mark.browser
 ADMIN, ADMIN_PASSWORD = "ada", "ada-admin-pass-1"
 USER, USER_PASSWORD = "bea", "bea-user-pass-2"
-LONG = {"txt2img_steps": 150, "txt2img_batch_count": 4}  # seconds of work: the next job waits behind it
+# A minute of work or more (60 images: under the 64 that would ask first): the next job surely
+# waits behind it, and the test interrupts it once its part is played.
+LONG = {"txt2img_steps": 150, "txt2img_batch_count": 60}
 
 
 @pytest.fixture(scope="module")
