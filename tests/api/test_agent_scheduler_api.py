@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from starlette.testclient import TestClient
 import app as app_module
 from modules.cmd_args import parse_flags
 from modules.web.credentials import load_auth
+from tests.api.waiting import wait_for
 from tests.conftest import TinyModels, make_services
 
 AS = "/agent-scheduler/v1"
@@ -33,16 +33,6 @@ def client(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) ->
     app = app_module._build_app(parse_flags(["--api", "--nowebui"], {}), services, load_auth(None, None, None))
     yield TestClient(app, base_url="http://127.0.0.1")
     services.close()
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def task(client: TestClient, task_id: str) -> dict[str, Any]:

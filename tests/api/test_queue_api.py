@@ -7,8 +7,7 @@ long job holds the worker while the others' jobs wait in line, so what the line 
 from __future__ import annotations
 
 import base64
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from modules.api.queue_api import FileLinks
 from modules.cmd_args import parse_flags
 from modules.identity import Role, UserLimits
 from modules.web.credentials import load_auth
+from tests.api.waiting import wait_for
 from tests.conftest import TinyModels, make_services
 
 Q = "/sdapi/v1/queue"
@@ -41,16 +41,6 @@ def studio(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) ->
     app = app_module._build_app(parse_flags(["--api", "--nowebui"], {}), services, load_auth(None, None, None))
     yield TestClient(app, base_url="http://127.0.0.1"), services
     services.close()
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def queue(client: TestClient, name: str, prompt: str, **fields: Any) -> str:
