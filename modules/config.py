@@ -37,6 +37,7 @@ from modules.params import (
     face_restorer_problem,
     preview_method_problem,
 )
+from modules.remote_prices import prices_problem
 from modules.sampler_params import NAMES as SAMPLER_PARAM_NAMES
 from modules.sampler_params import RANGES as SAMPLER_PARAM_RANGES
 from modules.sampler_params import param_problem as sampler_param_problem
@@ -122,6 +123,18 @@ class Settings:
     outdir_grids: str = OUTDIR_DEFAULTS["outdir_grids"]
     outdir_txt2img_grids: str = OUTDIR_DEFAULTS["outdir_txt2img_grids"]
     outdir_img2img_grids: str = OUTDIR_DEFAULTS["outdir_img2img_grids"]
+    # Remote engines (docs/remote-engines.md): hosted models behind the same queue. An admin's switch;
+    # the providers' keys and base URLs (the environment's OPENAI_API_KEY, OPENAI_BASE_URL and
+    # GEMINI_API_KEY / GOOGLE_API_KEY when empty; keys an admin saves in the UI win); one HTTP attempt's
+    # time limit and the retries on 429 and 5xx; prices in dollars per image by title and size.
+    remote_engines: bool = True
+    openai_api_key: str = field(default="", repr=False)
+    openai_base_url: str = ""
+    google_api_key: str = field(default="", repr=False)
+    google_base_url: str = ""
+    remote_timeout: float = 120.0
+    remote_retries: int = 2
+    remote_prices: dict[str, Any] = field(default_factory=dict)
     # A1111 options Atelier has no use for, kept as sent and echoed by GET /sdapi/v1/options (no effect).
     a1111_extra: dict[str, Any] = field(default_factory=dict)
 
@@ -143,7 +156,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "clip_skip": (1, GenerationLimits.max_clip_skip),
     "eta_noise_seed_delta": (0, MAX_SEED), "checkpoint_cache": (0, 8),
     "show_progress_every_n_steps": PREVIEW_EVERY_RANGE, "esrgan_tile": (0, 512), "esrgan_tile_overlap": (0, 48),
-    "jpeg_quality": (1, 100), "n_rows": (-1, 16),
+    "jpeg_quality": (1, 100), "n_rows": (-1, 16), "remote_retries": (0, 5),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {"randn_source": tuple(r.value for r in RngSource), "samples_format": IMAGE_FORMATS,
                                         "grid_format": IMAGE_FORMATS, "save_images_replace_action": REPLACE_ACTIONS,
@@ -152,8 +165,12 @@ _CHOICE_CHECKS: dict[str, Callable[[object], str | None]] = {"show_progress_type
                                                               "face_restoration_model": face_restorer_problem,
                                                               "emphasis": emphasis_problem,
                                                               **{key: functools.partial(outdir_problem, key)
-                                                                 for key in OUTDIR_DEFAULTS}}
+                                                                 for key in OUTDIR_DEFAULTS},
+                                                              "openai_base_url": lambda v: _url_problem(v),
+                                                              "google_base_url": lambda v: _url_problem(v)}
 SESSION_HOURS_RANGE = (0.05, 24.0 * 366)  # three minutes to a year
+REMOTE_TIMEOUT_RANGE = (1.0, 900.0)  # seconds one provider call may take
+SECRET_SETTINGS = frozenset({"openai_api_key", "google_api_key"})  # never shown back, logged or echoed
 
 
 def _session_hours_problem(value: object) -> str | None:
@@ -163,13 +180,22 @@ def _session_hours_problem(value: object) -> str | None:
     return None
 
 
+def _remote_timeout_problem(value: object) -> str | None:
+    low, high = REMOTE_TIMEOUT_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        return f"must be a number of seconds from {low:g} to {high:g}, got {value!r}"
+    return None
+
+
 # Every number setting says what it allows (its range) in its own check.
 _FLOAT_CHECKS: dict[str, Callable[[object], str | None]] = {
     "code_former_weight": code_former_weight_problem,
     "session_hours": _session_hours_problem,
+    "remote_timeout": _remote_timeout_problem,
     **{name: (lambda value, name=name: sampler_param_problem(name, value)) for name in SAMPLER_PARAM_NAMES}}
 FLOAT_RANGES: dict[str, tuple[float, float]] = {"code_former_weight": CODE_FORMER_WEIGHT_RANGE,
                                                 "session_hours": SESSION_HOURS_RANGE,
+                                                "remote_timeout": REMOTE_TIMEOUT_RANGE,
                                                 **SAMPLER_PARAM_RANGES}  # shown by the UI
 MAX_LIST_ITEMS = 64
 _NON_BLANK = frozenset({"sd_vae", "upscaler_for_img2img"})  # a blank VAE name would make every job from the UI invalid
@@ -190,6 +216,20 @@ def _text_problem(key: str, value: object) -> str | None:
     return None
 
 
+def _url_problem(value: object) -> str | None:
+    if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS or not value.isprintable():
+        return f"must be a URL of at most {MAX_TEXT_CHARS} characters, got {str(value)[:60]!r}"
+    if value and not value.startswith(("http://", "https://")):
+        return f"must be an http:// or https:// URL (or empty for the provider's own), got {value[:60]!r}"
+    return None
+
+
+def _secret_problem(value: object) -> str | None:
+    if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS or not value.isprintable() or not _is_unicode(value):
+        return f"must be printable text of at most {MAX_TEXT_CHARS} characters (the value is not shown)"
+    return None
+
+
 def _int_problem(key: str, value: object) -> str | None:
     low, high = INT_RANGES[key]
     if isinstance(value, bool) or not isinstance(value, int):  # 2.0, 1e30, "5" and true are refused
@@ -206,6 +246,8 @@ def setting_problem(key: str, value: object) -> str | None:
     expected = _TYPES.get(key)
     if expected is None:
         return f"is not a setting; known settings: {', '.join(sorted(_TYPES))}"
+    if key in SECRET_SETTINGS:  # its message never quotes the value
+        return _secret_problem(value)
     if expected is bool:
         return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
     if expected is str:
@@ -214,6 +256,8 @@ def setting_problem(key: str, value: object) -> str | None:
         return _FLOAT_CHECKS[key](value)
     if expected is tuple:
         return _names_problem(value)
+    if key == "remote_prices":
+        return prices_problem(value)
     if expected is dict:
         return extras_problem(value)
     return _int_problem(key, value)

@@ -6,6 +6,7 @@ Everything below the faces raises these (or lets a genuine bug propagate) and ne
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 
@@ -182,3 +183,29 @@ class JobNotFoundError(AtelierError):
 
 class StoreError(AtelierError):
     """The job store could not record a job, so it was not accepted (HTTP 503)."""
+
+
+class ProviderFailure(enum.Enum):
+    """Why a remote engine's provider did not give images (the message says it in words)."""
+
+    BAD_KEY = "the API key was refused"
+    RATE_LIMIT = "rate limited"
+    CONTENT_POLICY = "the request was refused by the provider's content policy"
+    TIMEOUT = "no answer in time"
+    NETWORK = "could not be reached"
+    SERVER = "the provider's server failed"
+    BAD_REQUEST = "the provider refused the request"
+
+
+class ProviderError(AtelierError):
+    """A remote engine's call failed; the message names the provider and the reason (never the key).
+
+    ``status`` is the HTTP status the provider answered, if it answered."""
+
+    def __init__(self, provider: str, failure: ProviderFailure, detail: str = "", status: int | None = None) -> None:
+        answered = f" (HTTP {status})" if status is not None else ""
+        said = f": {detail}" if detail else ""
+        super().__init__(f"{provider}: {failure.value}{answered}{said}")
+        self.provider = provider
+        self.failure = failure
+        self.status = status

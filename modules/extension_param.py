@@ -41,6 +41,9 @@ class Param:
     indexed: tuple[str, ...] = ()
     # OBJECT: value -> the checked plain JSON value (dicts, lists, texts, numbers); ValueError says why not.
     check: Callable[[Any], Any] | None = field(default=None, compare=False)
+    # OBJECT: whether a checked value asks the extension to act (a ControlNet unit that is enabled);
+    # None: any value but the default does. A job on a remote model refuses parameters that act.
+    active: Callable[[Any], bool] | None = field(default=None, compare=False)
 
     @staticmethod
     def bool(name: str, default: bool = False, label: str = "") -> Param:
@@ -79,10 +82,20 @@ class Param:
         return Param(name, ParamKind.UPSCALER, default, label)
 
     @staticmethod
-    def object(name: str, check: Callable[[Any], Any], label: str = "") -> Param:
+    def object(name: str, check: Callable[[Any], Any], label: str = "",
+               active: Callable[[Any], bool] | None = None) -> Param:
         """v2: a JSON value (an object, a list ...) that ``check`` validates and normalises to plain
-        JSON values (it travels in the job, to remote workers too); None (not sent) stays None."""
-        return Param(name, ParamKind.OBJECT, None, label, check=check)
+        JSON values (it travels in the job, to remote workers too); None (not sent) stays None.
+        ``active(checked value)``: whether it asks the extension to act (None: any value but None does)."""
+        return Param(name, ParamKind.OBJECT, None, label, check=check, active=active)
+
+    def acts(self, value: Any) -> bool:
+        """Whether a checked ``value`` of this parameter asks its extension to do anything."""
+        if self.kind is ParamKind.NOTE:
+            return False
+        if self.active is not None:
+            return bool(self.active(value))
+        return value != self.default
 
     @staticmethod
     def note(name: str, text: str) -> Param:

@@ -16,7 +16,7 @@ from typing import Any
 
 USER_HEADER = "x-atelier-user"  # set by the request guard only; a client's own copy is dropped
 ROLE_HEADER = "x-atelier-role"
-LIMIT_NAMES = ("max_batch", "max_size", "max_steps", "jobs_per_hour", "checkpoints")
+LIMIT_NAMES = ("max_batch", "max_size", "max_steps", "jobs_per_hour", "remote_images_per_day", "checkpoints")
 
 
 class Role(enum.Enum):
@@ -60,7 +60,8 @@ class UserLimits:
 
     ``max_batch``: images per job (batch size x batch count); ``max_size``: the larger side in
     pixels, hires fix's target included; ``max_steps``: sampling steps of any pass;
-    ``jobs_per_hour``: jobs accepted in the last hour; ``checkpoints``: globs of the checkpoint
+    ``jobs_per_hour``: jobs accepted in the last hour; ``remote_images_per_day``: images asked of
+    remote engines in the last 24 hours (the paid ones); ``checkpoints``: globs of the checkpoint
     titles or file names the account may use (``["sd15*", "*.safetensors"]``).
     """
 
@@ -68,6 +69,7 @@ class UserLimits:
     max_size: int | None = None
     max_steps: int | None = None
     jobs_per_hour: int | None = None
+    remote_images_per_day: int | None = None  # images from remote engines (openai/..., google/...) in 24 hours
     checkpoints: tuple[str, ...] = ()
 
     def allows_checkpoint(self, *names: str) -> bool:
@@ -82,7 +84,8 @@ class UserLimits:
 
     def as_dict(self) -> dict[str, Any]:
         return {"max_batch": self.max_batch, "max_size": self.max_size, "max_steps": self.max_steps,
-                "jobs_per_hour": self.jobs_per_hour, "checkpoints": list(self.checkpoints)}
+                "jobs_per_hour": self.jobs_per_hour, "remote_images_per_day": self.remote_images_per_day,
+                "checkpoints": list(self.checkpoints)}
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> UserLimits:

@@ -194,6 +194,9 @@ def request_from_infotext(
         # Forge's keys; without them the image had no distilled guidance and the family's own shift.
         distilled_cfg_scale=_read_float(params, "Distilled CFG Scale", DEFAULT_DISTILLED_CFG_SCALE, warnings),
         shift=_read_shift(params, warnings),
+        # A remote model's options (openai/dall-e-3's "Quality: hd", "Style: natural").
+        quality=params.get("Quality") or base.quality,
+        style=params.get("Style") or base.style,
         # A1111's sampler parameters; as in A1111, a missing one keeps the base's (the server's option).
         **{name: _read_optional_float(params, key, getattr(base, name), warnings)
            for name, key in SAMPLER_PARAM_KEYS.items()},

@@ -51,6 +51,19 @@ def _whole(value: object) -> int:
     return number
 
 
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"must be a number of seconds, got {value!r}")
+    return float(value)
+
+
+def _url(value: object) -> str:
+    """A provider's base URL, or "" for the provider's own."""
+    if not isinstance(value, str) or (value.strip() and not value.strip().startswith(("http://", "https://"))):
+        raise ValueError(f"must be an http:// or https:// URL, or empty, got {value!r}")
+    return value.strip()
+
+
 def _name(what: str) -> Callable[[object], str]:
     def parse(value: object) -> str:
         if not isinstance(value, str) or not value.strip():
@@ -143,6 +156,7 @@ class Section(enum.Enum):
     EXTRA_NETWORKS = "Extra Networks"
     USER_INTERFACE = "User interface"
     SYSTEM = "System"  # the server's own limits (Atelier's; A1111 has no such options)
+    REMOTE_ENGINES = "Remote engines"  # hosted models (Atelier's; keys are set beside them, never as options)
 
 
 class Takes(enum.Enum):
@@ -283,6 +297,15 @@ OPTIONS: tuple[Option, ...] = (
            "denoising)"),
     Option("live_previews_enable", "live_previews_enable", "live_previews", _flag, S.LIVE_PREVIEWS,
            "Show live previews of the created image"),
+    Option("remote_engines", "remote_engines", None, _flag, S.REMOTE_ENGINES,
+           "Offer remote engines (hosted models: openai/..., google/...) to every user"),
+    Option("openai_base_url", "openai_base_url", None, _url, S.REMOTE_ENGINES,
+           "OpenAI base URL (empty: OpenAI's own, or OPENAI_BASE_URL; any OpenAI-compatible server)"),
+    Option("google_base_url", "google_base_url", None, _url, S.REMOTE_ENGINES, "Google base URL (empty: Google's own)"),
+    Option("remote_timeout", "remote_timeout", None, _seconds, S.REMOTE_ENGINES,
+           "Seconds one provider call may take"),
+    Option("remote_retries", "remote_retries", None, _whole, S.REMOTE_ENGINES,
+           "Retries of a call the provider answered with 429 or 5xx (with backoff)"),
     # A1111 counts the loaded checkpoint among those it caches; the setting counts the others.
     Option(CHECKPOINT_CACHE_OPTION, "checkpoint_cache", None, _whole, S.STABLE_DIFFUSION,
            "Checkpoints to cache in RAM (besides the loaded one; the API's sd_checkpoint_cache counts it too)",

@@ -285,6 +285,12 @@ class GenerationRequest:
     shift: float | None = None
     # (k, n): this job is job k of a script's n (an X/Y/Z plot's cells), for the progress shown.
     part_of: tuple[int, int] | None = None
+    # Remote models' own options (OpenAI's quality and style; None: the model's default). A local
+    # checkpoint refuses them; ``notes``: what the front has to say about the job (fields a remote
+    # model does not use), reported with its result.
+    quality: str | None = None
+    style: str | None = None
+    notes: tuple[str, ...] = field(default=(), compare=False)
     # A1111's sampler parameters (options eta_ancestral, eta_ddim, s_churn, s_tmin, s_tmax, s_noise,
     # sigma_min, sigma_max, rho; see modules.sampler_params); None = the server's.
     eta_ancestral: float | None = None

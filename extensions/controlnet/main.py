@@ -52,6 +52,11 @@ def check_unit(value: Any) -> dict[str, Any] | None:
     return unit
 
 
+def unit_enabled(unit: Mapping[str, Any] | None) -> bool:
+    """Whether a checked unit asks for control (a disabled one, as the UI sends it, does nothing)."""
+    return unit is not None and bool(unit.get("enabled"))
+
+
 def check_job(ctx: BeforeGenerate) -> None:
     """BEFORE_GENERATE: what can be refused on the front (modules, a missing image in txt2img)."""
     errors = []
@@ -158,7 +163,8 @@ def _plain(text: Any) -> str:
 def setup(ext: ExtensionSetup) -> None:
     cache = ControlNetCache()
     annotators = cn_preprocess.AnnotatorCache()  # preprocessor models, kept loaded between jobs
-    ext.add_params(*(Param.object(f"unit_{i}", check_unit, label=f"ControlNet Unit {i}") for i in range(MAX_UNITS)))
+    ext.add_params(*(Param.object(f"unit_{i}", check_unit, label=f"ControlNet Unit {i}", active=unit_enabled)
+                      for i in range(MAX_UNITS)))
     ext.on(Hook.BEFORE_GENERATE, check_job)
     ext.on(Hook.JOB_START, lambda ctx: prepare(ctx, cache, partial(cn_preprocess.run, cache=annotators)))
     ext.on(Hook.MODEL_CALL, model_call)

@@ -180,7 +180,7 @@ def router(services: Services, flags: Flags, prepare: Prepare, json_body: JsonBo
         return services.queue_view
 
     r.get("/samplers")(lambda: [s.name for s in SAMPLERS])
-    r.get("/sd-models")(lambda: [c.title for c in services.registry.all()])
+    r.get("/sd-models")(lambda: [c.title for c in services.registry.all()] + services.remote.titles())
 
     @r.post("/queue/txt2img")
     async def queue_txt2img(request: Request) -> dict[str, Any]:

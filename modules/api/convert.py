@@ -299,7 +299,7 @@ def to_generation_request(body: Txt2ImgBody | Img2ImgBody) -> GenerationRequest:
         seed_resize_from_width=body.seed_resize_from_w, seed_resize_from_height=body.seed_resize_from_h,
         hires=_hires(body), refiner=_refiner(body), extension_params=_extension_params(body),
         tiling=bool(body.tiling), restore_faces=bool(body.restore_faces),
-        distilled_cfg_scale=body.distilled_cfg_scale, shift=body.shift,
+        distilled_cfg_scale=body.distilled_cfg_scale, shift=body.shift, quality=body.quality, style=body.style,
         **requested,  # type: ignore[arg-type]
     )
     # 3. img2img inputs.

@@ -18,9 +18,17 @@ import pydantic
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from modules.api import accounts_api, agent_scheduler_api, download_api, extras_api, queue_api, schemas, scripts_api
+from modules.api import (
+    accounts_api,
+    agent_scheduler_api,
+    download_api,
+    extras_api,
+    queue_api,
+    remote_api,
+    schemas,
+    scripts_api,
+)
 from modules.api.convert import (
-    body_field,
     decode_base64_image,
     images_response,
     parse_body,
@@ -28,27 +36,14 @@ from modules.api.convert import (
     scheduler_items,
     to_generation_request,
 )
+from modules.api.error_replies import error_response
 from modules.api.face_restorer_items import face_restorer_items
 from modules.api.saving_api import refuse_unhonoured_overrides, reply_image_bytes
 from modules.api.upscaler_items import realesrgan_items, upscaler_items
 from modules.cmd_args import Flags
 from modules.errors import (
-    AccountError,
-    AccountNotFoundError,
     AtelierError,
-    ConfigError,
-    DownloadError,
     FieldError,
-    ForbiddenError,
-    JobNotFoundError,
-    MissingComponentError,
-    ModelLoadError,
-    ModelNotFoundError,
-    NoModelLoadedError,
-    NotEnoughMemoryError,
-    QueueFullError,
-    RateLimitError,
-    StoreError,
     ValidationError,
 )
 from modules.infotext import parse_infotext
@@ -61,7 +56,6 @@ from modules.services.extensions import ExtensionState
 from modules.services.image_input import decode_image
 from modules.services.images import infotext_of
 from modules.services.job_types import Job
-from modules.services.missing_components import missing_component_body
 from modules.services.model_families_found import module_files
 from modules.services.system_memory import memory_report
 from modules.services.tokenizer_downloads import TokenizerFetcher
@@ -69,40 +63,6 @@ from modules.upscalers import UPSCALERS, UpscalerKind
 
 PREFIX = "/sdapi/v1"
 API_PREFIXES = (PREFIX, agent_scheduler_api.PREFIX)  # what the request guard treats as API paths
-
-
-_STATUS: tuple[tuple[type[AtelierError], int], ...] = (
-    (ValidationError, 422), (ConfigError, 422), (ModelNotFoundError, 404), (QueueFullError, 503),
-    (NoModelLoadedError, 503),
-    # 409, not 422: the request is valid; the server lacks a file the checkpoint needs, and the same
-    # request succeeds unchanged once the client downloads it (the body says how) or puts it in place.
-    (MissingComponentError, 409),
-    (ModelLoadError, 500),
-    (NotEnoughMemoryError, 507),  # refused before it started: the job does not fit the GPU's memory
-    (DownloadError, 502),  # the place a model comes from did not give it (or gave a file with the wrong hash)
-    # The studio's: another user's job is "not found" (never revealed); a role or limit refuses (403),
-    # a quota says when to come back (429); a job the store could not record was not accepted (503).
-    (JobNotFoundError, 404), (AccountNotFoundError, 404), (AccountError, 400), (ForbiddenError, 403),
-    (RateLimitError, 429), (StoreError, 503),
-)
-
-
-def error_response(exc: AtelierError) -> JSONResponse:
-    """The JSON reply for a service error: FastAPI's 422 shape for bad fields, ``detail`` otherwise."""
-    status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
-    if isinstance(exc, ValidationError):
-        # Fields as the body names them ("n_iter", not the request's "batch_count"); a whole-body
-        # error is FastAPI's ["body"], not a field called "body".
-        detail: Any = [{"loc": ["body", *body_field(e.field).split(".")] if e.field != "body" else ["body"],
-                        "msg": e.message, "type": "value_error"} for e in exc.errors]
-        errors = "; ".join(f"{body_field(e.field)}: {e.message}" for e in exc.errors)
-        return JSONResponse({"detail": detail, "error": "ValidationError", "errors": errors}, status_code=status)
-    headers = {"Retry-After": "5"} if isinstance(exc, QueueFullError) else \
-        {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimitError) else None
-    extra = missing_component_body(exc) if isinstance(exc, MissingComponentError) else \
-        {"limit": exc.limit} if isinstance(exc, (ForbiddenError, RateLimitError)) else {}
-    return JSONResponse({"detail": str(exc), "error": type(exc).__name__, **extra}, status_code=status,
-                        headers=headers)
 
 
 async def _json_body(request: Request, required: bool = False) -> Any:
@@ -285,7 +245,8 @@ class ApiFace:
                                                  sha256=i.sha256, filename=str(i.path), config=None,
                                                  family=family.key if family else None,
                                                  family_label=family.label if family else None))
-            return items
+            return items + [schemas.SDModelItem(title=m.title, model_name=m.title, filename=m.title, family="remote",
+                                                family_label=f"{m.provider.label} (remote)") for m in s.remote.models()]
 
         @r.get("/sd-modules", response_model=list[schemas.SDModuleItem])
         def sd_modules() -> list[schemas.SDModuleItem]:
@@ -298,6 +259,7 @@ class ApiFace:
         @changes_server
         def refresh_checkpoints() -> None:
             s.registry.refresh()
+            s.remote.refresh()  # the providers' model lists
 
         @r.post("/refresh-vae")
         @changes_server
@@ -390,6 +352,7 @@ def install(app: FastAPI, services: Services, flags: Flags) -> None:
     app.include_router(face.router())
     app.include_router(queue_api.router(services, flags, face.prepare_body, _json_body))
     app.include_router(accounts_api.router(services, _json_body))
+    app.include_router(remote_api.router(services))
     app.include_router(agent_scheduler_api.router(services, flags, face.prepare_body, _json_body))
 
     @app.exception_handler(AtelierError)

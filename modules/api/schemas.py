@@ -115,6 +115,8 @@ class Txt2ImgBody(_LenientBody):
     cfg_scale: LenientFloat = 7.0
     distilled_cfg_scale: LenientFloat = 3.5  # Forge's: FLUX.1 dev's distilled guidance
     shift: LenientFloat | None = None  # Forge's: a flow family's sigma shift; null: the family's own
+    quality: str | None = None  # Atelier's: a remote model's quality ("hd", "high"); null: the model's default
+    style: str | None = None  # Atelier's: a remote model's style ("vivid", "natural"); null: the model's default
     width: LenientInt = 512
     height: LenientInt = 512
     clip_skip: LenientInt | None = None  # not A1111's, but many clients send it; wins over the option
@@ -243,6 +245,23 @@ class SDModelItem(BaseModel):
     config: str | None = None
     family: str | None = None  # Atelier's: the model family's key ("flux_dev"), when known
     family_label: str | None = None  # ... and its name ("FLUX.1 dev")
+
+
+class RemoteModelItem(BaseModel):
+    """``GET /sdapi/v1/remote-models``: a hosted model on offer, what it supports and costs."""
+
+    title: str  # "openai/dall-e-3": the value of sd_model_checkpoint that selects it
+    provider: str
+    model: str
+    sizes: list[str]  # "1024x1024", ...
+    qualities: list[str]  # the first is the default; empty: no quality option
+    styles: list[str]
+    max_images_per_call: int  # the largest batch_size
+    negative_prompt: bool
+    edits: bool  # img2img
+    masked_edits: bool  # inpainting
+    known: bool  # from Atelier's table (false: only the provider's server lists it)
+    prices: dict[str, float | None]  # dollars per image by size (and quality), null: not in the price table
 
 
 class SDVaeItem(BaseModel):

@@ -9,6 +9,8 @@ server answers while it is built, and whoever asks for one of its parts first wa
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -37,6 +39,9 @@ from modules.services.model_downloads import ModelFetcher, upscaler_aliases
 from modules.services.outputs import OutputStore
 from modules.services.queue_contract import JobQueueContract, QueueMode
 from modules.services.queue_view import QueueView
+from modules.services.remote.access_file import FILE_NAME as ACCESS_FILE_NAME
+from modules.services.remote.access_file import AccessFile
+from modules.services.remote.engines import RemoteEngines
 from modules.services.settings_store import SettingsStore
 from modules.services.studio_db import StudioDb, db_path, open_studio_db
 from modules.services.styles import StyleStore
@@ -74,6 +79,7 @@ class Services:
     accounts: AccountStore  # users, roles, limits, API tokens
     jobs: JobStore  # every accepted job, its files, the history (the queue's journal)
     queue_view: QueueView  # the queue and history as each viewer may see them (panel and routes)
+    remote: RemoteEngines  # hosted models (openai/..., google/...): providers, keys, models, prices
     on_close: Callable[[], None] | None = None  # scale-out: stop the Ray head this process started
 
     @property
@@ -141,6 +147,7 @@ def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[
         found = accounts.identity(name)
         return found is not None and found.is_admin
 
+    remote = RemoteEngines(options.get, AccessFile(paths.data_dir / ACCESS_FILE_NAME), os.environ)
     outputs = OutputStore(ImageSaver(paths.outputs_dir, settings=options.get, data_dir=paths.data_dir), manager,
                           ledger=job_store)
     upscalers = UpscalerLibrary(paths.upscaler_dirs, lambda: _tiles(options.get()), upscaler_aliases(),
@@ -172,7 +179,7 @@ def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[
         made = _models(paths, settings, registry, choose_device())
         front_device = made[0].device  # Extras jobs run on the front, on its device
         job_queue, on_close = build_ray_queue(made[1], outputs, settings.queue_limit, settings.shared_jobs, scale_out,
-                                              ExtrasWorker(upscalers, face_restorers, lambda: front_device))
+                                              ExtrasWorker(upscalers, face_restorers, lambda: front_device), remote)
     extras = ExtrasService(job_queue, upscalers, face_restorers, outputs.saver, lambda: options.get().max_image_size,
                            (paths.inputs_dir, paths.outputs_dir))
     services = Services(paths=paths, settings=settings, options=options,
@@ -184,16 +191,19 @@ def start_services(paths: AppPaths, settings: Settings, choose_device: Callable[
                         face_restorers=face_restorers, engine=engine, db=db, accounts=accounts, jobs=job_store,
                         queue_view=QueueView(job_queue, job_store, lambda: services.generation, paths.outputs_dir,
                                              admins=admins),
-                        on_close=on_close)
+                        remote=remote, on_close=on_close)
     # 3. The extensions, whose hosts submit through the generation front once it is there.
     files = ExtensionFiles(paths, hashes)
     manager.load_all(lambda name: ExtensionHost(
         name, lambda: services.generation, manager, registry, paths.extension_settings_dir, outputs.saver,
-        services.upscalers.names, services.extras.upscale, files))
+        services.upscalers.names, services.extras.upscale, files, remote.titles))
     # 4. The job store: jobs accepted before a restart are read now and put back in line by build().
     job_queue.set_journal(job_store, admins=admins)
     recovered = job_store.unfinished()
     job_queue.start()
+    # 5. The providers' own model lists (an OpenAI-compatible server's models), read in the background.
+    if any(status.configured for status in remote.status()):
+        threading.Thread(target=remote.refresh, name="remote-model-lists", daemon=True).start()
     if scale_out is not None:
         engine.build_now()
     return services
@@ -232,12 +242,14 @@ def _build_engine(services: Services, device: DeviceInfo, models: ModelManager, 
     generation = GenerationService(models, services.styles, services.settings.limits, services.addons,
                                    services.extensions, services.options, services.queue, services.upscalers,
                                    services.face_restorers, account_limits=services.accounts.limits,
-                                   recent_jobs=services.jobs.accepted_since)
+                                   recent_jobs=services.jobs.accepted_since, remote=services.remote,
+                                   remote_images=services.jobs.remote_images_since)
     models.on_loaded = lambda info, model: services.extensions.model_loaded(info.title, model.arch.label)
     if services.queue.mode is QueueMode.LOCAL:
         executor.set_result(_in_process_executor(services, models))
     engine = Engine(device=device, models=models, generation=generation,
-                    server_options=ServerOptions(services.options, models, services.addons, generation.switch_model),
+                    server_options=ServerOptions(services.options, models, services.addons, generation.switch_model,
+                                                 services.remote.selected_title),
                     downloads=ModelDownloader(services.paths.default_checkpoint_dir))
     if on_engine is not None:
         on_engine(engine)
@@ -247,9 +259,10 @@ def _build_engine(services: Services, device: DeviceInfo, models: ModelManager, 
 def _in_process_executor(services: Services, models: ModelManager) -> Executor:
     from modules.services.in_process import InProcessExecutor
     from modules.services.preview_decoders import PreviewDecoders
+    from modules.services.remote.remote_render import RemoteRenderer
     from modules.services.renderer import Renderer
 
     renderer = Renderer(models, services.addons, PreviewDecoders(services.paths.taesd_dir), services.upscalers,
                         services.face_restorers)
     extras = ExtrasWorker(services.upscalers, services.face_restorers, lambda: models.device.device)
-    return InProcessExecutor(renderer, services.outputs, services.extensions, extras)
+    return InProcessExecutor(renderer, services.outputs, services.extensions, extras, RemoteRenderer(services.remote))

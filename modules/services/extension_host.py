@@ -67,8 +67,9 @@ class ExtensionHost:
     def __init__(self, name: str, generation: Callable[[], GenerationService], extensions: ExtensionManager,
                  registry: CheckpointRegistry, settings_dir: Path, saver: ImageSaver,
                  upscaler_models: Callable[[], list[str]], upscale: Upscale,
-                 files: ExtensionFiles | None = None) -> None:
+                 files: ExtensionFiles | None = None, remote_titles: Callable[[], list[str]] = list) -> None:
         self.name = name
+        self._remote_titles = remote_titles  # the remote models on offer (openai/dall-e-3, ...)
         self._files = files  # model folders, downloads and hashes (None: this host offers none)
         self._extensions = extensions
         self._generation = generation  # the generation front once the engine is built (asking waits for it)
@@ -106,7 +107,7 @@ class ExtensionHost:
         return self._generation().generate(request, owner=self._job_owner())
 
     def checkpoints(self) -> list[str]:
-        return [info.title for info in self._registry.all()]
+        return [info.title for info in self._registry.all()] + self._remote_titles()
 
     def save_grid(self, image: Image.Image, infotext: str, img2img: bool = False) -> Path:
         kind = OutputKind.IMG2IMG_GRID if img2img else OutputKind.TXT2IMG_GRID

@@ -333,6 +333,17 @@ class ExtensionManager:
             raise ValidationError(errors)
         return replace(request, extension_params=frozen_params({k: frozen_params(v) for k, v in checked.items()}))
 
+    def acting(self, request: GenerationRequest) -> list[str]:
+        """The extensions whose (checked) params in ``request`` ask them to act: a value that is not
+        its default, or that its param says is active (an enabled ControlNet unit)."""
+        found = []
+        for name, values in request.extension_params.items():
+            record = self.find(name)
+            params = {p.name: p for p in record.setup.params} if record is not None and record.setup else {}
+            if any(key not in params or params[key].acts(value) for key, value in values.items()):
+                found.append(name)
+        return found
+
     def read_infotext(self, fields: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         """Each enabled extension's param values a pasted or sent infotext's ``fields`` hold, by
         extension and param name, from the readers extensions registered with ``add_infotext`` (a

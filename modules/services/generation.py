@@ -41,12 +41,15 @@ from modules.services.job_types import Job, ModelSwitch, ModelUnload
 from modules.services.memory_estimate import MemoryEstimate
 from modules.services.models import ModelManager
 from modules.services.queue_contract import JobQueueContract
+from modules.services.remote.catalog import RemoteModel, split_title
+from modules.services.remote.engines import RemoteEngines, selected_job
+from modules.services.remote.remote_front import extension_refusals, local_refusals, remote_request
 from modules.services.server_options import with_server_defaults
 from modules.services.settings_store import SettingsStore, clip_skip_max_of, clip_skip_problem
 from modules.services.styles import StyleStore
 from modules.services.token_counter import count_prompt_tokens
 from modules.services.upscaler_library import UpscalerLibrary
-from modules.services.user_limits import check_limits, checkpoint_names
+from modules.services.user_limits import DAY, check_limits, check_remote_images, checkpoint_names
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,9 @@ class GenerationService:
                  extensions: ExtensionManager, options: SettingsStore, queue: JobQueueContract,
                  upscalers: UpscalerLibrary | None = None, face_restorers: FaceRestorers | None = None,
                  account_limits: Callable[[str], UserLimits] | None = None,
-                 recent_jobs: Callable[[str, float], Sequence[float]] | None = None) -> None:
+                 recent_jobs: Callable[[str, float], Sequence[float]] | None = None,
+                 remote: RemoteEngines | None = None,
+                 remote_images: Callable[[str, float], Sequence[tuple[float, int]]] | None = None) -> None:
         self.models = models
         self.upscalers = upscalers  # the upscaler models hires fix may name
         self.face_restorers = face_restorers  # what "Restore faces" runs (None: it is refused)
@@ -70,6 +75,8 @@ class GenerationService:
         self.queue = queue
         self.account_limits = account_limits  # an account's limits by name (None: nobody has any)
         self.recent_jobs = recent_jobs  # when an owner's jobs since a time were accepted (jobs per hour)
+        self.remote = remote  # hosted models (openai/..., google/...); None: none on this server
+        self.remote_images = remote_images  # (accepted at, images) of an owner's remote jobs since a time
 
     # --- faces call these ---------------------------------------------------------------------
 
@@ -77,6 +84,11 @@ class GenerationService:
         """Validate (raises ValidationError naming every bad field) and normalise a request that
         ``owner`` submits (the user its BEFORE_GENERATE hooks' host acts for). ``owner``'s limits
         come first: a request past one is refused (ForbiddenError, RateLimitError) before any work."""
+        remote = self.remote_model(request.checkpoint)
+        if remote is not None:
+            return self._prepare_remote(request, owner, remote)
+        if local_refusals(request):
+            raise ValidationError(local_refusals(request))
         limits = self._check_limits(request, owner)
         request = self._with_server_defaults(request)
         upscalers = self.upscalers.names() if self.upscalers is not None and request.hires is not None else []
@@ -104,6 +116,36 @@ class GenerationService:
         # Per-image prompts and seeds are planned once the seeds are fixed, and belong to the job.
         planned = self.extensions.plan_images(normalize_request(changed, upscalers=upscalers), owner)
         return replace(planned, owner=owner)
+
+    def remote_model(self, checkpoint: str | None) -> RemoteModel | None:
+        """The remote model a job on ``checkpoint`` runs on (None: the server's selection), or None for
+        a local checkpoint; why not (ModelNotFoundError, ForbiddenError) for a remote one not on offer."""
+        if self.remote is None:
+            return None
+        if not checkpoint:
+            return self.remote.selected()
+        if split_title(checkpoint) is None or self.models.registry.find(checkpoint) is not None:
+            return None
+        return self.remote.require(checkpoint)
+
+    def _prepare_remote(self, request: GenerationRequest, owner: str | None, model: RemoteModel) -> GenerationRequest:
+        """The front's steps for a remote model: extensions asked to act are refused (the rest of their
+        parameters go), its own rules (refusals, unused fields noted), the owner's limits, styles, the
+        server's limits and images; no extension hook or sampler step runs."""
+        request = self.extensions.check_params(request)  # parameters that ask nothing of their extension go
+        acting = extension_refusals(model, self.extensions.acting(request))
+        if acting:
+            raise ValidationError(acting)
+        request = remote_request(replace(request, extension_params={}), model)
+        limits = self._check_limits(request, owner)
+        if limits is not None and owner is not None and self.remote_images is not None:
+            now = time.time()
+            check_remote_images(limits, request.images_per_job, self.remote_images(owner, now - DAY), now)
+        request = self._apply_styles(request)
+        request = remote_request(request, model)  # a style may have brought a negative prompt or a tag
+        validate_request(request, self.limits, [])
+        JobInputs.of(request)
+        return replace(request, owner=owner)
 
     def _check_limits(self, request: GenerationRequest, owner: str | None, limits: UserLimits | None = None,
                       count_jobs: bool = True) -> UserLimits | None:
@@ -220,7 +262,14 @@ class GenerationService:
         return memory_estimate.estimate(self.models.loaded_model(), request, init_image)
 
     def switch_model(self, checkpoint: str) -> Job:
+        """Queue a switch to a local checkpoint; a remote model is selected at once (nothing loads),
+        and jobs that name no checkpoint run on it until a local one is chosen again."""
+        if self.remote is not None and self.models.registry.find(checkpoint) is None \
+                and split_title(checkpoint) is not None:
+            return selected_job(self.remote.select(checkpoint))
         self.models.registry.require(checkpoint)
+        if self.remote is not None:
+            self.remote.select(None)
         return self.queue.submit(ModelSwitch(checkpoint))
 
     def unload_model(self) -> Job:

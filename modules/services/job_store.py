@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,7 @@ from modules.errors import JobNotFoundError, StoreError
 from modules.params import GenerationRequest, GenerationResult
 from modules.services.job_types import Job, JobEnd
 from modules.services.queue_contract import RecoveredJob
+from modules.services.remote.catalog import split_title
 from modules.services.request_codec import decode_spec, encode_spec
 from modules.services.studio_db import StudioDb, job_files, jobs
 
@@ -79,6 +81,19 @@ class StoredJob:
     error: str | None
     infotext: str | None
     files: tuple[StoredFile, ...] = ()
+
+
+def remote_images(stored: str) -> int:
+    """The images a stored request asks of a remote engine (0 for a local checkpoint's job)."""
+    try:
+        spec = json.loads(stored).get("spec") or {}
+    except (ValueError, AttributeError):
+        return 0
+    checkpoint = spec.get("checkpoint") if isinstance(spec, dict) else None
+    if not isinstance(checkpoint, str) or split_title(checkpoint) is None:
+        return 0
+    size, count = spec.get("batch_size", 1), spec.get("batch_count", 1)
+    return size * count if isinstance(size, int) and isinstance(count, int) else 0
 
 
 def job_kind(request: GenerationRequest) -> str:
@@ -247,6 +262,16 @@ class JobStore:
                  .order_by(jobs.c.submitted_at))
         with self._reading() as conn:
             return [float(t) for t in conn.execute(query).scalars().all()]
+
+    def remote_images_since(self, owner: str, since: float) -> Sequence[tuple[float, int]]:
+        """(accepted at, images) of ``owner``'s jobs on remote engines since ``since`` that did not
+        fail or get cancelled (what their daily limit counts)."""
+        query = (select(jobs.c.submitted_at, jobs.c.request)
+                 .where(jobs.c.owner == owner, jobs.c.submitted_at > since,
+                        jobs.c.state.notin_([StoredState.FAILED.value, StoredState.CANCELLED.value])))
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        return [(float(at), count) for at, text in rows if (count := remote_images(text))]
 
     def seconds_per_step(self, recent: int = 20) -> float | None:
         """Seconds one sampling step of one image took, on average over the ``recent`` latest

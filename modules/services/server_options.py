@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from modules.a1111_extra import extra_value_problem, key_problem
-from modules.config import Settings
+from modules.config import SECRET_SETTINGS, Settings
 from modules.errors import FieldError, ValidationError
 from modules.options_table import BY_NAME, BY_SETTING, CHECKPOINT_OPTION, OPTIONS
 from modules.params import GenerationRequest, PreviewMethod
@@ -65,14 +65,19 @@ class ServerOptions:
     models: ModelManager
     addons: AddonLibrary
     switch_model: Callable[[str], Any]  # queues a checkpoint switch; returns its job
+    remote_selected: Callable[[], str | None] = lambda: None  # the selected remote model's title, if one is
 
     def snapshot(self) -> dict[str, object]:
-        """``GET /options``: the selected checkpoint and every option in the table."""
+        """``GET /options``: the selected checkpoint (a remote model's title, when one is selected)
+        and every option in the table."""
         current = self.models.current()
         settings = self.store.get()
         values: dict[str, object] = dict(settings.a1111_extra)  # kept A1111 options, no effect
         values.update({CHECKPOINT_OPTION: current.title if current else None,
                        "sd_checkpoint_hash": current.sha256 if current else None})
+        remote = self.remote_selected()
+        if remote is not None:
+            values.update({CHECKPOINT_OPTION: remote, "sd_checkpoint_hash": None})
         values.update({o.name: o.shown(getattr(settings, o.setting)) for o in OPTIONS if o.setting is not None})
         return values
 
@@ -109,6 +114,11 @@ class ServerOptions:
         unknown = {k: v for k, v in data.items() if k not in BY_NAME and k not in READ_ONLY}
         if not unknown:
             return None
+        secret = sorted(k for k in unknown if k in SECRET_SETTINGS)
+        if secret:  # kept, it would be echoed by GET /options; it would configure nothing either
+            raise ValidationError([FieldError(k, "a provider's key is set in config.yaml, the environment or by an "
+                                                 "admin in Settings > Remote engines, never through options")
+                                   for k in secret])
         errors = [FieldError(str(k)[:100], problem) for k, v in unknown.items()
                   if (problem := key_problem(k) or extra_value_problem(v)) is not None]
         if errors:

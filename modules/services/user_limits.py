@@ -78,3 +78,31 @@ def check_limits(request: GenerationRequest, limits: UserLimits, recent: Sequenc
             raise RateLimitError(f"jobs_per_hour: your account may submit at most {limits.jobs_per_hour} jobs per "
                                  f"hour; try again in {retry_after} s", limit="jobs_per_hour",
                                  retry_after=retry_after)
+
+
+DAY = 24 * 3600.0
+
+
+def check_remote_images(limits: UserLimits, images: int, recent: Sequence[tuple[float, int]], now: float) -> None:
+    """Refuse a remote job of ``images`` past the account's ``remote_images_per_day``. ``recent``:
+    (accepted at, images) of its remote jobs of the last 24 hours that did not fail or get cancelled."""
+    allowed = limits.remote_images_per_day
+    if allowed is None:
+        return
+    window = sorted((t, n) for t, n in recent if t > now - DAY)
+    used = sum(n for _, n in window)
+    if used + images <= allowed:
+        return
+    if images > allowed:
+        raise ForbiddenError(f"remote_images_per_day: your account may ask remote engines for at most {allowed} "
+                             f"images per day; this job asks for {images}", limit="remote_images_per_day")
+    freed, retry_at = used + images - allowed, now + DAY  # wait until enough of the oldest leave the window
+    for accepted_at, count in window:
+        freed -= count
+        if freed <= 0:
+            retry_at = accepted_at + DAY
+            break
+    retry_after = max(1, math.ceil(retry_at - now))
+    raise RateLimitError(f"remote_images_per_day: your account has asked remote engines for {used} of its {allowed} "
+                         f"images of the last 24 hours; this job asks for {images}; try again in {retry_after} s",
+                         limit="remote_images_per_day", retry_after=retry_after)

@@ -26,6 +26,7 @@ from modules.ui import (
     png_info,
     private_events,
     queue_tab,
+    remote_fields,
     settings_tab,
     txt2img,
     workers_panel,
@@ -64,6 +65,7 @@ def build_ui(services: Services) -> gr.Blocks:
         forms = {"txt2img": t2i, "img2img": i2i, "inpaint": inp}  # by tab id
         checkpoints.share_job_checkpoint(job_checkpoint, [f.fields[checkpoints.JOB_CHECKPOINT] for f in forms.values()])
         family_fields.wire_family_fields(checkpoint, forms, services)  # Forge's per-family controls and presets
+        remote_fields.wire_remote_fields(checkpoint, job_checkpoint, forms, services)  # remote models' own controls
         _wire_sends(SendWiring(services, tabs, checkpoint), forms, gal, png, extras, queue)
         workers_panel.build_panel(services)
         _footer(services)

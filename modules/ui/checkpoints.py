@@ -35,10 +35,15 @@ JOB_CHECKPOINT = "job_checkpoint"  # a form's field: this page's "Checkpoint for
 
 
 def _titles(services: Services) -> list[str]:
-    return [info.title for info in services.registry.all()]
+    """The local checkpoints, then the remote models on offer (``openai/dall-e-3``)."""
+    return [info.title for info in services.registry.all()] + services.remote.titles()
 
 
 def _current_title(services: Services) -> str | None:
+    """The server's selection: a remote model when one is selected, else the loaded checkpoint."""
+    remote = services.remote.selected_title()
+    if remote is not None:
+        return remote
     current = services.models.current()
     return current.title if current else None
 
@@ -123,9 +128,10 @@ def build_bar(services: Services, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Drop
         gr.Markdown(_no_model_notice(services), elem_id="no_checkpoint_notice")
         download = gr.Button("Download Stable Diffusion 1.5 (about 4 GB)", elem_id="download_default_checkpoint")
 
-    @changes_server  # rescans the checkpoint folders for everyone
+    @changes_server  # rescans the checkpoint folders (and asks the providers for their models) for everyone
     def on_refresh() -> tuple[dict, dict, str]:
         services.registry.refresh()
+        services.remote.refresh()
         titles = _titles(services)
         return (gr.update(choices=titles, value=_current_title(services)), gr.update(visible=not titles),
                 _status_text(services))
@@ -175,7 +181,8 @@ def allowed_titles(services: Services, name: str) -> list[str]:
     """The checkpoints account ``name`` may use (by their titles)."""
     limits = services.accounts.limits(name)
     return [i.title for i in services.registry.all()
-            if limits.allows_checkpoint(i.title, i.name, i.path.name, i.model_name)]
+            if limits.allows_checkpoint(i.title, i.name, i.path.name, i.model_name)] + \
+        [title for title in services.remote.titles() if limits.allows_checkpoint(title)]
 
 
 def _job_choice(services: Services, request: gr.Request) -> tuple[dict, dict, dict]:
@@ -208,6 +215,10 @@ def _status_text(services: Services) -> str:
     """Markdown: checkpoint titles are file names, and errors quote them, so both are escaped."""
     if services.engine.peek() is None:
         return "Loading the model…" if services.registry.all() else ""
+    remote = services.remote.selected()
+    if remote is not None:
+        return (f"Selected: {escape.markdown(remote.title)} (remote: each job is sent to {remote.provider.label}; "
+                "nothing is loaded here)")
     current, error = services.models.current(), services.models.last_error
     title = escape.markdown(current.title) if current else ""
     if error:

@@ -41,6 +41,8 @@ def progress_html(snapshot: ProgressSnapshot) -> str:
         parts = [f"{percent:.0f}%"]
         if snapshot.total_steps:
             parts.append(f"step {snapshot.step}/{snapshot.total_steps}")
+        else:  # no steps to count (a remote model's call): the time it has taken so far
+            parts = [f"{snapshot.elapsed_seconds:.0f} s elapsed"]
         if snapshot.batch_count > 1:
             parts.append(f"batch {snapshot.batch_index + 1}/{snapshot.batch_count}")
         if snapshot.part_of is not None:  # a script's jobs, e.g. an X/Y/Z plot's cells

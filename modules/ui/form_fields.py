@@ -137,6 +137,9 @@ SHARED: Mapping[str, Conversion] = MappingProxyType({
     "seed_resize_from_height": Conversion(read=whole),
     "tiling": Conversion(read=bool),
     "restore_faces": Conversion(read=bool),
+    # A remote model's options (hidden, and None, for a local checkpoint).
+    "quality": Conversion(read=lambda value: value or None),
+    "style": Conversion(read=lambda value: value or None),
 })
 
 

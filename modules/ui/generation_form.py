@@ -40,6 +40,7 @@ from modules.ui.job_queue_panel import (
     wire_follow,
 )
 from modules.ui.override_settings import OVERRIDE_FIELD, build_box, with_overrides
+from modules.ui.remote_fields import build_remote_fields, cost_estimate
 from modules.ui.session import user_of
 from modules.ui.styles_ui import build_styles
 
@@ -142,6 +143,7 @@ def _build_sampling(prefix: str, services: Services) -> dict[str, Component]:
     fields["cfg_scale"] = ranged_number("CFG Scale", 7.0, span(MIN_CFG_SCALE, limits.max_cfg_scale),
                                         f"{prefix}_cfg_scale", step=0.5)
     fields |= build_family_fields(prefix)  # Distilled CFG Scale and Shift, shown for the families that use them
+    fields |= build_remote_fields(prefix)  # a remote model's quality and style, and what it supports
     with gr.Row():
         # A1111's face restoration (the restorer and CodeFormer's weight are settings), and seamless
         # tiling: the image's opposite edges continue each other.
@@ -229,24 +231,33 @@ def build_form(prefix: str, services: Services, extra: Declare | None = None,
 
 # What the memory estimate reads: the sizes, the batch, guidance (CFG 1 halves the UNet's batch) and
 # the hires fix (txt2img). The prompts are left out: they change its estimate little, and on each key.
-_ESTIMATE_FIELDS = ("width", "height", "batch_size", "cfg_scale", *HIRES.keys())
+# For a remote model it is the estimated cost instead (its size, quality and images).
+_ESTIMATE_FIELDS = ("width", "height", "batch_size", "cfg_scale", *HIRES.keys(), "batch_count", "quality",
+                    JOB_CHECKPOINT)
 
 
 def _memory_estimate_event(form: GenerationForm, services: Services) -> dict[str, Any]:
     """The keyword arguments of an event that shows the predicted peak memory of the form's job
-    beside Generate. It only reads (the loaded model's weights and the device's free memory)."""
+    beside Generate (or, for a remote model, its estimated cost). It only reads (the loaded model's
+    weights and the device's free memory)."""
     names = [name for name in _ESTIMATE_FIELDS if name in form.fields]
     init_image = form.prefix != "txt2img"  # img2img and inpaint always encode an init image
     numbers = [name for name in names if isinstance(form.fields[name], gr.Number)]
 
     def estimate(*values: Any) -> str:
+        named = dict(zip(names, values, strict=True))
+        images = SHARED["batch_size"].read(named["batch_size"]), SHARED["batch_count"].read(named["batch_count"])
+        cost = cost_estimate(services, named[JOB_CHECKPOINT], named["width"], named["height"], named["quality"],
+                             images[0] * images[1] if all(isinstance(n, int) for n in images) else 1)
+        if cost is not None:
+            return cost
         engine = services.engine.peek()
         if engine is None:
             return "Estimated peak memory: Atelier is starting"
-        named = dict(zip(names, values, strict=True))
         if any(named[name] is None for name in numbers):
             return ""  # a number box left empty: Generate says what it needs
-        request = GenerationRequest(**{name: SHARED[name].read(named[name]) for name in names if name in SHARED},
+        request = GenerationRequest(**{name: SHARED[name].read(named[name]) for name in names
+                                       if name in SHARED and name not in ("quality", "batch_count")},
                                     hires=HIRES.read(named))
         return engine.generation.estimate_memory(request, init_image).summary
 

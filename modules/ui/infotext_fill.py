@@ -48,7 +48,8 @@ def find_checkpoint(services: Services, params: Mapping[str, str]) -> str | None
     for info in services.registry.all():
         if wanted_name and wanted_name in (info.model_name, info.name):
             return info.title
-    return None
+    remote = services.remote.find(wanted_name)  # "Model: openai/dall-e-3"
+    return remote.title if remote is not None else None
 
 
 def switch_to_checkpoint_of(services: Services, params: Mapping[str, str]) -> str | None:
@@ -60,7 +61,8 @@ def switch_to_checkpoint_of(services: Services, params: Mapping[str, str]) -> st
         named = params.get("Model") or params.get("Model hash")
         return f"The image was made with checkpoint {named!r}, which is not here; the current one stays."
     current = services.models.current()
-    if current is not None and current.title == title:
+    if (current is not None and current.title == title and services.remote.selected() is None) \
+            or services.remote.selected_title() == title:
         return None
     try:
         services.generation.switch_model(title).future.result()

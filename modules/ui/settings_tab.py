@@ -17,7 +17,7 @@ from modules.errors import FieldError
 from modules.options_table import OPTIONS, Option, Section
 from modules.server_effects import changes_server
 from modules.services.container import Services
-from modules.ui import escape, icons
+from modules.ui import escape, icons, remote_keys_panel
 from modules.ui.extensions_tab import extension_settings_sections
 from modules.ui.setting_editors import apply_options, build_editor, changed_values, editor_update
 
@@ -52,6 +52,7 @@ def build_tab(services: Services, demo: gr.Blocks) -> None:
                         elem_id="settings_search", max_lines=1)
     nothing = gr.Markdown("Nothing found.", visible=False, elem_id="settings_nothing_found")
     sections = _build_sections(services)
+    remote_keys_panel.build_panel(services)  # right below the "Remote engines" options, the last section
     extension_settings_sections(services)  # extensions' own sections, after A1111's
     editors = [row.editor for row in sections.rows]
     options = [row.option for row in sections.rows]

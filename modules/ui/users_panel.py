@@ -35,6 +35,7 @@ def limits_text(limits: UserLimits) -> str:
              f"size ≤ {limits.max_size}" if limits.max_size else "",
              f"steps ≤ {limits.max_steps}" if limits.max_steps else "",
              f"{limits.jobs_per_hour} jobs/hour" if limits.jobs_per_hour else "",
+             f"{limits.remote_images_per_day} remote images/day" if limits.remote_images_per_day else "",
              "checkpoints: " + ", ".join(limits.checkpoints) if limits.checkpoints else ""]
     return "; ".join(p for p in parts if p) or "none"
 
@@ -50,14 +51,16 @@ class LimitFields:
     max_size: gr.Number
     max_steps: gr.Number
     jobs_per_hour: gr.Number
+    remote_images_per_day: gr.Number
     checkpoints: gr.Textbox
 
     def components(self) -> list[Any]:
-        return [self.max_batch, self.max_size, self.max_steps, self.jobs_per_hour, self.checkpoints]
+        return [self.max_batch, self.max_size, self.max_steps, self.jobs_per_hour, self.remote_images_per_day,
+                self.checkpoints]
 
     def limits(self, values: dict[Any, Any]) -> UserLimits:
         """The limits typed in (empty: none); gr.Error naming a bad one."""
-        names = ("max_batch", "max_size", "max_steps", "jobs_per_hour")
+        names = ("max_batch", "max_size", "max_steps", "jobs_per_hour", "remote_images_per_day")
         numbers = {name: values[getattr(self, name)] for name in names}
         # The browser sends 0 for an empty box: 0 and empty both mean no limit.
         data: dict[str, Any] = {n: None if not v else int(v) if isinstance(v, float) and v.is_integer() else v
@@ -71,6 +74,7 @@ class LimitFields:
     def fill(self, limits: UserLimits) -> Updates:
         return {self.max_batch: limits.max_batch or 0, self.max_size: limits.max_size or 0,
                 self.max_steps: limits.max_steps or 0, self.jobs_per_hour: limits.jobs_per_hour or 0,
+                self.remote_images_per_day: limits.remote_images_per_day or 0,
                 self.checkpoints: ", ".join(limits.checkpoints)}
 
 
@@ -79,7 +83,8 @@ def _limit_fields(prefix: str) -> LimitFields:
         fields = [gr.Number(label=f"{label} (0: no limit)", value=0, precision=0, minimum=0,
                             elem_id=f"{prefix}_{name}")
                   for name, label in (("max_batch", "Max images per job"), ("max_size", "Max size (px)"),
-                                      ("max_steps", "Max steps"), ("jobs_per_hour", "Jobs per hour"))]
+                                      ("max_steps", "Max steps"), ("jobs_per_hour", "Jobs per hour"),
+                                      ("remote_images_per_day", "Remote images per day"))]
     globs = gr.Textbox(label="Allowed checkpoints (globs, comma separated; empty: all)", max_lines=1,
                        elem_id=f"{prefix}_checkpoints")
     return LimitFields(*fields, globs)

@@ -119,6 +119,21 @@ def test_limits_are_set_and_bad_ones_refused(tmp_path: Path, capsys) -> None:
         db.close()
 
 
+def test_the_remote_images_limit_is_set_and_listed(tmp_path: Path, capsys) -> None:
+    base = ["--data-dir", str(tmp_path)]
+    assert accounts_main(["add", "ida", "--role", "user", "--password", "ida-password", *base], {}) == 0
+    assert accounts_main(["limits", "ida", '{"remote_images_per_day": 12}', *base], {}) == 0
+    assert "remote_images_per_day=12" in capsys.readouterr().out
+    assert accounts_main(["limits", "ida", '{"remote_images_per_day": 0}', *base], {}) == 2
+    assert "remote_images_per_day must be a whole number" in capsys.readouterr().err
+    assert accounts_main(["list", *base], {}) == 0 and "remote_images_per_day=12" in capsys.readouterr().out
+    db = open_studio_db(db_path(tmp_path))
+    try:
+        assert AccountStore(db).limits("ida") == UserLimits(remote_images_per_day=12)
+    finally:
+        db.close()
+
+
 def test_a_damaged_database_is_refused_naming_its_backup(tmp_path: Path) -> None:
     assert users(tmp_path, "add", "hal", "--role", "admin", "--password", "hal-password").returncode == 0
     path = db_path(tmp_path)

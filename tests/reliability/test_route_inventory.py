@@ -48,6 +48,7 @@ SERVER_ROUTES = {
     ("POST", "/sdapi/v1/queue/{job_id}/move"), ("GET", "/sdapi/v1/users"), ("POST", "/sdapi/v1/users"),
     ("POST", "/sdapi/v1/users/{name}"), ("DELETE", "/sdapi/v1/users/{name}"),
     ("POST", "/agent-scheduler/v1/task/{task_id}/run"), ("POST", "/agent-scheduler/v1/task/{task_id}/move/{over_id}"),
+    ("POST", "/sdapi/v1/remote-engines"),  # a provider's key or base URL, for every user's jobs
     # Gradio's own routes that write outside an event.
     ("POST", "/gradio_api/run-history/connect"), ("POST", "/gradio_api/vibe-edit"), ("POST", "/gradio_api/vibe-edit/"),
     ("POST", "/gradio_api/undo-vibe-edit"), ("POST", "/gradio_api/undo-vibe-edit/"), ("POST", "/gradio_api/vibe-code"),
@@ -66,7 +67,8 @@ OWN_API_ROUTES = {
         "/sdapi/v1/options", "/sdapi/v1/progress", "/sdapi/v1/prompt-styles", "/sdapi/v1/realesrgan-models",
         "/sdapi/v1/samplers", "/sdapi/v1/schedulers", "/sdapi/v1/scripts", "/sdapi/v1/script-info",
         "/sdapi/v1/sd-models", "/sdapi/v1/sd-modules", "/sdapi/v1/sd-vae", "/sdapi/v1/upscalers", "/sdapi/v1/workers",
-        "/sdapi/v1/downloadable-models", "/docs", "/docs/oauth2-redirect",
+        "/sdapi/v1/downloadable-models", "/sdapi/v1/remote-models", "/sdapi/v1/remote-engines", "/docs",
+        "/docs/oauth2-redirect",
         "/openapi.json")
 } | {("GET", p) for p in ("/config", "/config/", "/monitoring", "/monitoring/summary", "/monitoring/{key}")
      } | {("POST", p) for p in ("/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/interrupt", "/sdapi/v1/skip",
@@ -125,6 +127,10 @@ UI_EVENTS = {
     "modules.ui.gallery:_wire_selection.<locals>.on_select": False,
     "modules.ui.generation_form:_memory_estimate_event.<locals>.estimate": False,  # reads: a prediction
     "modules.ui.family_fields:wire_family_fields.<locals>.on_checkpoint": False,  # shows the family's controls
+    "modules.ui.remote_fields:wire_remote_fields.<locals>.on_choice": False,  # shows a remote model's controls
+    "modules.ui.remote_keys_panel:build_panel.<locals>.on_open": True,  # the providers' state, for admins
+    "modules.ui.remote_keys_panel:_wire_provider.<locals>.on_save": True,  # a provider's key for every user's jobs
+    "modules.ui.remote_keys_panel:_wire_provider.<locals>.on_remove": True,
     "modules.ui.generation_form:_wire_seed_buttons.<locals>.<lambda>": False,
     "modules.ui.generation_form:_wire_seed_buttons.<locals>.on_select": False,
     "modules.ui.generation_form:_wire_token_counters.<locals>.<lambda>": False,

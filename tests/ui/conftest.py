@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from modules.devtools.fake_image_apis import FakeImageApis
 from tests.server_process import Server, start_server, stop_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -15,10 +16,20 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 @pytest.fixture(scope="session")
-def server(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def image_apis() -> Iterator[FakeImageApis]:
+    """The offline fake of OpenAI's and Google's image APIs the shared server's remote engines call."""
+    with FakeImageApis() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def server(tiny_models, tmp_path_factory: pytest.TempPathFactory, image_apis: FakeImageApis) -> Iterator[Server]:
     """One plain server for every browser test file that needs no flags of its own (starting one takes
-    seconds); a file that needs another setup defines its own ``server``."""
-    proc, srv = start_server(tmp_path_factory.mktemp("ui-data"), tiny_models.folder, "--ckpt", "tiny-sd15.safetensors")
+    seconds); a file that needs another setup defines its own ``server``. Its OpenAI provider is the
+    fake, configured as users do it: by the variables the official client reads."""
+    env = {"OPENAI_API_KEY": image_apis.key, "OPENAI_BASE_URL": image_apis.openai_base_url}
+    proc, srv = start_server(tmp_path_factory.mktemp("ui-data"), tiny_models.folder, "--ckpt", "tiny-sd15.safetensors",
+                             env=env)
     yield srv
     stop_server(proc)
 

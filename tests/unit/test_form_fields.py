@@ -42,6 +42,7 @@ FILLED = {
     "refiner_checkpoint": "other-model", "refiner_switch_at": 0.6,
     "tiling": True, "restore_faces": False,  # the infotext has no "Face restoration": unticked
     "distilled_cfg_scale": 3.5, "shift": None,  # no Forge keys: no distilled guidance, the family's own shift
+    "quality": None, "style": None,  # no remote model's keys: none of its options
 }
 FILLED_HIRES = {
     "enable_hr": True, "hr_upscaler": "Latent", "hires_steps": 7, "denoising_strength": 0.45, "hr_scale": 1.5,
