@@ -223,12 +223,13 @@ def _form_request(**changes: object) -> GenerationRequest:
               "steps": 2.0, "cfg_scale": 7.0, "width": 64.0, "height": 64.0, "seed": 1.0, "batch_count": 1.0,
               "batch_size": 1.0, "clip_skip": 1.0, "styles": [], "variation_seed": -1, "variation_strength": 0.0,
               "seed_resize_from_width": 0, "seed_resize_from_height": 0, "tiling": False, "restore_faces": False,
-              "distilled_cfg_scale": 3.5, "shift": None}
+              "distilled_cfg_scale": 3.5, "shift": None, "quality": None, "style": None}
     return request_from_values({**values, **changes})
 
 
 UI_CASES = [
     ("width-not-multiple-of-8", {"width": 100.0}, "width"),
+    ("quality-on-a-local-checkpoint", {"quality": "hd"}, "quality"),
     ("width-0", {"width": 0.0}, "width"),
     ("height-100000", {"height": 100000.0}, "height"),
     ("steps-0", {"steps": 0.0}, "steps"),

@@ -26,10 +26,17 @@ def image_apis() -> Iterator[FakeImageApis]:
 def server(tiny_models, tmp_path_factory: pytest.TempPathFactory, image_apis: FakeImageApis) -> Iterator[Server]:
     """One plain server for every browser test file that needs no flags of its own (starting one takes
     seconds); a file that needs another setup defines its own ``server``. Its OpenAI provider is the
-    fake, configured as users do it: by the variables the official client reads."""
+    fake, configured as users do it: by the variables the official client reads; its data dir's
+    models hold a tiny ControlNet and a tiny FLUX.1 dev besides the SD ones (tests/ui/test_controlnet_browser.py,
+    tests/ui/test_flux_browser.py)."""
+    from modules.devtools.tiny_controlnet import build_for_arch, write_tiny_controlnet
+    from modules.devtools.tiny_model import TinyArch, write_tiny_model
+
+    data = tmp_path_factory.mktemp("ui-data")
+    write_tiny_controlnet(build_for_arch(TinyArch.SD15), data / "models" / "ControlNet" / "tiny-canny.safetensors")
+    write_tiny_model(TinyArch.FLUX_DEV, data / "models" / "Stable-diffusion" / "tiny-flux-dev.safetensors", seed=0)
     env = {"OPENAI_API_KEY": image_apis.key, "OPENAI_BASE_URL": image_apis.openai_base_url}
-    proc, srv = start_server(tmp_path_factory.mktemp("ui-data"), tiny_models.folder, "--ckpt", "tiny-sd15.safetensors",
-                             env=env)
+    proc, srv = start_server(data, tiny_models.folder, "--ckpt", "tiny-sd15.safetensors", env=env)
     yield srv
     stop_server(proc)
 

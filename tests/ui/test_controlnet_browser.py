@@ -1,36 +1,23 @@
 """ControlNet's accordion in txt2img, driven in headless Chromium: enable a unit, upload an image,
-pick canny and a tiny model, preview the edge map, generate, and find the unit in the infotext."""
+pick canny and a tiny model, preview the edge map, generate, and find the unit in the infotext.
+The shared server (tests/ui/conftest.py) has the tiny ControlNet in its data dir's models/ControlNet."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.server_process import Server, start_server, stop_server
+from tests.server_process import Server
 
 pytestmark = pytest.mark.browser
 
 UNIT = "txt2img_ext_controlnet_unit0"  # elem_id prefix: <tab>_ext_<extension name>_unit<index>
-
-
-@pytest.fixture(scope="module")
-def server(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Like tests/ui/conftest.py's server, with a tiny ControlNet in the data dir's models/ControlNet."""
-    from modules.devtools.tiny_controlnet import build_for_arch, write_tiny_controlnet
-    from modules.devtools.tiny_model import TinyArch
-
-    data = tmp_path_factory.mktemp("ui-cn-data")
-    write_tiny_controlnet(build_for_arch(TinyArch.SD15), data / "models" / "ControlNet" / "tiny-canny.safetensors")
-    proc, srv = start_server(data, tiny_models.folder, "--ckpt", "tiny-sd15.safetensors")
-    yield srv
-    stop_server(proc)
 
 
 def model_title(server: Server) -> str:

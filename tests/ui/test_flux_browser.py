@@ -1,31 +1,16 @@
 """Picking a FLUX.1 dev checkpoint in the browser: Forge's Distilled CFG Scale and Shift appear, the
-form takes the family's defaults, and Generate makes an image whose parameters carry them."""
+form takes the family's defaults, and Generate makes an image whose parameters carry them. The shared
+server (tests/ui/conftest.py) has a tiny FLUX.1 dev in its data dir; the test goes back to SD 1.5."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from modules.infotext import parse_infotext
-from tests.server_process import Server, start_server, stop_server
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server over a tiny SD 1.5 (loaded at start) and a tiny FLUX.1 dev."""
-    from modules.devtools.tiny_model import TinyArch, write_tiny_model
-
-    folder: Path = tmp_path_factory.mktemp("flux-checkpoints")
-    write_tiny_model(TinyArch.SD15, folder / "tiny-sd15.safetensors", seed=0)
-    write_tiny_model(TinyArch.FLUX_DEV, folder / "tiny-flux-dev.safetensors", seed=0)
-    proc, srv = start_server(tmp_path_factory.mktemp("flux-ui-data"), folder, "--ckpt", "tiny-sd15.safetensors")
-    yield srv
-    stop_server(proc)
 
 
 def set_number(page, elem_id: str, value: int | float) -> None:
