@@ -216,6 +216,9 @@ class Script:
     run: Callable[[ScriptRun], GenerationResult]
     params: tuple[Param, ...] = ()
     tabs: frozenset[str] = frozenset({"txt2img", "img2img"})
+    # Whether its jobs mean what they should on a remote model (openai/..., google/...), which has
+    # no seed, sampler or denoising: a script that relies on them is refused there (422, script_name).
+    remote: bool = False
 
 
 # --- registration ------------------------------------------------------------------------------

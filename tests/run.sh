@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Install everything from nothing (venv, requirements, Debian's chromium) and run the test suite.
 # Extra arguments go to pytest, e.g.:  bash tests/run.sh tests/unit -q
+# Without a path among them the whole suite runs in two halves at once, one per core: the browser
+# and reliability tests (servers, Chromium, timing) in the foreground, the rest beside them; the
+# second half's report follows the first's, and either half failing fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,4 +19,21 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 
 export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1
-exec venv/bin/python -m pytest tests --timeout=600 -p no:cacheprovider "$@"
+PYTEST=(venv/bin/python -m pytest --timeout=600 -p no:cacheprovider)
+for arg in "$@"; do
+    if [[ "$arg" != -* ]]; then  # a path or a selection: one run of what was asked
+        exec "${PYTEST[@]}" tests "$@"
+    fi
+done
+
+beside_log=$(mktemp)
+trap 'rm -f "$beside_log"' EXIT
+"${PYTEST[@]}" tests/unit tests/api tests/integration tests/gpu "$@" > "$beside_log" 2>&1 &
+beside=$!
+status=0
+echo "=== tests/ui, tests/reliability ==="
+"${PYTEST[@]}" tests/ui tests/reliability "$@" || status=$?
+wait "$beside" || status=$?
+echo "=== tests/unit, tests/api, tests/integration, tests/gpu ==="
+cat "$beside_log"
+exit "$status"

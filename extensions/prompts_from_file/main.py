@@ -97,4 +97,4 @@ def run_lines(run: ScriptRun) -> GenerationResult:
 
 
 def setup(ext: ExtensionSetup) -> None:
-    ext.add_script(Script(title=TITLE, run=run_lines, params=PARAMS))
+    ext.add_script(Script(title=TITLE, run=run_lines, params=PARAMS, remote=True))

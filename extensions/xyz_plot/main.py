@@ -292,4 +292,5 @@ def run_plot(run: ScriptRun) -> GenerationResult:
 
 def setup(ext: ExtensionSetup) -> None:
     for tab in TABS:  # A1111's axis positions differ between the tabs
-        ext.add_script(Script(title=TITLE, run=run_plot, params=params_for(tab), tabs=frozenset({tab})))
+        ext.add_script(Script(title=TITLE, run=run_plot, params=params_for(tab), tabs=frozenset({tab}),
+                              remote=True))  # a remote cell's fixed seed is noted, not applied

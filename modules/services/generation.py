@@ -240,6 +240,10 @@ class GenerationService:
         each one ``owner``'s."""
         name, script = self.extensions.find_script(title, tab)
         checked = self.extensions.script_values(script, values)
+        model = self.remote_model(request.checkpoint)
+        if model is not None and not script.remote:  # its jobs would rely on a seed, a sampler or denoising
+            raise ValidationError([FieldError("script_name", f"the script {script.title!r} cannot run on "
+                                              f"{model.title}, which has no seed, sampler or denoising")])
         request = self._with_server_defaults(request)
         validate_request(request, self.limits)
         try:

@@ -327,3 +327,13 @@ def test_an_enabled_controlnet_unit_is_refused_and_a_disabled_one_dropped(remote
                        headers=auth("root"))
     assert made.status_code == 200, made.text
     assert len(fake.calls) == calls + 1
+
+
+def test_a_script_that_relies_on_seeds_and_denoising_is_refused(remote) -> None:
+    client, _, fake, _ = remote
+    calls = len(fake.calls)
+    reply = client.post(I2I, json={"override_settings": {"sd_model_checkpoint": "openai/dall-e-2"}, "width": 256,
+                                   "height": 256, "prompt": "tiles", "init_images": [_png(256, 256)],
+                                   "script_name": "sd upscale", "script_args": ["", 64, "Lanczos", 2.0]},
+                        headers=auth("root"))
+    assert reply.status_code == 422 and "script_name" in reply.text and len(fake.calls) == calls

@@ -61,8 +61,9 @@ class RemoteRenderer:
                 continue
             images = [_decode(data, model) for data in answer.images]
             first = batch_index * request.batch_size
-            texts = [remote_infotext(request, model, answer.revised_prompts[i] if i < len(answer.revised_prompts)
-                                     else None) for i in range(len(images))]
+            revised = [answer.revised_prompts[i] if i < len(answer.revised_prompts) else None
+                       for i in range(len(images))]
+            texts = [remote_infotext(request, model, said, image.size) for said, image in zip(revised, images)]
             sink.batch(_named(request), inputs.finish(images), first, texts)
         elapsed = time.perf_counter() - started
         log.info("Job %s: %d call(s) to %s in %.1f s", context.job_id, request.batch_count, model.title, elapsed)
@@ -128,11 +129,13 @@ def _named(request: GenerationRequest) -> GenerationRequest:
     return replace(request, seed=0, variation_strength=0.0)
 
 
-def remote_infotext(request: GenerationRequest, model: RemoteModel, revised: str | None) -> str:
-    """A1111-style parameters of a remote image: the prompts, then Size, Model (the remote title),
-    the model's options, the prompt the provider says it used, the styles, Version. No Steps,
-    Sampler, CFG or Seed: the model has none."""
-    params: dict[str, object] = {"Size": f"{request.width}x{request.height}", "Model": model.title}
+def remote_infotext(request: GenerationRequest, model: RemoteModel, revised: str | None,
+                    size: tuple[int, int] | None = None) -> str:
+    """A1111-style parameters of a remote image: the prompts, then Size (the image's own, which a
+    provider may choose), Model (the remote title), the model's options, the prompt the provider
+    says it used, the styles, Version. No Steps, Sampler, CFG or Seed: the model has none."""
+    width, height = size or (request.width, request.height)
+    params: dict[str, object] = {"Size": f"{width}x{height}", "Model": model.title}
     if request.quality:
         params["Quality"] = request.quality
     if request.style:
