@@ -100,7 +100,6 @@ class LivePreview:
         return self.every <= 1 or step % self.every == 0 or step >= total
 
 
-# A1111's face restorers (option face_restoration_model) and CodeFormer's fidelity weight (code_former_weight).
 # A1111's option "emphasis": how (x:1.2) weights change the text encoder's output. "Original" scales
 # the hidden states and restores their mean (A1111's default), "No norm" scales without restoring,
 # "Ignore" reads the brackets but ignores the weights, "None" reads brackets and BREAK as plain text.
@@ -110,13 +109,12 @@ DEFAULT_EMPHASIS = "Original"
 
 def emphasis_problem(value: object) -> str | None:
     """Why ``value`` is not an emphasis mode (naming the modes); None when it is one."""
-    if value in EMPHASIS_MODES:
-        return None
-    return f"must be one of {', '.join(EMPHASIS_MODES)}, got {value!r}"
+    return None if value in EMPHASIS_MODES else f"must be one of {', '.join(EMPHASIS_MODES)}, got {value!r}"
 
 
 LORA_NAME_CHOICES = ("Alias from file", "Filename")  # A1111's lora_preferred_name: what a LoRA card's tag names
 
+# A1111's face restorers (option face_restoration_model) and CodeFormer's fidelity weight (code_former_weight).
 FACE_RESTORERS = ("CodeFormer", "GFPGAN")
 DEFAULT_FACE_RESTORER = "CodeFormer"
 DEFAULT_CODE_FORMER_WEIGHT = 0.5
@@ -125,9 +123,8 @@ CODE_FORMER_WEIGHT_RANGE = (0.0, 1.0)  # 0: the strongest restoration; 1: closes
 
 def face_restorer_problem(value: object) -> str | None:
     """Why ``value`` is not a face restorer's name ("must be one of ..."); None when it is one."""
-    if isinstance(value, str) and value in FACE_RESTORERS:
-        return None
-    return f"must be one of {', '.join(FACE_RESTORERS)}, got {value!r}"
+    known = isinstance(value, str) and value in FACE_RESTORERS
+    return None if known else f"must be one of {', '.join(FACE_RESTORERS)}, got {value!r}"
 
 
 def code_former_weight_problem(value: object) -> str | None:
@@ -285,12 +282,9 @@ class GenerationRequest:
     shift: float | None = None
     # (k, n): this job is job k of a script's n (an X/Y/Z plot's cells), for the progress shown.
     part_of: tuple[int, int] | None = None
-    # Remote models' own options (OpenAI's quality and style; None: the model's default). A local
-    # checkpoint refuses them; ``notes``: what the front has to say about the job (fields a remote
-    # model does not use), reported with its result.
-    quality: str | None = None
+    quality: str | None = None  # a remote model's options (None: its default); a local checkpoint refuses them
     style: str | None = None
-    notes: tuple[str, ...] = field(default=(), compare=False)
+    notes: tuple[str, ...] = field(default=(), compare=False)  # the front's, on the job: reported with its result
     # A1111's sampler parameters (options eta_ancestral, eta_ddim, s_churn, s_tmin, s_tmax, s_noise,
     # sigma_min, sigma_max, rho; see modules.sampler_params); None = the server's.
     eta_ancestral: float | None = None

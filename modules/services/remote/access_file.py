@@ -26,6 +26,7 @@ class AccessFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._cached: tuple[tuple[int, int], dict[Provider, dict[str, str]]] | None = None  # by (mtime, size)
 
     def read(self) -> dict[Provider, dict[str, str]]:
         """What is saved; an unreadable file is logged (without its contents) and read as empty."""
@@ -52,8 +53,17 @@ class AccessFile:
             os.chmod(self.path, 0o600)  # the temporary file is 0600 already; a copied-in file may not be
 
     def _read(self) -> dict[Provider, dict[str, str]]:
-        if not self.path.exists():
+        """The file's contents, parsed again only when it changed (every job and page asks)."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
             return {}
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if self._cached is None or self._cached[0] != stamp:
+            self._cached = (stamp, self._parse())
+        return {provider: dict(values) for provider, values in self._cached[1].items()}
+
+    def _parse(self) -> dict[Provider, dict[str, str]]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

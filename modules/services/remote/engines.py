@@ -102,12 +102,6 @@ class RemoteEngines:
     def status(self) -> tuple[ProviderStatus, ...]:
         return tuple(ProviderStatus(p, self._key(p)[1], self._base_url(p)) for p in Provider)
 
-    def secrets(self) -> tuple[str, ...]:
-        """Every key in force or saved (what log lines are scrubbed of)."""
-        found = [self._key(p)[0] for p in Provider]
-        found += [entry.get("api_key") for entry in self.saved.read().values()]
-        return tuple(key for key in found if key)
-
     def _key(self, provider: Provider) -> tuple[str | None, KeySource | None]:
         saved = self.saved.read().get(provider, {}).get("api_key")
         if saved:
